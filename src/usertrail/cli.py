@@ -1,0 +1,250 @@
+"""The `usertrail` command: serve, demo, projects, keys, migrate, maintenance."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from usertrail.config import Settings
+from usertrail.project_settings import UuidSettings
+from usertrail.store.database import create_engine, migrate
+from usertrail.store.events import EventStore
+from usertrail.store.projects import ProjectStore, UnknownProject
+
+app = typer.Typer(help="usertrail: self-hosted product insights.", no_args_is_help=True, add_completion=False)
+projects_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage a project's keys.", no_args_is_help=True)
+app.add_typer(projects_app, name="projects")
+app.add_typer(keys_app, name="keys")
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+DataDir = typer.Option(Path("usertrail-data"), "--data-dir", envvar="USERTRAIL_DATA_DIR", help="Where data lives.")
+DatabaseUrl = typer.Option(
+    "",
+    "--database-url",
+    envvar="USERTRAIL_DATABASE_URL",
+    help="postgresql://… for PostgreSQL; default: SQLite in the data folder.",
+)
+LOCAL_ORIGINS = ["http://localhost:*", "http://127.0.0.1:*"]
+
+
+def _settings(data_dir: Path, database_url: str, **overrides) -> Settings:
+    base = Settings.from_env()
+    return Settings(**{**base.__dict__, "data_dir": data_dir, "database_url": database_url, **overrides})
+
+
+def _projects(settings: Settings) -> ProjectStore:
+    engine = create_engine(settings.resolved_database_url)
+    migrate(engine)
+    return ProjectStore(engine)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _print_new_project(new, base_url: str) -> None:
+    from usertrail.web.snippet import snippet_tag
+
+    console.print(f"[bold]Project {new.project.id}[/bold] “{new.project.name}” created.")
+    console.print(f"  write key   : {new.write_key}   (public: goes in the snippet)")
+    console.print(f"  admin token : {new.admin_token}   (secret: shown once, keep it)")
+    console.print(f"  snippet     : {snippet_tag(base_url, new.write_key)}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Server worker processes."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+    demo: bool = typer.Option(False, "--demo", help="Also send simulated traffic once the server is up."),
+    demo_users: int = typer.Option(300, help="Simulated end users for --demo."),
+    demo_weeks: int = typer.Option(4, help="Simulated weeks for --demo."),
+) -> None:
+    """Start the server (127.0.0.1:8000, data in ./usertrail-data), creating a first project if there is none."""
+    import uvicorn
+
+    overrides = {}
+    if demo:
+        # Simulated users arrive from many countries through the demo's X-Forwarded-For header,
+        # which is believed only from this machine.
+        import ipaddress
+
+        overrides["trusted_proxies"] = (ipaddress.ip_network("127.0.0.1/32"),)
+    settings = _settings(data_dir, database_url, **overrides)
+    store = _projects(settings)
+    base_url = f"http://{host}:{port}"
+    existing = store.list()
+    if not existing:
+        new = store.create("My first project")
+        for env_name, env in store.environments(new.project.id).items():
+            env.allowed_origins = list(LOCAL_ORIGINS)
+            store.save_environment(new.project.id, env_name, env)
+        _print_new_project(new, base_url)
+        first_id = new.project.id
+    else:
+        first_id = existing[0].id
+        for p in existing:
+            write = next((k["key"] for k in store.keys(p.id) if k["kind"] == "write" and not k["expires_at"]), "?")
+            console.print(f"Project {p.id} “{p.name}”: write key {write}")
+        console.print("Admin tokens are shown only when made: `usertrail keys rotate PROJECT --kind admin`.")
+    console.print(f"Serving on {base_url}  (data: {settings.resolved_database_url})")
+    os.environ.update(settings.to_env())
+    if demo:
+        production = store.environments(first_id)["production"]
+        production.uuid = UuidSettings(provider="variable", source="currentUser.id")
+        store.save_environment(first_id, "production", production)
+        write_key = next(k["key"] for k in store.keys(first_id) if k["kind"] == "write" and not k["expires_at"])
+        threading.Thread(target=_demo_when_up, args=(base_url, write_key, demo_users, demo_weeks), daemon=True).start()
+    uvicorn.run(
+        "usertrail.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning" if demo else "info",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _demo_when_up(base_url: str, write_key: str, users: int, weeks: int) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    _run_demo(base_url, write_key, users, weeks, seed=7)
+
+
+def _run_demo(base_url: str, write_key: str, users: int, weeks: int, seed: int) -> dict:
+    from usertrail import demo as demo_traffic
+
+    with Progress(
+        TextColumn("[bold]demo traffic"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("users"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("users", total=users)
+        totals = demo_traffic.send(
+            base_url,
+            write_key,
+            users=users,
+            weeks=weeks,
+            seed=seed,
+            on_user=lambda n: progress.advance(task, n),
+        )
+    console.print(
+        f"demo: {totals['events']} events from {totals['users']} users in {totals['requests']} requests"
+        + (f", [red]{totals['failed_requests']} failed[/red]" if totals["failed_requests"] else "")
+    )
+    return totals
+
+
+@app.command("demo")
+def demo_command(
+    url: str = typer.Option("http://127.0.0.1:8000", help="The running server."),
+    key: str = typer.Option(..., "--key", help="The project's write key."),
+    users: int = typer.Option(300, min=1),
+    weeks: int = typer.Option(4, min=1),
+    seed: int = typer.Option(7),
+) -> None:
+    """Send realistic simulated traffic through the HTTP API of a running server."""
+    try:
+        totals = _run_demo(url, key, users, weeks, seed)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+    if totals["failed_requests"]:
+        raise typer.Exit(1)
+
+
+@app.command("migrate")
+def migrate_command(data_dir: Path = DataDir, database_url: str = DatabaseUrl) -> None:
+    """Create or upgrade the database schema."""
+    _projects(_settings(data_dir, database_url))
+    console.print("schema is up to date")
+
+
+@app.command("purge-security-log")
+def purge_security_log(
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+    days: int = typer.Option(7, min=0, help="Keep this many days of entries."),
+) -> None:
+    """Delete security-log entries (the only place full IPs are kept) older than `days`."""
+    store = _projects(_settings(data_dir, database_url))
+    removed = EventStore(store.engine).purge_security_log(int(time.time() * 1000) - days * 86_400_000)
+    console.print(f"removed {removed} security-log entries")
+
+
+@projects_app.command("create")
+def projects_create(
+    name: str,
+    walkme_account_id: str = typer.Option(None, help="WalkMe account GUID (wm.uId) routed to this project."),
+    base_url: str = typer.Option("http://127.0.0.1:8000", help="Server address used in the printed snippet."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Create a project and print its write key, admin token and snippet."""
+    if not name.strip():
+        _fail("a project needs a name")
+    store = _projects(_settings(data_dir, database_url))
+    _print_new_project(store.create(name.strip(), walkme_account_id), base_url)
+
+
+@projects_app.command("list")
+def projects_list(data_dir: Path = DataDir, database_url: str = DatabaseUrl) -> None:
+    """List projects with their environments and current write key."""
+    store = _projects(_settings(data_dir, database_url))
+    table = Table("id", "name", "environments", "write key", "created")
+    for p in store.list():
+        write = next((k["key"] for k in store.keys(p.id) if k["kind"] == "write" and not k["expires_at"]), "")
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(p.created_at / 1000))
+        table.add_row(str(p.id), p.name, ", ".join(sorted(store.environments(p.id))), write, created)
+    console.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    project_id: int,
+    kind: str = typer.Option("write", help="`write` (snippet key) or `admin` (API token)."),
+    grace_seconds: int = typer.Option(None, min=0, help="How long old keys keep working (write: 1 day)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Issue a new key; the old ones expire after the grace period."""
+    if kind not in ("write", "admin"):
+        _fail("--kind must be `write` or `admin`")
+    grace = grace_seconds if grace_seconds is not None else (86_400 if kind == "write" else 0)
+    store = _projects(_settings(data_dir, database_url))
+    try:
+        token = store.rotate(project_id, kind, grace)
+    except UnknownProject:
+        _fail(f"no project {project_id}")
+    console.print(f"new {kind} key for project {project_id}: {token}")
+    console.print(f"previous {kind} keys stop working in {grace} s")
+
+
+def main() -> None:
+    """Entry point of the `usertrail` command."""
+    app(prog_name="usertrail")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The path of one event from the wire to a stored row, as a visible list of named steps.
+
+Each step looks at the event and either lets it continue (possibly enriched or trimmed),
+drops it with a counted `DropReason`, or rejects it with a `RejectReason` (kept, re-processable).
+Reading `STEPS` tells the whole story; docs/collection.md documents each step.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from usertrail.collect.drops import DropReason, RejectReason
+from usertrail.collect.traffic import domain_matches, ip_matches, user_agent_matches
+from usertrail.collect.wire import Incoming
+from usertrail.enrich.geo import Location
+from usertrail.enrich.useragent import Agent, parse_agent
+from usertrail.project_settings import EnvironmentSettings, TrackingLevel
+
+
+@dataclass
+class RequestContext:
+    """Facts about the request that every event in it shares."""
+
+    project_id: int
+    environments: dict[str, EnvironmentSettings]
+    received_at: int
+    skew_ms: int  # server receive time minus the client's send time
+    ip: str | None  # the full client IP; None when re-processing (it was never stored)
+    ip_masked: str
+    location: Location
+    agent: Agent
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: DropReason
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: RejectReason
+    path: str
+    message: str
+
+
+@dataclass
+class Working:
+    """An event while it moves through the steps."""
+
+    event: Incoming
+    env: str = ""
+    settings: EnvironmentSettings | None = None
+    user_key: str = ""
+    id_source: str = ""
+    ts: int = 0
+    event_id: str = ""
+
+
+Step = Callable[[Working, RequestContext], Drop | Reject | None]
+
+
+def resolve_environment(w: Working, ctx: RequestContext) -> Reject | None:
+    ev = w.event
+    if ev.source == "walkme":
+        for name, settings in ctx.environments.items():
+            if settings.walkme_env == ev.env_code:
+                w.env, w.settings = name, settings
+                return None
+        return Reject(RejectReason.UNKNOWN_ENVIRONMENT, "$.wm.env", f"no environment has wm.env = {ev.env_code}")
+    name = ev.env_name or "production"
+    if name not in ctx.environments:
+        return Reject(RejectReason.UNKNOWN_ENVIRONMENT, "$.environment", f"unknown environment {name!r}")
+    w.env, w.settings = name, ctx.environments[name]
+    return None
+
+
+def exclude_ip(w: Working, ctx: RequestContext) -> Drop | None:
+    # On re-processing only the masked IP is known: wildcard and range rules still apply to it.
+    address = ctx.ip if ctx.ip is not None else ctx.ip_masked
+    if any(ip_matches(address, p) for p in w.settings.traffic.excluded_ips):
+        return Drop(DropReason.EXCLUDED_IP)
+    return None
+
+
+def exclude_user_agent(w: Working, ctx: RequestContext) -> Drop | None:
+    ua = w.event.user_agent or ctx.user_agent
+    if any(user_agent_matches(ua, p) for p in w.settings.traffic.excluded_user_agents):
+        return Drop(DropReason.EXCLUDED_USER_AGENT)
+    return None
+
+
+def agent_of(event: Incoming, ctx: RequestContext) -> Agent:
+    """The browser that produced the event: a server-side sender may name it in the event."""
+    return parse_agent(event.user_agent) if event.user_agent else ctx.agent
+
+
+def drop_bot(w: Working, ctx: RequestContext) -> Drop | None:
+    if w.settings.traffic.drop_bots and agent_of(w.event, ctx).is_bot:
+        return Drop(DropReason.BOT)
+    return None
+
+
+def exclude_domain(w: Working, ctx: RequestContext) -> Drop | None:
+    host = w.event.url_host
+    if host and any(domain_matches(host, p) for p in w.settings.traffic.excluded_domains):
+        return Drop(DropReason.EXCLUDED_DOMAIN)
+    return None
+
+
+# WalkMe types recorded by the DXA collector (formerly UBT) and page views; everything else a
+# WalkMe recorder sends is an engagement event about WalkMe content.
+DXA_TYPES = frozenset(
+    {
+        "pageChange",
+        "pageView",
+        "pageview",
+        "mousedown",
+        "dblclick",
+        "change",
+        "submit",
+        "keypress",
+        "idle",
+        "active",
+    }
+)
+
+
+def event_level(event: Incoming) -> TrackingLevel:
+    """The lowest tracking level at which this event is collected."""
+    if event.source == "native":
+        return TrackingLevel.DXA if event.type == "page" else TrackingLevel.ENGAGEMENT
+    return TrackingLevel.DXA if event.type in DXA_TYPES else TrackingLevel.ENGAGEMENT
+
+
+def check_tracking_level(w: Working, ctx: RequestContext) -> Drop | None:
+    if event_level(w.event).rank > w.settings.tracking_level.rank:
+        return Drop(DropReason.ABOVE_TRACKING_LEVEL)
+    return None
+
+
+def assign_event_id(w: Working, ctx: RequestContext) -> None:
+    """The de-duplication key: the client's message id, else a hash of the event's full content."""
+    ev = w.event
+    if ev.message_id:
+        key = b"m:" + ev.message_id.encode()
+    else:
+        key = b"c:" + msgspec.json.encode(ev.obj, order="sorted")
+    w.event_id = hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+_PAGE_PROPERTIES = ("url", "path", "referrer", "search", "title")
+
+
+def apply_page_privacy(w: Working, ctx: RequestContext) -> None:
+    """When URL or title collection is off, neither is stored, whatever the client sent."""
+    s, ev = w.settings, w.event
+    if s.collect_url and s.collect_title:
+        return
+    obj = ev.obj
+    if ev.source == "walkme":
+        wm_ctx = obj.get("ctx") if isinstance(obj.get("ctx"), dict) else {}
+        removed = {"location", "referrer"} if not s.collect_url else set()
+        removed |= {"title", "topTitle"} if not s.collect_title else set()
+        for key in removed:
+            wm_ctx.pop(key, None)
+    else:
+        page = ((obj.get("context") or {}).get("page")) if isinstance(obj.get("context"), dict) else None
+        props = obj.get("properties") if ev.type == "page" and isinstance(obj.get("properties"), dict) else {}
+        for target in (page or {}, props):
+            for key in _PAGE_PROPERTIES:
+                if (key == "title" and not s.collect_title) or (key != "title" and not s.collect_url):
+                    target.pop(key, None)
+    if not s.collect_url:
+        ev.url_host = ev.url_path = None
+    if not s.collect_title:
+        ev.title = None
+    ev.modified = True
+
+
+def hash_identifier(value: str, salt: str) -> str:
+    """WalkMe's documented hashing: SHA-256, base64 without padding; the salt is prefixed."""
+    digest = hashlib.sha256((salt + value).encode()).digest()
+    return base64.b64encode(digest).decode().rstrip("=")
+
+
+def identify_user(w: Working, ctx: RequestContext) -> None:
+    """Pick the end-user key allowed by the UUID settings, hashing or pseudonymising as configured.
+
+    Providers `none` and `walkme_id` allow no identified id: one that arrives anyway is replaced
+    by its hash (an opaque id) in the row and in the stored event, so no identifier is kept.
+    """
+    uuid, ev = w.settings.uuid, w.event
+    identified = ev.user_id
+    if identified is not None and (uuid.provider in ("none", "walkme_id") or uuid.hash):
+        hashed = hash_identifier(identified, uuid.salt)
+        _replace_identifier(ev, hashed)
+        if uuid.provider in ("none", "walkme_id"):
+            ev.user_id, ev.anon_id = None, hashed
+        else:
+            ev.user_id = hashed
+    if ev.user_id is not None:
+        w.user_key, w.id_source = "u:" + ev.user_id, uuid.provider
+    else:
+        w.user_key = "a:" + (ev.anon_id or "")
+        w.id_source = {"none": "anonymous", "walkme_id": "walkme_id"}.get(uuid.provider, "anonymous_fallback")
+
+
+def _replace_identifier(ev: Incoming, value: str) -> None:
+    if ev.source == "walkme":
+        ev.obj["wm"]["euId"] = value
+    else:
+        ev.obj["userId"] = value
+    ev.modified = True
+
+
+def place_in_time(w: Working, ctx: RequestContext) -> None:
+    """Event time = client time corrected by the batch's clock skew, never later than receipt."""
+    client = w.event.client_ts
+    w.ts = ctx.received_at if client < 0 else min(client + ctx.skew_ms, ctx.received_at)
+
+
+STEPS: tuple[Step, ...] = (
+    resolve_environment,
+    exclude_ip,
+    exclude_user_agent,
+    drop_bot,
+    exclude_domain,
+    check_tracking_level,
+    assign_event_id,
+    apply_page_privacy,
+    identify_user,
+    place_in_time,
+)
+
+
+def run_steps(event: Incoming, ctx: RequestContext) -> Working | Drop | Reject:
+    """Run every step; the event comes out ready to store, dropped, or rejected."""
+    w = Working(event)
+    for step in STEPS:
+        outcome = step(w, ctx)
+        if outcome is not None:
+            return outcome
+    return w
+
+
+def to_row(w: Working, ctx: RequestContext) -> dict:
+    """The `events` row for an event that passed every step."""
+    ev, loc, agent = w.event, ctx.location, agent_of(w.event, ctx)
+    payload = msgspec.json.encode(ev.obj).decode() if ev.modified else ev.raw.decode()
+    return {
+        "project_id": ctx.project_id,
+        "user_key": w.user_key,
+        "event_id": w.event_id,
+        "ts": w.ts,
+        "client_ts": ev.client_ts if ev.client_ts >= 0 else None,
+        "received_at": ctx.received_at,
+        "env": w.env,
+        "source": ev.source,
+        "type": ev.type,
+        "name": ev.name,
+        "app_type": ev.app_type,
+        "object_id": ev.object_id,
+        "object_name": ev.object_name,
+        "session_hint": ev.session_hint,
+        "visit_id": ev.visit_id,
+        "anon_id": ev.anon_id,
+        "user_id": ev.user_id,
+        "id_source": w.id_source,
+        "url_host": ev.url_host,
+        "url_path": ev.url_path,
+        "title": ev.title,
+        "country": loc.country,
+        "region": loc.region,
+        "city": loc.city,
+        "browser": agent.browser,
+        "browser_version": agent.browser_version,
+        "os": agent.os,
+        "device_type": agent.device_type,
+        "is_mobile": agent.is_mobile,
+        "ip_masked": ctx.ip_masked or None,
+        "payload": payload,
+    }

@@ -1,0 +1,386 @@
+"""The collector: from one HTTP request's body and headers to durable rows and a result.
+
+Order: size limit → decode → project (key, or WalkMe account id) → origin → request facts
+(client IP, geolocation, user agent, masked IP) → `pipeline.STEPS` per event → one group commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+
+from usertrail.collect.pipeline import Drop, Reject, RequestContext, run_steps, to_row
+from usertrail.collect.traffic import origin_allowed
+from usertrail.collect.wire import (
+    DecodedBatch,
+    Incoming,
+    Invalid,
+    WireError,
+    decode_native,
+    decode_walkme,
+)
+from usertrail.collect.writer import GroupCommitWriter
+from usertrail.config import Settings
+from usertrail.enrich.geo import GeoLocator, Location
+from usertrail.enrich.ip import client_ip, mask_ip
+from usertrail.enrich.useragent import parse_agent
+from usertrail.project_settings import EnvironmentSettings
+from usertrail.store.events import EventStore, IngestRecord
+from usertrail.store.projects import ADMIN, WRITE, KeyGrant, ProjectStore
+
+WALKME = "walkme"
+NATIVE = "native"
+
+
+class CollectError(Exception):
+    """The request as a whole is refused; `status` is the HTTP status to answer."""
+
+    def __init__(self, status: int, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.path, self.reason = status, path, reason
+
+
+@dataclass
+class RequestFacts:
+    """What the web layer hands over about one collection request."""
+
+    body: bytes
+    content_type: str
+    peer: str | None
+    forwarded_for: str | None
+    user_agent: str
+    origin: str | None
+    key: str | None
+    path: str
+
+
+@dataclass
+class CollectResult:
+    project_id: int | None = None
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    errors: list[dict] = field(default_factory=list)
+    allowed_origin: str | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "dropped": dict(self.dropped),
+            "rejected": len(self.errors),
+            "errors": self.errors,
+        }
+
+
+class _TtlCache:
+    """A tiny time-bounded cache: settings changes reach every worker within `ttl` seconds."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._items: dict = {}
+
+    def get(self, key, load):
+        hit = self._items.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        self._items[key] = (now + self.ttl, value)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class Collector:
+    """Turns collection requests into stored events, drops and rejections."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        projects: ProjectStore,
+        events: EventStore,
+        geo: GeoLocator,
+        writer: GroupCommitWriter,
+    ) -> None:
+        self.settings = settings
+        self.projects = projects
+        self.events = events
+        self.geo = geo
+        self.writer = writer
+        self._grants = _TtlCache(10.0)
+        self._environments = _TtlCache(5.0)
+        self._accounts = _TtlCache(10.0)
+
+    def forget_cached_settings(self) -> None:
+        """Make the next request read settings afresh (after a change made in this process)."""
+        self._environments.clear()
+        self._grants.clear()
+
+    def environments(self, project_id: int) -> dict[str, EnvironmentSettings]:
+        return self._environments.get(project_id, lambda: self.projects.environments(project_id))
+
+    async def collect(self, facts: RequestFacts, wire_format: str) -> CollectResult:
+        """Validate, enrich and durably store one request's events."""
+        limits = self.settings.limits
+        if len(facts.body) > limits.max_body_bytes:
+            raise CollectError(413, "$", f"body of {len(facts.body)} bytes exceeds {limits.max_body_bytes}")
+        grant = self._grant(facts.key) if facts.key else None
+        try:
+            batch = (
+                decode_walkme(facts.body, facts.content_type, limits)
+                if wire_format == WALKME
+                else decode_native(facts.body, limits)
+            )
+        except WireError as exc:
+            if grant is not None:
+                await self._keep_unreadable(grant.project_id, facts, wire_format, exc)
+            raise CollectError(400, exc.path, exc.reason) from None
+        if self.settings.ingest_mode == "decode_only":
+            return CollectResult(received=len(batch.events))
+        if grant is None and batch.write_key:
+            grant = self._grant(batch.write_key)
+        project_id = grant.project_id if grant else self._project_by_account(batch)
+        if project_id is None:
+            raise CollectError(401, "key", "a valid write key is required (query `key`, header X-Usertrail-Key)")
+        environments = self.environments(project_id)
+        result = CollectResult(project_id=project_id, received=len(batch.events))
+        if facts.origin:
+            allowed = [o for s in environments.values() for o in s.allowed_origins]
+            if not origin_allowed(facts.origin, allowed):
+                raise CollectError(403, "Origin", f"origin {facts.origin} is not allowed for this project")
+            result.allowed_origin = facts.origin
+        ctx = self._context(project_id, environments, facts, batch)
+        record = self._process(batch, ctx, wire_format, result)
+        record.security = {
+            "project_id": project_id,
+            "id": _time_id(ctx.received_at),
+            "ts": ctx.received_at,
+            "ip": ctx.ip,
+            "user_agent": facts.user_agent[:1000],
+            "path": facts.path,
+            "events": len(batch.events),
+            "status": 400 if result.errors else 200,
+        }
+        outcome = await self.writer.write(record)
+        result.stored, result.duplicates = outcome.stored, outcome.duplicates
+        return result
+
+    def _grant(self, key: str) -> KeyGrant | None:
+        grant = self._grants.get(("key", key), lambda: self.projects.authenticate(key))
+        if grant is None or grant.kind not in (WRITE, ADMIN):
+            raise CollectError(401, "key", "unknown or expired key")
+        return grant
+
+    def _project_by_account(self, batch: DecodedBatch) -> int | None:
+        account = next((e.account_id for e in batch.events if isinstance(e, Incoming) and e.account_id), None)
+        if account is None:
+            return None
+        project = self._accounts.get(account, lambda: self.projects.by_walkme_account(account))
+        return project.id if project else None
+
+    def _context(
+        self,
+        project_id: int,
+        environments: dict[str, EnvironmentSettings],
+        facts: RequestFacts,
+        batch: DecodedBatch,
+    ) -> RequestContext:
+        received_at = int(time.time() * 1000)
+        ip = client_ip(facts.peer, facts.forwarded_for, self.settings.trusted_proxies)
+        return RequestContext(
+            project_id=project_id,
+            environments=environments,
+            received_at=received_at,
+            skew_ms=received_at - batch.sent_at if batch.sent_at is not None else 0,
+            ip=ip,
+            ip_masked=mask_ip(ip),
+            location=self.geo.lookup(ip),
+            agent=parse_agent(facts.user_agent),
+            user_agent=facts.user_agent,
+        )
+
+    def _process(
+        self, batch: DecodedBatch, ctx: RequestContext, wire_format: str, result: CollectResult
+    ) -> IngestRecord:
+        record = IngestRecord(project_id=ctx.project_id)
+        for item in batch.events:
+            if isinstance(item, Invalid):
+                self._reject(
+                    record,
+                    result,
+                    ctx,
+                    wire_format,
+                    item.index,
+                    item.raw,
+                    item.kind,
+                    item.path,
+                    item.reason,
+                    env=batch.env_name,
+                )
+                continue
+            if item.env_name is None and batch.env_name is not None:
+                item.env_name = batch.env_name
+            outcome = run_steps(item, ctx)
+            if isinstance(outcome, Drop):
+                env = item.env_name or _env_name_for(item, ctx) or ""
+                record.drops[(env, outcome.reason.value)] += 1
+                result.dropped[outcome.reason.value] += 1
+            elif isinstance(outcome, Reject):
+                self._reject(
+                    record,
+                    result,
+                    ctx,
+                    wire_format,
+                    item.index,
+                    item.raw,
+                    outcome.reason.value,
+                    outcome.path,
+                    outcome.message,
+                    env=item.env_name,
+                )
+            else:
+                record.events.append(to_row(outcome, ctx))
+        return record
+
+    def _reject(
+        self,
+        record: IngestRecord,
+        result: CollectResult,
+        ctx: RequestContext,
+        wire_format: str,
+        index: int,
+        raw: bytes,
+        reason: str,
+        path: str,
+        message: str,
+        env: str | None = None,
+    ) -> None:
+        result.errors.append({"index": index, "path": path, "reason": message, "code": reason})
+        record.rejected.append(
+            {
+                "project_id": ctx.project_id,
+                "id": _time_id(ctx.received_at),
+                "received_at": ctx.received_at,
+                "env": env,
+                "source": wire_format,
+                "reason": reason,
+                "path": path,
+                "batch_index": index,
+                "payload": raw.decode("utf-8", errors="replace"),
+                "context": msgspec.json.encode(_stored_context(ctx, env)).decode(),
+                "status": "pending",
+                "resolved_at": None,
+            }
+        )
+
+    async def _keep_unreadable(self, project_id: int, facts: RequestFacts, wire_format: str, exc: WireError) -> None:
+        """A body that cannot be read at all is still kept, whole, in the rejected store."""
+        received_at = int(time.time() * 1000)
+        ip = client_ip(facts.peer, facts.forwarded_for, self.settings.trusted_proxies)
+        ctx = RequestContext(
+            project_id,
+            {},
+            received_at,
+            0,
+            ip,
+            mask_ip(ip),
+            self.geo.lookup(ip),
+            parse_agent(facts.user_agent),
+            facts.user_agent,
+        )
+        record = IngestRecord(project_id=project_id)
+        self._reject(record, CollectResult(), ctx, wire_format, -1, facts.body, "invalid", exc.path, exc.reason)
+        await self.writer.write(record)
+
+    def reprocess(self, project_id: int, ids: list[str], replacement: dict[str, str] | None = None) -> list[dict]:
+        """Run rejected events through the pipeline again (after a settings fix, or with a corrected payload).
+
+        Returns one result per id: stored, dropped (with reason) or still rejected (with reason).
+        """
+        replacement = replacement or {}
+        rows = self.events.rejected_by_ids(project_id, ids)
+        environments = self.projects.environments(project_id)
+        results, done = [], []
+        record = IngestRecord(project_id=project_id)
+        for row in rows:
+            stored_ctx = msgspec.json.decode(row.context)
+            raw = replacement.get(row.id, row.payload).encode()
+            ctx = RequestContext(
+                project_id=project_id,
+                environments=environments,
+                received_at=stored_ctx["received_at"],
+                skew_ms=stored_ctx.get("skew_ms", 0),
+                ip=None,
+                ip_masked=stored_ctx.get("ip_masked", ""),
+                location=Location(stored_ctx.get("country"), stored_ctx.get("region"), stored_ctx.get("city")),
+                agent=parse_agent(stored_ctx.get("user_agent", "")),
+                user_agent=stored_ctx.get("user_agent", ""),
+            )
+            item = self._decode_one(row.source, raw, row.batch_index or 0)
+            if isinstance(item, Invalid):
+                results.append({"id": row.id, "status": "rejected", "path": item.path, "reason": item.reason})
+                continue
+            if item.env_name is None:
+                item.env_name = stored_ctx.get("env_name") or row.env
+            outcome = run_steps(item, ctx)
+            if isinstance(outcome, Reject):
+                results.append({"id": row.id, "status": "rejected", "path": outcome.path, "reason": outcome.message})
+                continue
+            if isinstance(outcome, Drop):
+                record.drops[(item.env_name or "", outcome.reason.value)] += 1
+                results.append({"id": row.id, "status": "dropped", "reason": outcome.reason.value})
+            else:
+                record.events.append(to_row(outcome, ctx))
+                results.append({"id": row.id, "status": "stored"})
+            done.append(row.id)
+        self.events.write_many([record])
+        self.events.resolve_rejected(project_id, done, "reprocessed")
+        return results
+
+    def _decode_one(self, source: str, raw: bytes, index: int) -> Incoming | Invalid:
+        limits = self.settings.limits
+        try:
+            if source == WALKME:
+                batch = decode_walkme(raw, "application/json", limits)
+            else:
+                batch = decode_native(raw, limits)
+        except WireError as exc:
+            return Invalid(index, raw, exc.path, exc.reason)
+        if len(batch.events) != 1:
+            return Invalid(index, raw, "$", "a re-processed payload must hold exactly one event")
+        item = batch.events[0]
+        if isinstance(item, Incoming) and batch.env_name and item.env_name is None:
+            item.env_name = batch.env_name
+        return item
+
+
+def _env_name_for(item: Incoming, ctx: RequestContext) -> str | None:
+    if item.source == WALKME:
+        return next((n for n, s in ctx.environments.items() if s.walkme_env == item.env_code), None)
+    return item.env_name or "production"
+
+
+def _stored_context(ctx: RequestContext, env: str | None) -> dict:
+    """What re-processing needs about the request, without the full IP."""
+    return {
+        "received_at": ctx.received_at,
+        "skew_ms": ctx.skew_ms,
+        "ip_masked": ctx.ip_masked,
+        "country": ctx.location.country,
+        "region": ctx.location.region,
+        "city": ctx.location.city,
+        "user_agent": ctx.user_agent,
+        "env_name": env,
+    }
+
+
+def _time_id(ms: int) -> str:
+    return f"{ms:013d}-{secrets.token_hex(6)}"

@@ -1,0 +1,431 @@
+"""The two wire formats, decoded into one shape: `Incoming` events.
+
+WalkMe format (accepted as-is, see docs/collection.md):
+  text/plain, newline-separated JSON: a header line `{"_static":true,"Wm-Client-Timestamp":<ms>}`
+  then one event per line; or application/json with one event object or an array of them.
+Native format (Segment/PostHog style):
+  `{"batch": [{"type": "track"|"page"|"identify", ...}], "sentAt": ..., "environment": ...}`.
+
+Known fields are checked with typed structs (so errors name the field path); the event text is
+kept whole, unknown fields included.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from usertrail.config import Limits
+
+Scalar = str | int | float | bool | None
+
+
+class WireError(ValueError):
+    """A request whose body cannot be read at all (as opposed to one bad event inside it)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+# --- WalkMe events -------------------------------------------------------------------------
+
+
+class _WmLocation(msgspec.Struct):
+    protocol: str | None = None
+    hostname: str | None = None
+    pathname: str | None = None
+    port: str | int | None = None
+
+
+class _WmCtx(msgspec.Struct):
+    location: _WmLocation | None = None
+    title: str | None = None
+    visitId: str | None = None
+    isIframe: bool | None = None
+
+
+class _WmInit(msgspec.Struct):
+    type: int | None = None
+
+
+class _WmData(msgspec.Struct):
+    type: str | None = None
+    oId: int | str | None = None
+    oName: str | None = None
+    pId: str | None = None
+    pInit: _WmInit | None = None
+
+
+class _WmIdentity(msgspec.Struct):
+    euId: Annotated[str, msgspec.Meta(min_length=1)]
+    euIdSource: str | None = None
+    uId: str | None = None
+    env: int | None = None
+    userVars: dict[str, Scalar] | None = None
+
+
+class _WmBrowser(msgspec.Struct):
+    name: str | None = None
+    version: str | None = None
+
+
+class _WmOs(msgspec.Struct):
+    name: str | None = None
+
+
+class _WmScreen(msgspec.Struct):
+    height: int | float | None = None
+    width: int | float | None = None
+
+
+class _WmEnv(msgspec.Struct):
+    browser: _WmBrowser | None = None
+    os: _WmOs | None = None
+    mobile: bool | None = None
+    screen: _WmScreen | None = None
+    timezone: int | float | None = None
+
+
+class _WmVisions(msgspec.Struct):
+    sId: str | None = None
+
+
+class WalkMeEvent(msgspec.Struct):
+    """The fields of a WalkMe recorder event that usertrail reads; the rest is kept untouched."""
+
+    time: int
+    type: Annotated[str, msgspec.Meta(min_length=1)]
+    wm: _WmIdentity
+    data: _WmData | None = None
+    sId: str | None = None
+    env: _WmEnv | None = None
+    ctx: _WmCtx | None = None
+    visions: _WmVisions | None = None
+
+
+# `euIdSource` values that mean "the WalkMe-generated anonymous id" (seen: "Cache"); any other
+# source means the configured identifier provider supplied the id.
+ANONYMOUS_ID_SOURCES = frozenset({"", "cache", "walkme", "walkme_id", "anonymous", "guid"})
+
+
+# --- native events -------------------------------------------------------------------------
+
+IsoOrMs = int | float | str
+
+
+class _NativePage(msgspec.Struct):
+    url: str | None = None
+    path: str | None = None
+    title: str | None = None
+    referrer: str | None = None
+
+
+class _NativeContext(msgspec.Struct):
+    page: _NativePage | None = None
+    sessionId: str | None = None
+    userAgent: str | None = None
+
+
+class NativeMessage(msgspec.Struct, forbid_unknown_fields=True):
+    """One native message. Unknown top-level keys are refused; properties/traits/context are free."""
+
+    type: Literal["track", "page", "identify"]
+    anonymousId: str | None = None
+    userId: str | None = None
+    event: str | None = None
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: _NativeContext | None = None
+    timestamp: IsoOrMs | None = None
+    messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    environment: str | None = None
+
+
+class NativeBatch(msgspec.Struct, forbid_unknown_fields=True):
+    batch: list[msgspec.Raw]
+    sentAt: IsoOrMs | None = None
+    environment: str | None = None
+    writeKey: str | None = None
+
+
+# --- the common shape ----------------------------------------------------------------------
+
+
+@dataclass
+class Incoming:
+    """One event of either format, with the fields the pipeline needs pulled out."""
+
+    source: str  # "walkme" or "native"
+    index: int
+    raw: bytes  # the event's JSON text as it arrived
+    obj: dict  # the same, decoded; the pipeline may remove fields (URL, title) before storing
+    type: str
+    client_ts: int
+    name: str | None = None
+    env_code: int | None = None  # WalkMe `wm.env`
+    env_name: str | None = None  # native `environment`
+    app_type: str | None = None
+    object_id: str | None = None
+    object_name: str | None = None
+    session_hint: str | None = None
+    visit_id: str | None = None
+    anon_id: str | None = None
+    user_id: str | None = None
+    url_host: str | None = None
+    url_path: str | None = None
+    title: str | None = None
+    message_id: str | None = None
+    account_id: str | None = None  # WalkMe `wm.uId`
+    user_agent: str | None = None
+    modified: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Invalid:
+    """An event that failed validation, reported by index and kept in the rejected store."""
+
+    index: int
+    raw: bytes
+    path: str
+    reason: str
+    kind: str = "invalid"  # or "limit_exceeded"
+
+
+@dataclass
+class DecodedBatch:
+    events: list[Incoming | Invalid]
+    sent_at: int | None  # client clock when the batch was sent, ms
+    env_name: str | None = None
+    write_key: str | None = None
+
+
+_AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+def _split_error(exc: msgspec.MsgspecError, prefix: str = "$") -> tuple[str, str]:
+    match = _AT_PATH.match(str(exc))
+    assert match is not None
+    path = match.group("path") or "$"
+    return prefix + path[1:], match.group("reason")
+
+
+def decode_walkme(body: bytes, content_type: str, limits: Limits) -> DecodedBatch:
+    """Decode a WalkMe request body (NDJSON with header, one object, or an array)."""
+    sent_at: int | None = None
+    if "json" in content_type and not _looks_like_ndjson(body):
+        try:
+            document = msgspec.json.decode(body, type=msgspec.Raw | list[msgspec.Raw])
+        except msgspec.DecodeError as exc:
+            raise WireError("$", f"malformed JSON: {exc}") from None
+        raw_items = [bytes(r) for r in document] if isinstance(document, list) else [bytes(document)]
+        first_index = 0
+    else:
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        if not lines:
+            raise WireError("$", "empty body: expected a header line and at least one event line")
+        first_index = 0
+        header = _read_header(lines[0])
+        if header is not None:
+            sent_at = header
+            lines = lines[1:]
+            first_index = 1
+        raw_items = lines
+    if len(raw_items) > limits.max_events_per_batch:
+        raise WireError("$", f"{len(raw_items)} events exceed the limit of {limits.max_events_per_batch} per batch")
+    # Index = position in the body (the header line counts as 0 for NDJSON), as the client sees it.
+    events = [_walkme_event(first_index + i, raw, limits) for i, raw in enumerate(raw_items)]
+    return DecodedBatch(events, sent_at)
+
+
+def _looks_like_ndjson(body: bytes) -> bool:
+    return b'"_static"' in body[:200] and b"\n" in body.strip()
+
+
+def _read_header(line: bytes) -> int | None:
+    if b"_static" not in line:
+        return None
+    try:
+        obj = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(obj, dict) or obj.get("_static") is not True:
+        return None
+    client_ts = obj.get("Wm-Client-Timestamp")
+    if client_ts is not None and (not isinstance(client_ts, int) or isinstance(client_ts, bool)):
+        raise WireError("$[0].Wm-Client-Timestamp", f"Expected `int`, got `{type(client_ts).__name__}`")
+    return client_ts
+
+
+def _walkme_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        return Invalid(index, raw, "$", f"malformed JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Invalid(index, raw, "$", f"expected a JSON object, got {type(obj).__name__}")
+    problem = check_limits(raw, obj, [obj.get("data"), (obj.get("wm") or {}).get("userVars")], limits)
+    if problem:
+        return Invalid(index, raw, problem[0], problem[1], "limit_exceeded")
+    try:
+        ev = msgspec.convert(obj, WalkMeEvent)
+    except msgspec.ValidationError as exc:
+        path, reason = _split_error(exc)
+        return Invalid(index, raw, path, reason)
+    data, ctx, loc = ev.data, ev.ctx, ev.ctx.location if ev.ctx else None
+    source = (ev.wm.euIdSource or "").lower()
+    anonymous = source in ANONYMOUS_ID_SOURCES
+    return Incoming(
+        source="walkme",
+        index=index,
+        raw=raw,
+        obj=obj,
+        type=ev.type,
+        client_ts=ev.time,
+        env_code=ev.wm.env if ev.wm.env is not None else 0,
+        app_type=data.type if data else None,
+        object_id=None if data is None or data.oId is None else str(data.oId),
+        object_name=data.oName if data else None,
+        session_hint=ev.sId or (ev.visions.sId if ev.visions else None),
+        visit_id=ctx.visitId if ctx else None,
+        anon_id=ev.wm.euId if anonymous else None,
+        user_id=None if anonymous else ev.wm.euId,
+        url_host=loc.hostname if loc else None,
+        url_path=loc.pathname if loc else None,
+        title=ctx.title if ctx else None,
+        account_id=ev.wm.uId,
+    )
+
+
+def decode_native(body: bytes, limits: Limits) -> DecodedBatch:
+    """Decode a native batch (also accepts a single message without the `batch` envelope)."""
+    try:
+        probe = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise WireError("$", f"malformed JSON: {exc}") from None
+    if not isinstance(probe, dict):
+        raise WireError("$", "expected a JSON object with a `batch` array")
+    if "batch" not in probe:
+        probe = {"batch": [probe]}
+        body = msgspec.json.encode(probe)
+    try:
+        envelope = msgspec.json.decode(body, type=NativeBatch)
+    except msgspec.ValidationError as exc:
+        path, reason = _split_error(exc)
+        raise WireError(path, reason) from None
+    if len(envelope.batch) > limits.max_events_per_batch:
+        raise WireError(
+            "$.batch",
+            f"{len(envelope.batch)} events exceed the limit of {limits.max_events_per_batch} per batch",
+        )
+    sent_at = None
+    if envelope.sentAt is not None:
+        sent_at = parse_time(envelope.sentAt)
+        if sent_at is None:
+            raise WireError("$.sentAt", "expected milliseconds since the epoch or an ISO 8601 time")
+    events = [_native_event(i, bytes(raw), limits) for i, raw in enumerate(envelope.batch)]
+    return DecodedBatch(events, sent_at, envelope.environment, envelope.writeKey)
+
+
+def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
+    prefix = f"$.batch[{index}]"
+    try:
+        obj = msgspec.json.decode(raw)
+        msg = msgspec.convert(obj, NativeMessage)
+    except msgspec.ValidationError as exc:
+        path, reason = _split_error(exc, prefix)
+        return Invalid(index, raw, path, reason)
+    problem = check_limits(raw, obj, [obj.get("properties"), obj.get("traits")], limits, prefix)
+    if problem:
+        return Invalid(index, raw, problem[0], problem[1], "limit_exceeded")
+    if not (msg.anonymousId or msg.userId):
+        return Invalid(index, raw, f"{prefix}.anonymousId", "either anonymousId or userId is required")
+    if msg.type == "track" and not msg.event:
+        return Invalid(index, raw, f"{prefix}.event", "a track message needs an event name")
+    client_ts = None
+    if msg.timestamp is not None:
+        client_ts = parse_time(msg.timestamp)
+        if client_ts is None:
+            return Invalid(index, raw, f"{prefix}.timestamp", "expected milliseconds or an ISO 8601 time")
+    page = msg.context.page if msg.context else None
+    host = path = None
+    if page and page.url:
+        parts = urlsplit(page.url)
+        host, path = parts.hostname, parts.path or "/"
+    if page and page.path:
+        path = page.path
+    return Incoming(
+        source="native",
+        index=index,
+        raw=raw,
+        obj=obj,
+        type=msg.type,
+        client_ts=client_ts if client_ts is not None else -1,
+        name=msg.event if msg.type == "track" else msg.name,
+        env_name=msg.environment,
+        session_hint=msg.context.sessionId if msg.context else None,
+        anon_id=msg.anonymousId,
+        user_id=msg.userId,
+        url_host=host,
+        url_path=path,
+        title=page.title if page else None,
+        message_id=msg.messageId,
+        user_agent=msg.context.userAgent if msg.context else None,
+    )
+
+
+def parse_time(value: IsoOrMs) -> int | None:
+    """Milliseconds since the epoch from a number (ms) or an ISO 8601 string."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        return int(parsed.timestamp() * 1000)
+    return None
+
+
+def check_limits(
+    raw: bytes, obj: dict, property_maps: list, limits: Limits, prefix: str = "$"
+) -> tuple[str, str] | None:
+    """The first limit an event breaks, as (path, reason), or None.
+
+    The raw text bounds both string length and nesting depth, so most events skip the walk.
+    """
+    count = sum(len(m) for m in property_maps if isinstance(m, dict))
+    if count > limits.max_properties_per_event:
+        return prefix, f"{count} properties exceed the limit of {limits.max_properties_per_event}"
+    if len(raw) <= limits.max_string_length and raw.count(b"{") + raw.count(b"[") <= limits.max_depth:
+        return None
+    return _walk(obj, prefix, 1, limits)
+
+
+def _walk(node: Any, path: str, depth: int, limits: Limits) -> tuple[str, str] | None:
+    if isinstance(node, str):
+        if len(node) > limits.max_string_length:
+            return path, f"string of {len(node)} characters exceeds the limit of {limits.max_string_length}"
+        return None
+    if isinstance(node, dict | list):
+        if depth > limits.max_depth:
+            return path, f"nesting deeper than the limit of {limits.max_depth}"
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            child = f"{path}.{key}" if isinstance(node, dict) else f"{path}[{key}]"
+            if isinstance(key, str) and len(key) > limits.max_string_length:
+                return child, "key exceeds the string length limit"
+            problem = _walk(value, child, depth + 1, limits)
+            if problem:
+                return problem
+    return None

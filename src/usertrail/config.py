@@ -1,0 +1,89 @@
+"""Server configuration: one object, read from `USERTRAIL_*` environment variables.
+
+Worker processes started by uvicorn re-read the same environment, so the CLI passes its
+flags down by setting these variables before it starts the workers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits on what one collection request may carry; documented in docs/collection.md."""
+
+    max_body_bytes: int = 1_048_576
+    max_events_per_batch: int = 500
+    max_properties_per_event: int = 200
+    max_string_length: int = 8_192
+    max_depth: int = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings. Per-project behaviour lives in the project's environment settings."""
+
+    data_dir: Path = Path("usertrail-data")
+    database_url: str = ""
+    geoip_db: str = ""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    security_log_retention_days: int = 7
+    # "full" runs the whole pipeline; "decode_only" parses and answers without enrichment or
+    # storage, which the ingest benchmark uses to measure the HTTP + decode ceiling.
+    ingest_mode: str = "full"
+    # Extra time a group-commit batch waits for more requests before committing.
+    commit_delay_ms: float = 0.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'usertrail.db').resolve()}"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Build settings from `USERTRAIL_*` variables (missing ones take the defaults)."""
+        env = dict(os.environ if env is None else env)
+        limits = Limits(
+            **{
+                name: int(env[f"USERTRAIL_LIMIT_{name.upper()}"])
+                for name in Limits.__dataclass_fields__
+                if f"USERTRAIL_LIMIT_{name.upper()}" in env
+            }
+        )
+        proxies = tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in env.get("USERTRAIL_TRUSTED_PROXIES", "").split(",")
+            if p.strip()
+        )
+        return cls(
+            data_dir=Path(env.get("USERTRAIL_DATA_DIR", "usertrail-data")),
+            database_url=env.get("USERTRAIL_DATABASE_URL", ""),
+            geoip_db=env.get("USERTRAIL_GEOIP_DB", ""),
+            trusted_proxies=proxies,
+            limits=limits,
+            security_log_retention_days=int(env.get("USERTRAIL_SECURITY_LOG_RETENTION_DAYS", "7")),
+            ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
+            commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a worker process."""
+        env = {
+            "USERTRAIL_DATA_DIR": str(self.data_dir),
+            "USERTRAIL_DATABASE_URL": self.database_url,
+            "USERTRAIL_GEOIP_DB": self.geoip_db,
+            "USERTRAIL_TRUSTED_PROXIES": ",".join(str(p) for p in self.trusted_proxies),
+            "USERTRAIL_SECURITY_LOG_RETENTION_DAYS": str(self.security_log_retention_days),
+            "USERTRAIL_INGEST_MODE": self.ingest_mode,
+            "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
+        }
+        for name in Limits.__dataclass_fields__:
+            env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))
+        return env

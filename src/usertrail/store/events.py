@@ -1,0 +1,161 @@
+"""The event log: accepted events, rejected events, drop tallies and the security log.
+
+Writes arrive as `IngestRecord`s (one per HTTP request) and are committed many at a time
+(group commit), so one fsync covers every request that was waiting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from usertrail.store.database import insert_ignore, upsert_add, write_transaction
+from usertrail.store.schema import drop_counts, events, rejected_events, security_log
+
+DUPLICATE = "duplicate"
+
+
+@dataclass
+class IngestRecord:
+    """Everything one collection request leaves behind, written in one transaction."""
+
+    project_id: int
+    events: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    drops: Counter = field(default_factory=Counter)  # (env, reason) -> count
+    security: dict | None = None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    stored: int
+    duplicates: int
+
+
+def utc_day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
+class EventStore:
+    """Appends and reads events and their side records."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect.name
+        self._insert_event = insert_ignore(events, dialect)
+        self._insert_rejected = insert_ignore(rejected_events, dialect)
+        self._add_drops = upsert_add(drop_counts, dialect, ["project_id", "env", "day", "reason"], "count")
+
+    def write_many(self, records: list[IngestRecord]) -> list[WriteOutcome]:
+        """Commit every record in one transaction; on return they are durable."""
+        outcomes: list[WriteOutcome] = []
+        day = utc_day(int(time.time() * 1000))
+        with write_transaction(self.engine) as conn:
+            tallies: Counter = Counter()
+            security_rows = []
+            for record in records:
+                stored = conn.execute(self._insert_event, record.events).rowcount if record.events else 0
+                duplicates = len(record.events) - stored
+                if record.rejected:
+                    conn.execute(self._insert_rejected, record.rejected)
+                for (env, reason), count in record.drops.items():
+                    tallies[(record.project_id, env, reason)] += count
+                if duplicates:
+                    env = record.events[0]["env"]
+                    tallies[(record.project_id, env, DUPLICATE)] += duplicates
+                if record.security is not None:
+                    security_rows.append(record.security)
+                outcomes.append(WriteOutcome(stored, duplicates))
+            if tallies:
+                conn.execute(
+                    self._add_drops,
+                    [
+                        {"project_id": p, "env": e, "day": day, "reason": r, "count": c}
+                        for (p, e, r), c in sorted(tallies.items())
+                    ],
+                )
+            if security_rows:
+                conn.execute(security_log.insert(), security_rows)
+        return outcomes
+
+    def user_events(
+        self,
+        project_id: int,
+        user_key: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[sa.Row]:
+        """One end user's events in time order (served by the (project, user, ts) index)."""
+        query = sa.select(events).where(events.c.project_id == project_id, events.c.user_key == user_key)
+        if since is not None:
+            query = query.where(events.c.ts >= since)
+        if until is not None:
+            query = query.where(events.c.ts < until)
+        query = query.order_by(events.c.ts, events.c.event_id).limit(limit)
+        with self.engine.connect() as conn:
+            return conn.execute(query).all()
+
+    def count(self, project_id: int) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(events).where(events.c.project_id == project_id)
+            ).scalar_one()
+
+    def drop_counts(self, project_id: int, since_day: str | None = None) -> list[sa.Row]:
+        """Tallies of dropped events by day, environment and reason."""
+        query = sa.select(drop_counts.c.day, drop_counts.c.env, drop_counts.c.reason, drop_counts.c.count).where(
+            drop_counts.c.project_id == project_id
+        )
+        if since_day:
+            query = query.where(drop_counts.c.day >= since_day)
+        with self.engine.connect() as conn:
+            return conn.execute(query.order_by(drop_counts.c.day, drop_counts.c.reason)).all()
+
+    def rejected(
+        self, project_id: int, status: str | None = "pending", after: str | None = None, limit: int = 100
+    ) -> list[sa.Row]:
+        """Rejected events, oldest first, paged by id."""
+        query = sa.select(rejected_events).where(rejected_events.c.project_id == project_id)
+        if status:
+            query = query.where(rejected_events.c.status == status)
+        if after:
+            query = query.where(rejected_events.c.id > after)
+        with self.engine.connect() as conn:
+            return conn.execute(query.order_by(rejected_events.c.id).limit(limit)).all()
+
+    def rejected_by_ids(self, project_id: int, ids: list[str]) -> list[sa.Row]:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(rejected_events)
+                .where(rejected_events.c.project_id == project_id, rejected_events.c.id.in_(ids))
+                .order_by(rejected_events.c.id)
+            ).all()
+
+    def resolve_rejected(self, project_id: int, ids: list[str], status: str) -> None:
+        """Mark rejected events as re-processed or discarded (they are kept for the record)."""
+        if not ids:
+            return
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                rejected_events.update()
+                .where(rejected_events.c.project_id == project_id, rejected_events.c.id.in_(ids))
+                .values(status=status, resolved_at=int(time.time() * 1000))
+            )
+
+    def purge_security_log(self, older_than_ms: int) -> int:
+        """Delete security-log entries (the only place full IPs live) older than the retention."""
+        with write_transaction(self.engine) as conn:
+            return conn.execute(security_log.delete().where(security_log.c.ts < older_than_ms)).rowcount
+
+    def security_entries(self, project_id: int, limit: int = 100) -> list[sa.Row]:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(security_log)
+                .where(security_log.c.project_id == project_id)
+                .order_by(security_log.c.ts.desc())
+                .limit(limit)
+            ).all()

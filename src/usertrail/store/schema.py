@@ -1,0 +1,139 @@
+"""The one schema, for SQLite and PostgreSQL alike (and Citus later).
+
+Rules kept from the start (see docs/architecture.md and shared/research/citus-constraints.md):
+- every row carries `project_id`;
+- per-end-user tables carry `user_key`, the future distribution column, and every primary key
+  or unique index on them includes it;
+- no triggers, no database-generated composite keys: ids are made by the application.
+Small per-project tables (projects, environments, api_keys) are reference tables under Citus.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    # WalkMe's account GUID (`wm.uId`): lets an unmodified WalkMe recorder post without our key.
+    sa.Column("walkme_account_id", sa.Text, nullable=True, unique=True),
+)
+
+environments = sa.Table(
+    "environments",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("settings", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "name"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("key_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # "write" or "admin"
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    # Write keys are public (they sit in every page); admin tokens are only ever stored hashed.
+    sa.Column("display", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "key_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),  # event time, ms, corrected for clock skew
+    sa.Column("client_ts", sa.BigInteger, nullable=True),  # as the client sent it
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),  # "walkme" or "native"
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Column("app_type", sa.Text, nullable=True),
+    sa.Column("object_id", sa.Text, nullable=True),
+    sa.Column("object_name", sa.Text, nullable=True),
+    sa.Column("session_hint", sa.Text, nullable=True),
+    sa.Column("visit_id", sa.Text, nullable=True),
+    sa.Column("anon_id", sa.Text, nullable=True),
+    sa.Column("user_id", sa.Text, nullable=True),
+    sa.Column("id_source", sa.Text, nullable=False),
+    sa.Column("url_host", sa.Text, nullable=True),
+    sa.Column("url_path", sa.Text, nullable=True),
+    sa.Column("title", sa.Text, nullable=True),
+    sa.Column("country", sa.Text, nullable=True),
+    sa.Column("region", sa.Text, nullable=True),
+    sa.Column("city", sa.Text, nullable=True),
+    sa.Column("browser", sa.Text, nullable=True),
+    sa.Column("browser_version", sa.Text, nullable=True),
+    sa.Column("os", sa.Text, nullable=True),
+    sa.Column("device_type", sa.Text, nullable=True),
+    sa.Column("is_mobile", sa.Boolean, nullable=True),
+    sa.Column("ip_masked", sa.Text, nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),  # the event exactly as kept, JSON
+    # Doubles as the de-duplication key: a re-sent event hits the same (project, user, event_id).
+    sa.PrimaryKeyConstraint("project_id", "user_key", "event_id"),
+)
+sa.Index(None, events.c.project_id, events.c.user_key, events.c.ts)
+
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # time-ordered: "<received ms>-<random>"
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("env", sa.Text, nullable=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("batch_index", sa.Integer, nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),  # the raw event text as it arrived
+    sa.Column("context", sa.Text, nullable=False),  # JSON: request facts needed to re-process it
+    sa.Column("status", sa.Text, nullable=False),  # "pending", "reprocessed" or "discarded"
+    sa.Column("resolved_at", sa.BigInteger, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, rejected_events.c.project_id, rejected_events.c.status, rejected_events.c.id)
+
+drop_counts = sa.Table(
+    "drop_counts",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("day", sa.Text, nullable=False),  # UTC, YYYY-MM-DD
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "env", "day", "reason"),
+)
+
+security_log = sa.Table(
+    "security_log",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("ip", sa.Text, nullable=False),  # the full client IP: kept only here, briefly
+    sa.Column("user_agent", sa.Text, nullable=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, security_log.c.ts)

@@ -1,0 +1,251 @@
+"""The admin API: project settings, keys, drop counts, rejected events and event reads.
+
+Every route takes the project id in the path and an admin token of that same project.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from usertrail.collect.service import Collector
+from usertrail.collect.traffic import InvalidPattern, validate_ip_pattern
+from usertrail.project_settings import EnvironmentSettings, merge_settings
+from usertrail.store.events import EventStore
+from usertrail.store.projects import ADMIN, UnknownProject
+from usertrail.web.errors import ApiError
+from usertrail.web.snippet import snippet_tag
+
+
+def _collector(request: Request) -> Collector:
+    return request.app.state.collector
+
+
+def require_admin(request: Request) -> int:
+    """The project id of the path, once the bearer token is shown to be an admin token of it."""
+    auth = request.headers.get("authorization", "")
+    if not auth.lower().startswith("bearer "):
+        raise ApiError(401, "unauthorized", "send `Authorization: Bearer <admin token>`", "Authorization")
+    try:
+        project_id = int(request.path_params["project_id"])
+    except ValueError:
+        raise ApiError(404, "not_found", "no such project", "project_id") from None
+    grant = _collector(request).projects.authenticate(auth[7:].strip())
+    if grant is None:
+        raise ApiError(401, "unauthorized", "unknown or expired token", "Authorization")
+    if grant.kind != ADMIN:
+        raise ApiError(403, "forbidden", "a write key can only send events; use an admin token", "Authorization")
+    if grant.project_id != project_id:
+        raise ApiError(403, "forbidden", "this token belongs to another project", "project_id")
+    return project_id
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}", "$") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "expected a JSON object", "$")
+    return body
+
+
+def _settings_json(settings: EnvironmentSettings) -> dict:
+    return msgspec.to_builtins(settings)
+
+
+async def get_project(request: Request) -> Response:
+    project_id = require_admin(request)
+    collector = _collector(request)
+    try:
+        project = collector.projects.get(project_id)
+    except UnknownProject:
+        raise ApiError(404, "not_found", "no such project", "project_id") from None
+    envs = collector.projects.environments(project_id)
+    base = str(request.base_url).rstrip("/")
+    write_key = next(
+        (k["key"] for k in collector.projects.keys(project_id) if k["kind"] == "write" and k["expires_at"] is None),
+        None,
+    )
+    return JSONResponse(
+        {
+            "id": project.id,
+            "name": project.name,
+            "created_at": project.created_at,
+            "walkme_account_id": project.walkme_account_id,
+            "environments": {name: _settings_json(s) for name, s in envs.items()},
+            "keys": collector.projects.keys(project_id),
+            "snippets": {name: snippet_tag(base, write_key or "", name) for name in envs},
+        }
+    )
+
+
+async def patch_environment(request: Request) -> Response:
+    """Change part of one environment's settings; unknown keys and wrong types are refused by path."""
+    project_id = require_admin(request)
+    collector = _collector(request)
+    name = request.path_params["env"]
+    envs = collector.projects.environments(project_id)
+    patch = await _json_body(request)
+    if name not in envs:
+        if request.method != "PUT":
+            raise ApiError(404, "unknown_environment", f"no environment {name!r}; PUT creates one", "env")
+        current = EnvironmentSettings(walkme_env=max((s.walkme_env for s in envs.values()), default=-1) + 1)
+    else:
+        current = envs[name]
+    try:
+        updated = merge_settings(current, patch)
+    except msgspec.ValidationError as exc:
+        reason, _, path = str(exc).partition(" - at `")
+        raise ApiError(400, "invalid_settings", reason, path.rstrip("`") or "$") from None
+    for i, pattern in enumerate(updated.traffic.excluded_ips):
+        try:
+            validate_ip_pattern(pattern)
+        except InvalidPattern as exc:
+            raise ApiError(400, "invalid_settings", str(exc), f"$.traffic.excluded_ips[{i}]") from None
+    clash = [n for n, s in envs.items() if n != name and s.walkme_env == updated.walkme_env]
+    if clash:
+        raise ApiError(
+            400,
+            "invalid_settings",
+            f"wm.env {updated.walkme_env} is already used by {clash[0]!r}",
+            "$.walkme_env",
+        )
+    collector.projects.save_environment(project_id, name, updated)
+    collector.forget_cached_settings()
+    return JSONResponse({"environment": name, "settings": _settings_json(updated)})
+
+
+async def rotate_key(request: Request) -> Response:
+    project_id = require_admin(request)
+    body = await _json_body(request)
+    kind = body.get("kind")
+    grace = body.get("grace_seconds", 86_400 if kind == "write" else 0)
+    if kind not in ("write", "admin"):
+        raise ApiError(400, "invalid_request", "kind must be `write` or `admin`", "$.kind")
+    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 0:
+        raise ApiError(400, "invalid_request", "grace_seconds must be a whole number ≥ 0", "$.grace_seconds")
+    collector = _collector(request)
+    token = collector.projects.rotate(project_id, kind, grace)
+    collector.forget_cached_settings()
+    return JSONResponse({"kind": kind, "key": token, "previous_keys_expire_in_seconds": grace}, status_code=201)
+
+
+async def drop_counts(request: Request) -> Response:
+    """Why data is missing: dropped events by reason (and by day and environment)."""
+    project_id = require_admin(request)
+    store: EventStore = _collector(request).events
+    rows = store.drop_counts(project_id, request.query_params.get("since"))
+    totals: dict[str, int] = {}
+    for r in rows:
+        totals[r.reason] = totals.get(r.reason, 0) + r.count
+    pending = len(store.rejected(project_id, "pending", limit=10_000))
+    return JSONResponse(
+        {
+            "by_reason": totals,
+            "rejected_pending": pending,
+            "rows": [{"day": r.day, "env": r.env, "reason": r.reason, "count": r.count} for r in rows],
+        }
+    )
+
+
+def _limit(request: Request, default: int = 100, ceiling: int = 1000) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= ceiling:
+        raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {ceiling}", "limit")
+    return int(raw)
+
+
+async def list_rejected(request: Request) -> Response:
+    project_id = require_admin(request)
+    status = request.query_params.get("status", "pending")
+    if status not in ("pending", "reprocessed", "discarded", "all"):
+        raise ApiError(400, "invalid_request", "status must be pending, reprocessed, discarded or all", "status")
+    rows = _collector(request).events.rejected(
+        project_id, None if status == "all" else status, request.query_params.get("after"), _limit(request)
+    )
+    items = [
+        {
+            "id": r.id,
+            "received_at": r.received_at,
+            "env": r.env,
+            "source": r.source,
+            "reason": r.reason,
+            "path": r.path,
+            "batch_index": r.batch_index,
+            "payload": r.payload,
+            "status": r.status,
+            "resolved_at": r.resolved_at,
+        }
+        for r in rows
+    ]
+    return JSONResponse({"items": items, "next_after": items[-1]["id"] if items else None})
+
+
+def _ids(body: dict) -> list[str]:
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ApiError(400, "invalid_request", "ids must be a non-empty list of rejected-event ids", "$.ids")
+    return ids
+
+
+async def reprocess_rejected(request: Request) -> Response:
+    """Re-run rejected events through the pipeline, optionally with corrected payloads."""
+    project_id = require_admin(request)
+    body = await _json_body(request)
+    payloads = body.get("payloads") or {}
+    if not isinstance(payloads, dict) or not all(isinstance(v, str) for v in payloads.values()):
+        raise ApiError(400, "invalid_request", "payloads maps an id to the corrected event text", "$.payloads")
+    ids = _ids(body)
+    results = _collector(request).reprocess(project_id, ids, payloads)
+    found = {r["id"] for r in results}
+    results += [{"id": i, "status": "not_found"} for i in ids if i not in found]
+    return JSONResponse({"results": results})
+
+
+async def discard_rejected(request: Request) -> Response:
+    project_id = require_admin(request)
+    ids = _ids(await _json_body(request))
+    _collector(request).events.resolve_rejected(project_id, ids, "discarded")
+    return JSONResponse({"discarded": len(ids)})
+
+
+def event_json(row) -> dict:
+    item = {k: v for k, v in row._mapping.items() if k not in ("payload", "project_id")}
+    item["payload"] = msgspec.json.decode(row.payload)
+    return item
+
+
+async def user_events(request: Request) -> Response:
+    """One end user's events in time order (`since`/`until` in ms, `limit`)."""
+    project_id = require_admin(request)
+    params = request.query_params
+    try:
+        since = int(params["since"]) if "since" in params else None
+        until = int(params["until"]) if "until" in params else None
+    except ValueError:
+        raise ApiError(400, "invalid_request", "since and until are milliseconds since the epoch", "since") from None
+    rows = _collector(request).events.user_events(
+        project_id, request.path_params["user_key"], since, until, _limit(request, 1000, 10_000)
+    )
+    return JSONResponse({"events": [event_json(r) for r in rows]})
+
+
+async def stats(request: Request) -> Response:
+    project_id = require_admin(request)
+    return JSONResponse({"events": _collector(request).events.count(project_id)})
+
+
+routes = [
+    Route("/api/projects/{project_id}", get_project, methods=["GET"]),
+    Route("/api/projects/{project_id}/environments/{env}", patch_environment, methods=["PATCH", "PUT"]),
+    Route("/api/projects/{project_id}/keys/rotate", rotate_key, methods=["POST"]),
+    Route("/api/projects/{project_id}/drops", drop_counts, methods=["GET"]),
+    Route("/api/projects/{project_id}/rejected", list_rejected, methods=["GET"]),
+    Route("/api/projects/{project_id}/rejected/reprocess", reprocess_rejected, methods=["POST"]),
+    Route("/api/projects/{project_id}/rejected/discard", discard_rejected, methods=["POST"]),
+    Route("/api/projects/{project_id}/users/{user_key:path}/events", user_events, methods=["GET"]),
+    Route("/api/projects/{project_id}/stats", stats, methods=["GET"]),
+]

@@ -1,0 +1,31 @@
+"""The browser snippet: the tag customers paste, and the route that serves the script."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+SNIPPET_JS = Path(__file__).parent / "static" / "usertrail.js"
+
+
+def snippet_tag(base_url: str, write_key: str, environment: str = "production") -> str:
+    """The one-line tag that installs usertrail in a page."""
+    return (
+        f'<script async src="{escape(base_url)}/snippet.js" '
+        f'data-key="{escape(write_key)}" data-env="{escape(environment)}"></script>'
+    )
+
+
+async def snippet_js(request: Request) -> Response:
+    return Response(
+        SNIPPET_JS.read_bytes(),
+        media_type="application/javascript",
+        headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"},
+    )
+
+
+routes = [Route("/snippet.js", snippet_js, methods=["GET"])]
