@@ -222,11 +222,12 @@ def decode_walkme(body: bytes, content_type: str, limits: Limits) -> DecodedBatc
     """Decode a WalkMe request body (NDJSON with header, one object, or an array)."""
     sent_at: int | None = None
     if "json" in content_type and not _looks_like_ndjson(body):
+        is_array = body.lstrip()[:1] == b"["
         try:
-            document = msgspec.json.decode(body, type=msgspec.Raw | list[msgspec.Raw])
+            document = msgspec.json.decode(body, type=list[msgspec.Raw] if is_array else msgspec.Raw)
         except msgspec.DecodeError as exc:
             raise WireError("$", f"malformed JSON: {exc}") from None
-        raw_items = [bytes(r) for r in document] if isinstance(document, list) else [bytes(document)]
+        raw_items = [bytes(r) for r in document] if is_array else [bytes(document)]
         first_index = 0
     else:
         lines = [line for line in body.split(b"\n") if line.strip()]

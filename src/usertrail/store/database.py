@@ -80,6 +80,20 @@ def insert_ignore(table: sa.Table, dialect_name: str) -> sa.Insert:
     return _insert_for(dialect_name)(table).on_conflict_do_nothing()
 
 
+def insert_ignore_counted(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
+    """Insert rows, skipping existing keys; returns how many were new.
+
+    SQLite reports the count of an executemany as its rowcount; psycopg's batched inserts do
+    not (-1), so on PostgreSQL the new rows' keys are returned and counted instead.
+    """
+    dialect = conn.dialect.name
+    stmt = insert_ignore(table, dialect)
+    if dialect == "sqlite":
+        return conn.execute(stmt, rows).rowcount
+    first_key = table.primary_key.columns.values()[0]
+    return len(conn.execute(stmt.returning(first_key), rows).all())
+
+
 def upsert_add(table: sa.Table, dialect_name: str, key: Iterable[str], counter: str) -> sa.Insert:
     """INSERT that adds to `counter` when the key already exists (counters, tallies)."""
     stmt = _insert_for(dialect_name)(table)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from usertrail.store.database import insert_ignore, upsert_add, write_transaction
+from usertrail.store.database import insert_ignore, insert_ignore_counted, upsert_add, write_transaction
 from usertrail.store.schema import drop_counts, events, rejected_events, security_log
 
 DUPLICATE = "duplicate"
@@ -45,7 +45,6 @@ class EventStore:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         dialect = engine.dialect.name
-        self._insert_event = insert_ignore(events, dialect)
         self._insert_rejected = insert_ignore(rejected_events, dialect)
         self._add_drops = upsert_add(drop_counts, dialect, ["project_id", "env", "day", "reason"], "count")
 
@@ -57,7 +56,7 @@ class EventStore:
             tallies: Counter = Counter()
             security_rows = []
             for record in records:
-                stored = conn.execute(self._insert_event, record.events).rowcount if record.events else 0
+                stored = insert_ignore_counted(conn, events, record.events) if record.events else 0
                 duplicates = len(record.events) - stored
                 if record.rejected:
                     conn.execute(self._insert_rejected, record.rejected)

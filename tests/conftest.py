@@ -1,0 +1,129 @@
+"""Shared fixtures: a real PostgreSQL cluster, fresh databases on both engines, and a real HTTP server."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from usertrail.config import Settings
+from usertrail.store.database import create_engine, migrate
+from usertrail.store.projects import NewProject, ProjectStore
+from usertrail.testing.postgres import TemporaryPostgres, free_port
+from usertrail.web.app import create_app
+
+CHROME_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One PostgreSQL cluster for the whole run (or the one named by USERTRAIL_TEST_PG_URL)."""
+    given = os.environ.get("USERTRAIL_TEST_PG_URL")
+    if given:
+        yield given
+        return
+    with TemporaryPostgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each engine."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = create_engine(database_url)
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+@dataclass
+class LiveServer:
+    """A usertrail server listening on a real socket, with one project ready."""
+
+    base_url: str
+    settings: Settings
+    project: NewProject
+    projects: ProjectStore
+    engine: sa.Engine
+    app: object
+
+    def client(self, **kwargs) -> httpx.Client:
+        headers = {"User-Agent": CHROME_UA, **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
+
+    def admin(self, token: str | None = None) -> httpx.Client:
+        return self.client(headers={"Authorization": f"Bearer {token or self.project.admin_token}"})
+
+    def scalar(self, sql: str, **params):
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+
+    def rows(self, sql: str, **params) -> list:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).all()
+
+
+def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, object]:
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    return server, thread, app
+
+
+@pytest.fixture
+def make_server(database_url: str, tmp_path: Path):
+    """Start a real server on the test database; settings can be overridden per test."""
+    started: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def make(**overrides) -> LiveServer:
+        settings = replace(Settings(data_dir=tmp_path, database_url=database_url), **overrides)
+        server, thread, app = start_server(settings)
+        started.append((server, thread))
+        engine = app.state.collector.events.engine
+        projects = app.state.collector.projects
+        new = projects.create("test project")
+        return LiveServer(f"http://127.0.0.1:{server.config.port}", settings, new, projects, engine, app)
+
+    yield make
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(make_server) -> LiveServer:
+    """A server with default settings and one project."""
+    return make_server()

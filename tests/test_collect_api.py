@@ -1,0 +1,376 @@
+"""Collection through the real HTTP server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import msgspec
+from conftest import LiveServer
+from samples import SPEC_EVENT, now_ms, walkme_body, walkme_event
+
+from usertrail.collect.pipeline import hash_identifier
+from usertrail.store.events import EventStore
+
+
+def tell(live: LiveServer, events: list[dict], key: str | None = None, **kwargs):
+    with live.client(**kwargs.pop("client", {})) as client:
+        return client.post(
+            f"/event/tell?key={key or live.project.write_key}",
+            content=walkme_body(events, kwargs.pop("client_ts", None)),
+            headers={"Content-Type": "text/plain", **kwargs.pop("headers", {})},
+        )
+
+
+def native(live: LiveServer, batch: list[dict], key: str | None = None, **envelope):
+    with live.client() as client:
+        return client.post(
+            f"/v1/batch?key={key or live.project.write_key}",
+            content=msgspec.json.encode({"batch": batch, **envelope}),
+            headers={"Content-Type": "text/plain"},  # what navigator.sendBeacon sends
+        )
+
+
+def patch_env(live: LiveServer, settings: dict, env: str = "production"):
+    with live.admin() as admin:
+        response = admin.patch(f"/api/projects/{live.project.project.id}/environments/{env}", json=settings)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_spec_event_stored_with_every_field(live):
+    response = tell(live, [SPEC_EVENT], client_ts=SPEC_EVENT["time"] + 1000)
+    assert response.status_code == 200 and response.text == "ok"
+    [row] = live.rows("SELECT * FROM events")
+    assert json.loads(row.payload) == SPEC_EVENT
+    assert row.user_key == "a:7302c5a9-9dbf-ef49-e898-8fce4d0add48"
+    assert (row.type, row.app_type, row.object_id, row.object_name) == ("play", "wt", "124909", "Log in")
+    assert (row.url_host, row.url_path, row.title) == (
+        "shopme.walkme.com",
+        "/product/pink-alligator/",
+        "Pink Alligator - ShopMe",
+    )
+    assert row.session_hint == SPEC_EVENT["sId"] and row.env == "production" and row.source == "walkme"
+    assert (row.browser, row.os, row.device_type) == ("Chrome", "Windows", "desktop")
+    assert row.ip_masked == "127.0.0.0"
+    # Sent a second after the event by a client whose clock is far behind: time is corrected.
+    assert abs(row.ts - (now_ms() - 1000)) < 5_000
+    assert row.client_ts == SPEC_EVENT["time"]
+
+
+def test_json_object_and_array_content_types(live):
+    with live.client() as client:
+        url = f"/event/tell?key={live.project.write_key}"
+        one = client.post(url, json=walkme_event(time=now_ms() - 5000))
+        many = client.post(url, json=[walkme_event(time=now_ms() - 4000), walkme_event(time=now_ms() - 3000)])
+    assert (one.status_code, one.text, many.status_code) == (200, "ok", 200)
+    assert live.scalar("SELECT count(*) FROM events") == 3
+
+
+def test_resent_events_are_stored_once(live):
+    base = now_ms()
+    events = [walkme_event(time=base - i) for i in range(5)]
+    assert tell(live, events).status_code == 200
+    assert tell(live, events).status_code == 200
+    assert live.scalar("SELECT count(*) FROM events") == 5
+    batch = [{"type": "track", "event": "Clicked", "anonymousId": "a1", "messageId": "msg-1"}]
+    first, again = native(live, batch), native(live, batch)
+    assert first.json()["stored"] == 1 and again.json()["duplicates"] == 1
+    assert live.scalar("SELECT count(*) FROM events WHERE source = 'native'") == 1
+    with live.admin() as admin:
+        drops = admin.get(f"/api/projects/{live.project.project.id}/drops").json()
+    assert drops["by_reason"]["duplicate"] == 6
+
+
+def test_native_batch_and_clock_skew(live):
+    client_now = now_ms() - 3_600_000  # the browser's clock is an hour slow
+    response = native(
+        live,
+        [
+            {
+                "type": "identify",
+                "userId": "jane",
+                "anonymousId": "anon-1",
+                "traits": {"role": "admin"},
+                "timestamp": client_now - 2000,
+            },
+            {
+                "type": "track",
+                "event": "Report exported",
+                "anonymousId": "anon-1",
+                "userId": "jane",
+                "properties": {"format": "csv"},
+                "timestamp": client_now - 1000,
+                "context": {"page": {"url": "https://app.example.com/reports?id=4", "title": "Reports"}},
+            },
+        ],
+        sentAt=client_now,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["stored"] == 2
+    # Default UUID settings (WalkMe ID) allow no identified id: "jane" never reaches storage.
+    rows = live.rows("SELECT * FROM events ORDER BY ts")
+    assert all("jane" not in (r.payload + str(r.user_id) + r.user_key) for r in rows)
+    patch_env(live, {"uuid": {"provider": "variable", "source": "currentUser.id"}})
+    later = now_ms()
+    native(
+        live,
+        [{"type": "page", "name": "Home", "anonymousId": "anon-1", "userId": "jane", "timestamp": later - 500}],
+        sentAt=later,
+    )
+    with live.admin() as admin:
+        events = admin.get(f"/api/projects/{live.project.project.id}/users/u:jane/events").json()["events"]
+    assert [e["type"] for e in events] == ["page"]
+    assert events[0]["id_source"] == "variable"
+    assert abs(events[0]["ts"] - (later - 500)) < 5_000
+    track = next(r for r in rows if r.type == "track")
+    assert (track.name, track.url_host, track.url_path, track.title) == (
+        "Report exported",
+        "app.example.com",
+        "/reports",
+        "Reports",
+    )
+    assert abs(track.ts - (now_ms() - 1000)) < 10_000  # skew-corrected: not an hour ago
+
+
+def test_partial_batch_stores_valid_events_and_keeps_rejected_ones(live):
+    good = walkme_event(time=now_ms() - 10)
+    bad = walkme_event(time=now_ms() - 5, data_oId={"nested": True})
+    response = tell(live, [good, bad])
+    assert response.status_code == 400
+    body = response.json()
+    assert body["stored"] == 1 and body["rejected"] == 1
+    [error] = body["errors"]
+    assert (error["index"], error["path"]) == (2, "$.data.oId")
+    assert live.scalar("SELECT count(*) FROM events") == 1
+    pid = live.project.project.id
+    with live.admin() as admin:
+        [item] = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
+        assert json.loads(item["payload"]) == bad and item["path"] == "$.data.oId"
+        fixed = json.dumps(walkme_event(time=bad["time"], data_oId=999))
+        result = admin.post(
+            f"/api/projects/{pid}/rejected/reprocess", json={"ids": [item["id"]], "payloads": {item["id"]: fixed}}
+        ).json()
+        assert result["results"] == [{"id": item["id"], "status": "stored"}]
+        assert admin.get(f"/api/projects/{pid}/rejected").json()["items"] == []
+        done = admin.get(f"/api/projects/{pid}/rejected?status=reprocessed").json()["items"]
+        assert [d["id"] for d in done] == [item["id"]]
+    assert live.scalar("SELECT count(*) FROM events WHERE object_id = '999'") == 1
+
+
+def test_unknown_environment_is_kept_and_reprocessed_after_the_fix(live):
+    staged = walkme_event(time=now_ms() - 10, wm_env=3)
+    response = tell(live, [staged])
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["code"] == "unknown_environment"
+    pid = live.project.project.id
+    with live.admin() as admin:
+        created = admin.put(f"/api/projects/{pid}/environments/stage", json={"walkme_env": 3})
+        assert created.status_code == 200, created.text
+        [item] = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
+        result = admin.post(f"/api/projects/{pid}/rejected/reprocess", json={"ids": [item["id"]]}).json()
+    assert result["results"][0]["status"] == "stored"
+    assert live.scalar("SELECT env FROM events") == "stage"
+
+
+def test_request_level_errors(live):
+    pid = live.project.project.id
+    with live.client() as client:
+        url = f"/event/tell?key={live.project.write_key}"
+        malformed = client.post(url, content=b"[{", headers={"Content-Type": "application/json"})
+        assert malformed.status_code == 400 and malformed.json()["path"] == "$"
+        too_many = client.post(url, content=walkme_body([SPEC_EVENT] * 501), headers={"Content-Type": "text/plain"})
+        assert too_many.status_code == 400 and "per batch" in too_many.json()["reason"]
+        huge = client.post(url, content=b"x" * 1_100_000, headers={"Content-Type": "text/plain"})
+        assert huge.status_code == 413
+        no_key = client.post("/event/tell", content=walkme_body([walkme_event(wm_uId="unknown")]))
+        assert no_key.status_code == 401 and no_key.json()["path"] == "key"
+        bad_key = client.post("/event/tell?key=wk_nope", content=walkme_body([SPEC_EVENT]))
+        assert bad_key.status_code == 401
+        unknown_field = client.post(
+            f"/v1/batch?key={live.project.write_key}",
+            json={"batch": [{"type": "track", "event": "x", "anonymousId": "a", "colour": 1}]},
+        )
+        assert unknown_field.status_code == 400
+        assert unknown_field.json()["errors"][0]["path"] == "$.batch[0]"
+        assert "colour" in unknown_field.json()["errors"][0]["reason"]
+    # A body that could not be read at all is still kept, whole.
+    with live.admin() as admin:
+        kept = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
+    assert any(item["payload"] == "[{" for item in kept)
+
+
+def test_keys_never_cross_projects(live):
+    other = live.projects.create("other project")
+    mine = live.project
+    assert tell(live, [walkme_event(time=now_ms() - 1)], key=other.write_key).status_code == 200
+    assert live.scalar("SELECT project_id FROM events") == other.project.id
+    with live.admin(mine.admin_token) as admin:
+        assert admin.get(f"/api/projects/{other.project.id}").status_code == 403
+        assert admin.get(f"/api/projects/{other.project.id}/users/a:x/events").status_code == 403
+        assert admin.get(f"/api/projects/{mine.project.id}/stats").json() == {"events": 0}
+    with live.admin(other.admin_token) as admin:
+        assert admin.get(f"/api/projects/{other.project.id}/stats").json() == {"events": 1}
+    with live.admin(mine.write_key) as writer:  # a write key cannot read
+        assert writer.get(f"/api/projects/{mine.project.id}/stats").status_code == 403
+    with live.client() as anonymous:
+        assert anonymous.get(f"/api/projects/{mine.project.id}/stats").status_code == 401
+
+
+def test_walkme_recorder_without_key_routes_by_account_id(live):
+    account = "3210be7ad82f403298f7c4da065ec657"
+    routed = live.projects.create("walkme account", walkme_account_id=account)
+    with live.client() as client:
+        response = client.post(
+            "/event/tell",
+            content=walkme_body([walkme_event(time=now_ms() - 3)]),
+            headers={"Content-Type": "text/plain"},
+        )
+    assert response.status_code == 200
+    assert live.scalar("SELECT project_id FROM events") == routed.project.id
+
+
+def test_tracking_level_and_drop_counts(live):
+    patch_env(live, {"tracking_level": "engagement"})
+    page = walkme_event(type="pageChange", time=now_ms() - 20, data={})
+    play = walkme_event(time=now_ms() - 10)
+    assert tell(live, [page, play]).status_code == 200
+    assert [r.type for r in live.rows("SELECT type FROM events")] == ["play"]
+    with live.admin() as admin:
+        drops = admin.get(f"/api/projects/{live.project.project.id}/drops").json()
+    assert drops["by_reason"] == {"above_tracking_level": 1}
+    assert drops["rows"][0]["env"] == "production"
+
+
+def test_url_and_title_collection_off(live):
+    patch_env(live, {"collect_url": False, "collect_title": False})
+    tell(live, [walkme_event(time=now_ms() - 10)])
+    native(
+        live,
+        [
+            {
+                "type": "page",
+                "anonymousId": "a",
+                "name": "x",
+                "context": {"page": {"url": "https://app.example.com/secret/42", "title": "Secret"}},
+                "properties": {"url": "https://app.example.com/secret/42", "title": "Secret"},
+            }
+        ],
+    )
+    for row in live.rows("SELECT * FROM events"):
+        assert row.url_host is None and row.url_path is None and row.title is None
+        assert "secret" not in row.payload.lower() and "pink" not in row.payload.lower()
+        assert "shopme.walkme.com" not in row.payload
+
+
+def test_identified_ids_follow_uuid_settings(live):
+    identified = walkme_event(time=now_ms() - 10, wm_euIdSource="Identifier", wm_euId="jane@example.com")
+    tell(live, [identified])  # default provider walkme_id: no identified ids kept
+    row = live.rows("SELECT * FROM events")[0]
+    assert "jane" not in row.payload and "jane" not in row.user_key and row.user_id is None
+    assert row.user_key == "a:" + hash_identifier("jane@example.com", "")
+    patch_env(live, {"uuid": {"provider": "variable", "source": "user.email", "hash": True, "salt": "s1"}})
+    tell(live, [walkme_event(time=now_ms() - 5, wm_euIdSource="Identifier", wm_euId="jane@example.com")])
+    hashed = hash_identifier("jane@example.com", "s1")
+    row = live.rows("SELECT * FROM events WHERE user_id IS NOT NULL")[0]
+    assert row.user_id == hashed and row.user_key == "u:" + hashed and row.id_source == "variable"
+    assert json.loads(row.payload)["wm"]["euId"] == hashed
+    patch_env(live, {"uuid": {"hash": False}})
+    tell(live, [walkme_event(time=now_ms() - 3)])  # anonymous id while the provider has none
+    fallback = live.rows("SELECT * FROM events WHERE user_key LIKE 'a:7302%'")[0]
+    assert fallback.id_source == "anonymous_fallback"
+
+
+def test_traffic_rules(make_server):
+    live = make_server(trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),))
+    patch_env(
+        live,
+        {
+            "traffic": {
+                "excluded_ips": ["81.2.69.160", "10.0.*", "192.168.0.0/16"],
+                "excluded_domains": ["*.internal.example.com"],
+                "excluded_user_agents": ["QA-Robot"],
+            }
+        },
+    )
+    ts = now_ms()
+    for i, ip in enumerate(["81.2.69.160", "10.0.7.7", "192.168.44.1", "8.8.8.8"]):
+        tell(live, [walkme_event(time=ts - 100 + i)], headers={"X-Forwarded-For": ip})
+    internal = walkme_event(time=ts - 50, ctx_location={"hostname": "qa.internal.example.com", "pathname": "/"})
+    tell(live, [internal], headers={"X-Forwarded-For": "8.8.8.8"})
+    tell(live, [walkme_event(time=ts - 40)], headers={"X-Forwarded-For": "8.8.8.8", "User-Agent": "QA-Robot 1.0"})
+    tell(live, [walkme_event(time=ts - 30)], headers={"X-Forwarded-For": "8.8.8.8", "User-Agent": "Googlebot/2.1"})
+    [row] = live.rows("SELECT * FROM events")
+    assert (row.country, row.ip_masked) == ("US", "8.8.8.0")
+    with live.admin() as admin:
+        drops = admin.get(f"/api/projects/{live.project.project.id}/drops").json()["by_reason"]
+    assert drops == {"excluded_ip": 3, "excluded_domain": 1, "excluded_user_agent": 1, "bot": 1}
+    # The full IP is kept only in the security log, which is purged after its retention.
+    assert "8.8.8.8" not in {r.ip_masked for r in live.rows("SELECT ip_masked FROM events")}
+    assert live.scalar("SELECT count(*) FROM security_log WHERE ip = '8.8.8.8'") == 4
+    assert EventStore(live.engine).purge_security_log(now_ms() + 1) >= 7
+    assert live.scalar("SELECT count(*) FROM security_log") == 0
+
+
+def test_settings_validation_names_the_field(live):
+    pid = live.project.project.id
+    with live.admin() as admin:
+        url = f"/api/projects/{pid}/environments/production"
+        unknown = admin.patch(url, json={"tracking_levle": "dxa"})
+        assert unknown.status_code == 400 and "tracking_levle" in unknown.json()["reason"]
+        wrong = admin.patch(url, json={"tracking_level": "everything"})
+        assert wrong.status_code == 400 and wrong.json()["path"] == "$.tracking_level"
+        bad_ip = admin.patch(url, json={"traffic": {"excluded_ips": ["10.0.0.1", "nope"]}})
+        assert bad_ip.status_code == 400 and bad_ip.json()["path"] == "$.traffic.excluded_ips[1]"
+        clash = admin.put(f"/api/projects/{pid}/environments/qa", json={"walkme_env": 0})
+        assert clash.status_code == 400 and clash.json()["path"] == "$.walkme_env"
+        project = admin.get(f"/api/projects/{pid}").json()
+    assert set(project["environments"]) == {"production", "test"}
+    assert project["environments"]["production"]["tracking_level"] == "dxa"
+    assert 'data-key="wk_' in project["snippets"]["test"]
+
+
+def test_cors_only_for_configured_origins(live):
+    patch_env(live, {"allowed_origins": ["https://app.example.com"]})
+    live.app.state.collector.forget_cached_settings()
+    body = msgspec.json.encode({"batch": [{"type": "track", "event": "x", "anonymousId": "a"}]})
+    key = live.project.write_key
+    with live.client() as client:
+        ok = client.post(f"/v1/batch?key={key}", content=body, headers={"Origin": "https://app.example.com"})
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "https://app.example.com"
+        refused = client.post(f"/v1/batch?key={key}", content=body, headers={"Origin": "https://evil.example"})
+        assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+        preflight = client.options(
+            f"/v1/batch?key={key}",
+            headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert client.options(f"/v1/batch?key={key}", headers={"Origin": "https://evil.example"}).status_code == 403
+    assert live.scalar("SELECT count(*) FROM events") == 1
+
+
+def test_key_rotation_with_grace(live):
+    pid, old = live.project.project.id, live.project.write_key
+    with live.admin() as admin:
+        rotated = admin.post(f"/api/projects/{pid}/keys/rotate", json={"kind": "write", "grace_seconds": 0})
+    assert rotated.status_code == 201
+    new = rotated.json()["key"]
+    live.app.state.collector.forget_cached_settings()
+    assert tell(live, [walkme_event(time=now_ms() - 2)], key=old).status_code == 401
+    assert tell(live, [walkme_event(time=now_ms() - 1)], key=new).status_code == 200
+    with live.admin() as admin:
+        graceful = admin.post(f"/api/projects/{pid}/keys/rotate", json={"kind": "write"}).json()
+    assert graceful["previous_keys_expire_in_seconds"] == 86_400
+    live.app.state.collector.forget_cached_settings()
+    assert tell(live, [walkme_event(time=now_ms())], key=new).status_code == 200
+
+
+def test_snippet_and_config(live):
+    with live.client() as client:
+        js = client.get("/snippet.js")
+        assert js.status_code == 200 and "usertrail" in js.text
+        config = client.get(f"/v1/config?key={live.project.write_key}&env=test").json()
+        assert config["uuid"]["provider"] == "walkme_id" and config["environment"] == "test"
+        assert client.get("/v1/config?key=nope").status_code == 401
