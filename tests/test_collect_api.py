@@ -6,9 +6,9 @@ import ipaddress
 import json
 
 import msgspec
+
 from conftest import LiveServer
 from samples import SPEC_EVENT, now_ms, walkme_body, walkme_event
-
 from usertrail.collect.pipeline import hash_identifier
 from usertrail.store.events import EventStore
 
