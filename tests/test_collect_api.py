@@ -7,10 +7,11 @@ import json
 
 import msgspec
 
-from conftest import LiveServer
-from samples import SPEC_EVENT, now_ms, walkme_body, walkme_event
 from usertrail.collect.pipeline import hash_identifier
 from usertrail.store.events import EventStore
+
+from conftest import LiveServer
+from samples import SPEC_EVENT, now_ms, walkme_body, walkme_event
 
 
 def tell(live: LiveServer, events: list[dict], key: str | None = None, **kwargs):

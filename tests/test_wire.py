@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samples import SPEC_EVENT, walkme_body, walkme_event
 from usertrail.collect.wire import Incoming, Invalid, WireError, decode_native, decode_walkme, parse_time
 from usertrail.config import Limits
+
+from samples import SPEC_EVENT, walkme_body, walkme_event
 
 LIMITS = Limits()
 

@@ -1,0 +1,122 @@
+"""An acknowledged event survives a crash: SIGKILL the server mid-stream, restart, count."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from usertrail.config import Settings
+from usertrail.store.database import create_engine, migrate
+from usertrail.store.projects import ProjectStore
+from usertrail.testing.postgres import free_port
+
+from conftest import CHROME_UA
+from samples import walkme_body, walkme_event
+
+pytestmark = pytest.mark.slow
+
+
+def _start(database_url: str, data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, **Settings(data_dir=data_dir, database_url=database_url).to_env()}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "usertrail.web.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not start: {process.stderr.read().decode()[-2000:]}")
+
+
+def _batch(n: int, size: int = 20) -> list[dict]:
+    base = 1_700_000_000_000 + n * 1000
+    return [walkme_event(time=base + i, data_oId=n * size + i) for i in range(size)]
+
+
+def test_acknowledged_events_survive_sigkill(database_url: str, tmp_path: Path):
+    engine = create_engine(database_url)
+    migrate(engine)
+    key = ProjectStore(engine).create("durability").write_key
+    port = free_port()
+    server = _start(database_url, tmp_path, port)
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def stream(worker: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
+            n = worker
+            while not stop.is_set():
+                try:
+                    response = client.post(f"/event/tell?key={key}", content=walkme_body(_batch(n)), timeout=5)
+                except httpx.HTTPError:
+                    return  # the server is gone: this batch was never acknowledged
+                if response.status_code == 200:
+                    acknowledged.append(n)
+                n += 4
+
+    threads = [threading.Thread(target=stream, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    while len(acknowledged) < 40:
+        time.sleep(0.01)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+
+    def counts() -> dict[str, int]:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT object_id, count(*) FROM events GROUP BY object_id")).all()
+        return {r[0]: r[1] for r in rows}
+
+    stored = counts()
+    expected = {str(n * 20 + i) for n in acknowledged for i in range(20)}
+    assert expected <= set(stored), f"{len(expected - set(stored))} acknowledged events were lost"
+    assert all(c == 1 for c in stored.values())
+
+    # After a restart, clients re-send what was not acknowledged (and some that was): still once each.
+    server = _start(database_url, tmp_path, port)
+    try:
+        sent = range(max(acknowledged) + 4)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
+            for n in sent:
+                assert client.post(f"/event/tell?key={key}", content=walkme_body(_batch(n))).status_code == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    stored = counts()
+    assert set(stored) == {str(n * 20 + i) for n in sent for i in range(20)}
+    assert all(c == 1 for c in stored.values())
+    engine.dispose()
