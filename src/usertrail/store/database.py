@@ -6,6 +6,7 @@ where the two engines differ (connection pragmas, the spelling of upserts) are h
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -101,6 +102,26 @@ def upsert_add(table: sa.Table, dialect_name: str, key: Iterable[str], counter: 
         index_elements=list(key),
         set_={counter: getattr(table.c, counter) + getattr(stmt.excluded, counter)},
     )
+
+
+def upsert_pending(table: sa.Table, dialect_name: str, key: Iterable[str]) -> sa.Insert:
+    """INSERT of a pending mark that, on an existing key, keeps the earliest `since_ts` and bumps `version`."""
+    stmt = _insert_for(dialect_name)(table)
+    least = sa.func.min if dialect_name == "sqlite" else sa.func.least  # two-argument min in each dialect
+    return stmt.on_conflict_do_update(
+        index_elements=list(key),
+        set_={"since_ts": least(table.c.since_ts, stmt.excluded.since_ts), "version": table.c.version + 1},
+    )
+
+
+def lock_key(conn: sa.Connection, *parts: object) -> None:
+    """Serialise work on one key across processes until the transaction ends.
+
+    SQLite needs nothing: a write transaction already holds the database's single write lock.
+    """
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest, "big", signed=True),))
 
 
 def _insert_for(dialect_name: str):

@@ -137,3 +137,104 @@ security_log = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "id"),
 )
 sa.Index(None, security_log.c.ts)
+
+# --- derived state: sessions, identity, the End User Object (recomputable from events) -------
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),  # the owner: identified user, or the anonymous id
+    sa.Column("start_ts", sa.BigInteger, nullable=False),
+    sa.Column("end_ts", sa.BigInteger, nullable=False),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("interaction_count", sa.Integer, nullable=False),
+    sa.Column("page_views", sa.Integer, nullable=False),
+    sa.Column("is_empty", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # "open" or "closed"
+    sa.Column("closed_at", sa.BigInteger, nullable=True),  # server time of the close
+    sa.Column("client_session_ids", sa.Text, nullable=False),  # JSON list of client sIds seen
+    sa.Column("entry_path", sa.Text, nullable=True),
+    sa.Column("exit_path", sa.Text, nullable=True),
+    sa.Column("country", sa.Text, nullable=True),
+    sa.Column("region", sa.Text, nullable=True),
+    sa.Column("city", sa.Text, nullable=True),
+    sa.Column("browser", sa.Text, nullable=True),
+    sa.Column("browser_version", sa.Text, nullable=True),
+    sa.Column("os", sa.Text, nullable=True),
+    sa.Column("device_type", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "start_ts"),
+)
+sa.Index(None, sessions.c.project_id, sessions.c.status, sessions.c.end_ts)
+
+end_users = sa.Table(
+    "end_users",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("first_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+    sa.Column("total_sessions", sa.Integer, nullable=False),
+    sa.Column("avg_session_duration_ms", sa.Float, nullable=False),
+    sa.Column("total_session_duration_ms", sa.BigInteger, nullable=False),
+    sa.Column("avg_time_between_sessions_ms", sa.Float, nullable=True),
+    sa.Column("country", sa.Text, nullable=True),
+    sa.Column("region", sa.Text, nullable=True),
+    sa.Column("city", sa.Text, nullable=True),
+    sa.Column("browser_name", sa.Text, nullable=True),
+    sa.Column("browser_version", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),  # server time of the last session close applied
+    sa.PrimaryKeyConstraint("project_id", "user_key"),
+)
+sa.Index(None, end_users.c.project_id, end_users.c.last_seen)
+
+# Users whose sessions must be recomputed from `since_ts` on (new events, due closes).
+pending_users = sa.Table(
+    "pending_users",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("since_ts", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),  # bumped by every new mark: a claim is done only if unchanged
+    sa.Column("claimed_until", sa.BigInteger, nullable=True),
+    sa.Column("claim", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "user_key"),
+)
+
+# Candidate links from an anonymous key to an identified key; the earliest link owns the anonymous key.
+identity_links = sa.Table(
+    "identity_links",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),  # the anonymous key
+    sa.Column("person_key", sa.Text, nullable=False),  # the identified key
+    sa.Column("link_ts", sa.BigInteger, nullable=False),
+    sa.Column("link_event_id", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "person_key"),
+)
+sa.Index(None, identity_links.c.project_id, identity_links.c.person_key)
+
+# Which keys used which client session id (WalkMe sId, snippet sessionId): stitches a login.
+session_hints = sa.Table(
+    "session_hints",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("session_hint", sa.Text, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("first_ts", sa.BigInteger, nullable=False),
+    sa.Column("first_event_id", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "session_hint", "user_key"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)

@@ -1,0 +1,1 @@
+"""The End User Object: standard attributes computed from closed sessions."""

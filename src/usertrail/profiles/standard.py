@@ -1,0 +1,96 @@
+"""Standard attributes of the End User Object, computed from a user's closed, non-empty sessions."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# The attribute names exactly as WalkMe documents them (case-sensitive).
+FIRST_SEEN = "First seen"
+LAST_SEEN = "Last seen"
+TOTAL_SESSIONS = "Total sessions"
+AVERAGE_SESSION_DURATION = "Average session duration"
+TOTAL_SESSION_DURATION = "Total session duration"
+AVERAGE_TIME_BETWEEN_SESSIONS = "Average time between sessions"
+COUNTRY = "Country"
+REGION = "Region/State"
+CITY = "City"
+BROWSER_NAME = "Browser Name"
+BROWSER_VERSION = "Browser Version"
+
+STANDARD_ATTRIBUTES = (
+    FIRST_SEEN, LAST_SEEN, TOTAL_SESSIONS, AVERAGE_SESSION_DURATION, TOTAL_SESSION_DURATION,
+    AVERAGE_TIME_BETWEEN_SESSIONS, COUNTRY, REGION, CITY, BROWSER_NAME, BROWSER_VERSION,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """The parts of a closed session that the standard attributes read."""
+
+    start: int
+    end: int
+    country: str | None
+    region: str | None
+    city: str | None
+    browser: str | None
+    browser_version: str | None
+
+
+@dataclass(frozen=True)
+class StandardAttributes:
+    first_seen: int
+    last_seen: int
+    total_sessions: int
+    average_session_duration: float
+    total_session_duration: int
+    average_time_between_sessions: float | None
+    country: str | None
+    region: str | None
+    city: str | None
+    browser_name: str | None
+    browser_version: str | None
+
+    def by_name(self) -> dict[str, object]:
+        """The attributes under their documented names."""
+        return {
+            FIRST_SEEN: self.first_seen,
+            LAST_SEEN: self.last_seen,
+            TOTAL_SESSIONS: self.total_sessions,
+            AVERAGE_SESSION_DURATION: self.average_session_duration,
+            TOTAL_SESSION_DURATION: self.total_session_duration,
+            AVERAGE_TIME_BETWEEN_SESSIONS: self.average_time_between_sessions,
+            COUNTRY: self.country,
+            REGION: self.region,
+            CITY: self.city,
+            BROWSER_NAME: self.browser_name,
+            BROWSER_VERSION: self.browser_version,
+        }
+
+
+def compute(sessions: Sequence[ClosedSession]) -> StandardAttributes | None:
+    """The attributes, or None before the user's first (non-empty) session has closed.
+
+    Durations are in milliseconds. The time between sessions is the mean gap from one session's
+    end to the next one's start. Location and browser come from the most recent session.
+    """
+    if not sessions:
+        return None
+    ordered = sorted(sessions, key=lambda s: s.start)
+    total = sum(s.end - s.start for s in ordered)
+    gaps = [b.start - a.end for a, b in itertools.pairwise(ordered)]
+    last = ordered[-1]
+    return StandardAttributes(
+        first_seen=ordered[0].start,
+        last_seen=last.end,
+        total_sessions=len(ordered),
+        average_session_duration=total / len(ordered),
+        total_session_duration=total,
+        average_time_between_sessions=sum(gaps) / len(gaps) if gaps else None,
+        country=last.country,
+        region=last.region,
+        city=last.city,
+        browser_name=last.browser,
+        browser_version=last.browser_version,
+    )

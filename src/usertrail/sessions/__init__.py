@@ -1,0 +1,1 @@
+"""Sessions: the server's 30-minute / 12-hour rule, identity stitching, and closing sessions."""

@@ -1,0 +1,266 @@
+"""Sessions and the End User Object: the rule, stitching, closing, and incremental == rebuild."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from usertrail.profiles.standard import ClosedSession, compute
+from usertrail.sessions.processor import SessionProcessor, mark_pending
+from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, sessionize
+from usertrail.store.database import create_engine, insert_ignore, migrate, write_transaction
+from usertrail.store.projects import ProjectStore
+from usertrail.store.schema import end_users, events, identity_links, sessions
+
+MIN = 60_000
+T0 = 1_750_000_000_000
+
+
+def point(ts: int, type_: str = "click", **kw) -> EventPoint:
+    return EventPoint(ts=ts, event_id=f"e{ts}", type=type_, **kw)
+
+
+def test_thirty_minutes_of_silence_end_a_session():
+    s = sessionize([point(T0), point(T0 + 29 * MIN), point(T0 + 58 * MIN), point(T0 + 88 * MIN)])
+    assert [(x.start, x.end, x.events) for x in s] == [(T0, T0 + 58 * MIN, 3), (T0 + 88 * MIN, T0 + 88 * MIN, 1)]
+    exactly = sessionize([point(T0), point(T0 + IDLE_MS)])
+    assert len(exactly) == 2
+
+
+def test_twelve_hours_at_most():
+    busy = [point(T0 + i * 20 * MIN) for i in range(50)]  # ~16 h without a 30-minute pause
+    s = sessionize(busy)
+    assert len(s) == 2
+    assert s[0].end - s[0].start < MAX_SESSION_MS and s[1].start - s[0].start >= MAX_SESSION_MS
+
+
+def test_empty_sessions():
+    assert sessionize([point(T0, "pageChange"), point(T0 + MIN, "sessionPing")])[0].is_empty
+    assert not sessionize([point(T0, "pageChange"), point(T0 + MIN, "pageChange")])[0].is_empty  # navigated
+    assert not sessionize([point(T0, "page"), point(T0 + MIN, "play")])[0].is_empty
+
+
+def test_standard_attributes():
+    a = ClosedSession(T0, T0 + 10 * MIN, "FR", "IDF", "Paris", "Firefox", "120")
+    b = ClosedSession(T0 + 70 * MIN, T0 + 75 * MIN, "US", "CA", "San Jose", "Chrome", "124")
+    c = ClosedSession(T0 + 24 * 60 * MIN, T0 + 24 * 60 * MIN + 20 * MIN, "DE", "BE", "Berlin", "Edge", "124")
+    attrs = compute([c, a, b]).by_name()
+    assert attrs["First seen"] == T0 and attrs["Last seen"] == T0 + 24 * 60 * MIN + 20 * MIN
+    assert attrs["Total sessions"] == 3
+    assert attrs["Total session duration"] == 35 * MIN
+    assert attrs["Average session duration"] == pytest.approx(35 * MIN / 3)
+    assert attrs["Average time between sessions"] == pytest.approx(((60 * MIN) + (24 * 60 - 75) * MIN) / 2)
+    assert (attrs["Country"], attrs["Region/State"], attrs["City"]) == ("DE", "BE", "Berlin")
+    assert (attrs["Browser Name"], attrs["Browser Version"]) == ("Edge", "124")
+    assert compute([]) is None
+    assert compute([a]).average_time_between_sessions is None
+
+
+# --- the processor, against a real database ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ev:
+    key: str
+    ts: int
+    type: str = "click"
+    hint: str | None = None
+    anon: str | None = None
+    country: str | None = None
+    browser: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.key}-{self.ts}-{self.type}-{self.hint}"
+
+    def row(self, project_id: int) -> dict:
+        return {
+            "project_id": project_id, "user_key": self.key, "event_id": self.event_id, "ts": self.ts,
+            "client_ts": self.ts, "received_at": self.ts, "env": "production", "source": "native",
+            "type": self.type, "session_hint": self.hint, "id_source": "test", "payload": "{}",
+            "anon_id": self.anon if self.key.startswith("u:") else self.key[2:],
+            "user_id": self.key[2:] if self.key.startswith("u:") else None,
+            "country": self.country, "browser": self.browser,
+        }  # fmt: skip
+
+
+def ingest(engine: sa.Engine, project_id: int, batch: list[Ev]) -> None:
+    """What the collector does: append, then mark the touched users as pending."""
+    with write_transaction(engine) as conn:
+        conn.execute(insert_ignore(events, conn.dialect.name), [e.row(project_id) for e in batch])
+        mark_pending(conn, [(project_id, e.key, e.ts) for e in batch])
+
+
+def snapshot(engine: sa.Engine, project_id: int) -> dict:
+    with engine.connect() as conn:
+        sess = conn.execute(
+            sa.select(sessions).where(sessions.c.project_id == project_id).order_by(
+                sessions.c.user_key, sessions.c.start_ts)
+        ).all()  # fmt: skip
+        users = conn.execute(
+            sa.select(end_users).where(end_users.c.project_id == project_id).order_by(end_users.c.user_key)
+        ).all()
+    return {
+        # closed_at / updated_at record when processing happened, which differs by design.
+        "sessions": [tuple(v for k, v in r._mapping.items() if k != "closed_at") for r in sess],
+        "users": [
+            tuple(round(v, 6) if isinstance(v, float) else v for k, v in r._mapping.items() if k != "updated_at")
+            for r in users
+        ],
+    }
+
+
+@pytest.fixture
+def project(engine) -> int:
+    return ProjectStore(engine).create("sessions").project.id
+
+
+def test_stitching_login_inside_a_session(engine, project):
+    processor = SessionProcessor(engine)
+    anon = [Ev("a:dev1", T0, "pageChange", hint="s1", country="FR"), Ev("a:dev1", T0 + MIN, "play", hint="s1")]
+    ingest(engine, project, anon)
+    processor.run(now=T0 + 2 * MIN)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sessions.c.user_key)).scalars().all() == ["a:dev1"]
+    # The same browser session logs in: the anonymous events now belong to the identified user.
+    ingest(engine, project, [Ev("u:jane", T0 + 3 * MIN, "click", hint="s1", browser="Chrome")])
+    processor.run(now=T0 + 4 * MIN)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(sessions)).all()
+    assert [(r.user_key, r.start_ts, r.end_ts, r.event_count, r.status) for r in rows] == [
+        ("u:jane", T0, T0 + 3 * MIN, 3, "open")
+    ]
+    # No attributes before the first session closes; after 30 idle minutes it closes.
+    assert snapshot(engine, project)["users"] == []
+    stats = processor.run(now=T0 + 3 * MIN + IDLE_MS)
+    assert stats.sessions_closed == 1
+    with engine.connect() as conn:
+        user = conn.execute(sa.select(end_users)).one()
+        assert conn.execute(sa.select(sessions.c.status)).scalar() == "closed"
+    assert (user.user_key, user.first_seen, user.total_sessions, user.country, user.browser_name) == (
+        "u:jane",
+        T0,
+        1,
+        "FR",
+        "Chrome",
+    )
+    # An identified user is never merged into another identified user.
+    ingest(engine, project, [Ev("u:john", T0 + 5 * MIN, "click", hint="s1")])
+    processor.run(now=T0 + 5 * MIN + IDLE_MS)
+    with engine.connect() as conn:
+        owners = dict(conn.execute(sa.select(sessions.c.user_key, sessions.c.event_count)).all())
+    assert owners == {"u:jane": 3, "u:john": 1}
+
+
+def test_late_event_corrects_a_closed_session(engine, project):
+    processor = SessionProcessor(engine)
+    ingest(engine, project, [Ev("u:x", T0), Ev("u:x", T0 + 10 * MIN), Ev("u:x", T0 + 100 * MIN)])
+    processor.run(now=T0 + 200 * MIN)
+    before = snapshot(engine, project)
+    assert before["users"][0][4] == 2  # two sessions
+    # A late event fills the gap: the two sessions become one, and the attributes follow.
+    ingest(engine, project, [Ev("u:x", T0 + 35 * MIN), Ev("u:x", T0 + 60 * MIN), Ev("u:x", T0 + 85 * MIN)])
+    processor.run(now=T0 + 210 * MIN)
+    with engine.connect() as conn:
+        user = conn.execute(sa.select(end_users)).one()
+    assert (user.total_sessions, user.total_session_duration_ms) == (1, 100 * MIN)
+
+
+def test_empty_sessions_are_listed_but_do_not_count(engine, project):
+    processor = SessionProcessor(engine)
+    ingest(engine, project, [Ev("u:x", T0, "pageChange"), Ev("u:x", T0 + 5 * MIN, "sessionPing")])
+    processor.run(now=T0 + 60 * MIN)
+    with engine.connect() as conn:
+        [s] = conn.execute(sa.select(sessions)).all()
+        assert s.is_empty and s.status == "closed"
+        assert conn.execute(sa.select(sa.func.count()).select_from(end_users)).scalar() == 0
+    ingest(engine, project, [Ev("u:x", T0 + 120 * MIN, "click")])
+    processor.run(now=T0 + 200 * MIN)
+    with engine.connect() as conn:
+        user = conn.execute(sa.select(end_users)).one()
+    assert (user.total_sessions, user.first_seen) == (1, T0 + 120 * MIN)
+
+
+def test_two_processors_close_each_session_once(engine, project):
+    ingest(engine, project, [Ev(f"u:{i}", T0 + i) for i in range(30)])
+    first, second = SessionProcessor(engine), SessionProcessor(engine)
+    a = first.run(now=T0 + IDLE_MS + 100, batch=7)
+    b = second.run(now=T0 + IDLE_MS + 100, batch=7)
+    assert a.sessions_closed + b.sessions_closed == 30
+    assert first.run(now=T0 + 2 * IDLE_MS).sessions_closed == 0
+
+
+# --- incremental processing gives exactly what the rebuild gives --------------------------------
+
+KEYS = ["u:ann", "u:bob", "a:d1", "a:d2", "a:d3"]
+HINTS = ["s1", "s2", "s3", None]
+TYPES = ["pageChange", "click", "play", "sessionPing", "complete"]
+
+event_strategy = st.builds(
+    Ev,
+    key=st.sampled_from(KEYS),
+    ts=st.integers(0, 3 * 24 * 60).map(lambda m: T0 + m * MIN),
+    type=st.sampled_from(TYPES),
+    hint=st.sampled_from(HINTS),
+    anon=st.sampled_from([None, None, "d1", "d2", "d3"]),
+    country=st.sampled_from([None, "FR", "US"]),
+    browser=st.sampled_from([None, "Chrome", "Firefox"]),
+)
+# Bursts of activity so sessions have several events, and a long busy stretch for the 12-hour cap.
+burst_strategy = st.tuples(st.sampled_from(KEYS), st.integers(0, 3 * 24 * 60), st.integers(1, 50),
+                           st.sampled_from([5, 20, 29, 31]))  # fmt: skip
+
+
+@settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    singles=st.lists(event_strategy, max_size=40),
+    bursts=st.lists(burst_strategy, max_size=4),
+    seed=st.integers(0, 2**32),
+)
+def test_incremental_equals_rebuild(tmp_path_factory, singles, bursts, seed):
+    rng = random.Random(seed)
+    evs = set(singles)
+    for key, start, count, step in bursts:
+        for i in range(count):
+            evs.add(Ev(key, T0 + (start + i * step) * MIN, rng.choice(TYPES), hint=rng.choice(HINTS)))
+    evs = sorted(evs, key=lambda e: e.event_id)
+    engine = create_engine(f"sqlite:///{tmp_path_factory.mktemp('inc') / 'db.sqlite'}")
+    migrate(engine)
+    project = ProjectStore(engine).create("p").project.id
+    processor = SessionProcessor(engine)
+    # Arrival: each event after its time, some very late; random batch sizes; resends; processing at random times.
+    arrivals = sorted(evs, key=lambda e: e.ts + (rng.randint(0, 3 * 24 * 60) if rng.random() < 0.2 else
+                                                 rng.randint(0, 90)) * MIN)  # fmt: skip
+    now = T0
+    i = 0
+    while i < len(arrivals):
+        size = rng.randint(1, 12)
+        batch = arrivals[i : i + size]
+        if rng.random() < 0.1 and i:
+            batch = batch + rng.sample(arrivals[:i], min(2, i))  # re-sent events
+        i += size
+        now = max(now, max(e.ts for e in batch)) + rng.randint(0, 40) * MIN
+        ingest(engine, project, batch)
+        if rng.random() < 0.5:
+            processor.run(now=now, batch=rng.randint(1, 5))
+    final = now + rng.choice([0, 10 * MIN, IDLE_MS, 10 * IDLE_MS])
+    processor.run(now=final)
+    processor.run(now=final)  # everything drained
+    incremental = snapshot(engine, project)
+    processor.rebuild(project, now=final)
+    rebuilt = snapshot(engine, project)
+    assert incremental == rebuilt
+    with engine.connect() as conn:
+        linked = conn.execute(sa.select(identity_links.c.user_key).distinct()).scalars().all()
+    assert all(k.startswith("a:") for k in linked)
+    engine.dispose()
