@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usertrail.profiles.standard import ClosedSession, compute
-from usertrail.sessions.processor import SessionProcessor, mark_pending
+from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, sessionize
 from usertrail.store.database import create_engine, insert_ignore, migrate, write_transaction
+from usertrail.store.pending import mark_pending
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import end_users, events, identity_links, sessions
 
@@ -81,13 +82,23 @@ class Ev:
 
     def row(self, project_id: int) -> dict:
         return {
-            "project_id": project_id, "user_key": self.key, "event_id": self.event_id, "ts": self.ts,
-            "client_ts": self.ts, "received_at": self.ts, "env": "production", "source": "native",
-            "type": self.type, "session_hint": self.hint, "id_source": "test", "payload": "{}",
+            "project_id": project_id,
+            "user_key": self.key,
+            "event_id": self.event_id,
+            "ts": self.ts,
+            "client_ts": self.ts,
+            "received_at": self.ts,
+            "env": "production",
+            "source": "native",
+            "type": self.type,
+            "session_hint": self.hint,
+            "id_source": "test",
+            "payload": "{}",
             "anon_id": self.anon if self.key.startswith("u:") else self.key[2:],
             "user_id": self.key[2:] if self.key.startswith("u:") else None,
-            "country": self.country, "browser": self.browser,
-        }  # fmt: skip
+            "country": self.country,
+            "browser": self.browser,
+        }
 
 
 def ingest(engine: sa.Engine, project_id: int, batch: list[Ev]) -> None:
@@ -100,9 +111,10 @@ def ingest(engine: sa.Engine, project_id: int, batch: list[Ev]) -> None:
 def snapshot(engine: sa.Engine, project_id: int) -> dict:
     with engine.connect() as conn:
         sess = conn.execute(
-            sa.select(sessions).where(sessions.c.project_id == project_id).order_by(
-                sessions.c.user_key, sessions.c.start_ts)
-        ).all()  # fmt: skip
+            sa.select(sessions)
+            .where(sessions.c.project_id == project_id)
+            .order_by(sessions.c.user_key, sessions.c.start_ts)
+        ).all()
         users = conn.execute(
             sa.select(end_users).where(end_users.c.project_id == project_id).order_by(end_users.c.user_key)
         ).all()
@@ -213,8 +225,9 @@ event_strategy = st.builds(
     browser=st.sampled_from([None, "Chrome", "Firefox"]),
 )
 # Bursts of activity so sessions have several events, and a long busy stretch for the 12-hour cap.
-burst_strategy = st.tuples(st.sampled_from(KEYS), st.integers(0, 3 * 24 * 60), st.integers(1, 50),
-                           st.sampled_from([5, 20, 29, 31]))  # fmt: skip
+burst_strategy = st.tuples(
+    st.sampled_from(KEYS), st.integers(0, 3 * 24 * 60), st.integers(1, 50), st.sampled_from([5, 20, 29, 31])
+)
 
 
 @settings(
@@ -239,8 +252,9 @@ def test_incremental_equals_rebuild(tmp_path_factory, singles, bursts, seed):
     project = ProjectStore(engine).create("p").project.id
     processor = SessionProcessor(engine)
     # Arrival: each event after its time, some very late; random batch sizes; resends; processing at random times.
-    arrivals = sorted(evs, key=lambda e: e.ts + (rng.randint(0, 3 * 24 * 60) if rng.random() < 0.2 else
-                                                 rng.randint(0, 90)) * MIN)  # fmt: skip
+    arrivals = sorted(
+        evs, key=lambda e: e.ts + (rng.randint(0, 3 * 24 * 60) if rng.random() < 0.2 else rng.randint(0, 90)) * MIN
+    )
     now = T0
     i = 0
     while i < len(arrivals):

@@ -23,8 +23,10 @@ from usertrail.store.projects import ProjectStore, UnknownProject
 app = typer.Typer(help="usertrail: self-hosted product insights.", no_args_is_help=True, add_completion=False)
 projects_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage a project's keys.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Sessions and End User Objects.", no_args_is_help=True)
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
+app.add_typer(sessions_app, name="sessions")
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -191,6 +193,88 @@ def purge_security_log(
     store = _projects(_settings(data_dir, database_url))
     removed = EventStore(store.engine).purge_security_log(int(time.time() * 1000) - days * 86_400_000)
     console.print(f"removed {removed} security-log entries")
+
+
+def _engine(data_dir: Path, database_url: str):
+    return _projects(_settings(data_dir, database_url)).engine
+
+
+def _project_ids(store: ProjectStore, project: int | None) -> list[int]:
+    if project is None:
+        return [p.id for p in store.list()]
+    try:
+        store.get(project)
+    except UnknownProject:
+        _fail(f"no project {project}")
+    return [project]
+
+
+@sessions_app.command("process")
+def sessions_process(data_dir: Path = DataDir, database_url: str = DatabaseUrl) -> None:
+    """Sessionize new events, close sessions idle for 30 minutes and update End User Objects, now."""
+    from usertrail.sessions.processor import SessionProcessor
+
+    processor = SessionProcessor(_engine(data_dir, database_url))
+    total = processor.run(_now_ms(), max_rounds=10**6)
+    console.print(
+        f"processed {total.users} users: {total.sessions_closed} sessions closed, "
+        f"{total.profiles_updated} End User Objects updated"
+    )
+
+
+@app.command()
+def rebuild(
+    project: int = typer.Option(None, help="Only this project (default: all)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Recompute every session, identity link and End User Object from the stored events."""
+    from usertrail.sessions.processor import SessionProcessor
+
+    store = _projects(_settings(data_dir, database_url))
+    processor = SessionProcessor(store.engine)
+    for project_id in _project_ids(store, project):
+        started = time.perf_counter()
+        stats = processor.rebuild(project_id, _now_ms())
+        console.print(
+            f"project {project_id}: {stats.users} end users, {stats.sessions_closed} closed sessions, "
+            f"{stats.profiles_updated} End User Objects in {time.perf_counter() - started:.1f} s"
+        )
+
+
+@app.command()
+def retention(
+    days: int = typer.Option(
+        183, min=1, envvar="USERTRAIL_USER_RETENTION_DAYS", help="Delete end users with no session for this many days."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list who would be deleted."),
+    project: int = typer.Option(None, help="Only this project (default: all)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Delete end users inactive for `days` (with their events, sessions and attributes)."""
+    from usertrail.store.users import UserStore, delete_inactive
+
+    store = _projects(_settings(data_dir, database_url))
+    cutoff = _now_ms() - days * 86_400_000
+    table = Table("project", "end user", "last session ended")
+    count = 0
+    for project_id in _project_ids(store, project):
+        found = (
+            UserStore(store.engine).inactive(project_id, cutoff)
+            if dry_run
+            else delete_inactive(store.engine, project_id, cutoff)
+        )
+        for key, last in found:
+            table.add_row(str(project_id), key, time.strftime("%Y-%m-%d %H:%M", time.gmtime(last / 1000)))
+        count += len(found)
+    if count:
+        console.print(table)
+    console.print(f"{count} end users {'would be' if dry_run else 'were'} deleted (no session for {days} days)")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @projects_app.command("create")

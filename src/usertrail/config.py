@@ -33,6 +33,10 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
     security_log_retention_days: int = 7
+    # End users with no session for this long are deleted (WalkMe: six months).
+    user_retention_days: int = 183
+    # Run the session processor inside the server (off only for tests that drive it by hand).
+    process_sessions: bool = True
     # "full" runs the whole pipeline; "decode_only" parses and answers without enrichment or
     # storage, which the ingest benchmark uses to measure the HTTP + decode ceiling.
     ingest_mode: str = "full"
@@ -69,6 +73,8 @@ class Settings:
             trusted_proxies=proxies,
             limits=limits,
             security_log_retention_days=int(env.get("USERTRAIL_SECURITY_LOG_RETENTION_DAYS", "7")),
+            user_retention_days=int(env.get("USERTRAIL_USER_RETENTION_DAYS", "183")),
+            process_sessions=env.get("USERTRAIL_PROCESS_SESSIONS", "1") != "0",
             ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
         )
@@ -81,6 +87,8 @@ class Settings:
             "USERTRAIL_GEOIP_DB": self.geoip_db,
             "USERTRAIL_TRUSTED_PROXIES": ",".join(str(p) for p in self.trusted_proxies),
             "USERTRAIL_SECURITY_LOG_RETENTION_DAYS": str(self.security_log_retention_days),
+            "USERTRAIL_USER_RETENTION_DAYS": str(self.user_retention_days),
+            "USERTRAIL_PROCESS_SESSIONS": "1" if self.process_sessions else "0",
             "USERTRAIL_INGEST_MODE": self.ingest_mode,
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
         }

@@ -176,6 +176,10 @@ def apply_page_privacy(w: Working, ctx: RequestContext) -> None:
             for key in _PAGE_PROPERTIES:
                 if (key == "title" and not s.collect_title) or (key != "title" and not s.collect_url):
                     target.pop(key, None)
+        if ev.type == "page" and not s.collect_title:
+            # A page view's name is usually the document title (the snippet sends exactly that).
+            obj.pop("name", None)
+            ev.name = None
     if not s.collect_url:
         ev.url_host = ev.url_path = None
     if not s.collect_title:

@@ -25,21 +25,31 @@ import sqlalchemy as sa
 
 from usertrail.profiles.standard import ClosedSession, compute
 from usertrail.sessions.rules import IDLE_MS, EventPoint, Session, is_closable, sessionize
-from usertrail.store.database import insert_ignore, lock_key, upsert_pending, write_transaction
+from usertrail.store.database import insert_ignore, lock_key, write_transaction
+from usertrail.store.identity import is_identified, members_of, owner_of
+from usertrail.store.pending import mark_pending
 from usertrail.store.schema import end_users, events, identity_links, pending_users, session_hints, sessions
 
 CLAIM_MS = 120_000
 EVERYTHING = -(2**62)
 
 _EVENT_COLUMNS = (
-    events.c.user_key, events.c.ts, events.c.event_id, events.c.type, events.c.session_hint, events.c.url_path,
-    events.c.country, events.c.region, events.c.city, events.c.browser, events.c.browser_version, events.c.os,
-    events.c.device_type, events.c.anon_id, events.c.user_id,
-)  # fmt: skip
-
-
-def is_identified(user_key: str) -> bool:
-    return user_key.startswith("u:")
+    events.c.user_key,
+    events.c.ts,
+    events.c.event_id,
+    events.c.type,
+    events.c.session_hint,
+    events.c.url_path,
+    events.c.country,
+    events.c.region,
+    events.c.city,
+    events.c.browser,
+    events.c.browser_version,
+    events.c.os,
+    events.c.device_type,
+    events.c.anon_id,
+    events.c.user_id,
+)
 
 
 @dataclass
@@ -95,13 +105,27 @@ def _collect_links(rows: Iterable, links: _Links) -> None:
 
 def _session_row(project_id: int, owner: str, s: Session, status: str, closed_at: int | None) -> dict:
     return {
-        "project_id": project_id, "user_key": owner, "start_ts": s.start, "end_ts": s.end,
-        "event_count": s.events, "interaction_count": s.interactions, "page_views": s.page_views,
-        "is_empty": s.is_empty, "status": status, "closed_at": closed_at,
-        "client_session_ids": msgspec.json.encode(s.hints).decode(), "entry_path": s.entry_path,
-        "exit_path": s.exit_path, "country": s.country, "region": s.region, "city": s.city,
-        "browser": s.browser, "browser_version": s.browser_version, "os": s.os, "device_type": s.device_type,
-    }  # fmt: skip
+        "project_id": project_id,
+        "user_key": owner,
+        "start_ts": s.start,
+        "end_ts": s.end,
+        "event_count": s.events,
+        "interaction_count": s.interactions,
+        "page_views": s.page_views,
+        "is_empty": s.is_empty,
+        "status": status,
+        "closed_at": closed_at,
+        "client_session_ids": msgspec.json.encode(s.hints).decode(),
+        "entry_path": s.entry_path,
+        "exit_path": s.exit_path,
+        "country": s.country,
+        "region": s.region,
+        "city": s.city,
+        "browser": s.browser,
+        "browser_version": s.browser_version,
+        "os": s.os,
+        "device_type": s.device_type,
+    }
 
 
 def _profile_row(project_id: int, owner: str, closed: Sequence[ClosedSession], now: int) -> dict | None:
@@ -109,18 +133,25 @@ def _profile_row(project_id: int, owner: str, closed: Sequence[ClosedSession], n
     if attrs is None:
         return None
     return {
-        "project_id": project_id, "user_key": owner, "first_seen": attrs.first_seen, "last_seen": attrs.last_seen,
-        "total_sessions": attrs.total_sessions, "avg_session_duration_ms": attrs.average_session_duration,
+        "project_id": project_id,
+        "user_key": owner,
+        "first_seen": attrs.first_seen,
+        "last_seen": attrs.last_seen,
+        "total_sessions": attrs.total_sessions,
+        "avg_session_duration_ms": attrs.average_session_duration,
         "total_session_duration_ms": attrs.total_session_duration,
-        "avg_time_between_sessions_ms": attrs.average_time_between_sessions, "country": attrs.country,
-        "region": attrs.region, "city": attrs.city, "browser_name": attrs.browser_name,
-        "browser_version": attrs.browser_version, "updated_at": now,
-    }  # fmt: skip
+        "avg_time_between_sessions_ms": attrs.average_time_between_sessions,
+        "country": attrs.country,
+        "region": attrs.region,
+        "city": attrs.city,
+        "browser_name": attrs.browser_name,
+        "browser_version": attrs.browser_version,
+        "updated_at": now,
+    }
 
 
 def _closed_view(row) -> ClosedSession:
-    return ClosedSession(row.start_ts, row.end_ts, row.country, row.region, row.city, row.browser,
-                         row.browser_version)  # fmt: skip
+    return ClosedSession(row.start_ts, row.end_ts, row.country, row.region, row.city, row.browser, row.browser_version)
 
 
 class SessionProcessor:
@@ -200,7 +231,7 @@ class SessionProcessor:
             links = _Links()
             _collect_links(fresh, links)
             affected = self._apply_links(conn, project_id, links)
-            owner = self._owner(conn, project_id, key)
+            owner = owner_of(conn, project_id, key)
             targets = {owner: since}
             if owner != key:
                 self._forget(conn, project_id, key)
@@ -209,7 +240,7 @@ class SessionProcessor:
             for target in sorted(targets):  # one lock order everywhere, so two workers never deadlock
                 lock_key(conn, "sessions", project_id, target)
             for target, target_since in sorted(targets.items()):
-                if self._owner(conn, project_id, target) != target:
+                if owner_of(conn, project_id, target) != target:
                     self._forget(conn, project_id, target)
                     continue
                 closed, updated = self._recompute(conn, project_id, target, target_since, now)
@@ -225,10 +256,13 @@ class SessionProcessor:
             )
             conn.execute(  # newer events arrived meanwhile: leave the row for the next round
                 pending_users.update()
-                .where(pending_users.c.project_id == project_id, pending_users.c.user_key == key,
-                       pending_users.c.claim == self.worker)
+                .where(
+                    pending_users.c.project_id == project_id,
+                    pending_users.c.user_key == key,
+                    pending_users.c.claim == self.worker,
+                )
                 .values(claimed_until=None, claim=None)
-            )  # fmt: skip
+            )
         return stats
 
     def _events_of(self, conn: sa.Connection, project_id: int, keys: Sequence[str], since: int) -> list:
@@ -246,10 +280,11 @@ class SessionProcessor:
         for (hint, key), (ts, event_id) in list(links.hints.items()):
             row = conn.execute(
                 sa.select(session_hints.c.first_ts, session_hints.c.first_event_id).where(
-                    session_hints.c.project_id == project_id, session_hints.c.session_hint == hint,
+                    session_hints.c.project_id == project_id,
+                    session_hints.c.session_hint == hint,
                     session_hints.c.user_key == key,
                 )
-            ).first()  # fmt: skip
+            ).first()
             if row is None:
                 conn.execute(
                     insert_ignore(session_hints, conn.dialect.name).values(
@@ -259,10 +294,13 @@ class SessionProcessor:
             elif (ts, event_id) < (row.first_ts, row.first_event_id):
                 conn.execute(
                     session_hints.update()
-                    .where(session_hints.c.project_id == project_id, session_hints.c.session_hint == hint,
-                           session_hints.c.user_key == key)
+                    .where(
+                        session_hints.c.project_id == project_id,
+                        session_hints.c.session_hint == hint,
+                        session_hints.c.user_key == key,
+                    )
                     .values(first_ts=ts, first_event_id=event_id)
-                )  # fmt: skip
+                )
             else:
                 ts, event_id = row.first_ts, row.first_event_id
             for other in conn.execute(
@@ -280,13 +318,14 @@ class SessionProcessor:
                 links.offer(anon, person, person_first)
         affected: set[str] = set()
         for (anon, person), at in links.candidates.items():
-            before = self._owner(conn, project_id, anon)
+            before = owner_of(conn, project_id, anon)
             row = conn.execute(
                 sa.select(identity_links.c.link_ts, identity_links.c.link_event_id).where(
-                    identity_links.c.project_id == project_id, identity_links.c.user_key == anon,
+                    identity_links.c.project_id == project_id,
+                    identity_links.c.user_key == anon,
                     identity_links.c.person_key == person,
                 )
-            ).first()  # fmt: skip
+            ).first()
             if row is None:
                 conn.execute(
                     insert_ignore(identity_links, conn.dialect.name).values(
@@ -296,35 +335,17 @@ class SessionProcessor:
             elif at < (row.link_ts, row.link_event_id):
                 conn.execute(
                     identity_links.update()
-                    .where(identity_links.c.project_id == project_id, identity_links.c.user_key == anon,
-                           identity_links.c.person_key == person)
+                    .where(
+                        identity_links.c.project_id == project_id,
+                        identity_links.c.user_key == anon,
+                        identity_links.c.person_key == person,
+                    )
                     .values(link_ts=at[0], link_event_id=at[1])
-                )  # fmt: skip
-            after = self._owner(conn, project_id, anon)
+                )
+            after = owner_of(conn, project_id, anon)
             if after != before:
                 affected.update({before, after, anon})
         return affected
-
-    def _owner(self, conn: sa.Connection, project_id: int, key: str) -> str:
-        if is_identified(key):
-            return key
-        row = conn.execute(
-            sa.select(identity_links.c.person_key)
-            .where(identity_links.c.project_id == project_id, identity_links.c.user_key == key)
-            .order_by(identity_links.c.link_ts, identity_links.c.link_event_id, identity_links.c.person_key)
-            .limit(1)
-        ).first()
-        return row.person_key if row else key
-
-    def _members(self, conn: sa.Connection, project_id: int, owner: str) -> list[str]:
-        if not is_identified(owner):
-            return [owner]
-        anons = conn.execute(
-            sa.select(identity_links.c.user_key).where(
-                identity_links.c.project_id == project_id, identity_links.c.person_key == owner
-            )
-        ).scalars()
-        return [owner, *sorted(a for a in anons if self._owner(conn, project_id, a) == owner)]
 
     def _forget(self, conn: sa.Connection, project_id: int, key: str) -> None:
         """A key owned by someone else has no sessions or profile of its own."""
@@ -335,19 +356,21 @@ class SessionProcessor:
         """Recompute the owner's sessions from the run of activity that holds `since`; apply closes."""
         lock_key(conn, "sessions", project_id, owner)
         old = conn.execute(
-            sa.select(sessions).where(sessions.c.project_id == project_id, sessions.c.user_key == owner)
+            sa.select(sessions)
+            .where(sessions.c.project_id == project_id, sessions.c.user_key == owner)
             .order_by(sessions.c.start_ts)
-        ).all()  # fmt: skip
+        ).all()
         window = _window_start(old, since)
-        members = self._members(conn, project_id, owner)
+        members = members_of(conn, project_id, owner)
         points = [_point(r) for r in self._events_of(conn, project_id, members, window)]
         new = sessionize(points)
         kept = [r for r in old if r.start_ts < window]
         previous = {r.start_ts: r for r in old if r.start_ts >= window}
         conn.execute(
-            sessions.delete().where(sessions.c.project_id == project_id, sessions.c.user_key == owner,
-                                    sessions.c.start_ts >= window)
-        )  # fmt: skip
+            sessions.delete().where(
+                sessions.c.project_id == project_id, sessions.c.user_key == owner, sessions.c.start_ts >= window
+            )
+        )
         rows, closed_now = [], 0
         for i, s in enumerate(new):
             closable = is_closable(s, i == len(new) - 1, now)
@@ -438,8 +461,12 @@ class SessionProcessor:
         with write_transaction(self.engine) as conn:
             for table in (sessions, end_users, identity_links, session_hints, pending_users):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
-            for table, rows in ((sessions, session_rows), (end_users, profile_rows), (identity_links, link_rows),
-                                (session_hints, hint_rows)):  # fmt: skip
+            for table, rows in (
+                (sessions, session_rows),
+                (end_users, profile_rows),
+                (identity_links, link_rows),
+                (session_hints, hint_rows),
+            ):
                 for i in range(0, len(rows), 5_000):
                     conn.execute(table.insert(), rows[i : i + 5_000])
         return ProcessStats(users=len(groups), sessions_closed=closed_count, profiles_updated=len(profile_rows))
@@ -473,18 +500,3 @@ def _window_start(old: Sequence, since: int) -> int:
     while index > 0 and old[index].start_ts - old[index - 1].end_ts < IDLE_MS:
         index -= 1
     return old[index].start_ts
-
-
-def mark_pending(conn: sa.Connection, items: Iterable[tuple[int, str, int]]) -> None:
-    """Ask for (project, user, since) to be recomputed; keeps the earliest `since` per user."""
-    earliest: dict[tuple[int, str], int] = {}
-    for project_id, key, since in items:
-        k = (project_id, key)
-        earliest[k] = min(since, earliest.get(k, since))
-    if not earliest:
-        return
-    conn.execute(
-        upsert_pending(pending_users, conn.dialect.name, ["project_id", "user_key"]),
-        [{"project_id": p, "user_key": k, "since_ts": s, "version": 0, "claimed_until": None, "claim": None}
-         for (p, k), s in sorted(earliest.items())],
-    )  # fmt: skip

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from usertrail.store.database import insert_ignore, insert_ignore_counted, upsert_add, write_transaction
+from usertrail.store.pending import mark_pending
 from usertrail.store.schema import drop_counts, events, rejected_events, security_log
 
 DUPLICATE = "duplicate"
@@ -57,6 +58,8 @@ class EventStore:
             security_rows = []
             for record in records:
                 stored = insert_ignore_counted(conn, events, record.events) if record.events else 0
+                if stored:
+                    mark_pending(conn, [(r["project_id"], r["user_key"], r["ts"]) for r in record.events])
                 duplicates = len(record.events) - stored
                 if record.rejected:
                     conn.execute(self._insert_rejected, record.rejected)

@@ -14,7 +14,7 @@ from usertrail.collect.service import Collector
 from usertrail.collect.traffic import InvalidPattern, validate_ip_pattern
 from usertrail.project_settings import EnvironmentSettings, merge_settings
 from usertrail.store.events import EventStore
-from usertrail.store.projects import ADMIN, UnknownProject
+from usertrail.store.projects import ADMIN, KeyGrant, UnknownProject
 from usertrail.web.errors import ApiError
 from usertrail.web.snippet import snippet_tag
 
@@ -25,6 +25,11 @@ def _collector(request: Request) -> Collector:
 
 def require_admin(request: Request) -> int:
     """The project id of the path, once the bearer token is shown to be an admin token of it."""
+    return require_admin_grant(request).project_id
+
+
+def require_admin_grant(request: Request) -> KeyGrant:
+    """The admin grant for the path's project (who is acting, for audit entries)."""
     auth = request.headers.get("authorization", "")
     if not auth.lower().startswith("bearer "):
         raise ApiError(401, "unauthorized", "send `Authorization: Bearer <admin token>`", "Authorization")
@@ -39,7 +44,7 @@ def require_admin(request: Request) -> int:
         raise ApiError(403, "forbidden", "a write key can only send events; use an admin token", "Authorization")
     if grant.project_id != project_id:
         raise ApiError(403, "forbidden", "this token belongs to another project", "project_id")
-    return project_id
+    return grant
 
 
 async def _json_body(request: Request) -> dict:
@@ -218,21 +223,6 @@ def event_json(row) -> dict:
     return item
 
 
-async def user_events(request: Request) -> Response:
-    """One end user's events in time order (`since`/`until` in ms, `limit`)."""
-    project_id = require_admin(request)
-    params = request.query_params
-    try:
-        since = int(params["since"]) if "since" in params else None
-        until = int(params["until"]) if "until" in params else None
-    except ValueError:
-        raise ApiError(400, "invalid_request", "since and until are milliseconds since the epoch", "since") from None
-    rows = _collector(request).events.user_events(
-        project_id, request.path_params["user_key"], since, until, _limit(request, 1000, 10_000)
-    )
-    return JSONResponse({"events": [event_json(r) for r in rows]})
-
-
 async def stats(request: Request) -> Response:
     project_id = require_admin(request)
     return JSONResponse({"events": _collector(request).events.count(project_id)})
@@ -246,6 +236,5 @@ routes = [
     Route("/api/projects/{project_id}/rejected", list_rejected, methods=["GET"]),
     Route("/api/projects/{project_id}/rejected/reprocess", reprocess_rejected, methods=["POST"]),
     Route("/api/projects/{project_id}/rejected/discard", discard_rejected, methods=["POST"]),
-    Route("/api/projects/{project_id}/users/{user_key:path}/events", user_events, methods=["GET"]),
     Route("/api/projects/{project_id}/stats", stats, methods=["GET"]),
 ]

@@ -16,15 +16,19 @@ from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
+from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
-from usertrail.web import admin_api, collect_routes, snippet
+from usertrail.store.users import AuditLog, UserStore, delete_inactive
+from usertrail.web import admin_api, collect_routes, snippet, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 3600
+SESSIONS_INTERVAL_S = 10
+DAY_MS = 86_400_000
 
 
 async def health(request: Request) -> JSONResponse:
@@ -49,15 +53,45 @@ def build_collector(settings: Settings) -> Collector:
     )
 
 
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
 async def _maintenance(collector: Collector) -> None:
-    """Hourly: purge security-log entries (full IPs) older than their retention."""
+    """Hourly: purge security-log entries (full IPs); daily: delete end users inactive past retention."""
+    last_retention = 0.0
     while True:
-        cutoff = int(time.time() * 1000) - collector.settings.security_log_retention_days * 86_400_000
+        settings = collector.settings
         try:
-            await asyncio.to_thread(collector.events.purge_security_log, cutoff)
-        except Exception:  # a failed purge must not stop the loop; the next run retries
-            log.exception("security log purge failed")
+            await asyncio.to_thread(
+                collector.events.purge_security_log, _now() - settings.security_log_retention_days * DAY_MS
+            )
+            if time.monotonic() - last_retention >= 86_400 or not last_retention:
+                cutoff = _now() - settings.user_retention_days * DAY_MS
+                for project in await asyncio.to_thread(collector.projects.list):
+                    deleted = await asyncio.to_thread(delete_inactive, collector.events.engine, project.id, cutoff)
+                    if deleted:
+                        log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
+                last_retention = time.monotonic()
+        except Exception:  # a failed run must not stop the loop; the next one retries
+            log.exception("maintenance failed")
         await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+
+async def _sessions_loop(processor: SessionProcessor) -> None:
+    """Every few seconds: sessionize new events, close idle sessions, update End User Objects.
+
+    Every server process runs this loop; claims on pending users keep them from doing the same
+    user twice, and a session is closed by a conditional update, so it closes exactly once.
+    """
+    while True:
+        try:
+            stats = await asyncio.to_thread(processor.run, _now())
+            busy = stats.users > 0
+        except Exception:  # e.g. a deadlock victim on PostgreSQL: its work is retried next round
+            log.exception("session processing failed")
+            busy = False
+        await asyncio.sleep(0.5 if busy else SESSIONS_INTERVAL_S)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -67,11 +101,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        task = asyncio.create_task(_maintenance(collector))
+        tasks = [asyncio.create_task(_maintenance(collector))]
+        if settings.process_sessions:
+            tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             collector.writer.close()
             collector.events.engine.dispose()
 
@@ -81,10 +118,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *collect_routes.routes,
             *snippet.routes,
             *admin_api.routes,
+            *users_api.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
     )
     app.state.collector = collector
+    app.state.users = UserStore(collector.events.engine)
+    app.state.audit = AuditLog(collector.events.engine)
+    app.state.sessions = SessionProcessor(collector.events.engine)
     app.state.settings = settings
     return app

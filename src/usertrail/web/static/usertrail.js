@@ -62,15 +62,18 @@
   }
 
   function enqueue(message) {
-    var allowsUser = !remote || (remote.uuid.provider !== "none" && remote.uuid.provider !== "walkme_id");
+    var allowsUser = remote && remote.uuid.provider !== "none" && remote.uuid.provider !== "walkme_id";
     message.messageId = uuid();
     message.anonymousId = anonymousId;
-    var user = allowsUser ? configuredUserId() : null;
+    var user = allowsUser || explicitUser ? configuredUserId() : null;
     if (user) message.userId = user;
     message.timestamp = Date.now();
+    var pageInfo = { url: location.href, path: location.pathname, title: document.title, referrer: document.referrer };
+    if (remote && remote.collect_url === false) { delete pageInfo.url; delete pageInfo.path; delete pageInfo.referrer; }
+    if (remote && remote.collect_title === false) delete pageInfo.title;
     message.context = {
       sessionId: sessionId(),
-      page: { url: location.href, path: location.pathname, title: document.title, referrer: document.referrer },
+      page: pageInfo,
       screen: { width: screen.width, height: screen.height },
       timezone: new Date().getTimezoneOffset()
     };
@@ -87,34 +90,64 @@
 
   function endpoint() { return HOST + "/v1/batch?key=" + encodeURIComponent(KEY); }
 
+  // Sent events leave the queue by message id, not by position: sends may overlap, and the
+  // queue may have changed (new events, a beacon) while an answer was on its way.
+  function forget(batch) {
+    var sent = {};
+    batch.forEach(function (m) { sent[m.messageId] = true; });
+    queue = queue.filter(function (m) { return !sent[m.messageId]; });
+    persist();
+  }
+  function withUser(batch) {
+    // Events queued before the settings arrived learn the user id now, if the settings allow one.
+    var allowsUser = remote && remote.uuid.provider !== "none" && remote.uuid.provider !== "walkme_id";
+    var user = allowsUser ? configuredUserId() : null;
+    return batch.map(function (m) {
+      if (!m.userId && user) m.userId = user;
+      return m;
+    });
+  }
+
+  var inFlight = false, failures = 0, MAX_FAILURES = 8;
   function flush(onPageHide) {
-    if (!queue.length) return;
-    var batch = queue.slice(0, MAX_BATCH);
-    var body = JSON.stringify({ batch: batch, sentAt: Date.now(), environment: ENV });
+    if (!queue.length || (!remote && !onPageHide)) return;
     if (onPageHide && navigator.sendBeacon) {
-      if (navigator.sendBeacon(endpoint(), new Blob([body], { type: "text/plain" }))) {
-        queue.splice(0, batch.length); persist();
-        if (queue.length) flush(true);
+      while (queue.length) {
+        var beaconBatch = withUser(queue.slice(0, MAX_BATCH));
+        var beaconBody = JSON.stringify({ batch: beaconBatch, sentAt: Date.now(), environment: ENV });
+        if (!navigator.sendBeacon(endpoint(), new Blob([beaconBody], { type: "text/plain" }))) return;
+        forget(beaconBatch);
       }
       return;
     }
+    if (inFlight) return;  // the answer's handler sends whatever is left
+    var batch = withUser(queue.slice(0, MAX_BATCH));
+    var body = JSON.stringify({ batch: batch, sentAt: Date.now(), environment: ENV });
+    inFlight = true;
     fetch(endpoint(), { method: "POST", body: body, keepalive: body.length < 60000,
                         headers: { "Content-Type": "text/plain" } })
       .then(function (r) {
+        inFlight = false;
         // 4xx: the server kept what it could and stored the rest as rejected; resending won't help.
         if (r.status < 500 && r.status !== 429) {
-          queue.splice(0, batch.length); persist(); retryDelay = 1000;
+          forget(batch); retryDelay = 1000; failures = 0;
           if (queue.length) flush(false);
         } else { retryLater(); }
       })
-      .catch(retryLater);
+      .catch(function () { inFlight = false; retryLater(); });
   }
+  // A refused origin looks like a network error to the page: after a few tries the queue waits
+  // (kept in localStorage) for the next page load instead of retrying forever.
   function retryLater() {
+    failures += 1;
+    if (failures >= MAX_FAILURES) return;
     retryDelay = Math.min(retryDelay * 2, 60000);
     if (!timer) timer = setTimeout(function () { timer = null; flush(false); }, retryDelay);
   }
 
-  function page() { enqueue({ type: "page", name: document.title }); }
+  function page() {
+    enqueue(remote && remote.collect_title === false ? { type: "page" } : { type: "page", name: document.title });
+  }
   var api = {
     __loaded: true,
     track: function (name, properties) { enqueue({ type: "track", event: String(name), properties: properties || {} }); },

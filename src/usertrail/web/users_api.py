@@ -1,0 +1,181 @@
+"""The end-user API: the user list, End User Objects, sessions and their event streams, export and erase.
+
+User-level data exists only for projects with UUID settings: while every environment's provider
+is `none`, these routes answer 409 `uuid_settings_required`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from usertrail.store.users import BadQuery, UserStore, parse_filter, profile_json, session_json
+from usertrail.web.admin_api import _limit, event_json, require_admin, require_admin_grant
+from usertrail.web.errors import ApiError
+
+
+def _users(request: Request) -> UserStore:
+    return request.app.state.users
+
+
+def _require_uuid(request: Request, project_id: int) -> None:
+    environments = request.app.state.collector.environments(project_id)
+    if all(s.uuid.provider == "none" for s in environments.values()):
+        raise ApiError(
+            409,
+            "uuid_settings_required",
+            "end users and their attributes exist only with UUID settings: set an identification provider "
+            'other than `none` (PATCH …/environments/{env} {"uuid": {"provider": …}})',
+            "uuid.provider",
+        )
+
+
+def _project(request: Request) -> int:
+    project_id = require_admin(request)
+    _require_uuid(request, project_id)
+    return project_id
+
+
+def _owner(request: Request, project_id: int) -> tuple[str, list[str]]:
+    return _users(request).owner(project_id, request.path_params["user_key"])
+
+
+def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be a whole number", name) from None
+
+
+async def list_users(request: Request) -> Response:
+    """`?sort=<attribute>&order=asc|desc&limit=&offset=&filter=<attribute>:<op>:<value>` (repeatable)."""
+    project_id = _project(request)
+    params = request.query_params
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "invalid_request", "order must be asc or desc", "order")
+    offset = _int_param(request, "offset", 0)
+    if offset < 0:
+        raise ApiError(400, "invalid_request", "offset must be ≥ 0", "offset")
+    try:
+        filters = [parse_filter(f) for f in params.getlist("filter")]
+        rows, total = _users(request).list(
+            project_id, params.get("sort", "Last seen"), order == "desc", _limit(request, 50, 1000), offset, filters
+        )
+    except BadQuery as exc:
+        raise ApiError(400, "invalid_query", str(exc), exc.path) from None
+    return JSONResponse({"total": total, "offset": offset, "users": [profile_json(r) for r in rows]})
+
+
+async def get_user(request: Request) -> Response:
+    project_id = _project(request)
+    owner, members = _owner(request, project_id)
+    row = _users(request).profile(project_id, owner)
+    if row is None:
+        has_sessions = bool(_users(request).sessions(project_id, owner, limit=1))
+        reason = (
+            "the user's first session has not closed yet: attributes exist only after it"
+            if has_sessions
+            else "no such end user"
+        )
+        raise ApiError(404, "not_found", reason, "user_key")
+    body = profile_json(row)
+    body["identities"] = members
+    return JSONResponse(body)
+
+
+async def user_sessions(request: Request) -> Response:
+    project_id = _project(request)
+    owner, _ = _owner(request, project_id)
+    rows = _users(request).sessions(project_id, owner, _limit(request, 100, 1000), _int_param(request, "before"))
+    return JSONResponse({"user_key": owner, "sessions": [session_json(r) for r in rows]})
+
+
+async def session_stream(request: Request) -> Response:
+    """The ordered events of one session, live or ended."""
+    project_id = _project(request)
+    owner, members = _owner(request, project_id)
+    start = request.path_params["start_ts"]
+    session = _users(request).session(project_id, owner, start)
+    if session is None:
+        raise ApiError(404, "not_found", "no such session", "start_ts")
+    end = None if session.status == "open" else session.end_ts
+    rows = _users(request).events_between(project_id, members, start, end, _limit(request, 1000, 10_000))
+    return JSONResponse({"session": session_json(session), "events": [event_json(r) for r in rows]})
+
+
+async def user_events(request: Request) -> Response:
+    """All of one end user's events (their own and their stitched anonymous ones) in time order."""
+    project_id = _project(request)
+    _, members = _owner(request, project_id)
+    since = _int_param(request, "since", -(2**62))
+    until = _int_param(request, "until")
+    rows = _users(request).events_between(
+        project_id, members, since, None if until is None else until - 1, _limit(request, 1000, 10_000)
+    )
+    return JSONResponse({"events": [event_json(r) for r in rows]})
+
+
+async def export_user(request: Request) -> Response:
+    """Everything stored about one end user, as one JSON document (GDPR access); audited."""
+    grant = require_admin_grant(request)
+    _require_uuid(request, grant.project_id)
+    store = _users(request)
+    owner, members = _owner(request, grant.project_id)
+    profile = store.profile(grant.project_id, owner)
+    rows = store.events_between(grant.project_id, members, -(2**62), None, 10**9)
+    sessions = store.sessions(grant.project_id, owner, limit=10**9)
+    if profile is None and not rows and not sessions:
+        raise ApiError(404, "not_found", "no such end user", "user_key")
+    request.app.state.audit.append(
+        grant.project_id, grant.key_id, "end_user.export", owner, {"keys": members, "events": len(rows)}
+    )
+    document = {
+        "user_key": owner,
+        "identities": members,
+        "profile": profile_json(profile) if profile else None,
+        "sessions": [session_json(s) for s in sessions],
+        "events": [event_json(r) for r in rows],
+    }
+    return Response(
+        msgspec.json.encode(document),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="end-user-{grant.project_id}.json"'},
+    )
+
+
+async def erase_user(request: Request) -> Response:
+    """Delete an end user and everything derived from them (GDPR erasure); audited."""
+    grant = require_admin_grant(request)
+    _require_uuid(request, grant.project_id)
+    owner, members = _owner(request, grant.project_id)
+    counts = _users(request).delete(grant.project_id, owner)
+    if not any(counts.values()):
+        raise ApiError(404, "not_found", "no such end user", "user_key")
+    request.app.state.audit.append(grant.project_id, grant.key_id, "end_user.erase", owner, {"keys": members, **counts})
+    return JSONResponse({"erased": owner, "keys": members, **counts})
+
+
+async def audit_entries(request: Request) -> Response:
+    project_id = require_admin(request)
+    entries = request.app.state.audit.list(project_id, request.query_params.get("action"), _limit(request))
+    return JSONResponse({"entries": entries})
+
+
+routes = [
+    Route("/api/projects/{project_id}/users", list_users, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}", get_user, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}", erase_user, methods=["DELETE"]),
+    Route("/api/projects/{project_id}/users/{user_key}/events", user_events, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}/export", export_user, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}/sessions", user_sessions, methods=["GET"]),
+    Route(
+        "/api/projects/{project_id}/users/{user_key}/sessions/{start_ts:int}/events", session_stream, methods=["GET"]
+    ),
+    Route("/api/projects/{project_id}/audit-log", audit_entries, methods=["GET"]),
+]
