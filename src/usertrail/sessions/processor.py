@@ -15,6 +15,8 @@ anonymous key it owns.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -404,20 +406,23 @@ class SessionProcessor:
     # --- the full rebuild ------------------------------------------------------------------
 
     def rebuild(self, project_id: int, now: int) -> ProcessStats:
-        """Recompute every session, link and End User Object of a project from its events."""
+        """Recompute every session, link and End User Object of a project from its events.
+
+        One streaming pass over the events in (user, time) order sessionizes each key and gathers
+        identity links; only owners of stitched anonymous keys are read a second time, merged.
+        """
         links = _Links()
-        per_key: dict[str, list[EventPoint]] = defaultdict(list)
+        own_sessions: dict[str, list[Session]] = {}
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=10_000).execute(
-                sa.select(*_EVENT_COLUMNS).where(events.c.project_id == project_id)
+            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
+                sa.select(*_EVENT_COLUMNS)
+                .where(events.c.project_id == project_id)
+                .order_by(events.c.user_key, events.c.ts)
             )
-            for r in result:
-                per_key[r.user_key].append(_point(r))
-                at = (r.ts, r.event_id)
-                if r.session_hint:
-                    links.see_hint(r.session_hint, r.user_key, at)
-                if is_identified(r.user_key) and r.anon_id:
-                    links.offer("a:" + r.anon_id, r.user_key, at)
+            for key, group in itertools.groupby(result, key=operator.attrgetter("user_key")):
+                rows = list(group)
+                _collect_links(rows, links)
+                own_sessions[key] = sessionize(rows)
         by_hint: dict[str, list[tuple[str, tuple[int, str]]]] = defaultdict(list)
         for (hint, key), at in links.hints.items():
             by_hint[hint].append((key, at))
@@ -427,29 +432,39 @@ class SessionProcessor:
                     for anon, _ in users:
                         if not is_identified(anon):
                             links.offer(anon, person, person_at)
-        owner_of: dict[str, tuple[tuple[int, str, str], str]] = {}
+        owner_rank: dict[str, tuple[int, str, str]] = {}
         for (anon, person), at in links.candidates.items():
             rank = (at[0], at[1], person)
-            if anon not in owner_of or rank < owner_of[anon][0]:
-                owner_of[anon] = (rank, person)
-        groups: dict[str, list[EventPoint]] = {}
-        for key, points in per_key.items():
-            owner = owner_of[key][1] if key in owner_of else key
-            groups.setdefault(owner, []).extend(points)
-        session_rows, profile_rows, closed_count = [], [], 0
-        for owner, points in groups.items():
-            new = sessionize(points)
-            closed_views = []
-            for i, s in enumerate(new):
-                closable = is_closable(s, i == len(new) - 1, now)
-                closed_count += closable
-                row = _session_row(project_id, owner, s, "closed" if closable else "open", now if closable else None)
-                session_rows.append(row)
-                if closable and not s.is_empty:
-                    closed_views.append(_closed_view(_AsRow(row)))
-            profile = _profile_row(project_id, owner, closed_views, now)
-            if profile is not None:
-                profile_rows.append(profile)
+            if anon not in owner_rank or rank < owner_rank[anon]:
+                owner_rank[anon] = rank
+        members: dict[str, list[str]] = defaultdict(list)
+        for anon, rank in owner_rank.items():
+            if anon in own_sessions:
+                members[rank[2]].append(anon)
+        session_rows, profile_rows, closed_count, owners = [], [], 0, 0
+        with self.engine.connect() as conn:
+            for owner in own_sessions.keys() | members.keys():
+                if owner in owner_rank:
+                    continue  # an anonymous key that belongs to an identified user
+                owners += 1
+                if owner in members:
+                    keys = [owner, *members[owner]]
+                    new = sessionize(_point(r) for r in self._events_of(conn, project_id, keys, EVERYTHING))
+                else:
+                    new = own_sessions[owner]
+                closed_views = []
+                for i, s in enumerate(new):
+                    closable = is_closable(s, i == len(new) - 1, now)
+                    closed_count += closable
+                    row = _session_row(
+                        project_id, owner, s, "closed" if closable else "open", now if closable else None
+                    )
+                    session_rows.append(row)
+                    if closable and not s.is_empty:
+                        closed_views.append(_closed_view(_AsRow(row)))
+                profile = _profile_row(project_id, owner, closed_views, now)
+                if profile is not None:
+                    profile_rows.append(profile)
         hint_rows = [
             {"project_id": project_id, "session_hint": h, "user_key": k, "first_ts": at[0], "first_event_id": at[1]}
             for (h, k), at in links.hints.items()
@@ -469,7 +484,7 @@ class SessionProcessor:
             ):
                 for i in range(0, len(rows), 5_000):
                     conn.execute(table.insert(), rows[i : i + 5_000])
-        return ProcessStats(users=len(groups), sessions_closed=closed_count, profiles_updated=len(profile_rows))
+        return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
 
 
 class _AsRow:
