@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -200,12 +201,23 @@ def test_empty_sessions_are_listed_but_do_not_count(engine, project):
 
 
 def test_two_processors_close_each_session_once(engine, project):
-    ingest(engine, project, [Ev(f"u:{i}", T0 + i) for i in range(30)])
-    first, second = SessionProcessor(engine), SessionProcessor(engine)
-    a = first.run(now=T0 + IDLE_MS + 100, batch=7)
-    b = second.run(now=T0 + IDLE_MS + 100, batch=7)
-    assert a.sessions_closed + b.sessions_closed == 30
-    assert first.run(now=T0 + 2 * IDLE_MS).sessions_closed == 0
+    """Two processors (as in two server processes) run at once; every session closes exactly once."""
+    ingest(engine, project, [Ev(f"u:{i}", T0 + i) for i in range(60)])
+    processors = [SessionProcessor(engine), SessionProcessor(engine)]
+    results: list = [None, None]
+
+    def work(i: int) -> None:
+        results[i] = processors[i].run(now=T0 + IDLE_MS + 100, batch=7)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0].sessions_closed + results[1].sessions_closed == 60
+    assert processors[0].run(now=T0 + 2 * IDLE_MS).sessions_closed == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(end_users)).scalar() == 60
 
 
 # --- incremental processing gives exactly what the rebuild gives --------------------------------
