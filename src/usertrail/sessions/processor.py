@@ -279,32 +279,15 @@ class SessionProcessor:
 
         Returns the keys whose sessions must be recomputed in full because ownership moved.
         """
-        for (hint, key), (ts, event_id) in list(links.hints.items()):
-            row = conn.execute(
-                sa.select(session_hints.c.first_ts, session_hints.c.first_event_id).where(
-                    session_hints.c.project_id == project_id,
-                    session_hints.c.session_hint == hint,
-                    session_hints.c.user_key == key,
-                )
-            ).first()
-            if row is None:
-                conn.execute(
-                    insert_ignore(session_hints, conn.dialect.name).values(
-                        project_id=project_id, session_hint=hint, user_key=key, first_ts=ts, first_event_id=event_id
-                    )
-                )
-            elif (ts, event_id) < (row.first_ts, row.first_event_id):
-                conn.execute(
-                    session_hints.update()
-                    .where(
-                        session_hints.c.project_id == project_id,
-                        session_hints.c.session_hint == hint,
-                        session_hints.c.user_key == key,
-                    )
-                    .values(first_ts=ts, first_event_id=event_id)
-                )
-            else:
-                ts, event_id = row.first_ts, row.first_event_id
+        for (hint, key), at in list(links.hints.items()):
+            ts, event_id = _keep_earliest(
+                conn,
+                session_hints,
+                {"project_id": project_id, "session_hint": hint, "user_key": key},
+                "first_ts",
+                "first_event_id",
+                at,
+            )
             for other in conn.execute(
                 sa.select(session_hints).where(
                     session_hints.c.project_id == project_id,
@@ -321,29 +304,14 @@ class SessionProcessor:
         affected: set[str] = set()
         for (anon, person), at in links.candidates.items():
             before = owner_of(conn, project_id, anon)
-            row = conn.execute(
-                sa.select(identity_links.c.link_ts, identity_links.c.link_event_id).where(
-                    identity_links.c.project_id == project_id,
-                    identity_links.c.user_key == anon,
-                    identity_links.c.person_key == person,
-                )
-            ).first()
-            if row is None:
-                conn.execute(
-                    insert_ignore(identity_links, conn.dialect.name).values(
-                        project_id=project_id, user_key=anon, person_key=person, link_ts=at[0], link_event_id=at[1]
-                    )
-                )
-            elif at < (row.link_ts, row.link_event_id):
-                conn.execute(
-                    identity_links.update()
-                    .where(
-                        identity_links.c.project_id == project_id,
-                        identity_links.c.user_key == anon,
-                        identity_links.c.person_key == person,
-                    )
-                    .values(link_ts=at[0], link_event_id=at[1])
-                )
+            _keep_earliest(
+                conn,
+                identity_links,
+                {"project_id": project_id, "user_key": anon, "person_key": person},
+                "link_ts",
+                "link_event_id",
+                at,
+            )
             after = owner_of(conn, project_id, anon)
             if after != before:
                 affected.update({before, after, anon})
@@ -485,6 +453,21 @@ class SessionProcessor:
                 for i in range(0, len(rows), 5_000):
                     conn.execute(table.insert(), rows[i : i + 5_000])
         return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
+
+
+def _keep_earliest(
+    conn: sa.Connection, table: sa.Table, key: dict, ts_column: str, id_column: str, at: tuple[int, str]
+) -> tuple[int, str]:
+    """Store `at` under `key` unless an earlier (time, event id) is stored; returns the earliest."""
+    where = [table.c[name] == value for name, value in key.items()]
+    row = conn.execute(sa.select(table.c[ts_column], table.c[id_column]).where(*where)).first()
+    if row is None:
+        conn.execute(insert_ignore(table, conn.dialect.name).values(**key, **{ts_column: at[0], id_column: at[1]}))
+        return at
+    if at < (row[0], row[1]):
+        conn.execute(table.update().where(*where).values({ts_column: at[0], id_column: at[1]}))
+        return at
+    return (row[0], row[1])
 
 
 class _AsRow:
