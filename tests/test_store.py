@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from usertrail.store.database import migrate
-from usertrail.store.events import EventStore, IngestRecord
+from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import metadata
 
@@ -37,21 +37,23 @@ def test_user_events_in_time_order(engine):
     rows = []
     for i, ts in enumerate([300, 100, 200]):
         rows.append(
-            {
-                "project_id": project.id,
-                "user_key": "u:x",
-                "event_id": f"e{i}",
-                "ts": ts,
-                "client_ts": ts,
-                "received_at": 1,
-                "env": "production",
-                "source": "native",
-                "type": "track",
-                "id_source": "variable",
-                "payload": "{}",
-            }
+            event_row(
+                **{
+                    "project_id": project.id,
+                    "user_key": "u:x",
+                    "event_id": f"e{i}",
+                    "ts": ts,
+                    "client_ts": ts,
+                    "received_at": 1,
+                    "env": "production",
+                    "source": "native",
+                    "type": "track",
+                    "id_source": "variable",
+                    "payload": "{}",
+                }
+            )
         )
-    other = dict(rows[0], user_key="u:y", event_id="e9")
+    other = (*rows[0][:1], "u:y", "e9", *rows[0][3:])
     [outcome] = store.write_many([IngestRecord(project.id, events=[*rows, other])])
     assert outcome.stored == 4
     assert [r.ts for r in store.user_events(project.id, "u:x")] == [100, 200, 300]

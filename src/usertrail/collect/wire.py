@@ -13,7 +13,8 @@ kept whole, unknown fields included.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -166,7 +167,6 @@ class Incoming:
     source: str  # "walkme" or "native"
     index: int
     raw: bytes  # the event's JSON text as it arrived
-    obj: dict  # the same, decoded; the pipeline may remove fields (URL, title) before storing
     type: str
     client_ts: int
     name: str | None = None
@@ -186,7 +186,14 @@ class Incoming:
     account_id: str | None = None  # WalkMe `wm.uId`
     user_agent: str | None = None
     modified: bool = False
-    extra: dict = field(default_factory=dict)
+    _obj: dict | None = None
+
+    @property
+    def obj(self) -> dict:
+        """The event decoded as a dict; decoded on first use, since most events are stored as they came."""
+        if self._obj is None:
+            self._obj = msgspec.json.decode(self.raw)
+        return self._obj
 
 
 @dataclass
@@ -268,19 +275,15 @@ def _read_header(line: bytes) -> int | None:
 
 def _walkme_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
     try:
-        obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        return Invalid(index, raw, "$", f"malformed JSON: {exc}")
-    if not isinstance(obj, dict):
-        return Invalid(index, raw, "$", f"expected a JSON object, got {type(obj).__name__}")
-    problem = check_limits(raw, obj, [obj.get("data"), (obj.get("wm") or {}).get("userVars")], limits)
-    if problem:
-        return Invalid(index, raw, problem[0], problem[1], "limit_exceeded")
-    try:
-        ev = msgspec.convert(obj, WalkMeEvent)
+        ev = msgspec.json.decode(raw, type=WalkMeEvent)
     except msgspec.ValidationError as exc:
         path, reason = _split_error(exc)
         return Invalid(index, raw, path, reason)
+    except msgspec.DecodeError as exc:
+        return Invalid(index, raw, "$", f"malformed JSON: {exc}")
+    problem = check_limits(raw, limits, lambda obj: [obj.get("data"), (obj.get("wm") or {}).get("userVars")])
+    if problem:
+        return Invalid(index, raw, problem[0], problem[1], "limit_exceeded")
     data, ctx, loc = ev.data, ev.ctx, ev.ctx.location if ev.ctx else None
     source = (ev.wm.euIdSource or "").lower()
     anonymous = source in ANONYMOUS_ID_SOURCES
@@ -288,7 +291,6 @@ def _walkme_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
         source="walkme",
         index=index,
         raw=raw,
-        obj=obj,
         type=ev.type,
         client_ts=ev.time,
         env_code=ev.wm.env if ev.wm.env is not None else 0,
@@ -339,12 +341,11 @@ def decode_native(body: bytes, limits: Limits) -> DecodedBatch:
 def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
     prefix = f"$.batch[{index}]"
     try:
-        obj = msgspec.json.decode(raw)
-        msg = msgspec.convert(obj, NativeMessage)
+        msg = msgspec.json.decode(raw, type=NativeMessage)
     except msgspec.ValidationError as exc:
         path, reason = _split_error(exc, prefix)
         return Invalid(index, raw, path, reason)
-    problem = check_limits(raw, obj, [obj.get("properties"), obj.get("traits")], limits, prefix)
+    problem = check_limits(raw, limits, lambda obj: [obj.get("properties"), obj.get("traits")], prefix)
     if problem:
         return Invalid(index, raw, problem[0], problem[1], "limit_exceeded")
     if not (msg.anonymousId or msg.userId):
@@ -367,7 +368,6 @@ def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
         source="native",
         index=index,
         raw=raw,
-        obj=obj,
         type=msg.type,
         client_ts=client_ts if client_ts is not None else -1,
         name=msg.event if msg.type == "track" else msg.name,
@@ -398,19 +398,43 @@ def parse_time(value: IsoOrMs) -> int | None:
     return None
 
 
+_BRACKETS_ONLY = bytes(b for b in range(256) if b not in b"{}[]")
+
+
 def check_limits(
-    raw: bytes, obj: dict, property_maps: list, limits: Limits, prefix: str = "$"
+    raw: bytes, limits: Limits, property_maps: Callable[[dict], list], prefix: str = "$"
 ) -> tuple[str, str] | None:
     """The first limit an event breaks, as (path, reason), or None.
 
-    The raw text bounds both string length and nesting depth, so most events skip the walk.
+    Cheap upper bounds taken from the raw text settle almost every event without decoding it:
+    no string can be longer than the text, no object holds more keys than the text has `":`,
+    and brackets (counting those inside strings too) bound the nesting depth.
     """
-    count = sum(len(m) for m in property_maps if isinstance(m, dict))
+    fits_strings = len(raw) <= limits.max_string_length
+    fits_properties = raw.count(b'":') <= limits.max_properties_per_event
+    fits_depth = _depth_within(raw.translate(None, _BRACKETS_ONLY), limits.max_depth)
+    if fits_strings and fits_properties and fits_depth:
+        return None
+    obj = msgspec.json.decode(raw)
+    count = sum(len(m) for m in property_maps(obj) if isinstance(m, dict))
     if count > limits.max_properties_per_event:
         return prefix, f"{count} properties exceed the limit of {limits.max_properties_per_event}"
-    if len(raw) <= limits.max_string_length and raw.count(b"{") + raw.count(b"[") <= limits.max_depth:
-        return None
     return _walk(obj, prefix, 1, limits)
+
+
+_INNERMOST_PAIR = re.compile(rb"\{\}|\[\]")
+
+
+def _depth_within(brackets: bytes, limit: int) -> bool:
+    """True if the brackets nest at most `limit` deep (one regex pass peels one level).
+
+    Brackets inside strings only make it answer False, which sends the event to the exact walk.
+    """
+    for _ in range(limit):
+        if not brackets:
+            return True
+        brackets = _INNERMOST_PAIR.sub(b"", brackets)
+    return not brackets
 
 
 def _walk(node: Any, path: str, depth: int, limits: Limits) -> tuple[str, str] | None:

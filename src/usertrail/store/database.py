@@ -7,7 +7,9 @@ where the two engines differ (connection pragmas, the spelling of upserts) are h
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -45,8 +47,10 @@ def create_engine(url: str) -> sa.Engine:
         def _begin(conn) -> None:
             # Write transactions take the write lock at BEGIN (IMMEDIATE), so two processes
             # never fail upgrading a read lock; reads stay deferred and never block under WAL.
-            immediate = conn.get_execution_options().get("immediate", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            if conn.get_execution_options().get("immediate", False):
+                _begin_immediate(conn.connection.dbapi_connection)
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -54,6 +58,33 @@ def create_engine(url: str) -> sa.Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+
+
+_LOCK_WAIT_S = 30.0
+
+
+def _begin_immediate(dbapi_connection) -> None:
+    """Take SQLite's write lock, polling every 0.2 ms.
+
+    SQLite's own busy handler sleeps in steps growing to 100 ms, so a process waiting for
+    another one's short commit would often sleep far longer than the commit took; polling
+    hands the lock over within a fraction of a millisecond.
+    """
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    try:
+        while True:
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.0002)
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(_LOCK_WAIT_S * 1000)}")
 
 
 def write_transaction(engine: sa.Engine):
@@ -81,18 +112,49 @@ def insert_ignore(table: sa.Table, dialect_name: str) -> sa.Insert:
     return _insert_for(dialect_name)(table).on_conflict_do_nothing()
 
 
-def insert_ignore_counted(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
-    """Insert rows, skipping existing keys; returns how many were new.
+def insert_rows_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> int:
+    """Insert row tuples straight through the driver, skipping existing keys; returns how many were new.
 
-    SQLite reports the count of an executemany as its rowcount; psycopg's batched inserts do
-    not (-1), so on PostgreSQL the new rows' keys are returned and counted instead.
+    This is the ingest hot path: one short, fixed statement (parsed and cached once by the
+    driver) and plain tuples, with none of SQLAlchemy's per-row parameter processing. Both
+    sqlite3 and psycopg report the summed rowcount of an executemany.
     """
-    dialect = conn.dialect.name
-    stmt = insert_ignore(table, dialect)
-    if dialect == "sqlite":
-        return conn.execute(stmt, rows).rowcount
-    first_key = table.primary_key.columns.values()[0]
-    return len(conn.execute(stmt.returning(first_key), rows).all())
+    if conn.dialect.name == "postgresql":
+        return _copy_insert_ignore(conn, table, columns, rows)
+    marker = "?"
+    sql = _INSERT_IGNORE_SQL.get((table.name, tuple(columns), marker))
+    if sql is None:
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))}) "
+            "ON CONFLICT DO NOTHING"
+        )
+        _INSERT_IGNORE_SQL[(table.name, tuple(columns), marker)] = sql
+    return conn.exec_driver_sql(sql, rows).rowcount
+
+
+_INSERT_IGNORE_SQL: dict[tuple, str] = {}
+
+
+def _copy_insert_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> int:
+    """PostgreSQL: COPY the rows into a session-local staging table, then one INSERT … SELECT.
+
+    COPY moves rows in psycopg's C code; the INSERT … ON CONFLICT DO NOTHING keeps the
+    de-duplication, and its rowcount is the number of new rows.
+    """
+    staging = f"_staging_{table.name}"
+    names = ", ".join(columns)
+    dbapi = conn.connection.dbapi_connection
+    with dbapi.cursor() as cursor:
+        if not conn.connection.info.get(staging):
+            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table.name}) ON COMMIT DELETE ROWS")
+            conn.connection.info[staging] = True
+        with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
+        inserted = cursor.rowcount
+        cursor.execute(f"DELETE FROM {staging}")
+    return inserted
 
 
 def upsert_add(table: sa.Table, dialect_name: str, key: Iterable[str], counter: str) -> sa.Insert:

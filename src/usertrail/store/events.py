@@ -12,11 +12,23 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from usertrail.store.database import insert_ignore, insert_ignore_counted, upsert_add, write_transaction
+from usertrail.store.database import insert_ignore, insert_rows_ignore, upsert_add, write_transaction
 from usertrail.store.pending import mark_pending
 from usertrail.store.schema import drop_counts, events, rejected_events, security_log
 
 DUPLICATE = "duplicate"
+
+# Event rows travel as tuples in this column order: the hot path hands them to the driver as is.
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
+_USER_KEY, _TS, _ENV = (EVENT_COLUMNS.index(name) for name in ("user_key", "ts", "env"))
+
+
+def event_row(**values) -> tuple:
+    """An `events` row tuple from column values (missing columns are NULL)."""
+    unknown = values.keys() - set(EVENT_COLUMNS)
+    if unknown:
+        raise KeyError(f"not event columns: {sorted(unknown)}")
+    return tuple(values.get(name) for name in EVENT_COLUMNS)
 
 
 @dataclass
@@ -24,7 +36,7 @@ class IngestRecord:
     """Everything one collection request leaves behind, written in one transaction."""
 
     project_id: int
-    events: list[dict] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)  # in EVENT_COLUMNS order
     rejected: list[dict] = field(default_factory=list)
     drops: Counter = field(default_factory=Counter)  # (env, reason) -> count
     security: dict | None = None
@@ -50,27 +62,31 @@ class EventStore:
         self._add_drops = upsert_add(drop_counts, dialect, ["project_id", "env", "day", "reason"], "count")
 
     def write_many(self, records: list[IngestRecord]) -> list[WriteOutcome]:
-        """Commit every record in one transaction; on return they are durable."""
+        """Commit every record in one transaction; on return they are durable.
+
+        Everything that can be prepared is prepared before the transaction starts, because on
+        SQLite the transaction holds the database's only write lock.
+        """
         outcomes: list[WriteOutcome] = []
         day = utc_day(int(time.time() * 1000))
+        pending = [(record.project_id, row[_USER_KEY], row[_TS]) for record in records for row in record.events]
+        tallies: Counter = Counter()
+        for record in records:
+            for (env, reason), count in record.drops.items():
+                tallies[(record.project_id, env, reason)] += count
+        rejected = [row for record in records for row in record.rejected]
+        security_rows = [record.security for record in records if record.security is not None]
         with write_transaction(self.engine) as conn:
-            tallies: Counter = Counter()
-            security_rows = []
             for record in records:
-                stored = insert_ignore_counted(conn, events, record.events) if record.events else 0
-                if stored:
-                    mark_pending(conn, [(r["project_id"], r["user_key"], r["ts"]) for r in record.events])
+                stored = insert_rows_ignore(conn, events, EVENT_COLUMNS, record.events) if record.events else 0
                 duplicates = len(record.events) - stored
-                if record.rejected:
-                    conn.execute(self._insert_rejected, record.rejected)
-                for (env, reason), count in record.drops.items():
-                    tallies[(record.project_id, env, reason)] += count
                 if duplicates:
-                    env = record.events[0]["env"]
-                    tallies[(record.project_id, env, DUPLICATE)] += duplicates
-                if record.security is not None:
-                    security_rows.append(record.security)
+                    tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
                 outcomes.append(WriteOutcome(stored, duplicates))
+            # Re-sent events mark their user too: harmless, the recompute finds nothing new.
+            mark_pending(conn, pending)
+            if rejected:
+                conn.execute(self._insert_rejected, rejected)
             if tallies:
                 conn.execute(
                     self._add_drops,
