@@ -238,3 +238,46 @@ audit_log = sa.Table(
     sa.Column("details", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "id"),
 )
+
+# --- custom attributes (issue 4) --------------------------------------------------------------
+
+attribute_registry = sa.Table(
+    "attribute_registry",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),  # case-sensitive
+    sa.Column("type", sa.Text, nullable=False),  # "string", "number", "date" (YYYY-MM-DD) or "boolean"
+    sa.Column("integrations", sa.Text, nullable=False),  # JSON list of the sources that write it
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "name"),
+)
+
+user_attributes = sa.Table(
+    "user_attributes",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),  # JSON of the typed value
+    sa.Column("value_num", sa.Float, nullable=True),  # numbers, for comparisons in SQL
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "name"),
+)
+sa.Index(None, user_attributes.c.project_id, user_attributes.c.name, user_attributes.c.value)
+
+attribute_history = sa.Table(
+    "attribute_history",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # time-ordered
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("old_value", sa.Text, nullable=True),
+    sa.Column("new_value", sa.Text, nullable=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("changed_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "id"),
+)
+sa.Index(None, attribute_history.c.project_id, attribute_history.c.name, attribute_history.c.changed_at)

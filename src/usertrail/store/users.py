@@ -25,6 +25,7 @@ from usertrail.profiles.standard import (
 from usertrail.store.database import write_transaction
 from usertrail.store.identity import members_of, owner_of
 from usertrail.store.schema import (
+    attribute_history,
     audit_log,
     end_users,
     events,
@@ -32,6 +33,7 @@ from usertrail.store.schema import (
     pending_users,
     session_hints,
     sessions,
+    user_attributes,
 )
 
 # Standard attribute name -> column of `end_users`.
@@ -243,6 +245,8 @@ def _delete_user(conn: sa.Connection, project_id: int, owner: str) -> dict[str, 
     conn.execute(
         pending_users.delete().where(pending_users.c.project_id == project_id, pending_users.c.user_key.in_(keys))
     )
+    for table in (user_attributes, attribute_history):
+        conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
     return counts
 
 

@@ -17,6 +17,7 @@ from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.sessions.processor import SessionProcessor
+from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.collector = collector
     app.state.users = UserStore(collector.events.engine)
     app.state.audit = AuditLog(collector.events.engine)
+    app.state.attributes = AttributeStore(collector.events.engine)
     app.state.sessions = SessionProcessor(collector.events.engine)
     app.state.settings = settings
     return app

@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from usertrail.profiles.custom import CAP
 from usertrail.store.users import BadQuery, UserStore, parse_filter, profile_json, session_json
-from usertrail.web.admin_api import _limit, event_json, require_admin, require_admin_grant
+from usertrail.web.admin_api import _json_body, _limit, event_json, require_admin, require_admin_grant
 from usertrail.web.errors import ApiError
 
 
@@ -85,6 +86,7 @@ async def get_user(request: Request) -> Response:
         )
         raise ApiError(404, "not_found", reason, "user_key")
     body = profile_json(row)
+    body["custom_attributes"] = request.app.state.attributes.values(project_id, members)
     body["identities"] = members
     return JSONResponse(body)
 
@@ -139,6 +141,8 @@ async def export_user(request: Request) -> Response:
         "user_key": owner,
         "identities": members,
         "profile": profile_json(profile) if profile else None,
+        "custom_attributes": request.app.state.attributes.values(grant.project_id, members),
+        "attribute_history": request.app.state.attributes.history(grant.project_id, members, limit=10**9),
         "sessions": [session_json(s) for s in sessions],
         "events": [event_json(r) for r in rows],
     }
@@ -161,6 +165,34 @@ async def erase_user(request: Request) -> Response:
     return JSONResponse({"erased": owner, "keys": members, **counts})
 
 
+async def attribute_registry(request: Request) -> Response:
+    """The project's custom attributes, with the cap they count against."""
+    project_id = require_admin(request)
+    registry = request.app.state.attributes.registry(project_id)
+    return JSONResponse({"cap": CAP, "count": len(registry), "attributes": registry})
+
+
+async def update_attributes(request: Request) -> Response:
+    """Set custom attributes of one end user (`{name: value}`; null clears), as source `admin_api`.
+
+    The end user need not exist yet: values are kept and apply when they first appear.
+    """
+    grant = require_admin_grant(request)
+    _require_uuid(request, grant.project_id)
+    body = await _json_body(request)
+    owner, _ = _owner(request, grant.project_id)
+    report = request.app.state.attributes.write(grant.project_id, "admin_api", [(owner, body)])
+    status = 200 if not report.errors else 400
+    return JSONResponse(report.as_json(), status_code=status)
+
+
+async def attribute_history(request: Request) -> Response:
+    project_id = _project(request)
+    _, members = _owner(request, project_id)
+    items = request.app.state.attributes.history(project_id, members, request.query_params.get("name"), _limit(request))
+    return JSONResponse({"history": items})
+
+
 async def audit_entries(request: Request) -> Response:
     project_id = require_admin(request)
     entries = request.app.state.audit.list(project_id, request.query_params.get("action"), _limit(request))
@@ -178,4 +210,7 @@ routes = [
         "/api/projects/{project_id}/users/{user_key}/sessions/{start_ts:int}/events", session_stream, methods=["GET"]
     ),
     Route("/api/projects/{project_id}/audit-log", audit_entries, methods=["GET"]),
+    Route("/api/projects/{project_id}/attributes", attribute_registry, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}/attributes", update_attributes, methods=["PATCH"]),
+    Route("/api/projects/{project_id}/users/{user_key}/attributes/history", attribute_history, methods=["GET"]),
 ]

@@ -1,0 +1,94 @@
+"""Custom attributes: their types, the 100-attribute cap, and typed value conversion."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Literal
+
+AttributeType = Literal["string", "number", "date", "boolean"]
+ATTRIBUTE_TYPES: tuple[str, ...] = ("string", "number", "date", "boolean")
+CAP = 100
+MAX_NAME_LENGTH = 128
+MAX_STRING_VALUE = 2_000
+
+# The five analytics properties are built into every End User Object; they do not count
+# against the cap (see docs/attributes.md).
+ANALYTICS_PROPERTIES = ("name", "role", "type", "status", "info")
+
+
+class InvalidValue(ValueError):
+    """A value that does not fit the attribute's type; the message says why."""
+
+
+def convert(value: object, type_: str) -> str | float | bool | None:
+    """The value as the attribute's type (dates as `YYYY-MM-DD` strings); None clears the attribute.
+
+    Strings that spell the type are accepted (CSV cells and most APIs send text).
+    """
+    if value is None:
+        return None
+    if type_ == "string":
+        if isinstance(value, bool | dict | list):
+            raise InvalidValue(f"expected a string, got {type(value).__name__}")
+        text = value if isinstance(value, str) else _number_text(value)
+        if len(text) > MAX_STRING_VALUE:
+            raise InvalidValue(f"string longer than {MAX_STRING_VALUE} characters")
+        return text
+    if type_ == "number":
+        if isinstance(value, bool):
+            raise InvalidValue("expected a number, got a boolean")
+        try:
+            number = float(value) if isinstance(value, int | float | str) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise InvalidValue(f"expected a number, got {value!r}")
+        return number
+    if type_ == "date":
+        text = value.strip() if isinstance(value, str) else ""
+        if len(text) == 10:
+            try:
+                return dt.date.fromisoformat(text).isoformat()
+            except ValueError:
+                pass
+        raise InvalidValue(f"expected a date as YYYY-MM-DD, got {value!r}")
+    if type_ == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise InvalidValue(f"expected true or false, got {value!r}")
+    raise InvalidValue(f"unknown type {type_!r}")
+
+
+def _number_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def infer_type(value: object) -> str:
+    """The type a first value implies when no mapping names one."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            dt.date.fromisoformat(value)
+            return "date"
+        except ValueError:
+            pass
+    return "string"
+
+
+def check_name(name: object) -> str | None:
+    """Why a name cannot be an attribute name, or None."""
+    if not isinstance(name, str) or not name.strip():
+        return "an attribute name must be a non-empty string"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"attribute names are at most {MAX_NAME_LENGTH} characters"
+    return None

@@ -1,0 +1,243 @@
+"""Custom attribute values per end user, the per-project registry under its cap, and change history.
+
+Every integration (End User Update API, CSV, S3, Salesforce, SCIM) writes through `write()`, so
+they share one mapping and error model: a record's bad field is reported and skipped, the rest of
+the record and of the batch still apply, and a new name past the cap is refused with the cap and
+the registry in the error.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import sqlalchemy as sa
+
+from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
+from usertrail.store.database import lock_key, write_transaction
+from usertrail.store.schema import attribute_history, attribute_registry, user_attributes
+
+
+@dataclass
+class FieldError:
+    record: int
+    field: str
+    reason: str
+
+    def as_json(self) -> dict:
+        return {"record": self.record, "field": self.field, "reason": self.reason}
+
+
+@dataclass
+class WriteReport:
+    """What one write did: values applied and changed, and every error by record and field."""
+
+    records: int = 0
+    applied: int = 0
+    changed: int = 0
+    errors: list[FieldError] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "records": self.records,
+            "applied": self.applied,
+            "changed": self.changed,
+            "registered": self.registered,
+            "errors": [e.as_json() for e in self.errors],
+        }
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _encode(value) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+class AttributeStore:
+    """Reads and writes custom attributes."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def registry(self, project_id: int) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(attribute_registry)
+                .where(attribute_registry.c.project_id == project_id)
+                .order_by(attribute_registry.c.name)
+            ).all()
+        return [
+            {
+                "name": r.name,
+                "type": r.type,
+                "integrations": msgspec.json.decode(r.integrations),
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            }
+            for r in rows
+        ]
+
+    def write(
+        self,
+        project_id: int,
+        source: str,
+        records: list[tuple[str, dict[str, object]]],
+        types: dict[str, str] | None = None,
+    ) -> WriteReport:
+        """Apply `(user_key, {name: value})` records from `source`; most recent write wins.
+
+        `types` gives the mapping's type per name; a name not yet registered takes that type (or
+        one inferred from its first value). Values of users not seen yet are kept and apply when
+        the user appears (their key is the same).
+        """
+        types = types or {}
+        report = WriteReport(records=len(records))
+        now = _now()
+        with write_transaction(self.engine) as conn:
+            lock_key(conn, "attribute-registry", project_id)
+            registry = {
+                r.name: r
+                for r in conn.execute(
+                    sa.select(attribute_registry).where(attribute_registry.c.project_id == project_id)
+                ).all()
+            }
+            registered_types = {name: r.type for name, r in registry.items()}
+            touched: set[str] = set()
+            for index, (user_key, values) in enumerate(records):
+                for name, raw in values.items():
+                    problem = check_name(name)
+                    if problem:
+                        report.errors.append(FieldError(index, str(name), problem))
+                        continue
+                    type_ = registered_types.get(name) or types.get(name) or infer_type(raw)
+                    if name in types and name in registered_types and types[name] != registered_types[name]:
+                        report.errors.append(
+                            FieldError(
+                                index, name, f"mapped as {types[name]} but registered as {registered_types[name]}"
+                            )
+                        )
+                        continue
+                    try:
+                        value = convert(raw, type_)
+                    except InvalidValue as exc:
+                        report.errors.append(FieldError(index, name, str(exc)))
+                        continue
+                    if name not in registered_types:
+                        if len(registered_types) >= CAP:
+                            report.errors.append(
+                                FieldError(
+                                    index,
+                                    name,
+                                    f"the project already has the maximum of {CAP} custom attributes; "
+                                    f"registered: {', '.join(sorted(registered_types))}",
+                                )
+                            )
+                            continue
+                        registered_types[name] = type_
+                        conn.execute(
+                            attribute_registry.insert().values(
+                                project_id=project_id,
+                                name=name,
+                                type=type_,
+                                integrations=_encode([source]),
+                                created_at=now,
+                                updated_at=now,
+                            )
+                        )
+                        report.registered.append(name)
+                    touched.add(name)
+                    report.applied += 1
+                    report.changed += self._set(conn, project_id, user_key, name, value, source, now)
+            for name in touched:
+                row = registry.get(name)
+                integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
+                integrations.add(source)
+                conn.execute(
+                    attribute_registry.update()
+                    .where(attribute_registry.c.project_id == project_id, attribute_registry.c.name == name)
+                    .values(integrations=_encode(sorted(integrations)), updated_at=now)
+                )
+        return report
+
+    @staticmethod
+    def _set(conn: sa.Connection, project_id: int, user_key: str, name: str, value, source: str, now: int) -> int:
+        where = (
+            user_attributes.c.project_id == project_id,
+            user_attributes.c.user_key == user_key,
+            user_attributes.c.name == name,
+        )
+        old = conn.execute(sa.select(user_attributes.c.value).where(*where)).scalar()
+        new = None if value is None else _encode(value)
+        if old == new:
+            conn.execute(user_attributes.update().where(*where).values(source=source, updated_at=now))
+            return 0
+        if new is None:
+            conn.execute(user_attributes.delete().where(*where))
+        elif old is None:
+            conn.execute(
+                user_attributes.insert().values(
+                    project_id=project_id,
+                    user_key=user_key,
+                    name=name,
+                    value=new,
+                    value_num=value if isinstance(value, float) else None,
+                    source=source,
+                    updated_at=now,
+                )
+            )
+        else:
+            conn.execute(
+                user_attributes.update()
+                .where(*where)
+                .values(value=new, value_num=value if isinstance(value, float) else None, source=source, updated_at=now)
+            )
+        conn.execute(
+            attribute_history.insert().values(
+                project_id=project_id,
+                user_key=user_key,
+                id=f"{now:013d}-{secrets.token_hex(6)}",
+                name=name,
+                old_value=old,
+                new_value=new,
+                source=source,
+                changed_at=now,
+            )
+        )
+        return 1
+
+    def values(self, project_id: int, keys: list[str]) -> dict[str, dict]:
+        """The custom attributes of an end user (all their keys; the most recent write wins)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(user_attributes)
+                .where(user_attributes.c.project_id == project_id, user_attributes.c.user_key.in_(keys))
+                .order_by(user_attributes.c.updated_at)
+            ).all()
+        return {
+            r.name: {"value": msgspec.json.decode(r.value), "source": r.source, "updated_at": r.updated_at}
+            for r in rows
+        }
+
+    def history(self, project_id: int, keys: list[str], name: str | None = None, limit: int = 100) -> list[dict]:
+        query = sa.select(attribute_history).where(
+            attribute_history.c.project_id == project_id, attribute_history.c.user_key.in_(keys)
+        )
+        if name is not None:
+            query = query.where(attribute_history.c.name == name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(attribute_history.c.id.desc()).limit(limit)).all()
+        return [
+            {
+                "name": r.name,
+                "old": None if r.old_value is None else msgspec.json.decode(r.old_value),
+                "new": None if r.new_value is None else msgspec.json.decode(r.new_value),
+                "source": r.source,
+                "changed_at": r.changed_at,
+            }
+            for r in rows
+        ]
