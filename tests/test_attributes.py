@@ -105,3 +105,40 @@ def project_id_factory(engine):
     from usertrail.store.projects import ProjectStore
 
     return lambda: ProjectStore(engine).create("attrs").project.id
+
+
+def test_analytics_properties_from_events(make_server):
+    live = make_server(process_sessions=False)
+    enable_uuid(live)
+    t = now_ms() - 3 * 3_600_000
+    first = user_events(
+        "mo", t, 3, wm_userVars={"name": "Mo", "role": "analyst", "type": "free", "status": "", "info": ""}
+    )
+    later = user_events("mo", t + 3_600_000, 2, wm_userVars={"type": "VIP", "status": "active"})
+    send(live, first)
+    send(live, later)
+    with live.client() as client:  # native identify traits carry them too
+        client.post(
+            f"/v1/batch?key={live.project.write_key}",
+            json={
+                "batch": [
+                    {"type": "identify", "userId": "kai", "traits": {"role": "admin", "plan": "x"}, "timestamp": t}
+                ]
+            },
+        )
+        client.post(
+            f"/v1/batch?key={live.project.write_key}",
+            json={"batch": [{"type": "track", "event": "Opened", "userId": "kai", "timestamp": t + 60_000}]},
+        )
+    live.app.state.sessions.run(now_ms())
+    mo = api(live, "/users/u:mo").json()["custom_attributes"]
+    assert {k: v["value"] for k, v in mo.items()} == {
+        "name": "Mo",
+        "role": "analyst",
+        "type": "VIP",
+        "status": "active",
+    }
+    assert mo["type"]["source"] == "analytics_properties"
+    kai = api(live, "/users/u:kai").json()["custom_attributes"]
+    assert {k: v["value"] for k, v in kai.items()} == {"role": "admin"}  # only the five properties
+    assert api(live, "/attributes").json()["count"] == 0  # they do not count against the cap

@@ -76,6 +76,7 @@ class Ev:
     anon: str | None = None
     country: str | None = None
     browser: str | None = None
+    vars: str | None = None  # analytics properties, JSON
 
     @property
     def event_id(self) -> str:
@@ -99,6 +100,7 @@ class Ev:
             "user_id": self.key[2:] if self.key.startswith("u:") else None,
             "country": self.country,
             "browser": self.browser,
+            "user_vars": self.vars,
         }
 
 
@@ -235,6 +237,7 @@ event_strategy = st.builds(
     anon=st.sampled_from([None, None, "d1", "d2", "d3"]),
     country=st.sampled_from([None, "FR", "US"]),
     browser=st.sampled_from([None, "Chrome", "Firefox"]),
+    vars=st.sampled_from([None, None, '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
 )
 # Bursts of activity so sessions have several events, and a long busy stretch for the 12-hour cap.
 burst_strategy = st.tuples(

@@ -185,6 +185,7 @@ class Incoming:
     message_id: str | None = None
     account_id: str | None = None  # WalkMe `wm.uId`
     user_agent: str | None = None
+    user_vars: dict | None = None  # analytics properties carried by the event
     modified: bool = False
     _obj: dict | None = None
 
@@ -305,6 +306,7 @@ def _walkme_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
         url_path=loc.pathname if loc else None,
         title=ctx.title if ctx else None,
         account_id=ev.wm.uId,
+        user_vars=analytics_properties(ev.wm.userVars),
     )
 
 
@@ -380,7 +382,26 @@ def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
         title=page.title if page else None,
         message_id=msg.messageId,
         user_agent=msg.context.userAgent if msg.context else None,
+        user_vars=analytics_properties(msg.traits) if msg.type == "identify" else None,
     )
+
+
+ANALYTICS_PROPERTIES = ("name", "role", "type", "status", "info")
+
+
+def analytics_properties(values: dict | None) -> dict | None:
+    """The five analytics properties among `values` (WalkMe `wm.userVars`, native identify traits).
+
+    Empty strings mean "not set" in WalkMe's payloads, so they are left out.
+    """
+    if not values:
+        return None
+    found = {
+        k: v
+        for k in ANALYTICS_PROPERTIES
+        if (v := values.get(k)) not in (None, "") and isinstance(v, str | int | float | bool)
+    }
+    return found or None
 
 
 def parse_time(value: IsoOrMs) -> int | None:

@@ -12,9 +12,8 @@ CAP = 100
 MAX_NAME_LENGTH = 128
 MAX_STRING_VALUE = 2_000
 
-# The five analytics properties are built into every End User Object; they do not count
-# against the cap (see docs/attributes.md).
-ANALYTICS_PROPERTIES = ("name", "role", "type", "status", "info")
+# The five analytics properties (collect.wire.ANALYTICS_PROPERTIES) are built into every End
+# User Object; they do not count against the cap (see docs/attributes.md).
 
 
 class InvalidValue(ValueError):

@@ -45,6 +45,7 @@ class ClosedSession:
     city: str | None
     browser: str | None
     browser_version: str | None
+    user_vars: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class StandardAttributes:
     city: str | None
     browser_name: str | None
     browser_version: str | None
+    analytics_properties: dict
 
     def by_name(self) -> dict[str, object]:
         """The attributes under their documented names."""
@@ -90,6 +92,9 @@ def compute(sessions: Sequence[ClosedSession]) -> StandardAttributes | None:
     total = sum(s.end - s.start for s in ordered)
     gaps = [b.start - a.end for a, b in itertools.pairwise(ordered)]
     last = ordered[-1]
+    properties: dict = {}
+    for s in ordered:  # the most recent value of each analytics property wins
+        properties.update(s.user_vars or {})
     return StandardAttributes(
         first_seen=ordered[0].start,
         last_seen=last.end,
@@ -102,4 +107,5 @@ def compute(sessions: Sequence[ClosedSession]) -> StandardAttributes | None:
         city=last.city,
         browser_name=last.browser,
         browser_version=last.browser_version,
+        analytics_properties=properties,
     )

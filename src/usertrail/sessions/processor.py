@@ -49,6 +49,7 @@ _EVENT_COLUMNS = (
     events.c.browser_version,
     events.c.os,
     events.c.device_type,
+    events.c.user_vars,
     events.c.anon_id,
     events.c.user_id,
 )
@@ -93,6 +94,7 @@ def _point(row) -> EventPoint:
         row.browser_version,
         row.os,
         row.device_type,
+        row.user_vars,
     )
 
 
@@ -127,6 +129,7 @@ def _session_row(project_id: int, owner: str, s: Session, status: str, closed_at
         "browser_version": s.browser_version,
         "os": s.os,
         "device_type": s.device_type,
+        "user_vars": msgspec.json.encode(s.user_vars).decode() if s.user_vars else None,
     }
 
 
@@ -148,12 +151,24 @@ def _profile_row(project_id: int, owner: str, closed: Sequence[ClosedSession], n
         "city": attrs.city,
         "browser_name": attrs.browser_name,
         "browser_version": attrs.browser_version,
+        "analytics_properties": (
+            msgspec.json.encode(attrs.analytics_properties).decode() if attrs.analytics_properties else None
+        ),
         "updated_at": now,
     }
 
 
 def _closed_view(row) -> ClosedSession:
-    return ClosedSession(row.start_ts, row.end_ts, row.country, row.region, row.city, row.browser, row.browser_version)
+    return ClosedSession(
+        row.start_ts,
+        row.end_ts,
+        row.country,
+        row.region,
+        row.city,
+        row.browser,
+        row.browser_version,
+        msgspec.json.decode(row.user_vars) if row.user_vars else None,
+    )
 
 
 class SessionProcessor:
@@ -480,7 +495,7 @@ class _AsRow:
 def _closed_differs(before, row: dict) -> bool:
     if before is None or before.status != "closed":
         return True
-    fields = ("end_ts", "is_empty", "country", "region", "city", "browser", "browser_version")
+    fields = ("end_ts", "is_empty", "country", "region", "city", "browser", "browser_version", "user_vars")
     return any(getattr(before, f) != row[f] for f in fields)
 
 

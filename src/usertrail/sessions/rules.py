@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 IDLE_MS = 30 * 60 * 1000
 MAX_SESSION_MS = 12 * 60 * 60 * 1000
 
@@ -38,6 +40,7 @@ class EventPoint:
     browser_version: str | None = None
     os: str | None = None
     device_type: str | None = None
+    user_vars: str | None = None  # JSON of the analytics properties the event carried
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Session:
     browser_version: str | None = None
     os: str | None = None
     device_type: str | None = None
+    user_vars: dict = field(default_factory=dict)
 
     @property
     def duration(self) -> int:
@@ -88,6 +92,8 @@ class Session:
             self.os = e.os
         if e.device_type:
             self.device_type = e.device_type
+        if e.user_vars:
+            self.user_vars.update(msgspec.json.decode(e.user_vars))
 
 
 def sort_key(e: EventPoint) -> tuple[int, str]:

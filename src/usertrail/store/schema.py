@@ -87,6 +87,8 @@ events = sa.Table(
     sa.Column("device_type", sa.Text, nullable=True),
     sa.Column("is_mobile", sa.Boolean, nullable=True),
     sa.Column("ip_masked", sa.Text, nullable=True),
+    # Analytics properties (name, role, type, status, info) the event carried, JSON; NULL if none.
+    sa.Column("user_vars", sa.Text, nullable=True),
     sa.Column("payload", sa.Text, nullable=False),  # the event exactly as kept, JSON
     # Doubles as the de-duplication key: a re-sent event hits the same (project, user, event_id).
     sa.PrimaryKeyConstraint("project_id", "user_key", "event_id"),
@@ -163,6 +165,7 @@ sessions = sa.Table(
     sa.Column("browser_version", sa.Text, nullable=True),
     sa.Column("os", sa.Text, nullable=True),
     sa.Column("device_type", sa.Text, nullable=True),
+    sa.Column("user_vars", sa.Text, nullable=True),  # latest analytics property values in the session, JSON
     sa.PrimaryKeyConstraint("project_id", "user_key", "start_ts"),
 )
 sa.Index(None, sessions.c.project_id, sessions.c.status, sessions.c.end_ts)
@@ -183,6 +186,7 @@ end_users = sa.Table(
     sa.Column("city", sa.Text, nullable=True),
     sa.Column("browser_name", sa.Text, nullable=True),
     sa.Column("browser_version", sa.Text, nullable=True),
+    sa.Column("analytics_properties", sa.Text, nullable=True),  # JSON {name: value} from closed sessions
     sa.Column("updated_at", sa.BigInteger, nullable=False),  # server time of the last session close applied
     sa.PrimaryKeyConstraint("project_id", "user_key"),
 )
@@ -281,3 +285,86 @@ attribute_history = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "user_key", "id"),
 )
 sa.Index(None, attribute_history.c.project_id, attribute_history.c.name, attribute_history.c.changed_at)
+
+# --- incoming integrations: the End User Update API and the integration log (issue 4) ---------
+# Credentials carry their project id (`uc_<project>_…`, `uat_<project>_…`), so every lookup is by
+# (project_id, …) and these tables can be distributed by project_id under Citus.
+
+integration_clients = sa.Table(
+    "integration_clients",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),  # the integration's name: the `source` of what it writes
+    sa.Column("secret_hash", sa.Text, nullable=False),  # SHA-256 of the client secret (shown once)
+    sa.Column("user_id_property", sa.Text, nullable=False),  # dotted path to the end-user id in a record
+    sa.Column("fields", sa.Text, nullable=False),  # JSON list of {payload, name, type}
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "client_id"),
+)
+
+integration_tokens = sa.Table(
+    "integration_tokens",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("token_hash", sa.Text, nullable=False),  # SHA-256 of the access token
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),  # space-separated
+    sa.Column("issued_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "token_hash"),
+)
+
+# One row per update call: its result (retrievable by request id) and its idempotency key.
+integration_requests = sa.Table(
+    "integration_requests",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("request_id", sa.Text, nullable=False),  # time-ordered: "<ms>-<random>"
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=True),
+    sa.Column("body_hash", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # "processing" (claimed) or "done"
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("result", sa.Text, nullable=True),  # JSON, once done
+    sa.PrimaryKeyConstraint("project_id", "request_id"),
+)
+sa.Index(
+    None,
+    integration_requests.c.project_id,
+    integration_requests.c.client_id,
+    integration_requests.c.idempotency_key,
+    unique=True,
+)
+
+# Fixed-window request counters per client, shared by every server process.
+integration_rate_limits = sa.Table(
+    "integration_rate_limits",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("window_start", sa.BigInteger, nullable=False),  # ms
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "client_id", "window_start"),
+)
+
+# What every incoming integration did: update calls, imports, credential changes.
+integration_log = sa.Table(
+    "integration_log",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # time-ordered: "<ms>-<random>"
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("integration", sa.Text, nullable=False),  # the integration's name (its attribute source)
+    sa.Column("integration_id", sa.Text, nullable=True),  # e.g. the API client id
+    sa.Column("kind", sa.Text, nullable=False),  # e.g. "update", "token.issue", "client.create"
+    sa.Column("records", sa.Integer, nullable=False),  # received
+    sa.Column("applied", sa.Integer, nullable=False),  # records with at least one value applied
+    sa.Column("error_count", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Text, nullable=False),  # JSON: the first errors
+    sa.Column("request_id", sa.Text, nullable=True),
+    sa.Column("details", sa.Text, nullable=False),  # JSON object
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, integration_log.c.project_id, integration_log.c.integration, integration_log.c.id)

@@ -106,15 +106,27 @@ def parse_filter(text: str) -> Filter:
     return Filter(attribute, op, value)
 
 
-def profile_json(row) -> dict:
-    """An End User Object: every standard attribute with its value, source and last update."""
+def profile_json(row, custom: dict | None = None) -> dict:
+    """An End User Object: every standard attribute with its value, source and last update.
+
+    Custom attributes are the analytics properties (from the user's closed sessions) and the
+    integrations' values (`custom`); for a name present in both, the most recent update wins.
+    """
     values = {name: getattr(row, column.name) for name, column in STANDARD_COLUMNS.items()}
+    properties = msgspec.json.decode(row.analytics_properties) if row.analytics_properties else {}
+    merged = {
+        name: {"value": value, "source": "analytics_properties", "updated_at": row.updated_at}
+        for name, value in properties.items()
+    }
+    for name, item in (custom or {}).items():
+        if name not in merged or item["updated_at"] >= merged[name]["updated_at"]:
+            merged[name] = item
     return {
         "user_key": row.user_key,
         "attributes": {
             name: {"value": value, "source": "sessions", "updated_at": row.updated_at} for name, value in values.items()
         },
-        "custom_attributes": {},
+        "custom_attributes": merged,
     }
 
 

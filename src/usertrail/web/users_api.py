@@ -85,8 +85,7 @@ async def get_user(request: Request) -> Response:
             else "no such end user"
         )
         raise ApiError(404, "not_found", reason, "user_key")
-    body = profile_json(row)
-    body["custom_attributes"] = request.app.state.attributes.values(project_id, members)
+    body = profile_json(row, request.app.state.attributes.values(project_id, members))
     body["identities"] = members
     return JSONResponse(body)
 
@@ -140,7 +139,9 @@ async def export_user(request: Request) -> Response:
     document = {
         "user_key": owner,
         "identities": members,
-        "profile": profile_json(profile) if profile else None,
+        "profile": profile_json(profile, request.app.state.attributes.values(grant.project_id, members))
+        if profile
+        else None,
         "custom_attributes": request.app.state.attributes.values(grant.project_id, members),
         "attribute_history": request.app.state.attributes.history(grant.project_id, members, limit=10**9),
         "sessions": [session_json(s) for s in sessions],
