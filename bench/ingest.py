@@ -44,6 +44,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from usertrail import demo
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 DOCS_FILE = ROOT / "docs" / "benchmarks.md"
@@ -61,18 +63,8 @@ USER_AGENTS = [
     for system in ("Windows NT 10.0; Win64; x64", "Macintosh; Intel Mac OS X 10_15_7", "X11; Linux x86_64")
     for major in (122, 123, 124, 125)
 ]
-PAGES = [
-    ("/", "Home - ShopMe"),
-    ("/products", "Products - ShopMe"),
-    ("/product/pink-alligator/", "Pink Alligator - ShopMe"),
-    ("/cart", "Cart - ShopMe"),
-    ("/checkout", "Checkout - ShopMe"),
-    ("/account", "My account - ShopMe"),
-    ("/settings/billing", "Billing - ShopMe"),
-    ("/reports", "Reports - ShopMe"),
-]
-ROLES = ["admin", "analyst", "sales", "support", "engineer"]
-PLANS = ["free", "pro", "VIP"]
+# The demo's pages, roles and plans, so benchmark traffic looks like the demo's.
+PAGES, ROLES, PLANS = demo.PAGES[:8], demo.ROLES, demo.PLANS
 
 # The `data` part of each kind of event a WalkMe recorder sends, as in usertrail.demo; "@@pid@@"
 # is the Walk-Thru play id, shared by a play, its steps and its completion.
