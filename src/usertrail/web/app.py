@@ -16,13 +16,15 @@ from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
+from usertrail.integrations import IntegrationLog
+from usertrail.integrations.update_api import UpdateApi
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, users_api
+from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *snippet.routes,
             *admin_api.routes,
             *users_api.routes,
+            *update_api_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -128,6 +131,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.users = UserStore(collector.events.engine)
     app.state.audit = AuditLog(collector.events.engine)
     app.state.attributes = AttributeStore(collector.events.engine)
+    app.state.integration_log = IntegrationLog(collector.events.engine)
+    app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.sessions = SessionProcessor(collector.events.engine)
     app.state.settings = settings
     return app
