@@ -108,6 +108,7 @@ class AttributeStore:
             }
             registered_types = {name: r.type for name, r in registry.items()}
             touched: set[str] = set()
+            accepted: list[tuple[str, str, object]] = []
             for index, (user_key, values) in enumerate(records):
                 for name, raw in values.items():
                     problem = check_name(name)
@@ -152,7 +153,8 @@ class AttributeStore:
                         report.registered.append(name)
                     touched.add(name)
                     report.applied += 1
-                    report.changed += self._set(conn, project_id, user_key, name, value, source, now)
+                    accepted.append((user_key, name, value))
+            report.changed = self._apply(conn, project_id, source, accepted, now)
             for name in touched:
                 row = registry.get(name)
                 integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
@@ -165,50 +167,88 @@ class AttributeStore:
         return report
 
     @staticmethod
-    def _set(conn: sa.Connection, project_id: int, user_key: str, name: str, value, source: str, now: int) -> int:
+    def _apply(conn: sa.Connection, project_id: int, source: str, accepted: list, now: int) -> int:
+        """Write accepted values with a few set-wise statements; returns how many values changed.
+
+        One read of the current values; every change in order goes to the history; then each
+        (user, name) gets one final insert, update, delete or refresh (same value, newer time).
+        """
+        original: dict[tuple[str, str], str] = {}
+        keys = sorted({key for key, _, _ in accepted})
+        for i in range(0, len(keys), 500):
+            rows = conn.execute(
+                sa.select(user_attributes.c.user_key, user_attributes.c.name, user_attributes.c.value).where(
+                    user_attributes.c.project_id == project_id, user_attributes.c.user_key.in_(keys[i : i + 500])
+                )
+            ).all()
+            original.update({(r.user_key, r.name): r.value for r in rows})
+        current = dict(original)
+        final: dict[tuple[str, str], tuple[str | None, object]] = {}
+        history = []
+        for user_key, name, value in accepted:
+            k = (user_key, name)
+            new = None if value is None else _encode(value)
+            final[k] = (new, value)
+            if current.get(k) != new:
+                history.append(
+                    {
+                        "project_id": project_id,
+                        "user_key": user_key,
+                        "id": f"{now:013d}-{len(history):06d}-{secrets.token_hex(4)}",
+                        "name": name,
+                        "old_value": current.get(k),
+                        "new_value": new,
+                        "source": source,
+                        "changed_at": now,
+                    }
+                )
+                current[k] = new
+        inserts, updates, deletes, refreshes = [], [], [], []
+        for (user_key, name), (new, value) in final.items():
+            key = {"k_user": user_key, "k_name": name}
+            numeric = value if isinstance(value, float) else None
+            if new is None:
+                if (user_key, name) in original:
+                    deletes.append(key)
+            elif (user_key, name) not in original:
+                inserts.append(
+                    {
+                        "project_id": project_id,
+                        "user_key": user_key,
+                        "name": name,
+                        "value": new,
+                        "value_num": numeric,
+                        "source": source,
+                        "updated_at": now,
+                    }
+                )
+            elif original[(user_key, name)] == new:
+                refreshes.append(key)
+            else:
+                updates.append({**key, "new_value": new, "new_num": numeric})
         where = (
             user_attributes.c.project_id == project_id,
-            user_attributes.c.user_key == user_key,
-            user_attributes.c.name == name,
+            user_attributes.c.user_key == sa.bindparam("k_user"),
+            user_attributes.c.name == sa.bindparam("k_name"),
         )
-        old = conn.execute(sa.select(user_attributes.c.value).where(*where)).scalar()
-        new = None if value is None else _encode(value)
-        if old == new:
-            conn.execute(user_attributes.update().where(*where).values(source=source, updated_at=now))
-            return 0
-        if new is None:
-            conn.execute(user_attributes.delete().where(*where))
-        elif old is None:
-            conn.execute(
-                user_attributes.insert().values(
-                    project_id=project_id,
-                    user_key=user_key,
-                    name=name,
-                    value=new,
-                    value_num=value if isinstance(value, float) else None,
-                    source=source,
-                    updated_at=now,
-                )
-            )
-        else:
+        if inserts:
+            conn.execute(user_attributes.insert(), inserts)
+        if updates:
             conn.execute(
                 user_attributes.update()
                 .where(*where)
-                .values(value=new, value_num=value if isinstance(value, float) else None, source=source, updated_at=now)
+                .values(
+                    value=sa.bindparam("new_value"), value_num=sa.bindparam("new_num"), source=source, updated_at=now
+                ),
+                updates,
             )
-        conn.execute(
-            attribute_history.insert().values(
-                project_id=project_id,
-                user_key=user_key,
-                id=f"{now:013d}-{secrets.token_hex(6)}",
-                name=name,
-                old_value=old,
-                new_value=new,
-                source=source,
-                changed_at=now,
-            )
-        )
-        return 1
+        if deletes:
+            conn.execute(user_attributes.delete().where(*where), deletes)
+        if refreshes:
+            conn.execute(user_attributes.update().where(*where).values(source=source, updated_at=now), refreshes)
+        if history:
+            conn.execute(attribute_history.insert(), history)
+        return len(history)
 
     def values(self, project_id: int, keys: list[str]) -> dict[str, dict]:
         """The custom attributes of an end user (all their keys; the most recent write wins)."""
