@@ -15,7 +15,9 @@ anonymous key it owns.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import operator
 import secrets
 from collections import defaultdict
@@ -33,6 +35,7 @@ from usertrail.store.pending import mark_pending
 from usertrail.store.schema import end_users, events, identity_links, pending_users, session_hints, sessions
 
 CLAIM_MS = 120_000
+log = logging.getLogger(__name__)
 EVERYTHING = -(2**62)
 
 _EVENT_COLUMNS = (
@@ -53,6 +56,38 @@ _EVENT_COLUMNS = (
     events.c.anon_id,
     events.c.user_id,
 )
+
+
+# Statements built once: building SQLAlchemy expressions per call cost more than running them.
+_P, _K = sa.bindparam("p"), sa.bindparam("k")
+_EVENTS_SINCE = (
+    sa.select(*_EVENT_COLUMNS)
+    .where(
+        events.c.project_id == _P,
+        events.c.user_key.in_(sa.bindparam("keys", expanding=True)),
+        events.c.ts >= sa.bindparam("since"),
+    )
+    .order_by(events.c.ts, events.c.event_id)
+)
+_SESSIONS_OF = (
+    sa.select(sessions).where(sessions.c.project_id == _P, sessions.c.user_key == _K).order_by(sessions.c.start_ts)
+)
+_DROP_SESSIONS_FROM = sessions.delete().where(
+    sessions.c.project_id == _P, sessions.c.user_key == _K, sessions.c.start_ts >= sa.bindparam("window")
+)
+_UNCLAIMED = sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < sa.bindparam("now"))
+_CLAIM = (
+    pending_users.update()
+    .where(pending_users.c.project_id == _P, pending_users.c.user_key == _K, _UNCLAIMED)
+    .values(claimed_until=sa.bindparam("until"), claim=sa.bindparam("worker"))
+)
+_MINE = (
+    pending_users.c.project_id == _P,
+    pending_users.c.user_key == _K,
+    pending_users.c.claim == sa.bindparam("worker"),
+)
+_DONE = pending_users.delete().where(*_MINE, pending_users.c.version == sa.bindparam("version"))
+_RELEASE = pending_users.update().where(*_MINE).values(claimed_until=None, claim=None)
 
 
 @dataclass
@@ -191,11 +226,22 @@ class SessionProcessor:
             claimed = self._claim(now, batch)
             if not claimed:
                 break
-            for project_id, key, since, version in claimed:
-                stats = self._process_one(project_id, key, since, version, now)
-                total.users += 1
-                total.sessions_closed += stats.sessions_closed
-                total.profiles_updated += stats.profiles_updated
+            # SQLite has one writer anyway, so several users share a transaction (one commit);
+            # on PostgreSQL each user has its own, so advisory locks are never held across users.
+            per_transaction = 25 if self.engine.dialect.name == "sqlite" else 1
+            for i in range(0, len(claimed), per_transaction):
+                with write_transaction(self.engine) as conn:
+                    for project_id, key, since, version in claimed[i : i + per_transaction]:
+                        try:
+                            with conn.begin_nested():
+                                stats = self._process_one(conn, project_id, key, since, version, now)
+                        except sa.exc.SQLAlchemyError:
+                            # Left claimed: retried when the claim lapses; the others go on.
+                            log.exception("processing end user %s of project %d failed", key, project_id)
+                            continue
+                        total.users += 1
+                        total.sessions_closed += stats.sessions_closed
+                        total.profiles_updated += stats.profiles_updated
         return total
 
     def enqueue_due_closes(self, now: int) -> int:
@@ -229,65 +275,42 @@ class SessionProcessor:
         with write_transaction(self.engine) as conn:
             for project_id, key, since, version in candidates:
                 got = conn.execute(
-                    pending_users.update()
-                    .where(
-                        pending_users.c.project_id == project_id,
-                        pending_users.c.user_key == key,
-                        sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < now),
-                    )
-                    .values(claimed_until=now + CLAIM_MS, claim=self.worker)
+                    _CLAIM, {"p": project_id, "k": key, "now": now, "until": now + CLAIM_MS, "worker": self.worker}
                 ).rowcount
                 if got:
                     claimed.append((project_id, key, since, version))
         return claimed
 
-    def _process_one(self, project_id: int, key: str, since: int, version: int, now: int) -> ProcessStats:
+    def _process_one(
+        self, conn: sa.Connection, project_id: int, key: str, since: int, version: int, now: int
+    ) -> ProcessStats:
         stats = ProcessStats()
-        with write_transaction(self.engine) as conn:
-            fresh = self._events_of(conn, project_id, [key], since)
-            links = _Links()
-            _collect_links(fresh, links)
-            affected = self._apply_links(conn, project_id, links)
-            owner = owner_of(conn, project_id, key)
-            targets = {owner: since}
-            if owner != key:
-                self._forget(conn, project_id, key)
-            for k in affected:
-                targets[k] = EVERYTHING
-            for target in sorted(targets):  # one lock order everywhere, so two workers never deadlock
-                lock_key(conn, "sessions", project_id, target)
-            for target, target_since in sorted(targets.items()):
-                if owner_of(conn, project_id, target) != target:
-                    self._forget(conn, project_id, target)
-                    continue
-                closed, updated = self._recompute(conn, project_id, target, target_since, now)
-                stats.sessions_closed += closed
-                stats.profiles_updated += updated
-            conn.execute(
-                pending_users.delete().where(
-                    pending_users.c.project_id == project_id,
-                    pending_users.c.user_key == key,
-                    pending_users.c.version == version,
-                    pending_users.c.claim == self.worker,
-                )
-            )
-            conn.execute(  # newer events arrived meanwhile: leave the row for the next round
-                pending_users.update()
-                .where(
-                    pending_users.c.project_id == project_id,
-                    pending_users.c.user_key == key,
-                    pending_users.c.claim == self.worker,
-                )
-                .values(claimed_until=None, claim=None)
-            )
+        fresh = self._events_of(conn, project_id, [key], since)
+        links = _Links()
+        _collect_links(fresh, links)
+        affected = self._apply_links(conn, project_id, links)
+        owner = owner_of(conn, project_id, key)
+        targets = {owner: since}
+        if owner != key:
+            self._forget(conn, project_id, key)
+        for k in affected:
+            targets[k] = EVERYTHING
+        for target in sorted(targets):  # one lock order everywhere, so two workers never deadlock
+            lock_key(conn, "sessions", project_id, target)
+        for target, target_since in sorted(targets.items()):
+            if owner_of(conn, project_id, target) != target:
+                self._forget(conn, project_id, target)
+                continue
+            closed, updated = self._recompute(conn, project_id, target, target_since, now)
+            stats.sessions_closed += closed
+            stats.profiles_updated += updated
+        marks = {"p": project_id, "k": key, "version": version, "worker": self.worker}
+        conn.execute(_DONE, marks)
+        conn.execute(_RELEASE, marks)  # newer events arrived meanwhile: the row stays for the next round
         return stats
 
     def _events_of(self, conn: sa.Connection, project_id: int, keys: Sequence[str], since: int) -> list:
-        return conn.execute(
-            sa.select(*_EVENT_COLUMNS)
-            .where(events.c.project_id == project_id, events.c.user_key.in_(keys), events.c.ts >= since)
-            .order_by(events.c.ts, events.c.event_id)
-        ).all()
+        return conn.execute(_EVENTS_SINCE, {"p": project_id, "keys": list(keys), "since": since}).all()
 
     def _apply_links(self, conn: sa.Connection, project_id: int, links: _Links) -> set[str]:
         """Store link candidates (including ones found through shared session ids).
@@ -340,22 +363,14 @@ class SessionProcessor:
     def _recompute(self, conn: sa.Connection, project_id: int, owner: str, since: int, now: int) -> tuple[int, int]:
         """Recompute the owner's sessions from the run of activity that holds `since`; apply closes."""
         lock_key(conn, "sessions", project_id, owner)
-        old = conn.execute(
-            sa.select(sessions)
-            .where(sessions.c.project_id == project_id, sessions.c.user_key == owner)
-            .order_by(sessions.c.start_ts)
-        ).all()
+        old = conn.execute(_SESSIONS_OF, {"p": project_id, "k": owner}).all()
         window = _window_start(old, since)
         members = members_of(conn, project_id, owner)
         points = [_point(r) for r in self._events_of(conn, project_id, members, window)]
         new = sessionize(points)
         kept = [r for r in old if r.start_ts < window]
         previous = {r.start_ts: r for r in old if r.start_ts >= window}
-        conn.execute(
-            sessions.delete().where(
-                sessions.c.project_id == project_id, sessions.c.user_key == owner, sessions.c.start_ts >= window
-            )
-        )
+        conn.execute(_DROP_SESSIONS_FROM, {"p": project_id, "k": owner, "window": window})
         rows, closed_now = [], 0
         for i, s in enumerate(new):
             closable = is_closable(s, i == len(new) - 1, now)
@@ -474,15 +489,28 @@ def _keep_earliest(
     conn: sa.Connection, table: sa.Table, key: dict, ts_column: str, id_column: str, at: tuple[int, str]
 ) -> tuple[int, str]:
     """Store `at` under `key` unless an earlier (time, event id) is stored; returns the earliest."""
-    where = [table.c[name] == value for name, value in key.items()]
-    row = conn.execute(sa.select(table.c[ts_column], table.c[id_column]).where(*where)).first()
+    select, insert, update = _earliest_statements(table, tuple(key), ts_column, id_column, conn.dialect.name)
+    params = {f"k_{name}": value for name, value in key.items()}
+    row = conn.execute(select, params).first()
     if row is None:
-        conn.execute(insert_ignore(table, conn.dialect.name).values(**key, **{ts_column: at[0], id_column: at[1]}))
+        conn.execute(insert, {**key, ts_column: at[0], id_column: at[1]})
         return at
     if at < (row[0], row[1]):
-        conn.execute(table.update().where(*where).values({ts_column: at[0], id_column: at[1]}))
+        conn.execute(update, {**params, "new_ts": at[0], "new_id": at[1]})
         return at
     return (row[0], row[1])
+
+
+@functools.cache
+def _earliest_statements(
+    table: sa.Table, names: tuple[str, ...], ts_column: str, id_column: str, dialect: str
+) -> tuple:
+    where = [table.c[name] == sa.bindparam(f"k_{name}") for name in names]
+    return (
+        sa.select(table.c[ts_column], table.c[id_column]).where(*where),
+        insert_ignore(table, dialect),
+        table.update().where(*where).values({ts_column: sa.bindparam("new_ts"), id_column: sa.bindparam("new_id")}),
+    )
 
 
 class _AsRow:

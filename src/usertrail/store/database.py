@@ -19,12 +19,17 @@ from sqlalchemy.engine import make_url
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def create_engine(url: str) -> sa.Engine:
+def create_engine(url: str, durable: bool = True) -> sa.Engine:
     """An engine for `url` with the settings usertrail relies on.
 
     SQLite: WAL (readers never block the writer, several processes share the file),
     synchronous=FULL (a committed transaction survives power loss, not only a crash),
     a long busy timeout (worker processes take turns for the write lock).
+
+    `durable=False` is for derived state only (sessions, End User Objects): its commits skip the
+    fsync (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off). A crash can lose the last
+    such commits but never half of one, and what is lost is recomputed, because the pending mark
+    that asked for it is removed in the same transaction.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -38,7 +43,7 @@ def create_engine(url: str) -> sa.Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
@@ -56,7 +61,8 @@ def create_engine(url: str) -> sa.Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        connect_args = {} if durable else {"options": "-c synchronous_commit=off"}
+        return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
 
 

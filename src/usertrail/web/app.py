@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             collector.writer.close()
             collector.events.engine.dispose()
+            app.state.sessions.engine.dispose()
 
     app = Starlette(
         routes=[
@@ -133,6 +134,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.attributes = AttributeStore(collector.events.engine)
     app.state.integration_log = IntegrationLog(collector.events.engine)
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
-    app.state.sessions = SessionProcessor(collector.events.engine)
+    app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
     app.state.settings = settings
     return app
