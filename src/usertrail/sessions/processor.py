@@ -267,6 +267,7 @@ class SessionProcessor:
                     pending_users.c.version,
                 )
                 .where(sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < now))
+                .order_by(pending_users.c.since_ts)
                 .limit(batch)
             ).all()
         claimed = []

@@ -204,6 +204,8 @@ pending_users = sa.Table(
     sa.Column("claim", sa.Text, nullable=True),
     sa.PrimaryKeyConstraint("project_id", "user_key"),
 )
+# Oldest work first: sessions waiting to close (marked from their start) before fresh activity.
+sa.Index(None, pending_users.c.since_ts)
 
 # Candidate links from an anonymous key to an identified key; the earliest link owns the anonymous key.
 identity_links = sa.Table(

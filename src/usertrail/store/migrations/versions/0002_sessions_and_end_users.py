@@ -74,6 +74,7 @@ def upgrade() -> None:
         sa.Column("claim", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("project_id", "user_key", name=op.f("pk_pending_users")),
     )
+    op.create_index(op.f("ix_pending_users_since_ts"), "pending_users", ["since_ts"], unique=False)
     op.create_table(
         "session_hints",
         sa.Column("project_id", sa.Integer(), nullable=False),
@@ -122,6 +123,7 @@ def downgrade() -> None:
 
     op.drop_table("sessions")
     op.drop_table("session_hints")
+    op.drop_index(op.f("ix_pending_users_since_ts"), table_name="pending_users")
     op.drop_table("pending_users")
     with op.batch_alter_table("identity_links", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_identity_links_project_id_person_key"))
