@@ -1,0 +1,261 @@
+"""Where the session processor's time goes, in process: the full rebuild and the incremental path.
+
+    .venv/bin/python bench/profile_sessions.py                       # SQLite, the 500k-event workload
+    .venv/bin/python bench/profile_sessions.py --database postgresql
+    .venv/bin/python bench/profile_sessions.py --events 5000000 --users 200000 --skip-incremental
+
+1. Rebuild. The workload of bench/datagen.py is loaded into a fresh database, then
+   `SessionProcessor.rebuild` is timed against its parts: the streaming read of the events alone,
+   and the read plus `sessionize` per user (the product's functions, in the product's loop), as
+   the product does it (SQLAlchemy rows) and with each row first made an `EventPoint` by position.
+   The rest of the rebuild is building and inserting the rows. Then one more rebuild runs under
+   cProfile.
+2. Incremental. New users' events are written as ingest writes them (`EventStore.write_many`,
+   which marks each user pending), then `SessionProcessor.run` processes them: once when the events
+   are fresh (the session opens) and once 31 minutes later (the session closes). Both are timed,
+   with the SQL statements each user costs, then profiled. The plan of the query that
+   finds closable sessions is shown, with its time on a table holding the workload's sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import io
+import itertools
+import operator
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+import timeit
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/datagen.py, run as a script
+
+import sqlalchemy as sa
+
+import datagen
+from usertrail.sessions.processor import _EVENT_COLUMNS, SessionProcessor, _collect_links, _Links
+from usertrail.sessions.rules import IDLE_MS, EventPoint, sessionize
+from usertrail.store.database import create_engine
+from usertrail.store.events import EventStore, IngestRecord, event_row
+from usertrail.store.schema import events, sessions
+
+
+def _profile(fn, top: int, pattern: str | None = None) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fn()
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    if pattern:
+        stats.sort_stats("cumulative").print_stats(pattern, top)
+    return out.getvalue()
+
+
+def rebuild_parts(engine: sa.Engine, project_id: int, now: int, top: int) -> None:
+    """Time the read, the read plus sessionize, and the whole rebuild; then profile the rebuild."""
+    query = sa.select(*_EVENT_COLUMNS).where(events.c.project_id == project_id).order_by(events.c.user_key, events.c.ts)
+
+    def read() -> int:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(query)
+            return sum(1 for _ in result)
+
+    def read_and_sessionize() -> int:
+        links, count = _Links(), 0
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(query)
+            for _, group in itertools.groupby(result, key=operator.attrgetter("user_key")):
+                rows = list(group)
+                _collect_links(rows, links)
+                count += len(sessionize(rows))
+        return count
+
+    # The same, but each row made into an EventPoint by position first: what the rule reads then
+    # costs a plain attribute access instead of a SQLAlchemy Row attribute lookup.
+    names = [c.name for c in _EVENT_COLUMNS]
+    positions = operator.itemgetter(*(names.index(f.name) for f in dataclasses.fields(EventPoint)))
+
+    def read_and_sessionize_points() -> int:
+        links, count = _Links(), 0
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(query)
+            for _, group in itertools.groupby(result, key=operator.itemgetter(0)):
+                rows = list(group)
+                _collect_links(rows, links)
+                count += len(sessionize([EventPoint(*positions(r)) for r in rows]))
+        return count
+
+    with engine.connect() as conn:
+        row = conn.execute(query.limit(1)).one()
+    n = 200_000
+    by_name = timeit.timeit("row.ts; row.type; row.country", globals={"row": row}, number=n) / n / 3
+    by_index = timeit.timeit("row[1]; row[3]; row[6]", globals={"row": row}, number=n) / n / 3
+    print(f"    one Row attribute by name: {by_name * 1e9:.0f} ns; by index: {by_index * 1e9:.0f} ns")
+    timings = {}
+    for name, fn in (
+        ("read the events (streamed, SQLAlchemy rows)", read),
+        ("read + group by user + sessionize", read_and_sessionize),
+        ("read + group by user + sessionize, rows made EventPoints by position first", read_and_sessionize_points),
+        ("whole rebuild (also builds and writes sessions, links, End User Objects)", None),
+    ):
+        began = time.perf_counter()
+        if fn is None:
+            SessionProcessor(engine).rebuild(project_id, now=now)
+        else:
+            fn()
+        timings[name] = time.perf_counter() - began
+        print(f"    {timings[name]:7.1f} s  {name}", flush=True)
+    print("\ncProfile of one more rebuild:")
+    print(_profile(lambda: SessionProcessor(engine).rebuild(project_id, now=now), top, r"processor|rules|standard"))
+
+
+def _new_users(project_id: int, first_user: int, users: int, at: int) -> list[IngestRecord]:
+    """Ten events per user, as the native snippet sends them (user id, anonymous id, session id)."""
+    records = []
+    for u in range(first_user, first_user + users):
+        rows = []
+        for i in range(10):
+            ts = at + i * 6_000
+            rows.append(
+                event_row(
+                    project_id=project_id,
+                    user_key=f"u:inc-{u:06d}",
+                    event_id=f"{u:06d}-{i:02d}-{'0' * 22}",
+                    ts=ts,
+                    client_ts=ts,
+                    received_at=ts + 200,
+                    env="production",
+                    source="native",
+                    type="page" if i % 4 == 0 else "track",
+                    name="Report exported" if i % 4 else "Reports",
+                    session_hint=f"cs-inc-{u:06d}",
+                    anon_id=f"anon-inc-{u:06d}",
+                    user_id=f"inc-{u:06d}",
+                    id_source="variable",
+                    url_host="app.acme.example",
+                    url_path="/reports",
+                    country="US",
+                    region="Texas",
+                    city="Austin",
+                    browser="Chrome",
+                    browser_version="125.0.0",
+                    payload='{"type":"track"}',
+                )
+            )
+        records.append(IngestRecord(project_id, rows))
+    return records
+
+
+class _Counter:
+    """Counts the SQL statements an engine runs."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.statements = 0
+        sa.event.listen(engine, "before_cursor_execute", self._statement)
+
+    def _statement(self, *args) -> None:
+        self.statements += 1
+
+
+def incremental(engine: sa.Engine, project_id: int, users: int, top: int) -> None:
+    """Open then close `users` new users' sessions through `SessionProcessor.run`; time and profile."""
+    store = EventStore(engine)
+    processor = SessionProcessor(engine)
+    counter = _Counter(engine)
+    now = int(time.time() * 1000)
+    for phase, first in (("timed", 0), ("profiled", users)):
+        store.write_many(_new_users(project_id, first, users, now - 5 * 60_000))
+        for label, at in (("open (fresh events)", now), ("close (31 minutes later)", now + 31 * 60_000)):
+            statements = counter.statements
+            began = time.perf_counter()
+            if phase == "timed":
+                done = 0
+                while True:
+                    stats = processor.run(at, batch=200, max_rounds=50)
+                    if not stats.users:
+                        break
+                    done += stats.users
+                elapsed = time.perf_counter() - began
+                print(
+                    f"    {label}: {done:,} users in {elapsed:.1f} s = {done / elapsed:,.0f} users/s; "
+                    f"{(counter.statements - statements) / max(1, done):.1f} SQL statements per user "
+                    "(each user is one write transaction)",
+                    flush=True,
+                )
+            else:
+                print(f"\ncProfile, {label}:")
+                print(_profile(lambda at=at: processor.run(at, batch=200, max_rounds=50), top, r"processor|identity"))
+
+
+def closable_query_plan(engine: sa.Engine) -> None:
+    """The plan and time of `enqueue_due_closes`'s query on this database."""
+    now = int(time.time() * 1000)
+    query = (
+        sa.select(sessions.c.project_id, sessions.c.user_key, sa.func.min(sessions.c.start_ts))
+        .where(sessions.c.status == "open", sessions.c.end_ts <= now - IDLE_MS)
+        .group_by(sessions.c.project_id, sessions.c.user_key)
+    )
+    compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+    explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN ANALYZE "
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(sessions)).scalar_one()
+        plan = [" | ".join(str(c) for c in row) for row in conn.exec_driver_sql(explain + str(compiled))]
+        began = time.perf_counter()
+        due = len(conn.execute(query).all())
+        elapsed = time.perf_counter() - began
+    print(f"    {total:,} sessions in the table, {due:,} due; the query took {elapsed * 1000:.0f} ms. Plan:")
+    for line in plan:
+        print(f"      {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the workload, then profile the rebuild and the incremental path."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--events", type=int, default=datagen.QUICK.events)
+    p.add_argument("--users", type=int, default=datagen.QUICK.users)
+    p.add_argument("--incremental-users", type=int, default=1_000, help="new users for the incremental part")
+    p.add_argument("--skip-incremental", action="store_true")
+    p.add_argument("--top", type=int, default=25, help="functions listed per profile")
+    args = p.parse_args(argv)
+    workload = replace(datagen.FULL, events=args.events, users=args.users)
+    scratch = Path(tempfile.mkdtemp(prefix="usertrail-profile-sessions-"))
+    pg = None
+    try:
+        if args.database == "sqlite":
+            url = f"sqlite:///{scratch / 'profile.db'}"
+        else:
+            from usertrail.testing.postgres import TemporaryPostgres
+
+            pg = TemporaryPostgres({"shared_buffers": "1GB", "max_wal_size": "4GB"})
+            url = pg.start()
+        project_id = datagen.prepare_project(url)
+        began = time.perf_counter()
+        loader = datagen.load_sqlite if args.database == "sqlite" else datagen.load_postgres
+        n = loader(url, datagen.rows(workload, project_id=project_id))
+        print(f"{args.database}: loaded {n:,} events in {time.perf_counter() - began:.1f} s\n\nrebuild:", flush=True)
+        engine = create_engine(url)
+        rebuild_parts(engine, project_id, workload.end_ms, args.top)
+        print("\nfinding closable sessions (enqueue_due_closes), with the workload's sessions in the table:")
+        closable_query_plan(engine)
+        if not args.skip_incremental:
+            print(f"\nincremental, {args.incremental_users:,} new users of 10 events each:", flush=True)
+            incremental(engine, project_id, args.incremental_users, args.top)
+        engine.dispose()
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
