@@ -19,7 +19,7 @@ from usertrail.collect.traffic import domain_matches, ip_matches, user_agent_mat
 from usertrail.collect.wire import Incoming
 from usertrail.enrich.geo import Location
 from usertrail.enrich.useragent import Agent, parse_agent
-from usertrail.project_settings import EnvironmentSettings, TrackingLevel
+from usertrail.project_settings import EnvironmentSettings, TrackingLevel, UuidSettings
 
 
 @dataclass
@@ -190,25 +190,33 @@ def hash_identifier(value: str, salt: str) -> str:
     return base64.b64encode(digest).decode().rstrip("=")
 
 
-def identify_user(w: Working, ctx: RequestContext) -> None:
-    """Pick the end-user key allowed by the UUID settings, hashing or pseudonymising as configured.
+def identity_for(uuid: UuidSettings, user_id: str | None, anon_id: str | None) -> tuple[str | None, str | None, str]:
+    """The (identified id, anonymous id, end-user key) the UUID settings allow for what a client sent.
 
     Providers `none` and `walkme_id` allow no identified id: one that arrives anyway is replaced
-    by its hash (an opaque id) in the row and in the stored event, so no identifier is kept.
+    by its hash (an opaque id), so no identifier is kept; `hash` settings hash it in place.
     """
-    uuid, ev = w.settings.uuid, w.event
-    identified = ev.user_id
-    if identified is not None and (uuid.provider in ("none", "walkme_id") or uuid.hash):
-        hashed = hash_identifier(identified, uuid.salt)
-        _replace_identifier(ev, hashed)
+    if user_id is not None and (uuid.provider in ("none", "walkme_id") or uuid.hash):
+        hashed = hash_identifier(user_id, uuid.salt)
         if uuid.provider in ("none", "walkme_id"):
-            ev.user_id, ev.anon_id = None, hashed
+            user_id, anon_id = None, hashed
         else:
-            ev.user_id = hashed
-    if ev.user_id is not None:
-        w.user_key, w.id_source = "u:" + ev.user_id, uuid.provider
+            user_id = hashed
+    if user_id is not None:
+        return user_id, anon_id, "u:" + user_id
+    return None, anon_id, "a:" + (anon_id or "")
+
+
+def identify_user(w: Working, ctx: RequestContext) -> None:
+    """Pick the end-user key allowed by the UUID settings; a replaced identifier is replaced in the stored event too."""
+    uuid, ev = w.settings.uuid, w.event
+    user_id, anon_id, w.user_key = identity_for(uuid, ev.user_id, ev.anon_id)
+    if user_id != ev.user_id:
+        _replace_identifier(ev, user_id if user_id is not None else anon_id)  # type: ignore[arg-type]
+    ev.user_id, ev.anon_id = user_id, anon_id
+    if user_id is not None:
+        w.id_source = uuid.provider
     else:
-        w.user_key = "a:" + (ev.anon_id or "")
         w.id_source = {"none": "anonymous", "walkme_id": "walkme_id"}.get(uuid.provider, "anonymous_fallback")
 
 

@@ -392,12 +392,14 @@ ANALYTICS_PROPERTIES = ("name", "role", "type", "status", "info")
 def analytics_properties(values: dict | None) -> dict | None:
     """The five analytics properties among `values` (WalkMe `wm.userVars`, native identify traits).
 
-    Empty strings mean "not set" in WalkMe's payloads, so they are left out.
+    Empty strings mean "not set" in WalkMe's payloads, so they are left out. Values are kept as
+    text (numbers and booleans as their JSON spelling), so rules compare them the same way in SQL
+    and in process.
     """
     if not values:
         return None
     found = {
-        k: v
+        k: v if isinstance(v, str) else msgspec.json.encode(v).decode()
         for k in ANALYTICS_PROPERTIES
         if (v := values.get(k)) not in (None, "") and isinstance(v, str | int | float | bool)
     }

@@ -28,6 +28,7 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.profiles.standard import ClosedSession, compute
+from usertrail.segments.membership import SavedSegments, refresh_all, refresh_users
 from usertrail.sessions.rules import IDLE_MS, EventPoint, Session, is_closable, sessionize
 from usertrail.store.database import insert_ignore, lock_key, write_transaction
 from usertrail.store.identity import is_identified, members_of, owner_of
@@ -212,6 +213,7 @@ class SessionProcessor:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.worker = secrets.token_hex(6)
+        self.segments = SavedSegments()
 
     # --- the incremental path --------------------------------------------------------------
 
@@ -293,14 +295,14 @@ class SessionProcessor:
         owner = owner_of(conn, project_id, key)
         targets = {owner: since}
         if owner != key:
-            self._forget(conn, project_id, key)
+            self._forget(conn, project_id, key, now)
         for k in affected:
             targets[k] = EVERYTHING
         for target in sorted(targets):  # one lock order everywhere, so two workers never deadlock
             lock_key(conn, "sessions", project_id, target)
         for target, target_since in sorted(targets.items()):
             if owner_of(conn, project_id, target) != target:
-                self._forget(conn, project_id, target)
+                self._forget(conn, project_id, target, now)
                 continue
             closed, updated = self._recompute(conn, project_id, target, target_since, now)
             stats.sessions_closed += closed
@@ -356,10 +358,11 @@ class SessionProcessor:
                 affected.update({before, after, anon})
         return affected
 
-    def _forget(self, conn: sa.Connection, project_id: int, key: str) -> None:
-        """A key owned by someone else has no sessions or profile of its own."""
+    def _forget(self, conn: sa.Connection, project_id: int, key: str, now: int) -> None:
+        """A key owned by someone else has no sessions, profile or segment membership of its own."""
         conn.execute(sessions.delete().where(sessions.c.project_id == project_id, sessions.c.user_key == key))
         conn.execute(end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key == key))
+        refresh_users(conn, project_id, [key], now, self.segments)
 
     def _recompute(self, conn: sa.Connection, project_id: int, owner: str, since: int, now: int) -> tuple[int, int]:
         """Recompute the owner's sessions from the run of activity that holds `since`; apply closes."""
@@ -395,6 +398,8 @@ class SessionProcessor:
         closed_sessions = [_closed_view(r) for r in kept if r.status == "closed" and not r.is_empty]
         closed_sessions += [_closed_view(_AsRow(r)) for r in rows if r["status"] == "closed" and not r["is_empty"]]
         self._store_profile(conn, project_id, owner, _profile_row(project_id, owner, closed_sessions, now))
+        # A changed End User Object may move the user in or out of saved segments.
+        refresh_users(conn, project_id, [owner], now, self.segments)
         return closed_now, 1
 
     def _store_profile(self, conn: sa.Connection, project_id: int, owner: str, row: dict | None) -> None:
@@ -483,6 +488,7 @@ class SessionProcessor:
             ):
                 for i in range(0, len(rows), 5_000):
                     conn.execute(table.insert(), rows[i : i + 5_000])
+        refresh_all(self.engine, now, [project_id])
         return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
 
 

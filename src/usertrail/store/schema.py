@@ -370,3 +370,47 @@ integration_log = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "id"),
 )
 sa.Index(None, integration_log.c.project_id, integration_log.c.integration, integration_log.c.id)
+
+# --- segments (issue 5) ------------------------------------------------------------------------
+
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # "seg_<hex>"
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("rules", sa.Text, nullable=False),  # JSON rule tree, as validated (docs/segments.md)
+    sa.Column("client_visible", sa.Boolean, nullable=False),  # the snippet may ask about it
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("refreshed_at", sa.BigInteger, nullable=True),  # last full membership refresh
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, segments.c.project_id, segments.c.name, unique=True)
+
+# Current members of saved segments; per end user, so it shards with the End User Object.
+segment_members = sa.Table(
+    "segment_members",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("segment_id", sa.Text, nullable=False),
+    sa.Column("since", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "segment_id"),
+)
+sa.Index(None, segment_members.c.project_id, segment_members.c.segment_id, segment_members.c.user_key)
+
+# Who entered or left a saved segment, and when: membership history.
+segment_changes = sa.Table(
+    "segment_changes",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # time-ordered
+    sa.Column("segment_id", sa.Text, nullable=False),
+    sa.Column("change", sa.Text, nullable=False),  # "entered" or "left"
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "id"),
+)
+sa.Index(None, segment_changes.c.project_id, segment_changes.c.segment_id, segment_changes.c.ts)

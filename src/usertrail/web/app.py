@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from cachetools import TTLCache
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -18,13 +19,15 @@ from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import UpdateApi
+from usertrail.segments.membership import refresh_all
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
+from usertrail.store.segments import SegmentStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
+from usertrail.web import admin_api, collect_routes, segments_api, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ def _now() -> int:
 
 
 async def _maintenance(collector: Collector) -> None:
-    """Hourly: purge security-log entries (full IPs); daily: delete end users inactive past retention."""
+    """Hourly: purge security-log entries (full IPs) and recompute saved segments (relative dates
+    move with time); daily: delete end users inactive past retention."""
     last_retention = 0.0
     while True:
         settings = collector.settings
@@ -69,6 +73,7 @@ async def _maintenance(collector: Collector) -> None:
             await asyncio.to_thread(
                 collector.events.purge_security_log, _now() - settings.security_log_retention_days * DAY_MS
             )
+            await asyncio.to_thread(refresh_all, collector.events.engine, _now())
             if time.monotonic() - last_retention >= 86_400 or not last_retention:
                 cutoff = _now() - settings.user_retention_days * DAY_MS
                 for project in await asyncio.to_thread(collector.projects.list):
@@ -124,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin_api.routes,
             *users_api.routes,
             *update_api_routes.routes,
+            *segments_api.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -135,5 +141,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.integration_log = IntegrationLog(collector.events.engine)
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
+    app.state.segments = SegmentStore(collector.events.engine)
+    app.state.client_segments = TTLCache(maxsize=100_000, ttl=segments_api.CLIENT_CACHE_SECONDS)
     app.state.settings = settings
     return app

@@ -112,8 +112,6 @@ async def snippet_config(request: Request) -> Response:
     if env not in environments:
         return error_response(404, "unknown_environment", f"no environment {env!r}", "env")
     s = environments[env]
-    origin = request.headers.get("origin")
-    allowed = [o for e in environments.values() for o in e.allowed_origins]
     body = {
         "environment": env,
         "tracking_level": s.tracking_level.value,
@@ -121,7 +119,14 @@ async def snippet_config(request: Request) -> Response:
         "collect_title": s.collect_title,
         "uuid": {"provider": s.uuid.provider, "source": s.uuid.source},
     }
-    return _cors(JSONResponse(body), origin if origin and origin_allowed(origin, allowed) else None)
+    return cors_for(request, JSONResponse(body), environments)
+
+
+def cors_for(request: Request, response: Response, environments: dict) -> Response:
+    """CORS headers for a GET from the snippet, if its origin is allowed for the project."""
+    origin = request.headers.get("origin")
+    allowed = [o for e in environments.values() for o in e.allowed_origins]
+    return _cors(response, origin if origin and origin_allowed(origin, allowed) else None)
 
 
 routes = [

@@ -1,0 +1,448 @@
+"""Segment rules: validation, the semantics of each operator, and the two evaluators agreeing.
+
+The property test draws random users (standard attributes, analytics properties, custom attributes
+with history, events under identified and linked anonymous keys) and random rule trees, and checks
+that the SQL member list equals the users the in-process evaluator finds, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from usertrail.segments.evaluate import UserFacts, explain, load_facts, matches
+from usertrail.segments.model import DAY_MS, Catalog, InvalidRule, date_string_bound, parse
+from usertrail.segments.sql import Compiler
+from usertrail.store.schema import attribute_history, end_users, events, identity_links, user_attributes
+
+NOW = 1_795_000_000_000  # 2026-11-18T…Z, fixed so rules with relative dates are reproducible
+HOUR = 3_600_000
+CATALOG = Catalog(custom={"Plan": "string", "Seats": "number", "Renewal": "date", "Trial": "boolean"})
+
+
+def facts(**standard) -> UserFacts:
+    return UserFacts(exists=True, standard=standard)
+
+
+def tree(*rules, match="all") -> dict:
+    return {"match": match, "rules": list(rules)}
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "path", "fragment"),
+    [
+        (tree({"attribute": "country", "operator": "is", "value": "FR"}), "$.rules[0].attribute", "'Country'"),
+        (tree({"attribute": "plan", "operator": "is", "value": "VIP"}), "$.rules[0].attribute", "'Plan'"),
+        (tree({"attribute": "Seats", "operator": "gt", "value": "ten"}), "$.rules[0].value", "expected a number"),
+        (tree({"attribute": "Country", "operator": "gt", "value": 1}), "$.rules[0].operator", "use one of"),
+        (tree({"attribute": "Country", "operator": "changed_to", "value": "FR", "days": 3}), "$.rules[0].operator", ""),
+        (tree({"attribute": "Plan", "operator": "changed_to", "value": "VIP"}), "$.rules[0].days", "whole number"),
+        (tree({"attribute": "Renewal", "operator": "on", "value": "2026-13-01"}), "$.rules[0].value", "date"),
+        (tree({"attribute": "Country", "operator": "matches_regex", "value": "("}), "$.rules[0].value", "regular"),
+        (tree({"attribute": "Country", "operator": "contains", "value": ""}), "$.rules[0].value", "non-empty"),
+        (tree({"attribute": "Seats", "operator": "between", "value": [5, 1]}), "$.rules[0].value", "low ≤ high"),
+        (tree({"attribute": "Country", "operator": "is_set", "value": "x"}), "$.rules[0].value", "takes no value"),
+        (tree({"attribute": "Country", "operatr": "is", "value": "x"}), "$.rules[0].operatr", "'operator'"),
+        (tree({"match": "any", "rules": []}), "$.rules[0].rules", "empty group"),
+        (tree(), "$.rules", "at least one rule"),
+        ({"match": "some", "rules": []}, "$.match", "all"),
+        (tree({"behaviour": {"event": "play"}, "operator": "did", "times": 0, "days": 7}), "$.rules[0].times", ""),
+        (tree({"behaviour": {"evnt": "play"}, "operator": "did", "days": 7}), "$.rules[0].behaviour.evnt", "event"),
+        (
+            tree({"behaviour": {"event": "play"}, "operator": "stopped", "days": 30, "since_days": 10}),
+            "$.rules[0].since_days",
+            "more than days",
+        ),
+    ],
+)
+def test_invalid_rules_name_the_field(rules, path, fragment):
+    with pytest.raises(InvalidRule) as caught:
+        parse(rules, CATALOG)
+    assert caught.value.path == path
+    assert fragment in caught.value.reason
+
+
+def test_unknown_attribute_suggests_close_names():
+    with pytest.raises(InvalidRule) as caught:
+        parse(tree({"attribute": "Total session", "operator": "gt", "value": 1}), CATALOG)
+    assert "Total sessions" in caught.value.suggestions
+
+
+# --- semantics of single operators --------------------------------------------------------
+
+
+def check(rule: dict, f: UserFacts, now: int = NOW) -> bool:
+    return matches(parse(tree(rule), CATALOG), f, now)
+
+
+def test_string_operators_are_case_sensitive_and_negations_include_unset():
+    f = facts(Country="FR", City=None)
+    assert check({"attribute": "Country", "operator": "is", "value": "FR"}, f)
+    assert not check({"attribute": "Country", "operator": "is", "value": "fr"}, f)
+    assert check({"attribute": "City", "operator": "is_not", "value": "Paris"}, f)
+    assert check({"attribute": "City", "operator": "does_not_contain", "value": "a"}, f)
+    assert not check({"attribute": "City", "operator": "contains", "value": "a"}, f)
+    assert check({"attribute": "City", "operator": "is_not_set"}, f)
+    assert check({"attribute": "Country", "operator": "matches_regex", "value": "^F"}, f)
+
+
+def test_date_operators():
+    day = date_string_bound(NOW)  # the first midnight after NOW
+    f = facts(**{"First seen": NOW - 3 * DAY_MS, "Last seen": NOW - 40 * DAY_MS})
+    assert check({"attribute": "First seen", "operator": "within_last", "value": 7}, f)
+    assert not check({"attribute": "First seen", "operator": "within_last", "value": 48, "unit": "hours"}, f)
+    assert check({"attribute": "Last seen", "operator": "more_than_days_ago", "value": 30}, f)
+    assert check({"attribute": "First seen", "operator": "before", "value": day}, f)
+    f2 = UserFacts(exists=True, custom={"Renewal": "2026-11-20"})
+    assert check({"attribute": "Renewal", "operator": "on", "value": "2026-11-20"}, f2)
+    assert check({"attribute": "Renewal", "operator": "between", "value": ["2026-11-20", "2026-11-20"]}, f2)
+    assert not check({"attribute": "Renewal", "operator": "after", "value": "2026-11-20"}, f2)
+
+
+def test_date_string_bound_is_the_first_midnight_at_or_after():
+    midnight = 1_795_046_400_000  # 2026-11-19T00:00:00Z
+    assert date_string_bound(midnight) == "2026-11-19"
+    assert date_string_bound(midnight + 1) == "2026-11-20"
+    assert date_string_bound(midnight - 1) == "2026-11-19"
+
+
+def test_no_end_user_object_means_cannot_assert():
+    parsed = parse(tree({"attribute": "Country", "operator": "is_not_set"}), CATALOG)
+    explained = explain(parsed, UserFacts(exists=False), NOW)
+    assert explained["result"] == "cannot assert"
+    assert explained["rules"][0]["result"] == "cannot assert"
+    assert not matches(parsed, UserFacts(exists=False), NOW)
+
+
+def test_kleene_logic_in_groups():
+    parsed = parse(
+        tree(
+            {"attribute": "Country", "operator": "is", "value": "FR"},
+            {"attribute": "Country", "operator": "is", "value": "DE"},
+            match="any",
+        ),
+        CATALOG,
+    )
+    assert explain(parsed, facts(Country="DE"), NOW)["result"] == "true"
+    assert explain(parsed, facts(Country="US"), NOW)["result"] == "false"
+
+
+def test_change_operators_read_the_history():
+    f = UserFacts(
+        exists=True,
+        custom={"Plan": "VIP"},
+        history=[("Plan", None, "Free", NOW - 40 * DAY_MS), ("Plan", "Free", "VIP", NOW - 2 * DAY_MS)],
+    )
+    assert check({"attribute": "Plan", "operator": "changed_to", "value": "VIP", "days": 7}, f)
+    assert not check({"attribute": "Plan", "operator": "changed_to", "value": "VIP", "days": 1}, f)
+    assert check({"attribute": "Plan", "operator": "was", "value": "Free"}, f)
+    assert not check({"attribute": "Plan", "operator": "was", "value": "VIP"}, f)
+
+
+def test_behaviour_operators():
+    f = UserFacts(
+        exists=True,
+        events=[
+            (NOW - 45 * DAY_MS, "play", "wt1", "/a"),
+            (NOW - 40 * DAY_MS, "play", "wt1", "/a"),
+            (NOW - 2 * DAY_MS, "page", None, "/billing"),
+        ],
+    )
+    assert check({"behaviour": {"event": "play"}, "operator": "did", "times": 2, "days": 60}, f)
+    assert not check({"behaviour": {"event": "play"}, "operator": "did", "times": 3, "days": 60}, f)
+    assert check({"behaviour": {"item": "wt1"}, "operator": "did_not", "days": 30}, f)
+    assert check({"behaviour": {"event": "play"}, "operator": "stopped", "since_days": 60, "days": 30}, f)
+    assert not check({"behaviour": {"page": "/billing"}, "operator": "stopped", "since_days": 60, "days": 3}, f)
+    assert check({"behaviour": {"page": "/billing"}, "operator": "did", "days": 7}, f)
+
+
+# --- the two evaluators agree -------------------------------------------------------------
+
+STRINGS = ["FR", "DE", "US", "Paris", "Berlin", "Chrome", "Firefox", "ab", "b%", "x_y", "Ünï", "VIP", "Free", 'a"q']
+PATTERNS = ["^F", "R$", "e.", "[ab]", "^(FR|DE)$", "i", "^.{2}$", "%", "_"]
+EVENT_TYPES = ["play", "complete", "click", "page"]
+ITEMS = ["wt1", "wt2", None]
+PATHS = ["/a", "/b", None]
+maybe_string = st.none() | st.sampled_from(STRINGS)
+times = st.integers(min_value=0, max_value=24 * 90).map(lambda h: NOW - h * HOUR)
+dates = st.integers(min_value=-40, max_value=40).map(lambda d: date_string_bound(NOW + d * DAY_MS))
+
+
+@st.composite
+def users(draw):
+    n = draw(st.integers(min_value=1, max_value=6))
+    out = []
+    for i in range(n):
+        identified = draw(st.booleans())
+        key = f"u:{i}" if identified else f"a:{i}"
+        first = draw(times)
+        out.append(
+            {
+                "key": key,
+                "has_object": draw(st.integers(0, 4)) > 0,
+                "first_seen": first,
+                "last_seen": draw(st.integers(min_value=first, max_value=NOW)),
+                "total_sessions": draw(st.integers(1, 5)),
+                "avg": draw(st.sampled_from([0.0, 1500.5, 60_000.0])),
+                "between": draw(st.none() | st.sampled_from([3_600_000.0, 86_400_000.0])),
+                "country": draw(maybe_string),
+                "city": draw(maybe_string),
+                "role": draw(maybe_string),
+                "plan": draw(st.none() | st.sampled_from(["VIP", "Free", "Pro"])),
+                "seats": draw(st.none() | st.sampled_from([0.0, 1.0, 2.5, 10.0])),
+                "renewal": draw(st.none() | dates),
+                "trial": draw(st.none() | st.booleans()),
+                "history": draw(
+                    st.lists(
+                        st.tuples(
+                            st.sampled_from(["VIP", "Free", "Pro", None]), st.sampled_from(["VIP", "Free"]), times
+                        ),
+                        max_size=3,
+                    )
+                ),
+                "anon": identified and draw(st.booleans()),
+                "events": draw(
+                    st.lists(
+                        st.tuples(
+                            times,
+                            st.sampled_from(EVENT_TYPES),
+                            st.sampled_from(ITEMS),
+                            st.sampled_from(PATHS),
+                            st.booleans(),
+                        ),
+                        max_size=6,
+                    )
+                ),
+            }
+        )
+    return out
+
+
+def _attribute_rules():
+    s = st.sampled_from
+    return st.one_of(
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["Country", "City", "role", "Plan"]),
+                "operator": s(["is", "is_not", "contains", "does_not_contain", "starts_with", "ends_with"]),
+                "value": s([*STRINGS, "a", "R", "%"]),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["Country", "Plan", "role"]),
+                "operator": s(["is_one_of"]),
+                "value": st.lists(s(STRINGS), min_size=1, max_size=3),
+            }
+        ),
+        st.fixed_dictionaries(
+            {"attribute": s(["Country", "City", "Plan"]), "operator": s(["matches_regex"]), "value": s(PATTERNS)}
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["Country", "Plan", "Seats", "Renewal", "Trial", "Average time between sessions"]),
+                "operator": s(["is_set", "is_not_set"]),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(
+                    ["Total sessions", "Seats", "Average session duration", "Average time between sessions"]
+                ),
+                "operator": s(["eq", "ne", "lt", "lte", "gt", "gte"]),
+                "value": s([0, 1, 2, 2.5, 3, 1500.5, 3_600_000]),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["Total sessions", "Seats"]),
+                "operator": s(["between"]),
+                "value": st.tuples(s([0, 1, 2]), s([2, 3, 10])).map(list),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["First seen", "Last seen", "Renewal"]),
+                "operator": s(["within_last"]),
+                "value": st.integers(1, 60),
+                "unit": s(["hours", "days", "weeks"]),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["First seen", "Last seen", "Renewal"]),
+                "operator": s(["more_than_days_ago"]),
+                "value": st.integers(0, 60),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["First seen", "Last seen", "Renewal"]),
+                "operator": s(["before", "after", "on"]),
+                "value": dates,
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["First seen", "Renewal"]),
+                "operator": s(["between"]),
+                "value": st.tuples(dates, dates).map(sorted),
+            }
+        ),
+        st.fixed_dictionaries({"attribute": s(["Trial"]), "operator": s(["is_true", "is_false"])}),
+        st.fixed_dictionaries(
+            {
+                "attribute": s(["Plan"]),
+                "operator": s(["changed_to"]),
+                "value": s(["VIP", "Free"]),
+                "days": st.integers(1, 60),
+            }
+        ),
+        st.fixed_dictionaries({"attribute": s(["Plan"]), "operator": s(["was"]), "value": s(["VIP", "Free", "Pro"])}),
+    )
+
+
+def _behaviour_rules():
+    target = st.one_of(
+        st.fixed_dictionaries({"event": st.sampled_from(EVENT_TYPES)}),
+        st.fixed_dictionaries({"item": st.sampled_from(["wt1", "wt2"])}),
+        st.fixed_dictionaries({"page": st.sampled_from(["/a", "/b"])}),
+        st.fixed_dictionaries(
+            {"item": st.sampled_from(["wt1", "wt2"]), "event": st.sampled_from(["play", "complete"])}
+        ),
+    )
+    return st.one_of(
+        st.fixed_dictionaries(
+            {"behaviour": target, "operator": st.just("did"), "times": st.integers(1, 3), "days": st.integers(1, 90)}
+        ),
+        st.fixed_dictionaries({"behaviour": target, "operator": st.just("did_not"), "days": st.integers(1, 90)}),
+        st.tuples(target, st.integers(0, 40), st.integers(1, 50)).map(
+            lambda t: {"behaviour": t[0], "operator": "stopped", "days": t[1], "since_days": t[1] + t[2]}
+        ),
+    )
+
+
+rule_trees = st.recursive(
+    st.one_of(_attribute_rules(), _behaviour_rules()),
+    lambda children: st.fixed_dictionaries(
+        {"match": st.sampled_from(["all", "any"]), "rules": st.lists(children, min_size=1, max_size=4)}
+    ),
+    max_leaves=10,
+).map(lambda node: node if "rules" in node else tree(node))
+
+_projects = itertools.count(1)
+
+
+def _store(conn: sa.Connection, project_id: int, people: list[dict]) -> None:
+    ev_id = itertools.count()
+    for p in people:
+        key = p["key"]
+        if p["has_object"]:
+            properties = {"role": p["role"]} if p["role"] is not None else None
+            conn.execute(
+                end_users.insert().values(
+                    project_id=project_id,
+                    user_key=key,
+                    first_seen=p["first_seen"],
+                    last_seen=p["last_seen"],
+                    total_sessions=p["total_sessions"],
+                    avg_session_duration_ms=p["avg"],
+                    total_session_duration_ms=int(p["avg"] * p["total_sessions"]),
+                    avg_time_between_sessions_ms=p["between"],
+                    country=p["country"],
+                    city=p["city"],
+                    analytics_properties=None if properties is None else msgspec.json.encode(properties).decode(),
+                    updated_at=NOW,
+                )
+            )
+        for name, value in (
+            ("Plan", p["plan"]),
+            ("Seats", p["seats"]),
+            ("Renewal", p["renewal"]),
+            ("Trial", p["trial"]),
+        ):
+            if value is not None:
+                conn.execute(
+                    user_attributes.insert().values(
+                        project_id=project_id,
+                        user_key=key,
+                        name=name,
+                        value=msgspec.json.encode(value).decode(),
+                        value_num=value if isinstance(value, float) else None,
+                        source="test",
+                        updated_at=NOW,
+                    )
+                )
+        for j, (old, new, at) in enumerate(p["history"]):
+            conn.execute(
+                attribute_history.insert().values(
+                    project_id=project_id,
+                    user_key=key,
+                    id=f"{at:013d}-{j}",
+                    name="Plan",
+                    old_value=None if old is None else msgspec.json.encode(old).decode(),
+                    new_value=msgspec.json.encode(new).decode(),
+                    source="test",
+                    changed_at=at,
+                )
+            )
+        anon = f"a:anon-of-{key}"
+        if p["anon"]:
+            conn.execute(
+                identity_links.insert().values(
+                    project_id=project_id, user_key=anon, person_key=key, link_ts=p["first_seen"], link_event_id="e0"
+                )
+            )
+        for ts, type_, item, path, under_anon in p["events"]:
+            conn.execute(
+                events.insert().values(
+                    project_id=project_id,
+                    user_key=anon if (under_anon and p["anon"]) else key,
+                    event_id=f"e{next(ev_id)}",
+                    ts=ts,
+                    received_at=ts,
+                    env="production",
+                    source="native",
+                    type=type_,
+                    object_id=item,
+                    url_path=path,
+                    id_source="test",
+                    payload="{}",
+                )
+            )
+
+
+def test_sql_and_in_process_evaluators_agree(engine):
+    dialect = engine.dialect.name
+
+    @settings(
+        max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "60")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
+    @given(people=users(), rules=rule_trees, shift=st.integers(min_value=-5 * HOUR, max_value=5 * HOUR))
+    def agree(people, rules, shift):
+        now = NOW + shift
+        parsed = parse(rules, CATALOG)
+        project_id = next(_projects)
+        with engine.begin() as conn:
+            _store(conn, project_id, people)
+        with engine.connect() as conn:
+            in_sql = set(conn.execute(Compiler(project_id, now, dialect).members(parsed)).scalars())
+            count = conn.execute(Compiler(project_id, now, dialect).count(parsed)).scalar()
+            in_process = {
+                p["key"] for p in people if matches(parsed, load_facts(conn, project_id, p["key"], [parsed], now), now)
+            }
+        assert in_sql == in_process, rules
+        assert count == len(in_sql)
+
+    agree()
