@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import io
 
+from test_users_api import api, enable_uuid, send, user_events
+
 from conftest import LiveServer
 from samples import now_ms
-from test_users_api import api, enable_uuid, send, user_events
 
 MIN = 60_000
 DAY = 86_400_000
