@@ -19,6 +19,7 @@ from usertrail.web.snippet import snippet_tag
 
 from browser import PageServer, chromium, poll, wait_until
 from conftest import CHROME_UA, LiveServer
+from samples import now_ms, walkme_body, walkme_event
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Route
@@ -324,3 +325,20 @@ def test_no_event_lost_when_flushes_overlap(live, site, context, page):
         ("track", "Clicked again"),
         ("track", "Clicked buy"),
     ]
+
+
+def test_snippet_asks_which_client_visible_segments_the_user_is_in(live, site, page):
+    configure(live, {"allowed_origins": [site.origin], "uuid": {"provider": "variable", "source": "currentUser.id"}})
+    start = now_ms() - 3 * 3_600_000  # a closed session, so the user has an End User Object
+    body = walkme_body([walkme_event(time=start, wm_euId="ana", wm_euIdSource="Identifier")])
+    with live.client() as client:
+        assert client.post(f"/event/tell?key={live.project.write_key}", content=body).status_code == 200
+    live.app.state.sessions.run(now_ms())
+    rules = {"rules": [{"attribute": "Total sessions", "operator": "gte", "value": 1}]}
+    with live.admin() as admin:
+        base = f"/api/projects/{live.project.project.id}/segments"
+        visible = admin.post(base, json={"name": "Returning", "rules": rules, "client_visible": True}).json()
+        assert admin.post(base, json={"name": "Internal", "rules": rules}).status_code == 201
+    site.pages["/app"] = snippet_page(live, "App", before="<script>window.currentUser = {id: 'ana'};</script>")
+    page.goto(site.url("/app"))
+    assert page.evaluate("usertrail.segments()") == [{"id": visible["id"], "name": "Returning"}]

@@ -73,13 +73,13 @@ def refresh_users(
 ) -> tuple[int, int]:
     """Re-evaluate every saved segment for these end users (in process); returns (entered, left)."""
     current = saved.of(conn, project_id)
+    if not current:
+        return 0, 0  # deleting a segment deletes its members, so there is nothing to leave
     stored = conn.execute(
         sa.select(segment_members.c.user_key, segment_members.c.segment_id).where(
             segment_members.c.project_id == project_id, segment_members.c.user_key.in_(list(owners))
         )
     ).all()
-    if not current and not stored:
-        return 0, 0
     was = {(r.user_key, r.segment_id) for r in stored}
     now_in: set[tuple[str, str]] = set()
     trees = [s.tree for s in current]

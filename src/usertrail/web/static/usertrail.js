@@ -157,7 +157,18 @@
     },
     page: page,
     flush: function () { flush(false); },
-    anonymousId: function () { return anonymousId; }
+    anonymousId: function () { return anonymousId; },
+    // The project's client-visible segments this end user is in (as of their last closed session).
+    segments: function () {
+      return configured.then(function () {
+        var allowsUser = remote && remote.uuid.provider !== "none" && remote.uuid.provider !== "walkme_id";
+        var user = allowsUser || explicitUser ? configuredUserId() : null;
+        var url = HOST + "/v1/segments?key=" + encodeURIComponent(KEY) + "&env=" + encodeURIComponent(ENV) +
+          "&anonymous_id=" + encodeURIComponent(anonymousId) + (user ? "&user_id=" + encodeURIComponent(user) : "");
+        return fetch(url).then(function (r) { return r.ok ? r.json() : { segments: [] }; })
+          .then(function (body) { return body.segments; });
+      });
+    }
   };
   var pending = (window.usertrail && window.usertrail.q) || [];
   window.usertrail = api;
@@ -170,7 +181,7 @@
   });
   window.addEventListener("popstate", page);
 
-  fetch(HOST + "/v1/config?key=" + encodeURIComponent(KEY) + "&env=" + encodeURIComponent(ENV))
+  var configured = fetch(HOST + "/v1/config?key=" + encodeURIComponent(KEY) + "&env=" + encodeURIComponent(ENV))
     .then(function (r) { return r.ok ? r.json() : null; })
     .catch(function () { return null; })
     .then(function (config) {
