@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from urllib.parse import quote
 
 from test_users_api import api, enable_uuid, send, user_events
 
@@ -165,3 +166,26 @@ def test_segments_need_uuid_settings(live: LiveServer):
             admin.patch(f"/api/projects/{pid}/environments/{env}", json={"uuid": {"provider": "none"}})
     refused = api(live, "/segments")
     assert refused.status_code == 409 and refused.json()["error"] == "uuid_settings_required"
+
+
+def test_user_list_filters_by_segment_rules_and_text(make_server):
+    live: LiveServer = make_server(process_sessions=False)
+    enable_uuid(live)
+    now = now_ms()
+    send(live, session("ines", now - 3 * DAY))
+    send(live, session("otto", now - 20 * DAY))
+    live.app.state.sessions.run(now_ms())
+    saved = post(live, "/segments", {"name": "New", "rules": SIGNED_UP_LAST_WEEK}).json()
+
+    def keys(query: str) -> list[str]:
+        response = api(live, f"/users?{query}")
+        assert response.status_code == 200, response.text
+        return [u["user_key"] for u in response.json()["users"]]
+
+    assert keys(f"segment={saved['id']}") == ["u:ines"]
+    inactive = '{"rules":[{"attribute":"Last seen","operator":"more_than_days_ago","value":10}]}'
+    assert keys("rules=" + quote(inactive)) == ["u:otto"]
+    assert keys("q=OTT") == ["u:otto"]
+    assert api(live, "/users?segment=seg_nope").status_code == 404
+    bad = api(live, "/users?rules=" + quote('{"rules":[{"attribute":"Citi","operator":"is","value":"x"}]}'))
+    assert bad.status_code == 400 and bad.json()["suggestions"] == ["City"]

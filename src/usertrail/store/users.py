@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -164,11 +165,32 @@ class UserStore:
         self.engine = engine
 
     def list(
-        self, project_id: int, sort: str, descending: bool, limit: int, offset: int, filters: list[Filter]
+        self,
+        project_id: int,
+        sort: str,
+        descending: bool,
+        limit: int,
+        offset: int,
+        filters: list[Filter],
+        conditions: Sequence[sa.ColumnElement[bool]] = (),
+        search: str | None = None,
     ) -> tuple[list, int]:
+        """A page of End User Objects and the total; `conditions` are extra WHERE clauses over
+        `end_users` (e.g. a segment's), `search` a case-insensitive text to find in the key,
+        location, browser or analytics properties."""
         if sort not in STANDARD_COLUMNS:
             raise BadQuery("sort", f"cannot sort by {sort!r}; known: {', '.join(STANDARD_COLUMNS)}")
-        where = [end_users.c.project_id == project_id, *(f.clause() for f in filters)]
+        where = [end_users.c.project_id == project_id, *(f.clause() for f in filters), *conditions]
+        if search:
+            searched = (
+                end_users.c.user_key,
+                end_users.c.country,
+                end_users.c.region,
+                end_users.c.city,
+                end_users.c.browser_name,
+                end_users.c.analytics_properties,
+            )
+            where.append(sa.or_(*(c.icontains(search, autoescape=True) for c in searched)))
         column = STANDARD_COLUMNS[sort]
         order = [column.desc() if descending else column.asc(), end_users.c.user_key]
         with self.engine.connect() as conn:

@@ -6,12 +6,17 @@ is `none`, these routes answer 409 `uuid_settings_required`.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from usertrail.profiles.custom import CAP
+from usertrail.segments.membership import catalog_of
+from usertrail.segments.model import InvalidRule, parse
+from usertrail.segments.sql import Compiler
 from usertrail.store.users import BadQuery, UserStore, parse_filter, profile_json, session_json
 from usertrail.web.admin_api import _json_body, _limit, event_json, require_admin, require_admin_grant
 from usertrail.web.errors import ApiError
@@ -54,7 +59,8 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int |
 
 
 async def list_users(request: Request) -> Response:
-    """`?sort=<attribute>&order=asc|desc&limit=&offset=&filter=<attribute>:<op>:<value>` (repeatable)."""
+    """`?sort=<attribute>&order=asc|desc&limit=&offset=&filter=<attribute>:<op>:<value>` (repeatable),
+    `&segment=<saved segment id>`, `&rules=<segment rules as JSON>` (docs/segments.md), `&q=<text>`."""
     project_id = _project(request)
     params = request.query_params
     order = params.get("order", "desc")
@@ -66,11 +72,41 @@ async def list_users(request: Request) -> Response:
     try:
         filters = [parse_filter(f) for f in params.getlist("filter")]
         rows, total = _users(request).list(
-            project_id, params.get("sort", "Last seen"), order == "desc", _limit(request, 50, 1000), offset, filters
+            project_id,
+            params.get("sort", "Last seen"),
+            order == "desc",
+            _limit(request, 50, 1000),
+            offset,
+            filters,
+            _segment_conditions(request, project_id),
+            params.get("q") or None,
         )
     except BadQuery as exc:
         raise ApiError(400, "invalid_query", str(exc), exc.path) from None
     return JSONResponse({"total": total, "offset": offset, "users": [profile_json(r) for r in rows]})
+
+
+def _segment_conditions(request: Request, project_id: int) -> list:
+    """WHERE clauses for `?segment=` and `?rules=`, through the segment engine."""
+    trees = []
+    engine = _users(request).engine
+    params = request.query_params
+    with engine.connect() as conn:
+        catalog = catalog_of(conn, project_id)
+    if "segment" in params:
+        row = request.app.state.segments.get(project_id, params["segment"])
+        if row is None:
+            raise ApiError(404, "not_found", "no such segment", "segment")
+        trees.append(parse(msgspec.json.decode(row.rules), catalog, "$.rules"))
+    if "rules" in params:
+        try:
+            trees.append(parse(msgspec.json.decode(params["rules"]), catalog, "rules"))
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "invalid_request", f"rules is not JSON: {exc}", "rules") from None
+        except InvalidRule as exc:
+            raise ApiError(400, "invalid_segment", exc.reason, exc.path, suggestions=exc.suggestions) from None
+    compiler = Compiler(project_id, int(time.time() * 1000), engine.dialect.name)
+    return [compiler.condition(t) for t in trees]
 
 
 async def get_user(request: Request) -> Response:
