@@ -109,7 +109,8 @@ def make_server(database_url: str, tmp_path: Path):
     started: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def make(**overrides) -> LiveServer:
-        settings = replace(Settings(data_dir=tmp_path, database_url=database_url), **overrides)
+        # Tests drive the session processor by hand and expect it to take new events at once.
+        settings = replace(Settings(data_dir=tmp_path, database_url=database_url, session_settle_ms=0), **overrides)
         server, thread, app = start_server(settings)
         started.append((server, thread))
         engine = app.state.collector.events.engine

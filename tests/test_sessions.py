@@ -20,6 +20,8 @@ from usertrail.store.pending import mark_pending
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import end_users, events, identity_links, sessions
 
+from samples import now_ms, walkme_body, walkme_event
+
 MIN = 60_000
 T0 = 1_750_000_000_000
 
@@ -293,3 +295,26 @@ def test_incremental_equals_rebuild(tmp_path_factory, singles, bursts, seed):
         linked = conn.execute(sa.select(identity_links.c.user_key).distinct()).scalars().all()
     assert all(k.startswith("a:") for k in linked)
     engine.dispose()
+
+
+def test_processor_waits_for_a_burst_to_settle_but_not_forever_and_never_for_due_closes(make_server):
+    live = make_server(process_sessions=False)
+    processor = SessionProcessor(live.engine, settle_ms=5_000, max_defer_ms=60_000)
+    t0 = now_ms()
+    body = walkme_body([walkme_event(time=t0 - 10 * 60_000, wm_euId="ana", wm_euIdSource="Identifier")])
+    with live.client() as client:
+        assert client.post(f"/event/tell?key={live.project.write_key}", content=body).status_code == 200
+    marked = live.scalar("SELECT marked_at FROM pending_users")
+    assert processor.run(marked + 4_999).users == 0  # the burst may go on
+    assert processor.run(marked + 5_000).users == 1
+    assert live.scalar("SELECT status FROM sessions") == "open"
+    # Half an hour later the session is due to close: that work is marked "due now" and not deferred.
+    stats = processor.run(t0 + IDLE_MS)
+    assert stats.users == 1 and stats.sessions_closed == 1
+    # A user marked again and again is still taken a minute after the first mark.
+    pid = live.project.project.id
+    with write_transaction(live.engine) as conn:
+        mark_pending(conn, [(pid, "u:ana", t0)], marked_at=t0)
+        mark_pending(conn, [(pid, "u:ana", t0)], marked_at=t0 + 59_000)
+    assert processor.run(t0 + 59_999).users == 0
+    assert processor.run(t0 + 60_000).users == 1

@@ -42,6 +42,9 @@ class Settings:
     ingest_mode: str = "full"
     # Extra time a group-commit batch waits for more requests before committing.
     commit_delay_ms: float = 0.0
+    # The session processor recomputes a user once their events have paused this long (ms), or at
+    # the latest a minute after the first new event; 0 recomputes at once (tests drive it by hand).
+    session_settle_ms: int = 5_000
 
     @property
     def resolved_database_url(self) -> str:
@@ -77,6 +80,7 @@ class Settings:
             process_sessions=env.get("USERTRAIL_PROCESS_SESSIONS", "1") != "0",
             ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
+            session_settle_ms=int(env.get("USERTRAIL_SESSION_SETTLE_MS", "5000")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -91,6 +95,7 @@ class Settings:
             "USERTRAIL_PROCESS_SESSIONS": "1" if self.process_sessions else "0",
             "USERTRAIL_INGEST_MODE": self.ingest_mode,
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
+            "USERTRAIL_SESSION_SETTLE_MS": str(self.session_settle_ms),
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

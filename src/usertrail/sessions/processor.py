@@ -210,10 +210,15 @@ def _closed_view(row) -> ClosedSession:
 class SessionProcessor:
     """Keeps sessions, identity links and End User Objects up to date with the events."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, settle_ms: int = 0, max_defer_ms: int = 60_000) -> None:
+        """`settle_ms`: recompute a user only once no new event has marked them for this long (a burst
+        of batches then costs one recompute, not one per batch), but never later than `max_defer_ms`
+        after their first mark. Sessions due to close are marked "due now" and never wait.
+        """
         self.engine = engine
         self.worker = secrets.token_hex(6)
         self.segments = SavedSegments()
+        self.settle_ms, self.max_defer_ms = settle_ms, max_defer_ms
 
     # --- the incremental path --------------------------------------------------------------
 
@@ -256,22 +261,31 @@ class SessionProcessor:
             ).all()
         if due:
             with write_transaction(self.engine) as conn:
-                mark_pending(conn, [(p, k, s) for p, k, s in due])
+                mark_pending(conn, [(p, k, s) for p, k, s in due], marked_at=0)
         return len(due)
 
     def _claim(self, now: int, batch: int) -> list[tuple[int, str, int, int]]:
-        with self.engine.connect() as conn:
-            candidates = conn.execute(
-                sa.select(
-                    pending_users.c.project_id,
-                    pending_users.c.user_key,
-                    pending_users.c.since_ts,
-                    pending_users.c.version,
+        query = (
+            sa.select(
+                pending_users.c.project_id,
+                pending_users.c.user_key,
+                pending_users.c.since_ts,
+                pending_users.c.version,
+            )
+            .where(sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < now))
+            .order_by(pending_users.c.since_ts)
+            .limit(batch)
+        )
+        if self.settle_ms:
+            query = query.where(
+                sa.or_(
+                    pending_users.c.marked_at.is_(None),
+                    pending_users.c.marked_at <= now - self.settle_ms,
+                    pending_users.c.first_marked_at <= now - self.max_defer_ms,
                 )
-                .where(sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < now))
-                .order_by(pending_users.c.since_ts)
-                .limit(batch)
-            ).all()
+            )
+        with self.engine.connect() as conn:
+            candidates = conn.execute(query).all()
         claimed = []
         if not candidates:
             return claimed

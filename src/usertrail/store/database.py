@@ -173,12 +173,17 @@ def upsert_add(table: sa.Table, dialect_name: str, key: Iterable[str], counter: 
 
 
 def upsert_pending(table: sa.Table, dialect_name: str, key: Iterable[str]) -> sa.Insert:
-    """INSERT of a pending mark that, on an existing key, keeps the earliest `since_ts` and bumps `version`."""
+    """INSERT of a pending mark that, on an existing key, keeps the earliest `since_ts` and the first
+    mark's time, bumps `version` and records the latest mark's time."""
     stmt = _insert_for(dialect_name)(table)
     least = sa.func.min if dialect_name == "sqlite" else sa.func.least  # two-argument min in each dialect
     return stmt.on_conflict_do_update(
         index_elements=list(key),
-        set_={"since_ts": least(table.c.since_ts, stmt.excluded.since_ts), "version": table.c.version + 1},
+        set_={
+            "since_ts": least(table.c.since_ts, stmt.excluded.since_ts),
+            "version": table.c.version + 1,
+            "marked_at": stmt.excluded.marked_at,
+        },
     )
 
 

@@ -202,6 +202,10 @@ pending_users = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),  # bumped by every new mark: a claim is done only if unchanged
     sa.Column("claimed_until", sa.BigInteger, nullable=True),
     sa.Column("claim", sa.Text, nullable=True),
+    # Server times of the latest and the first mark (0 = due now): the processor waits for a burst
+    # of activity to settle before recomputing, but never defers a user past a bound.
+    sa.Column("marked_at", sa.BigInteger, nullable=True),
+    sa.Column("first_marked_at", sa.BigInteger, nullable=True),
     sa.PrimaryKeyConstraint("project_id", "user_key"),
 )
 # Oldest work first: sessions waiting to close (marked from their start) before fresh activity.

@@ -140,7 +140,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.attributes = AttributeStore(collector.events.engine)
     app.state.integration_log = IntegrationLog(collector.events.engine)
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
-    app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
+    app.state.sessions = SessionProcessor(
+        create_engine(settings.resolved_database_url, durable=False), settle_ms=settings.session_settle_ms
+    )
     app.state.segments = SegmentStore(collector.events.engine)
     app.state.client_segments = TTLCache(maxsize=100_000, ttl=segments_api.CLIENT_CACHE_SECONDS)
     app.state.settings = settings
