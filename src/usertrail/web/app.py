@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -18,13 +19,17 @@ from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import UpdateApi
+from usertrail.playback.blobs import open_blob_store
+from usertrail.playback.crypto import KeySource
+from usertrail.playback.service import PlaybackService
+from usertrail.playback.store import RecordingStore
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
+from usertrail.web import admin_api, collect_routes, playback_routes, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -60,8 +65,9 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-async def _maintenance(collector: Collector) -> None:
-    """Hourly: purge security-log entries (full IPs); daily: delete end users inactive past retention."""
+async def _maintenance(collector: Collector, recordings: RecordingStore) -> None:
+    """Hourly: purge security-log entries (full IPs); daily: delete end users inactive past retention
+    and recordings older than the playback retention."""
     last_retention = 0.0
     while True:
         settings = collector.settings
@@ -75,6 +81,13 @@ async def _maintenance(collector: Collector) -> None:
                     deleted = await asyncio.to_thread(delete_inactive, collector.events.engine, project.id, cutoff)
                     if deleted:
                         log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
+                    expired = await asyncio.to_thread(
+                        recordings.delete_started_before,
+                        project.id,
+                        _now() - settings.playback_retention_days * DAY_MS,
+                    )
+                    if expired:
+                        log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
                 last_retention = time.monotonic()
         except Exception:  # a failed run must not stop the loop; the next one retries
             log.exception("maintenance failed")
@@ -104,7 +117,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        tasks = [asyncio.create_task(_maintenance(collector))]
+        tasks = [asyncio.create_task(_maintenance(collector, app.state.playback.store))]
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
         try:
@@ -124,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin_api.routes,
             *users_api.routes,
             *update_api_routes.routes,
+            *playback_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -136,4 +150,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
     app.state.settings = settings
+    app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
     return app
+
+
+def build_recording_store(settings: Settings, engine: sa.Engine) -> RecordingStore:
+    """Session Playback's store: the configured blob engine and the master key(s)."""
+    blobs = open_blob_store(settings.playback_store, settings.data_dir, settings.s3_endpoint_url)
+    keys = KeySource(settings.master_key, settings.data_dir)
+    return RecordingStore(engine, blobs, keys, settings.playback_zstd_level)
