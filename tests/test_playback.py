@@ -5,13 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
+import httpx
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
 from usertrail.playback.quota import next_reset, period_start
+from usertrail.testing.postgres import free_port
 
 from conftest import CHROME_UA, LiveServer
 from playback_helpers import (
@@ -302,3 +310,103 @@ def test_admin_api_needs_an_admin_token_of_the_project(live):
         assert client.get(f"/api/projects/{live.project.project.id}/playback/usage").status_code == 403
     with live.client() as client:
         assert client.get(f"/api/projects/{live.project.project.id}/playback/recordings").status_code == 401
+
+
+def cli(*args: str, data_dir: Path, database_url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url, "COLUMNS": "200"}
+    env.pop("USERTRAIL_MASTER_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_key_rotation_keeps_recordings_readable(make_server, database_url, tmp_path: Path):
+    live = make_server()
+    enable_playback(live)
+    answer = start(live)
+    events = events_at(1_800_000_000_000)
+    assert send_chunk(live, answer["token"], 0, events).status_code == 200
+    key_file = tmp_path / "master.key"
+    first_master = key_file.read_text().split()
+    assert len(first_master) == 1 and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    wrapped_before = live.scalar("SELECT wrapped_key FROM playback_recordings")
+
+    out = cli("playback", "rotate-keys", "--new-master-key", data_dir=tmp_path, database_url=database_url).stdout
+    assert "1 recording keys re-wrapped" in out
+    keys = key_file.read_text().split()
+    assert len(keys) == 2 and keys[1] == first_master[0]
+    row = live.rows("SELECT key_version, wrapped_key FROM playback_recordings")[0]
+    assert row.key_version == 2 and bytes(row.wrapped_key) != bytes(wrapped_before)
+    # The running server meets a master key it has not read yet, and reads the key file again.
+    assert recording_events(live, answer["recording_id"]) == events
+    assert send_chunk(live, start(live, sessionId="s-2", anonymousId="x")["token"], 0, events).status_code == 200
+
+    cli("playback", "rotate-keys", "--drop-old-master-keys", data_dir=tmp_path, database_url=database_url)
+    assert key_file.read_text().split() == [keys[0]]
+    assert live.scalar("SELECT min(key_version) FROM playback_recordings") == 3
+    # A server started now knows only the new master key, and reads every recording.
+    fresh = make_server()
+    with httpx.Client(base_url=fresh.base_url, headers={"Authorization": f"Bearer {live.project.admin_token}"}) as c:
+        read = c.get(f"/api/projects/{live.project.project.id}/playback/recordings/{answer['recording_id']}/events")
+    assert read.status_code == 200 and read.json() == events
+
+
+def test_retention_deletes_old_recordings_with_their_blobs(live, database_url, tmp_path: Path):
+    enable_playback(live)
+    old, recent = start(live, anonymousId="old", sessionId="s-old"), start(live, anonymousId="new", sessionId="s-new")
+    for answer in (old, recent):
+        assert send_chunk(live, answer["token"], 0, events_at(1_800_000_000_000)).status_code == 200
+    with live.engine.begin() as conn:  # as if it had started 400 days ago
+        conn.execute(
+            sa.text("UPDATE playback_recordings SET started_at = started_at - :age WHERE recording_id = :r"),
+            {"age": 400 * 86_400_000, "r": old["recording_id"]},
+        )
+    dry = cli("retention", "--dry-run", data_dir=tmp_path, database_url=database_url).stdout
+    assert "1 recordings would be deleted (started over 365 days ago)" in dry
+    assert live.scalar("SELECT count(*) FROM playback_recordings") == 2
+    done = cli("retention", data_dir=tmp_path, database_url=database_url).stdout
+    assert "1 recordings were deleted" in done
+    assert [r[0] for r in live.rows("SELECT recording_id FROM playback_recordings")] == [recent["recording_id"]]
+    folder = tmp_path / "playback" / "recordings" / str(live.project.project.id)
+    assert sorted(p.name for p in folder.iterdir()) == [recent["recording_id"]]
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch) -> Iterator[str]:
+    """An S3 service (moto, in server mode) on 127.0.0.1 with an empty bucket `recordings`."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="recordings")
+    yield url
+    server.stop()
+
+
+def test_s3_engine_round_trip(make_server, s3_endpoint, tmp_path: Path):
+    live = make_server(playback_store="s3://recordings/usertrail", s3_endpoint_url=s3_endpoint)
+    enable_playback(live)
+    answer = start(live)
+    events = events_at(1_800_000_000_000)
+    assert send_chunk(live, answer["token"], 0, events).status_code == 200
+    assert send_chunk(live, answer["token"], 0, events).json()["duplicate"] is True
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    prefix = f"usertrail/recordings/{live.project.project.id}/{answer['recording_id']}/"
+    objects = s3.list_objects_v2(Bucket="recordings", Prefix=prefix).get("Contents", [])
+    assert len(objects) == 1
+    body = s3.get_object(Bucket="recordings", Key=objects[0]["Key"])["Body"].read()
+    assert body.startswith(b"UTC1") and b"href" not in body
+    assert not (tmp_path / "playback").exists()
+    assert recording_events(live, answer["recording_id"]) == events
+    assert api(live, "DELETE", f"/playback/recordings/{answer['recording_id']}").status_code == 200
+    assert s3.list_objects_v2(Bucket="recordings", Prefix="usertrail/").get("KeyCount") == 0

@@ -228,8 +228,9 @@ class KeySource:
         stat = (self._data_dir / MASTER_KEY_FILE).stat()
         return (stat.st_mtime_ns, stat.st_size)
 
-    def ring(self) -> KeyRing:
-        if self._configured.strip() or self._clock() - self._checked < 1.0:
+    def ring(self, refresh: bool = False) -> KeyRing:
+        """The current ring; `refresh` re-reads the key file now (a key this process has not seen yet)."""
+        if self._configured.strip() or (not refresh and self._clock() - self._checked < 1.0):
             return self._ring
         self._checked = self._clock()
         stamp = self._file_stamp()

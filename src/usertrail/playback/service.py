@@ -141,7 +141,7 @@ class PlaybackService:
         if not request.resume:
             return None
         try:
-            grant = self.store.keys.ring().verify_upload(request.resume)
+            grant = self.store.verify_upload(request.resume)
             row = self.store.get_row(grant.project_id, grant.user_key, grant.recording_id)
         except (BadToken, RecordingGone):
             return None
@@ -174,7 +174,7 @@ class PlaybackService:
     def ingest(self, project_id: int, token: str, seq_text: str, encoding: str, body: bytes, caller: Caller) -> dict:
         """Check and store one chunk; the same (recording, seq) twice is stored once."""
         try:
-            grant = self.store.keys.ring().verify_upload(token)
+            grant = self.store.verify_upload(token)
         except BadToken as exc:
             raise PlaybackError(401, "bad_token", "token", str(exc)) from None
         if grant.project_id != project_id:

@@ -14,7 +14,15 @@ import zstandard
 from usertrail.playback import quota
 from usertrail.playback.blobs import BlobStore
 from usertrail.playback.chunks import Chunk, ChunkError
-from usertrail.playback.crypto import KeySource, UploadGrant, new_data_key, open_chunk, seal_chunk
+from usertrail.playback.crypto import (
+    BadToken,
+    CryptoError,
+    KeySource,
+    UploadGrant,
+    new_data_key,
+    open_chunk,
+    seal_chunk,
+)
 from usertrail.store.database import insert_ignore, write_transaction
 from usertrail.store.schema import playback_chunks, playback_projects, playback_recordings
 
@@ -162,6 +170,21 @@ class RecordingStore:
             raise RecordingGone(recording_id)
         return row
 
+    def data_key(self, row) -> bytes:
+        """The recording's data key; a master key added since this process read the key file is picked up."""
+        args = (row.project_id, row.key_version, row.recording_id, row.wrapped_key)
+        try:
+            return self.keys.ring().unwrap(*args)
+        except CryptoError:
+            return self.keys.ring(refresh=True).unwrap(*args)
+
+    def verify_upload(self, token: str) -> UploadGrant:
+        """The grant an upload token carries (BadToken if no configured master key signed it)."""
+        try:
+            return self.keys.ring().verify_upload(token)
+        except BadToken:
+            return self.keys.ring(refresh=True).verify_upload(token)
+
     # --- chunks ---------------------------------------------------------------------------------
 
     def add_chunk(self, grant: UploadGrant, seq: int, chunk: Chunk, max_recording_bytes: int, now_ms: int) -> bool:
@@ -183,7 +206,7 @@ class RecordingStore:
             return False
         if rec.raw_bytes + len(chunk.raw) > max_recording_bytes:
             raise ChunkError(413, "$", f"the recording would exceed {max_recording_bytes} bytes")
-        data_key = self.keys.ring().unwrap(pid, rec.key_version, rid, rec.wrapped_key)
+        data_key = self.data_key(rec)
         blob = seal_chunk(data_key, pid, rid, seq, self._compressor().compress(chunk.raw))
         blob_key = f"{_prefix(pid, rid)}{seq:08d}-{secrets.token_hex(3)}"
         self.blobs.put(blob_key, blob)
@@ -288,7 +311,7 @@ class RecordingStore:
                 )
                 .order_by(c.c.seq)
             ).all()
-        data_key = self.keys.ring().unwrap(row.project_id, row.key_version, row.recording_id, row.wrapped_key)
+        data_key = self.data_key(row)
         decompressor = zstandard.ZstdDecompressor()
         for seq, blob_key in chunk_rows:
             sealed = self.blobs.get(blob_key)
@@ -358,3 +381,10 @@ class RecordingStore:
             rewrapped += len(rows)
             if not rows:
                 return rewrapped
+
+    def not_under_current_master(self) -> int:
+        """How many recordings' data keys are still wrapped under a master key other than the current one."""
+        ring = self.keys.ring()
+        with self.engine.connect() as conn:
+            wrapped = conn.execute(sa.select(playback_recordings.c.wrapped_key)).scalars()
+            return sum(1 for w in wrapped if not ring.is_current(w))
