@@ -388,3 +388,14 @@ class RecordingStore:
         with self.engine.connect() as conn:
             wrapped = conn.execute(sa.select(playback_recordings.c.wrapped_key)).scalars()
             return sum(1 for w in wrapped if not ring.is_current(w))
+
+    def delete_for_users(self, project_id: int, user_keys: list[str]) -> int:
+        """Delete every recording of these end-user keys (an erasure); returns how many."""
+        t = playback_recordings
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(t.c.user_key, t.c.recording_id).where(
+                    t.c.project_id == project_id, t.c.user_key.in_(user_keys)
+                )
+            ).all()
+        return sum(self.delete(project_id, user_key, recording_id) for user_key, recording_id in found)
