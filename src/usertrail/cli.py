@@ -27,6 +27,8 @@ sessions_app = typer.Typer(help="Sessions and End User Objects.", no_args_is_hel
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
 app.add_typer(sessions_app, name="sessions")
+playback_app = typer.Typer(help="Session Playback: recording keys.", no_args_is_help=True)
+app.add_typer(playback_app, name="playback")
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -249,10 +251,16 @@ def retention(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list who would be deleted."),
     project: int = typer.Option(None, help="Only this project (default: all)."),
+    playback_days: int = typer.Option(
+        365,
+        min=1,
+        envvar="USERTRAIL_PLAYBACK_RETENTION_DAYS",
+        help="Delete Session Playback recordings started more than this many days ago.",
+    ),
     data_dir: Path = DataDir,
     database_url: str = DatabaseUrl,
 ) -> None:
-    """Delete end users inactive for `days` (with their events, sessions and attributes)."""
+    """Delete end users inactive for `days` (with their events, sessions and attributes), and old recordings."""
     from usertrail.store.users import UserStore, delete_inactive
 
     store = _projects(_settings(data_dir, database_url))
@@ -271,6 +279,92 @@ def retention(
     if count:
         console.print(table)
     console.print(f"{count} end users {'would be' if dry_run else 'were'} deleted (no session for {days} days)")
+    _playback_retention(store, _project_ids(store, project), playback_days, dry_run, data_dir, database_url)
+
+
+def _playback_retention(
+    store: ProjectStore, project_ids: list[int], days: int, dry_run: bool, data_dir: Path, database_url: str
+) -> None:
+    from usertrail.playback.store import Filters
+
+    recordings = _recording_store(data_dir, database_url, store.engine)
+    cutoff = _now_ms() - days * 86_400_000
+    count = 0
+    for project_id in project_ids:
+        if dry_run:
+            count += len(recordings.list(project_id, Filters(until=cutoff, limit=10**9)))
+        else:
+            count += len(recordings.delete_started_before(project_id, cutoff))
+    console.print(f"{count} recordings {'would be' if dry_run else 'were'} deleted (started over {days} days ago)")
+
+
+def _recording_store(data_dir: Path, database_url: str, engine):
+    from usertrail.web.app import build_recording_store
+
+    return build_recording_store(_settings(data_dir, database_url), engine)
+
+
+@playback_app.command("rotate-keys")
+def playback_rotate_keys(
+    project: int = typer.Option(None, help="Only this project (default: all)."),
+    new_master_key: bool = typer.Option(
+        False, "--new-master-key", help="First add a newly generated master key to the key file (it becomes current)."
+    ),
+    drop_old_master_keys: bool = typer.Option(
+        False, "--drop-old-master-keys", help="Afterwards remove every master key but the current one."
+    ),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Re-wrap every recording's data key under a new project key version (and the current master key)."""
+    from usertrail.playback import crypto
+
+    settings = _settings(data_dir, database_url)
+    configured = bool(settings.master_key.strip())
+    if (new_master_key or drop_old_master_keys) and configured:
+        _fail(
+            "USERTRAIL_MASTER_KEY is set: put the new key first in it (NEW,OLD), run rotate-keys, "
+            "then remove the old key from it"
+        )
+    if drop_old_master_keys and project is not None:
+        _fail("--drop-old-master-keys re-wraps every project: leave out --project")
+    key_file = settings.data_dir / crypto.MASTER_KEY_FILE
+    if new_master_key:
+        old = crypto.load_master_keys("", settings.data_dir)
+        _write_key_file(key_file, [crypto.new_master_key(), *(_b64(k) for k in old)])
+        console.print(f"new master key added to {key_file}; running servers pick it up within a second")
+    store = _projects(settings)
+    recordings = _recording_store(data_dir, database_url, store.engine)
+    total = 0
+    for project_id in _project_ids(store, project):
+        rewrapped = recordings.rotate_keys(project_id, _now_ms())
+        total += rewrapped
+        console.print(f"project {project_id}: {rewrapped} recording keys re-wrapped")
+    if drop_old_master_keys:
+        left = recordings.not_under_current_master()
+        if left:
+            _fail(f"{left} recording keys still need an old master key (created during the rotation): run again")
+        current = crypto.load_master_keys("", settings.data_dir)[0]
+        _write_key_file(key_file, [_b64(current)])
+        console.print(f"old master keys removed from {key_file}")
+    console.print(f"{total} recording keys re-wrapped")
+
+
+def _b64(key: bytes) -> str:
+    import base64
+
+    return base64.b64encode(key).decode()
+
+
+def _write_key_file(path: Path, keys: list[str]) -> None:
+    """Replace the key file atomically (a crash leaves the old or the new file, never half of one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(keys) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _now_ms() -> int:

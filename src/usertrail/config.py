@@ -45,6 +45,20 @@ class Settings:
     # The session processor recomputes a user once their events have paused this long (ms), or at
     # the latest a minute after the first new event; 0 recomputes at once (tests drive it by hand).
     session_settle_ms: int = 5_000
+    # Session Playback (docs/playback.md). Master key(s): base64, comma-separated, the first is
+    # current; empty = the `master.key` file in the data folder, made on first start.
+    master_key: str = ""
+    # Where recording chunks go: "" = `playback/` in the data folder; "s3://bucket/prefix" = S3.
+    playback_store: str = ""
+    s3_endpoint_url: str = ""
+    playback_retention_days: int = 365
+    playback_chunk_interval_ms: int = 5_000
+    playback_max_chunk_bytes: int = 2 * 1_048_576  # as sent (compressed)
+    playback_max_chunk_raw_bytes: int = 32 * 1_048_576  # decompressed JSON
+    playback_max_recording_bytes: int = 256 * 1_048_576  # decompressed, all chunks
+    playback_zstd_level: int = 9
+    # Asset fetching may reach loopback/private addresses (tests only).
+    playback_assets_allow_private: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -81,6 +95,16 @@ class Settings:
             ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
             session_settle_ms=int(env.get("USERTRAIL_SESSION_SETTLE_MS", "5000")),
+            master_key=env.get("USERTRAIL_MASTER_KEY", ""),
+            playback_store=env.get("USERTRAIL_PLAYBACK_STORE", ""),
+            s3_endpoint_url=env.get("USERTRAIL_S3_ENDPOINT_URL", ""),
+            playback_retention_days=int(env.get("USERTRAIL_PLAYBACK_RETENTION_DAYS", "365")),
+            playback_chunk_interval_ms=int(env.get("USERTRAIL_PLAYBACK_CHUNK_INTERVAL_MS", "5000")),
+            playback_max_chunk_bytes=int(env.get("USERTRAIL_PLAYBACK_MAX_CHUNK_BYTES", str(2 * 1_048_576))),
+            playback_max_chunk_raw_bytes=int(env.get("USERTRAIL_PLAYBACK_MAX_CHUNK_RAW_BYTES", str(32 * 1_048_576))),
+            playback_max_recording_bytes=int(env.get("USERTRAIL_PLAYBACK_MAX_RECORDING_BYTES", str(256 * 1_048_576))),
+            playback_zstd_level=int(env.get("USERTRAIL_PLAYBACK_ZSTD_LEVEL", "9")),
+            playback_assets_allow_private=env.get("USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE", "0") == "1",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -96,6 +120,16 @@ class Settings:
             "USERTRAIL_INGEST_MODE": self.ingest_mode,
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
             "USERTRAIL_SESSION_SETTLE_MS": str(self.session_settle_ms),
+            "USERTRAIL_MASTER_KEY": self.master_key,
+            "USERTRAIL_PLAYBACK_STORE": self.playback_store,
+            "USERTRAIL_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "USERTRAIL_PLAYBACK_RETENTION_DAYS": str(self.playback_retention_days),
+            "USERTRAIL_PLAYBACK_CHUNK_INTERVAL_MS": str(self.playback_chunk_interval_ms),
+            "USERTRAIL_PLAYBACK_MAX_CHUNK_BYTES": str(self.playback_max_chunk_bytes),
+            "USERTRAIL_PLAYBACK_MAX_CHUNK_RAW_BYTES": str(self.playback_max_chunk_raw_bytes),
+            "USERTRAIL_PLAYBACK_MAX_RECORDING_BYTES": str(self.playback_max_recording_bytes),
+            "USERTRAIL_PLAYBACK_ZSTD_LEVEL": str(self.playback_zstd_level),
+            "USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE": "1" if self.playback_assets_allow_private else "0",
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

@@ -50,6 +50,26 @@ class TrafficRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     drop_bots: bool = True
 
 
+RecordingMethod = Literal["automatic", "manual"]
+
+
+class PlaybackSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Who is recorded by Session Playback, and what the recorder may capture (docs/playback.md)."""
+
+    # Record every session that passes the other checks; otherwise only users in `segment_ids`.
+    global_capture: bool = False
+    # Segments whose users are recorded; none chosen (and no global capture) records nobody.
+    segment_ids: list[ShortText] = msgspec.field(default_factory=list)
+    # "manual": a session is recorded only once the page calls usertrail.startPlaybackRecording().
+    method: RecordingMethod = "automatic"
+    excluded_ips: list[ShortText] = msgspec.field(default_factory=list)
+    excluded_domains: list[ShortText] = msgspec.field(default_factory=list)
+    # Inputs whose values may be recorded (CSS selectors); every other value is masked, passwords always.
+    allowed_input_selectors: list[ShortText] = msgspec.field(default_factory=list)
+    # Elements replaced by a placeholder in recordings (besides class `wm-hide`).
+    blocked_selectors: list[ShortText] = msgspec.field(default_factory=list)
+
+
 class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything configurable for one environment (production, test, ...) of a project."""
 
@@ -63,6 +83,7 @@ class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     allowed_origins: list[ShortText] = msgspec.field(default_factory=list)
     # The `wm.env` number WalkMe's own recorder sends for this environment.
     walkme_env: int = 0
+    playback: PlaybackSettings = msgspec.field(default_factory=PlaybackSettings)
 
 
 DEFAULT_ENVIRONMENTS: dict[str, int] = {"production": 0, "test": 1}

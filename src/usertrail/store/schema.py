@@ -418,3 +418,64 @@ segment_changes = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "user_key", "id"),
 )
 sa.Index(None, segment_changes.c.project_id, segment_changes.c.segment_id, segment_changes.c.ts)
+# --- Session Playback (issue 6): recordings, their chunks, per-project quota and key version ----
+# Chunk contents live in a blob store (playback/blobs.py), compressed and encrypted; only metadata
+# and the wrapped per-recording data key are here. Deleting the row destroys the key.
+
+playback_projects = sa.Table(
+    "playback_projects",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("key_version", sa.Integer, nullable=False),  # version of the project key new data keys are wrapped in
+    sa.Column("quota", sa.Integer, nullable=False),  # recorded sessions per month
+    sa.Column("quota_anchor", sa.BigInteger, nullable=False),  # activation / last quota update: day of the reset
+    sa.Column("period_start", sa.BigInteger, nullable=False),  # start of the period `used` counts
+    sa.Column("used", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id"),
+)
+
+playback_recordings = sa.Table(
+    "playback_recordings",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("recording_id", sa.Text, nullable=False),  # random, "rec_…"
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("session_hint", sa.Text, nullable=True),  # the snippet's session id
+    sa.Column("started_at", sa.BigInteger, nullable=False),  # server time of the start decision
+    sa.Column("last_chunk_at", sa.BigInteger, nullable=True),  # server time of the last new chunk
+    sa.Column("first_ts", sa.BigInteger, nullable=True),  # first / last rrweb event time (client clock)
+    sa.Column("last_ts", sa.BigInteger, nullable=True),
+    sa.Column("chunk_count", sa.Integer, nullable=False),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("raw_bytes", sa.BigInteger, nullable=False),  # JSON as recorded
+    sa.Column("stored_bytes", sa.BigInteger, nullable=False),  # compressed + encrypted, in the blob store
+    sa.Column("urls", sa.Text, nullable=False),  # JSON list of page URLs, in order of first visit
+    sa.Column("browser", sa.Text, nullable=True),
+    sa.Column("counted", sa.Boolean, nullable=False),  # charged to the quota
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("wrapped_key", sa.LargeBinary, nullable=False),  # data key, AES-GCM under the project key
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "recording_id"),
+)
+sa.Index(None, playback_recordings.c.project_id, playback_recordings.c.started_at)
+sa.Index(None, playback_recordings.c.project_id, playback_recordings.c.recording_id)
+
+playback_chunks = sa.Table(
+    "playback_chunks",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("recording_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("blob_key", sa.Text, nullable=False),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("raw_bytes", sa.Integer, nullable=False),
+    sa.Column("stored_bytes", sa.Integer, nullable=False),
+    sa.Column("first_ts", sa.BigInteger, nullable=True),
+    sa.Column("last_ts", sa.BigInteger, nullable=True),
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    # Doubles as the idempotency key: a re-sent chunk hits the same (recording, seq).
+    sa.PrimaryKeyConstraint("project_id", "user_key", "recording_id", "seq"),
+)

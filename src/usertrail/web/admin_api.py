@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from usertrail.collect.service import Collector
 from usertrail.collect.traffic import InvalidPattern, validate_ip_pattern
+from usertrail.playback import settings as playback_settings
 from usertrail.project_settings import EnvironmentSettings, merge_settings
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ADMIN, KeyGrant, UnknownProject
@@ -110,6 +111,10 @@ async def patch_environment(request: Request) -> Response:
             validate_ip_pattern(pattern)
         except InvalidPattern as exc:
             raise ApiError(400, "invalid_settings", str(exc), f"$.traffic.excluded_ips[{i}]") from None
+    try:
+        playback_settings.validate(updated)
+    except playback_settings.InvalidPlaybackSettings as exc:
+        raise ApiError(400, "invalid_settings", exc.reason, exc.path) from None
     clash = [n for n, s in envs.items() if n != name and s.walkme_env == updated.walkme_env]
     if clash:
         raise ApiError(

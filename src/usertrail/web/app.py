@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+import sqlalchemy as sa
 from cachetools import TTLCache
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,6 +20,10 @@ from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import UpdateApi
+from usertrail.playback.blobs import open_blob_store
+from usertrail.playback.crypto import KeySource
+from usertrail.playback.service import PlaybackService
+from usertrail.playback.store import RecordingStore
 from usertrail.segments.membership import refresh_all
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
@@ -27,7 +32,15 @@ from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.segments import SegmentStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, segments_api, snippet, update_api_routes, users_api
+from usertrail.web import (
+    admin_api,
+    collect_routes,
+    playback_routes,
+    segments_api,
+    snippet,
+    update_api_routes,
+    users_api,
+)
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -63,9 +76,10 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-async def _maintenance(collector: Collector) -> None:
+async def _maintenance(collector: Collector, recordings: RecordingStore) -> None:
     """Hourly: purge security-log entries (full IPs) and recompute saved segments (relative dates
-    move with time); daily: delete end users inactive past retention."""
+    move with time); daily: delete end users inactive past retention and recordings older than the
+    playback retention."""
     last_retention = 0.0
     while True:
         settings = collector.settings
@@ -80,6 +94,13 @@ async def _maintenance(collector: Collector) -> None:
                     deleted = await asyncio.to_thread(delete_inactive, collector.events.engine, project.id, cutoff)
                     if deleted:
                         log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
+                    expired = await asyncio.to_thread(
+                        recordings.delete_started_before,
+                        project.id,
+                        _now() - settings.playback_retention_days * DAY_MS,
+                    )
+                    if expired:
+                        log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
                 last_retention = time.monotonic()
         except Exception:  # a failed run must not stop the loop; the next one retries
             log.exception("maintenance failed")
@@ -109,7 +130,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        tasks = [asyncio.create_task(_maintenance(collector))]
+        tasks = [asyncio.create_task(_maintenance(collector, app.state.playback.store))]
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
         try:
@@ -130,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *users_api.routes,
             *update_api_routes.routes,
             *segments_api.routes,
+            *playback_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -146,4 +168,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.segments = SegmentStore(collector.events.engine)
     app.state.client_segments = TTLCache(maxsize=100_000, ttl=segments_api.CLIENT_CACHE_SECONDS)
     app.state.settings = settings
+    app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
     return app
+
+
+def build_recording_store(settings: Settings, engine: sa.Engine) -> RecordingStore:
+    """Session Playback's store: the configured blob engine and the master key(s)."""
+    blobs = open_blob_store(settings.playback_store, settings.data_dir, settings.s3_endpoint_url)
+    keys = KeySource(settings.master_key, settings.data_dir)
+    return RecordingStore(engine, blobs, keys, settings.playback_zstd_level)

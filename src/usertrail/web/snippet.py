@@ -10,6 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 SNIPPET_JS = Path(__file__).parent / "static" / "usertrail.js"
+# Session Playback's recorder (rrweb), loaded by the snippet only when a session is recorded.
+RECORDER_JS = Path(__file__).parent / "static" / "vendor" / "rrweb" / "record.min.js"
 
 
 def snippet_tag(base_url: str, write_key: str, environment: str = "production") -> str:
@@ -28,4 +30,15 @@ async def snippet_js(request: Request) -> Response:
     )
 
 
-routes = [Route("/snippet.js", snippet_js, methods=["GET"])]
+async def recorder_js(request: Request) -> Response:
+    return Response(
+        RECORDER_JS.read_bytes(),
+        media_type="application/javascript",
+        headers={"Cache-Control": "public, max-age=86400", "Access-Control-Allow-Origin": "*"},
+    )
+
+
+routes = [
+    Route("/snippet.js", snippet_js, methods=["GET"]),
+    Route("/vendor/rrweb/record.min.js", recorder_js, methods=["GET"]),
+]

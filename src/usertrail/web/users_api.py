@@ -196,6 +196,7 @@ async def erase_user(request: Request) -> Response:
     _require_uuid(request, grant.project_id)
     owner, members = _owner(request, grant.project_id)
     counts = _users(request).delete(grant.project_id, owner)
+    counts["recordings"] = request.app.state.playback.store.delete_for_users(grant.project_id, [owner, *members])
     if not any(counts.values()):
         raise ApiError(404, "not_found", "no such end user", "user_key")
     request.app.state.audit.append(grant.project_id, grant.key_id, "end_user.erase", owner, {"keys": members, **counts})

@@ -1,6 +1,7 @@
 /* usertrail browser snippet: page views, custom events and identification, sent in batches.
  * Install: <script async src="https://HOST/snippet.js" data-key="WRITE_KEY" data-env="production"></script>
- * API: usertrail.track(name, properties), usertrail.identify(userId, traits), usertrail.page(), usertrail.flush()
+ * API: usertrail.track(name, properties), usertrail.identify(userId, traits), usertrail.page(), usertrail.flush(),
+ *      usertrail.startPlaybackRecording() (Session Playback's manual method; docs/playback.md)
  */
 (function () {
   "use strict";
@@ -145,6 +146,183 @@
     if (!timer) timer = setTimeout(function () { timer = null; flush(false); }, retryDelay);
   }
 
+  // --- Session Playback: rrweb recording, when the server says this session may be recorded ------
+  // The tab's recording (id, upload token, next sequence number) lives in sessionStorage, so the
+  // next page of the same tab and session continues it.
+  var PB_STATE = "ut_pb", BEACON_MAX = 60000;
+  var playback = null, playbackStarting = null;
+  function pbState(value) {
+    try {
+      if (value === undefined) return JSON.parse(sessionStorage.getItem(PB_STATE) || "null");
+      sessionStorage.setItem(PB_STATE, JSON.stringify(value));
+    } catch (e) { /* storage disabled: the recording ends with the page */ }
+    return value;
+  }
+  function pbUrl(path, extra) { return HOST + path + "?key=" + encodeURIComponent(KEY) + (extra || ""); }
+  function recordedByParent() {
+    // A same-origin iframe is recorded as part of its parent page's recording.
+    try { return window.top !== window && window.top.location.origin === location.origin; } catch (e) { return false; }
+  }
+
+  function startPlayback(trigger) {
+    if (playback) return Promise.resolve(true);
+    if (playbackStarting) return playbackStarting;
+    if (recordedByParent() || !window.fetch) return Promise.resolve(false);
+    var sid = sessionId(), saved = pbState();
+    if (!saved || saved.sid !== sid) saved = null;
+    var allowsUser = remote && remote.uuid.provider !== "none" && remote.uuid.provider !== "walkme_id";
+    var user = allowsUser || explicitUser ? configuredUserId() : null;
+    var body = { environment: ENV, url: location.href, anonymousId: anonymousId, sessionId: sid, trigger: trigger };
+    if (user) body.userId = user;
+    if (saved) body.resume = saved.token;
+    playbackStarting = fetch(pbUrl("/v1/playback/start"), { method: "POST", body: JSON.stringify(body),
+                                                           headers: { "Content-Type": "text/plain" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .catch(function () { return null; })
+      .then(function (answer) {
+        if (!answer || !answer.record) { playbackStarting = null; return false; }
+        var state = saved && saved.id === answer.recording_id ? saved : { sid: sid, id: answer.recording_id, seq: 0 };
+        state.token = answer.token;
+        pbState(state);
+        return loadRecorder().then(function () { beginRecording(state, answer.options); return true; });
+      })
+      .catch(function () { playbackStarting = null; return false; });
+    return playbackStarting;
+  }
+
+  function loadRecorder() {
+    if (window.rrwebRecord) return Promise.resolve();
+    return new Promise(function (resolve, reject) {
+      var tag = document.createElement("script");
+      tag.src = HOST + "/vendor/rrweb/record.min.js";
+      tag.async = true;
+      tag.onload = resolve;
+      tag.onerror = reject;
+      (document.head || document.documentElement).appendChild(tag);
+    });
+  }
+
+  function matches(element, selector) {
+    try { return !!selector && element.matches(selector); } catch (e) { return false; }
+  }
+  // Every input type whose value a user types or picks; with maskAllInputs rrweb would leave `hidden`
+  // (often tokens) readable, so the list is given in full.
+  var MASKED_INPUTS = { color: true, date: true, "datetime-local": true, email: true, month: true, number: true,
+    range: true, search: true, tel: true, text: true, time: true, url: true, week: true, textarea: true,
+    select: true, password: true, hidden: true };
+
+  function beginRecording(state, options) {
+    var allowed = (options.allowed_input_selectors || []).join(",");
+    var blocked = (options.blocked_selectors || []).join(",");
+    playback = { state: state, options: options, buffer: [], pending: {}, inFlight: {}, stop: null, retry: null, delay: 1000 };
+    try {
+      playback.stop = rrwebRecord.record({
+        emit: function (event) { if (playback) playback.buffer.push(event); },
+        maskAllInputs: false,
+        maskInputOptions: MASKED_INPUTS,
+        maskInputFn: function (text, element) {
+          var open = allowed && element && element.type !== "password" && matches(element, allowed);
+          return open ? text : "*".repeat(text.length);
+        },
+        blockClass: options.block_class,
+        blockSelector: blocked || null,
+        recordCrossOriginIframes: false,
+        inlineStylesheet: true,
+        collectFonts: true,
+        slimDOMOptions: "all",
+        sampling: { scroll: 150, input: "last" }
+      });
+    } catch (e) { playback = null; return; }
+    playback.timer = setInterval(function () { flushPlayback(false); }, options.chunk_interval_ms);
+    document.addEventListener("visibilitychange", function () {
+      if (playback && rrwebRecord.addCustomEvent) rrwebRecord.addCustomEvent("visibility", { state: document.visibilityState });
+    });
+  }
+
+  function stopPlayback() {
+    if (!playback) return;
+    if (playback.stop) playback.stop();
+    clearInterval(playback.timer);
+    clearTimeout(playback.retry);
+    playback = null;
+    pbState(null);
+  }
+
+  // Splits events into JSON arrays of at most `max` characters (one oversized event travels alone).
+  function pieces(events, max) {
+    var out = [], part = [], size = 2;
+    events.forEach(function (e) {
+      var text = JSON.stringify(e);
+      if (part.length && size + text.length + 1 > max) { out.push("[" + part.join(",") + "]"); part = []; size = 2; }
+      part.push(text);
+      size += text.length + 1;
+    });
+    if (part.length) out.push("[" + part.join(",") + "]");
+    return out;
+  }
+
+  function flushPlayback(onPageHide) {
+    if (!playback) return;
+    if (playback.buffer.length) {
+      var events = playback.buffer;
+      playback.buffer = [];
+      var max = onPageHide ? BEACON_MAX : playback.options.max_chunk_bytes;
+      pieces(events, max).forEach(function (json) {
+        var seq = playback.state.seq;
+        playback.state.seq = seq + 1;
+        pbState(playback.state);  // the next page continues after this number, sent or not
+        playback.pending[seq] = json;
+      });
+    }
+    Object.keys(playback.pending).forEach(function (seq) { sendChunk(+seq, onPageHide); });
+  }
+
+  function chunkUrl(seq, enc) {
+    return pbUrl("/v1/playback/chunks", "&token=" + encodeURIComponent(playback.state.token) + "&seq=" + seq + "&enc=" + enc);
+  }
+
+  function gzip(json) {
+    if (!window.CompressionStream) return Promise.resolve({ enc: "json", body: json });
+    var stream = new Blob([json]).stream().pipeThrough(new CompressionStream("gzip"));
+    return new Response(stream).arrayBuffer().then(function (buffer) { return { enc: "gzip", body: buffer }; });
+  }
+
+  function sendChunk(seq, onPageHide) {
+    var json = playback.pending[seq];
+    if (json === undefined) return;
+    if (onPageHide) {
+      // Compression is asynchronous and the page is going away: plain JSON by beacon, even for a
+      // chunk whose fetch is still on its way (the server stores a (recording, seq) once).
+      var blob = new Blob([json], { type: "text/plain" });
+      if (navigator.sendBeacon && navigator.sendBeacon(chunkUrl(seq, "json"), blob)) delete playback.pending[seq];
+      return;
+    }
+    var current = playback;
+    if (current.inFlight[seq]) return;
+    current.inFlight[seq] = true;
+    gzip(json).then(function (c) {
+      return fetch(chunkUrl(seq, c.enc), { method: "POST", body: c.body, keepalive: json.length < BEACON_MAX,
+                                            headers: { "Content-Type": "text/plain" } });
+    }).then(function (r) {
+      delete current.inFlight[seq];
+      if (r.ok || r.status === 400 || r.status === 413) {
+        delete current.pending[seq];  // stored, or refused for good: sending it again cannot help
+        current.delay = 1000;
+      } else if (r.status === 401 || r.status === 403 || r.status === 404 || r.status === 409) {
+        stopPlayback();  // excluded now, deleted, or the session is over
+      } else { retryPlayback(current); }
+    }).catch(function () { delete current.inFlight[seq]; retryPlayback(current); });
+  }
+
+  function retryPlayback(current) {
+    if (current !== playback || current.retry) return;
+    current.delay = Math.min(current.delay * 2, 60000);
+    current.retry = setTimeout(function () { current.retry = null; flushPlayback(false); }, current.delay);
+  }
+
+  document.addEventListener("visibilitychange", function () { if (document.visibilityState === "hidden") flushPlayback(true); });
+  window.addEventListener("pagehide", function () { flushPlayback(true); });
+
   function page() {
     enqueue(remote && remote.collect_title === false ? { type: "page" } : { type: "page", name: document.title });
   }
@@ -156,11 +334,12 @@
       enqueue({ type: "identify", traits: traits || {} });
     },
     page: page,
-    flush: function () { flush(false); },
+    flush: function () { flush(false); flushPlayback(false); },
+    startPlaybackRecording: function () { return configLoaded.then(function () { return startPlayback("manual"); }); },
     anonymousId: function () { return anonymousId; },
     // The project's client-visible segments this end user is in (as of their last closed session).
     segments: function () {
-      return configured.then(function () {
+      return configLoaded.then(function () {
         var allowsUser = remote && remote.uuid.provider !== "none" && remote.uuid.provider !== "walkme_id";
         var user = allowsUser || explicitUser ? configuredUserId() : null;
         var url = HOST + "/v1/segments?key=" + encodeURIComponent(KEY) + "&env=" + encodeURIComponent(ENV) +
@@ -181,7 +360,7 @@
   });
   window.addEventListener("popstate", page);
 
-  var configured = fetch(HOST + "/v1/config?key=" + encodeURIComponent(KEY) + "&env=" + encodeURIComponent(ENV))
+  var configLoaded = fetch(HOST + "/v1/config?key=" + encodeURIComponent(KEY) + "&env=" + encodeURIComponent(ENV))
     .then(function (r) { return r.ok ? r.json() : null; })
     .catch(function () { return null; })
     .then(function (config) {
@@ -189,5 +368,6 @@
       if (!config || config.tracking_level !== "engagement") page();
       pending.forEach(function (call) { api[call[0]].apply(api, call[1]); });
       if (queue.length) flush(false);
+      if (remote.tracking_level === "playback") startPlayback("auto");
     });
 })();

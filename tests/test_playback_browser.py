@@ -1,0 +1,286 @@
+"""Session Playback in a real Chromium: the snippet records with rrweb, the server stores what it may.
+
+Chunks leave the page only when the test says so (`usertrail.flush()`) or when the page goes away
+(sendBeacon): the chunk timer is set to an hour, so no test depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from usertrail.web.snippet import snippet_tag
+
+from browser import CHROMIUM, CHROMIUM_ARGS, PageServer, chromium, wait_until
+from conftest import CHROME_UA, LiveServer
+from playback_helpers import IPHONE_UA, SAFARI_7_UA, configure, recording_events
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+HOUR_MS = 3_600_000
+SECRET = "hunter2-typed-secret"
+PASSWORD = "pw-Sup3rS3cret"
+BLOCKED_TEXT = "IBAN DE89 3704 0044 0532 0130 00"
+RECORDING = "window.rrwebRecord && sessionStorage.getItem('ut_pb')"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium(CHROME_UA) as launched:
+        yield launched
+
+
+@pytest.fixture
+def site() -> Iterator[PageServer]:
+    with PageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def live(make_server) -> LiveServer:
+    return make_server(playback_chunk_interval_ms=HOUR_MS)
+
+
+def playback_on(live: LiveServer, site: PageServer, **playback) -> None:
+    settings = {
+        "allowed_origins": [site.origin],
+        "tracking_level": "playback",
+        "playback": {"global_capture": True, **playback},
+    }
+    response = configure(live, settings)
+    assert response.status_code == 200, response.text
+
+
+def page_html(live: LiveServer, title: str, body: str) -> str:
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
+        "<style>body { font-family: sans-serif } .tall { height: 3000px }</style>"
+        f"{snippet_tag(live.base_url, live.project.write_key)}</head><body>{body}</body></html>"
+    )
+
+
+FORM = f"""
+<h1>Checkout</h1>
+<input id="name" type="text" placeholder="Name">
+<input id="password" type="password">
+<textarea id="note"></textarea>
+<button id="buy" onclick="document.getElementById('status').textContent = 'Bought'">Buy</button>
+<p id="status">Not bought</p>
+<div class="wm-hide" id="iban">{BLOCKED_TEXT}</div>
+<iframe id="frame" src="/frame" width="400" height="120"></iframe>
+<a id="next" href="/second">Next</a>
+<div class="tall"></div>
+"""
+FRAME = '<!doctype html><html><body><button id="inner">Inside the frame</button></body></html>'
+
+
+def chunk_rows(live: LiveServer) -> list:
+    return live.rows("SELECT recording_id, seq, event_count FROM playback_chunks ORDER BY recording_id, seq")
+
+
+def start_answer(page: Page, url: str) -> dict:
+    with page.expect_response(lambda r: "/v1/playback/start" in r.url) as answer:
+        page.goto(url)
+    return answer.value.json()
+
+
+def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live, site, browser, tmp_path: Path):
+    playback_on(live, site)
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    site.pages["/second"] = page_html(live, "Second", '<p>Thanks</p><div class="tall"></div>')
+    context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 700})
+    page = context.new_page()
+    chunk_bodies: list[tuple[str, bytes]] = []
+    context.on(
+        "request",
+        lambda r: chunk_bodies.append((r.url, r.post_data_buffer or b"")) if "/v1/playback/chunks" in r.url else None,
+    )
+    first = start_answer(page, site.url("/form"))
+    assert first["record"] is True
+    page.wait_for_function(RECORDING)
+    page.mouse.move(50, 50)
+    page.mouse.move(300, 200, steps=5)
+    page.click("#name")
+    page.keyboard.type(SECRET)
+    page.fill("#password", PASSWORD)
+    page.fill("#note", SECRET + " in a textarea")
+    page.click("#buy")
+    page.frame_locator("#frame").locator("#inner").click()
+    page.mouse.wheel(0, 600)
+    page.wait_for_function("window.scrollY > 0")
+    page.set_viewport_size({"width": 900, "height": 650})
+    page.evaluate("usertrail.flush()")
+    wait_until(lambda: chunk_rows(live), "the first chunk")
+
+    with page.expect_response(lambda r: "/v1/playback/start" in r.url) as resumed:
+        page.click("#next")  # the rest of page 1 leaves by beacon; page 2 continues the recording
+    assert resumed.value.json()["recording_id"] == first["recording_id"]
+    assert resumed.value.json()["resumed"] is True
+    page.wait_for_function(RECORDING)
+    page.mouse.wheel(0, 300)
+    page.wait_for_function("window.scrollY > 0")
+    page.evaluate("usertrail.flush()")
+
+    def seqs() -> list[int] | None:
+        rows = chunk_rows(live)
+        return [r.seq for r in rows] if len(rows) >= 3 else None
+
+    numbers = wait_until(seqs, "chunks of both pages")
+    assert numbers == list(range(len(numbers)))  # one recording, numbered without gaps across the pages
+    assert {r.recording_id for r in chunk_rows(live)} == {first["recording_id"]}
+
+    events = recording_events(live, first["recording_id"])
+    text = json.dumps(events)
+    assert [e["data"]["href"] for e in events if e["type"] == 4] == [site.url("/form"), site.url("/second")]
+    assert sum(1 for e in events if e["type"] == 2) == 2  # one full snapshot per page
+    sources = {e["data"]["source"] for e in events if e["type"] == 3}
+    # mouse move, mouse interaction (click, focus), scroll, viewport resize, input
+    assert {1, 2, 3, 4, 5} <= sources, sources
+    assert "Inside the frame" in text  # the same-origin iframe's document is in the recording
+    assert "Bought" in text  # the DOM change the click made
+    # Typed text is masked, the password too, the wm-hide element is a placeholder.
+    inputs = [e["data"]["text"] for e in events if e["type"] == 3 and e["data"]["source"] == 5]
+    assert inputs and all(set(t) <= {"*"} for t in inputs), inputs
+    for secret in (SECRET, PASSWORD, BLOCKED_TEXT, "hunter2"):
+        assert secret not in text
+    # rrweb keeps only a blocked element's class and size: the replay shows a box of that size.
+    blocked = [n for n in _nodes(events) if n.get("attributes", {}).get("class") == "wm-hide"]
+    assert blocked and all(n["attributes"].get("rr_width") and not n.get("childNodes") for n in blocked)
+
+    # Nothing typed is anywhere on disk either (database, WAL, blobs, key file).
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert SECRET.encode() not in data and b"hunter2" not in data and PASSWORD.encode() not in data, path
+
+    meta = live.rows("SELECT urls, chunk_count, user_key FROM playback_recordings")
+    assert len(meta) == 1 and json.loads(meta[0].urls) == [site.url("/form"), site.url("/second")]
+    # The recording belongs to the same end user as the page events.
+    assert {r[0] for r in live.rows("SELECT user_key FROM events")} == {meta[0].user_key}
+
+    # Sending a chunk again stores nothing new.
+    url, body = chunk_bodies[0]
+    with httpx.Client(timeout=10, headers={"User-Agent": CHROME_UA, "Content-Type": "text/plain"}) as client:
+        again = client.post(url, content=body)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert len(chunk_rows(live)) == len(numbers)
+    context.close()
+
+
+def _nodes(events: list) -> Iterator[dict]:
+    stack = [e["data"]["node"] for e in events if e["type"] == 2]
+    stack += [a["node"] for e in events if e["type"] == 3 and e["data"]["source"] == 0 for a in e["data"]["adds"]]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.get("childNodes", []))
+
+
+def test_allowed_inputs_are_recorded_and_passwords_never(live, site, browser):
+    playback_on(live, site, allowed_input_selectors=["#name", "#password"])
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    assert start_answer(page, site.url("/form"))["record"] is True
+    page.wait_for_function(RECORDING)
+    page.fill("#name", "Ada Lovelace")
+    page.fill("#password", PASSWORD)
+    page.fill("#note", SECRET)
+    page.evaluate("usertrail.flush()")
+    wait_until(lambda: chunk_rows(live), "a chunk")
+    rid = live.scalar("SELECT recording_id FROM playback_recordings")
+    text = json.dumps(recording_events(live, rid))
+    assert "Ada Lovelace" in text
+    assert PASSWORD not in text and SECRET not in text
+    context.close()
+
+
+@pytest.mark.parametrize("agent", [IPHONE_UA, SAFARI_7_UA])
+def test_unsupported_browsers_are_not_recorded(live, site, browser, agent):
+    playback_on(live, site)
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    # A browser of its own that calls itself `agent` (--user-agent), from the same Playwright.
+    other = browser.browser_type.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, f"--user-agent={agent}"])
+    try:
+        page = other.new_page()
+        assert page.evaluate("navigator.userAgent") == agent
+        answer = start_answer(page, site.url("/form"))
+        assert answer == {"record": False, "reason": "unsupported_browser", "method": "automatic"}
+        assert page.evaluate("typeof window.rrwebRecord") == "undefined"
+    finally:
+        other.close()
+    assert live.scalar("SELECT count(*) FROM playback_recordings") == 0
+
+
+@pytest.mark.parametrize(
+    ("playback", "reason"),
+    [
+        ({"excluded_ips": ["127.0.0.0/8"]}, "excluded_ip"),
+        ({"excluded_domains": ["127.0.0.1"]}, "excluded_domain"),
+        ({"global_capture": False}, "no_segment"),
+        ({"global_capture": False, "segment_ids": ["seg_1"]}, "not_in_segment"),
+    ],
+)
+def test_excluded_or_unchosen_sessions_are_not_recorded(live, site, browser, playback, reason):
+    playback_on(live, site, **playback)
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    assert start_answer(page, site.url("/form"))["reason"] == reason
+    page.click("#buy")
+    assert page.evaluate("typeof window.rrwebRecord") == "undefined"
+    assert live.scalar("SELECT count(*) FROM playback_recordings") == 0
+    context.close()
+
+
+def test_quota_transitions(live, site, browser):
+    playback_on(live, site)
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    project = live.project.project.id
+    with live.admin() as admin:
+        assert admin.put(f"/api/projects/{project}/playback/quota", json={"quota": 1}).status_code == 200
+
+    def visitor() -> dict:
+        context = browser.new_context(user_agent=CHROME_UA)  # a new visitor: own storage, own session
+        answer = start_answer(context.new_page(), site.url("/form"))
+        context.close()
+        return answer
+
+    assert visitor()["record"] is True
+    assert visitor()["reason"] == "quota_reached"
+    with live.admin() as admin:
+        assert admin.get(f"/api/projects/{project}/playback/usage").json()["used"] == 1
+        assert admin.put(f"/api/projects/{project}/playback/quota", json={"quota": 2}).json()["used"] == 0
+    assert visitor()["record"] is True
+    assert live.scalar("SELECT count(*) FROM playback_recordings") == 2
+
+
+def test_manual_recording_starts_when_the_page_asks(live, site, browser):
+    playback_on(live, site, method="manual")
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    assert start_answer(page, site.url("/form"))["reason"] == "manual"
+    with live.admin() as admin:
+        assert admin.get(f"/api/projects/{live.project.project.id}/playback/usage").json()["used"] == 0
+    assert page.evaluate("usertrail.startPlaybackRecording()") is True
+    page.click("#buy")
+    page.evaluate("usertrail.flush()")
+    wait_until(lambda: chunk_rows(live), "a chunk of the manual recording")
+    with live.admin() as admin:
+        assert admin.get(f"/api/projects/{live.project.project.id}/playback/usage").json()["used"] == 1
+    context.close()
