@@ -17,6 +17,8 @@ from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
+from usertrail.integrations.salesforce import SalesforceImporter
+from usertrail.integrations.secretbox import SecretBox
 from usertrail.integrations.update_api import UpdateApi
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
@@ -24,7 +26,7 @@ from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
+from usertrail.web import admin_api, collect_routes, salesforce_routes, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,20 @@ async def _sessions_loop(processor: SessionProcessor) -> None:
         await asyncio.sleep(0.5 if busy else SESSIONS_INTERVAL_S)
 
 
+async def _salesforce_loop(importer: SalesforceImporter, tick_s: float) -> None:
+    """Every `tick_s`: run the Salesforce sources that are due (their interval has passed).
+
+    Every server process runs this loop; a source's lease in the database lets only one of them
+    run it. The importer's clock decides what is due, so tests move it instead of waiting.
+    """
+    while True:
+        try:
+            await asyncio.to_thread(importer.run_due)
+        except Exception:  # e.g. the database was briefly unreachable: the next check retries
+            log.exception("salesforce imports failed")
+        await asyncio.sleep(tick_s)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The usertrail server. Without arguments it reads USERTRAIL_* variables (uvicorn workers)."""
     settings = settings or Settings.from_env()
@@ -107,6 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(_maintenance(collector))]
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
+        tasks.append(asyncio.create_task(_salesforce_loop(app.state.salesforce, settings.salesforce_tick_s)))
         try:
             yield
         finally:
@@ -124,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin_api.routes,
             *users_api.routes,
             *update_api_routes.routes,
+            *salesforce_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -135,5 +153,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.integration_log = IntegrationLog(collector.events.engine)
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
+    app.state.salesforce = SalesforceImporter(
+        collector.events.engine,
+        app.state.attributes,
+        app.state.integration_log,
+        SecretBox.from_environment(settings.data_dir),
+        collector.projects,
+    )
     app.state.settings = settings
     return app
