@@ -244,6 +244,10 @@ def test_sources_are_validated_and_credentials_never_shown(make_server, tls, org
         response = call(live, "POST", json=source_body(org, **changes))
         assert response.status_code == 400, (changes, response.text)
         assert response.json()["path"] == path, (changes, response.json())
+    with live.admin() as admin:  # API clients cannot write as "salesforce"
+        body = {"name": "salesforce", "user_id_property": "id", "fields": [{"payload": "plan", "type": "string"}]}
+        taken = admin.post(f"/api/projects/{live.project.project.id}/integrations/api-clients", json=body)
+        assert taken.status_code == 400 and taken.json()["path"] == "$.name"
     missing = call(live, "POST", json={"auth": source_body(org)["auth"]})
     assert missing.status_code == 400 and missing.json()["path"] == "$.object"
 
@@ -327,12 +331,18 @@ def test_login_and_query_errors_are_recorded_runs(make_server, tls, org):
 
     # Credentials sealed with another key cannot be opened: a clear error, nothing sent.
     call(live, "PATCH", f"/{sid}", json={"object": "Contact"})
-    live.app.state.salesforce.box = SecretBox(keys=[Fernet.generate_key()])
+    importer = live.app.state.salesforce
+    server_box, importer.box = importer.box, SecretBox(keys=[Fernet.generate_key()])
     clock.now += 1000
     sent = len(org.queries)
     locked = run(live, source)
     assert locked["error"]["stage"] == "credentials" and locked["error"]["code"] == "secrets_unavailable"
     assert len(org.queries) == sent
+    # Changing something else meanwhile keeps the sealed credentials; with the right key they work again.
+    assert call(live, "PATCH", f"/{sid}", json={"name": "renamed"}).status_code == 200
+    importer.box = server_box
+    clock.now += 1000
+    assert run(live, source)["status"] == "done"
 
     with live.admin() as admin:
         log = admin.get(f"/api/projects/{live.project.project.id}/integrations/log?kind=import.failed").json()

@@ -765,6 +765,8 @@ class SalesforceImporter:
         reset = remap or ("watermark" in body)
         now = max(self.clock(), current.updated_at + 1)  # updated_at versions the cached session
         values = {**self._columns(spec), "updated_at": now}
+        if not spec.auth.secrets:  # sealed with a key this server lacks: keep them as they are
+            values["secrets"] = current.sealed
         if reset:
             values["watermark"] = None
         if spec.interval_s != current.spec.interval_s or (spec.enabled and not current.spec.enabled):
@@ -961,7 +963,7 @@ class SalesforceImporter:
             raise RunFailed("credentials", "secrets_unavailable", str(exc)) from None
         upper = soql_datetime(self.clock() - SETTLE_S * 1000)
         progress.query = build_query(spec, source.watermark, upper)
-        paths = select_fields(spec)
+        paths = list(dict.fromkeys([spec.match_field, *(f.payload for f in spec.fields)]))  # as spelled
         date_paths = frozenset(f.payload for f in spec.fields if f.type == "date")
         connection = _Connection(self, source, secret, progress)
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -78,7 +79,7 @@ class SecretBox:
             key = path.read_bytes().strip()
             if key:
                 return [key]
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         raise SecretsUnavailable(f"the secrets key file {path} is empty")
 
     def seal(self, secrets: dict[str, str]) -> str:
