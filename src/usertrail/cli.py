@@ -29,6 +29,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(sessions_app, name="sessions")
 playback_app = typer.Typer(help="Session Playback: recording keys.", no_args_is_help=True)
 app.add_typer(playback_app, name="playback")
+import_app = typer.Typer(help="Imports of end-user attributes from other systems.", no_args_is_help=True)
+salesforce_app = typer.Typer(help="Salesforce sources (configured through the admin API).", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+import_app.add_typer(salesforce_app, name="salesforce")
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -417,6 +421,96 @@ def keys_rotate(
         _fail(f"no project {project_id}")
     console.print(f"new {kind} key for project {project_id}: {token}")
     console.print(f"previous {kind} keys stop working in {grace} s")
+
+
+def _salesforce_importer(data_dir: Path, database_url: str):
+    from usertrail.integrations.salesforce import build_importer
+
+    store = _projects(_settings(data_dir, database_url))
+    return store, build_importer(store.engine, data_dir, store)
+
+
+def _print_runs(runs: list[dict]) -> None:
+    table = Table("source", "run", "status", "records", "applied", "errors", "watermark", "error")
+    for run in runs:
+        error = run.get("error") or {}
+        table.add_row(
+            run["source_id"],
+            run["run_id"],
+            run["status"],
+            str(run.get("records", 0)),
+            str(run.get("records_applied", 0)),
+            str(run.get("error_count", 0)),
+            run.get("watermark_after") or "",
+            f"{error.get('code')}: {error.get('reason')}" if error else "",
+        )
+    console.print(table)
+
+
+@salesforce_app.command("list")
+def salesforce_list(
+    project: int = typer.Option(None, help="Only this project (default: all)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """List Salesforce sources with their schedule and watermark."""
+    store, importer = _salesforce_importer(data_dir, database_url)
+    table = Table("project", "source", "name", "object", "fields", "every", "enabled", "watermark", "next run")
+    for project_id in _project_ids(store, project):
+        for source in importer.sources(project_id):
+            spec = source.spec
+            table.add_row(
+                str(project_id),
+                source.source_id,
+                spec.name,
+                spec.object,
+                str(len(spec.fields)),
+                f"{spec.interval_s // 60} min",
+                "yes" if spec.enabled else "no",
+                source.watermark or "",
+                time.strftime("%Y-%m-%d %H:%M", time.gmtime(source.next_run_at / 1000)),
+            )
+    console.print(table)
+
+
+@salesforce_app.command("run")
+def salesforce_run(
+    source: str = typer.Option(None, "--source", help="Run only this source (sf_…), even if disabled."),
+    project: int = typer.Option(None, help="Only this project's enabled sources (default: all projects)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Import from Salesforce now: one source, or every enabled source. Exits 1 if a run failed."""
+    from usertrail.integrations.salesforce import ID_PREFIX, RunInProgress, SourceNotFound
+    from usertrail.integrations.update_api import project_of
+
+    store, importer = _salesforce_importer(data_dir, database_url)
+    if source is not None:
+        project_id = project_of(source, ID_PREFIX)
+        if project_id is None:
+            _fail(f"{source!r} is not a Salesforce source id (sf_<project>_…)")
+        targets = [(project_id, source)]
+    else:
+        targets = [
+            (project_id, s.source_id)
+            for project_id in _project_ids(store, project)
+            for s in importer.sources(project_id)
+            if s.spec.enabled
+        ]
+    runs = []
+    for project_id, source_id in targets:
+        try:
+            runs.append(importer.run(project_id, source_id, "cli"))
+        except SourceNotFound:
+            _fail(f"no Salesforce source {source_id} in project {project_id}")
+        except RunInProgress:
+            err.print(f"[yellow]skipped:[/yellow] {source_id} is running elsewhere")
+    if not targets:
+        console.print("no enabled Salesforce sources")
+        return
+    _print_runs(runs)
+    if any(r["status"] != "done" for r in runs):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -23,13 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import msgspec
 import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CAP, check_name
-from usertrail.store.attributes import AttributeStore
+from usertrail.store.attributes import AttributeStore, WriteReport
 from usertrail.store.database import insert_ignore, lock_key, upsert_add, write_transaction
 from usertrail.store.schema import (
     integration_clients,
@@ -53,7 +54,7 @@ MAX_IDEMPOTENCY_KEY = 255
 MAX_USER_ID = 256
 MAX_PATH = 256
 MAX_INTEGRATION_NAME = 100
-RESERVED_NAMES = ("admin_api",)  # sources the server itself writes
+RESERVED_NAMES = ("admin_api", "salesforce")  # sources the server itself writes
 CLIENT_PREFIX = "uc_"
 TOKEN_PREFIX = "uat_"
 KIND = "api"  # the integration kind in the log's details
@@ -213,9 +214,20 @@ def parse_client_spec(body: dict) -> ClientSpec:
     if name in RESERVED_NAMES:
         raise InvalidRequest(f"{name!r} is reserved for the server's own writes", "$.name")
     user_id_property = _check_path(body.get("user_id_property"), "$.user_id_property")
-    raw_fields = body.get("fields")
+    return ClientSpec(name, user_id_property, parse_fields(body.get("fields")))
+
+
+def parse_fields(
+    raw_fields: object, source_key: str = "payload", check_source: Callable[[object, str], str] = _check_path
+) -> tuple[FieldMapping, ...]:
+    """Validate a list of `{<source_key>, name, type}` mappings (at `$.fields`); names default to the source.
+
+    Shared by every integration that maps records onto attributes; `check_source` validates the
+    source path in the integration's own syntax.
+    """
+    shape = f"{{{source_key}, name, type}}"
     if not isinstance(raw_fields, list) or not raw_fields:
-        raise InvalidRequest("fields must be a non-empty list of {payload, name, type}", "$.fields")
+        raise InvalidRequest(f"fields must be a non-empty list of {shape}", "$.fields")
     if len(raw_fields) > CAP:
         raise InvalidRequest(f"at most {CAP} fields (the project's attribute cap)", "$.fields")
     fields: list[FieldMapping] = []
@@ -223,11 +235,11 @@ def parse_client_spec(body: dict) -> ClientSpec:
     for i, raw in enumerate(raw_fields):
         where = f"$.fields[{i}]"
         if not isinstance(raw, dict):
-            raise InvalidRequest("expected an object {payload, name, type}", where)
+            raise InvalidRequest(f"expected an object {shape}", where)
         for key in raw:
-            if key not in ("payload", "name", "type"):
-                raise InvalidRequest(f"unknown field {key!r}: expected payload, name and type", f"{where}.{key}")
-        payload = _check_path(raw.get("payload"), f"{where}.payload")
+            if key not in (source_key, "name", "type"):
+                raise InvalidRequest(f"unknown field {key!r}: expected {source_key}, name and type", f"{where}.{key}")
+        payload = check_source(raw.get(source_key), f"{where}.{source_key}")
         attr = raw.get("name", payload)
         problem = check_name(attr)
         if problem:
@@ -239,7 +251,27 @@ def parse_client_spec(body: dict) -> ClientSpec:
         if type_ not in ATTRIBUTE_TYPES:
             raise InvalidRequest(f"type must be one of {', '.join(ATTRIBUTE_TYPES)}", f"{where}.type")
         fields.append(FieldMapping(payload, attr, type_))
-    return ClientSpec(name, user_id_property, tuple(fields))
+    return tuple(fields)
+
+
+def check_against_registry(registry: dict[str, str], fields: tuple[FieldMapping, ...]) -> list[str]:
+    """Refuse a mapping whose type clashes with the registry (at `$.fields[i].type`); warn past the cap."""
+    for i, mapping in enumerate(fields):
+        registered = registry.get(mapping.name)
+        if registered is not None and registered != mapping.type:
+            raise InvalidRequest(
+                f"{mapping.name!r} is already registered as {registered}; map it as {registered}",
+                f"$.fields[{i}].type",
+            )
+    new_names = [f.name for f in fields if f.name not in registry]
+    warnings = []
+    if len(registry) + len(new_names) > CAP:
+        room = max(0, CAP - len(registry))
+        warnings.append(
+            f"the project has {len(registry)} of {CAP} custom attributes; only {room} of the "
+            f"{len(new_names)} new names can be registered: values of the others will be refused"
+        )
+    return warnings
 
 
 def _client_from_row(row) -> ApiClient:
@@ -309,6 +341,16 @@ def _leaf_paths(node: dict, known: set[str], prefix: str = "") -> Iterator[str]:
             yield path
 
 
+class RecordMapping(Protocol):
+    """Where a record holds the end-user id, and its allow-listed fields (an API client, an import source)."""
+
+    @property
+    def user_id_property(self) -> str: ...
+
+    @property
+    def fields(self) -> tuple[FieldMapping, ...]: ...
+
+
 @dataclass
 class MappedRecords:
     """Records ready for `AttributeStore.write`, and what mapping already refused or ignored."""
@@ -324,7 +366,7 @@ def record_error(index: int, reason: str, field_path: str | None = None, attribu
     return {"record": index, "field": field_path, "attribute": attribute, "path": path, "reason": reason}
 
 
-def map_records(data: list, client: ApiClient) -> MappedRecords:
+def map_records(data: list, client: RecordMapping) -> MappedRecords:
     """Take each record's id and allow-listed fields (renamed); refuse records without a usable id."""
     out = MappedRecords()
     known = {client.user_id_property, *(f.payload for f in client.fields)}
@@ -356,6 +398,38 @@ def map_records(data: list, client: ApiClient) -> MappedRecords:
         out.records.append(("u:" + user_id, values))
         out.positions.append(index)
     return out
+
+
+@dataclass(frozen=True)
+class AppliedRecords:
+    """What writing mapped records did: the store's report, every error by record, records applied."""
+
+    report: WriteReport
+    errors: list[dict]
+    records_applied: int  # records with at least one value stored
+    ignored: set[str]
+
+
+def apply_records(
+    attributes: AttributeStore, project_id: int, source: str, data: list, mapping: RecordMapping
+) -> AppliedRecords:
+    """Map records (`map_records`) and write them as `source` in one `AttributeStore.write`.
+
+    Mapping errors and the store's per-field errors (types, the cap) come back together, in
+    record order, each naming the record's index in `data` and the mapped source path.
+    """
+    mapped = map_records(data, mapping)
+    types = {f.name: f.type for f in mapping.fields}
+    payload_of = {f.name: f.payload for f in mapping.fields}
+    report = attributes.write(project_id, source, mapped.records, types)
+    errors = list(mapped.errors)
+    failed_values = [0] * len(mapped.records)
+    for e in report.errors:
+        failed_values[e.record] += 1
+        errors.append(record_error(mapped.positions[e.record], e.reason, payload_of.get(e.field, e.field), e.field))
+    errors.sort(key=lambda e: e["record"])
+    applied = sum(1 for (_, values), failed in zip(mapped.records, failed_values, strict=True) if failed < len(values))
+    return AppliedRecords(report, errors, applied, mapped.ignored)
 
 
 def validate_update_body(body: object) -> list:
@@ -415,21 +489,7 @@ class UpdateApi:
     def create_client(self, project_id: int, spec: ClientSpec, actor: str | None = None) -> NewClient:
         """Register a client; raises InvalidRequest (a type clashing with the registry) or NameTaken."""
         registry = {a["name"]: a["type"] for a in self.attributes.registry(project_id)}
-        for i, mapping in enumerate(spec.fields):
-            registered = registry.get(mapping.name)
-            if registered is not None and registered != mapping.type:
-                raise InvalidRequest(
-                    f"{mapping.name!r} is already registered as {registered}; map it as {registered}",
-                    f"$.fields[{i}].type",
-                )
-        new_names = [f.name for f in spec.fields if f.name not in registry]
-        warnings = []
-        if len(registry) + len(new_names) > CAP:
-            room = max(0, CAP - len(registry))
-            warnings.append(
-                f"the project has {len(registry)} of {CAP} custom attributes; only {room} of the "
-                f"{len(new_names)} new names can be registered: values of the others will be refused"
-            )
+        warnings = check_against_registry(registry, spec.fields)
         now = self.clock()
         client_id = f"{CLIENT_PREFIX}{project_id}_{secrets.token_hex(8)}"
         secret = secrets.token_urlsafe(32)
@@ -728,19 +788,7 @@ class UpdateApi:
 
     def _apply(self, grant: TokenGrant, data: list, request_id: str, now: int) -> dict:
         client = grant.client
-        mapped = map_records(data, client)
-        types = {f.name: f.type for f in client.fields}
-        payload_of = {f.name: f.payload for f in client.fields}
-        report = self.attributes.write(grant.project_id, client.name, mapped.records, types)
-        errors = list(mapped.errors)
-        failed_values = [0] * len(mapped.records)
-        for e in report.errors:
-            failed_values[e.record] += 1
-            errors.append(record_error(mapped.positions[e.record], e.reason, payload_of.get(e.field, e.field), e.field))
-        errors.sort(key=lambda e: e["record"])
-        applied = sum(
-            1 for (_, values), failed in zip(mapped.records, failed_values, strict=True) if failed < len(values)
-        )
+        applied = apply_records(self.attributes, grant.project_id, client.name, data, client)
         return {
             "request_id": request_id,
             "status": "done",
@@ -748,13 +796,13 @@ class UpdateApi:
             "integration": client.name,
             "client_id": client.client_id,
             "records": len(data),
-            "records_applied": applied,
-            "values_applied": report.applied,
-            "values_changed": report.changed,
-            "registered": report.registered,
-            "error_count": len(errors),
-            "errors": errors[:MAX_STORED_ERRORS],
-            "ignored_fields": sorted(mapped.ignored)[:MAX_IGNORED_REPORTED],
+            "records_applied": applied.records_applied,
+            "values_applied": applied.report.applied,
+            "values_changed": applied.report.changed,
+            "registered": applied.report.registered,
+            "error_count": len(applied.errors),
+            "errors": applied.errors[:MAX_STORED_ERRORS],
+            "ignored_fields": sorted(applied.ignored)[:MAX_IGNORED_REPORTED],
         }
 
     def _claim(

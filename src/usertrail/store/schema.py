@@ -479,3 +479,61 @@ playback_chunks = sa.Table(
     # Doubles as the idempotency key: a re-sent chunk hits the same (recording, seq).
     sa.PrimaryKeyConstraint("project_id", "user_key", "recording_id", "seq"),
 )
+# --- Salesforce import (issue 4) ------------------------------------------------------------------
+# One row per configured Salesforce source; credentials are sealed with the server's secrets key
+# (integrations/secretbox.py). `lease_until`/`lease_owner` keep two processes from running one source
+# at once; `watermark` is the SystemModstamp up to which records have been imported.
+
+salesforce_sources = sa.Table(
+    "salesforce_sources",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("source_id", sa.Text, nullable=False),  # "sf_<project>_<hex>"
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("login_url", sa.Text, nullable=False),
+    sa.Column("api_version", sa.Text, nullable=False),
+    sa.Column("auth_flow", sa.Text, nullable=False),  # "password" (SOAP login) or "jwt" (JWT bearer)
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("consumer_key", sa.Text, nullable=True),
+    sa.Column("audience", sa.Text, nullable=True),
+    sa.Column("secrets", sa.Text, nullable=False),  # Fernet token of the JSON secrets
+    sa.Column("object", sa.Text, nullable=False),
+    sa.Column("match_field", sa.Text, nullable=False),
+    sa.Column("fields", sa.Text, nullable=False),  # JSON list of {field, name, type}
+    sa.Column("interval_s", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("watermark", sa.Text, nullable=True),  # SOQL dateTime, e.g. 2026-11-20T10:00:00Z
+    sa.Column("next_run_at", sa.BigInteger, nullable=False),
+    sa.Column("lease_until", sa.BigInteger, nullable=True),
+    sa.Column("lease_owner", sa.Text, nullable=True),  # the run holding the lease
+    sa.Column("last_run_id", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "source_id"),
+)
+sa.Index(None, salesforce_sources.c.next_run_at)
+
+salesforce_runs = sa.Table(
+    "salesforce_runs",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),  # time-ordered: "<ms>-<random>"
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),  # "schedule", "api" or "cli"
+    sa.Column("status", sa.Text, nullable=False),  # "running", "done" or "failed"
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("query", sa.Text, nullable=True),  # the SOQL sent
+    sa.Column("pages", sa.Integer, nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("records_applied", sa.Integer, nullable=False),
+    sa.Column("values_applied", sa.Integer, nullable=False),
+    sa.Column("values_changed", sa.Integer, nullable=False),
+    sa.Column("error_count", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Text, nullable=False),  # JSON: per-record errors (the first 1,000)
+    sa.Column("error", sa.Text, nullable=True),  # JSON: why the run failed as a whole
+    sa.Column("watermark_before", sa.Text, nullable=True),
+    sa.Column("watermark_after", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "run_id"),
+)
+sa.Index(None, salesforce_runs.c.project_id, salesforce_runs.c.source_id, salesforce_runs.c.run_id)

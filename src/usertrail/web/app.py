@@ -19,6 +19,8 @@ from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
+from usertrail.integrations.salesforce import SalesforceImporter
+from usertrail.integrations.secretbox import SecretBox
 from usertrail.integrations.update_api import UpdateApi
 from usertrail.playback.blobs import open_blob_store
 from usertrail.playback.crypto import KeySource
@@ -36,6 +38,7 @@ from usertrail.web import (
     admin_api,
     collect_routes,
     playback_routes,
+    salesforce_routes,
     segments_api,
     snippet,
     update_api_routes,
@@ -123,6 +126,20 @@ async def _sessions_loop(processor: SessionProcessor) -> None:
         await asyncio.sleep(0.5 if busy else SESSIONS_INTERVAL_S)
 
 
+async def _salesforce_loop(importer: SalesforceImporter, tick_s: float) -> None:
+    """Every `tick_s`: run the Salesforce sources that are due (their interval has passed).
+
+    Every server process runs this loop; a source's lease in the database lets only one of them
+    run it. The importer's clock decides what is due, so tests move it instead of waiting.
+    """
+    while True:
+        try:
+            await asyncio.to_thread(importer.run_due)
+        except Exception:  # e.g. the database was briefly unreachable: the next check retries
+            log.exception("salesforce imports failed")
+        await asyncio.sleep(tick_s)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The usertrail server. Without arguments it reads USERTRAIL_* variables (uvicorn workers)."""
     settings = settings or Settings.from_env()
@@ -133,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(_maintenance(collector, app.state.playback.store))]
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
+        tasks.append(asyncio.create_task(_salesforce_loop(app.state.salesforce, settings.salesforce_tick_s)))
         try:
             yield
         finally:
@@ -152,6 +170,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *update_api_routes.routes,
             *segments_api.routes,
             *playback_routes.routes,
+            *salesforce_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -167,6 +186,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.segments = SegmentStore(collector.events.engine)
     app.state.client_segments = TTLCache(maxsize=100_000, ttl=segments_api.CLIENT_CACHE_SECONDS)
+    app.state.salesforce = SalesforceImporter(
+        collector.events.engine,
+        app.state.attributes,
+        app.state.integration_log,
+        SecretBox.from_environment(settings.data_dir),
+        collector.projects,
+    )
     app.state.settings = settings
     app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
     return app
