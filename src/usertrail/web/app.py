@@ -17,6 +17,7 @@ from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
+from usertrail.integrations.scim import ScimIntegration
 from usertrail.integrations.update_api import UpdateApi
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
@@ -24,7 +25,7 @@ from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
+from usertrail.web import admin_api, collect_routes, scim_routes, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin_api.routes,
             *users_api.routes,
             *update_api_routes.routes,
+            *scim_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.attributes = AttributeStore(collector.events.engine)
     app.state.integration_log = IntegrationLog(collector.events.engine)
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
+    app.state.scim = ScimIntegration(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
     app.state.settings = settings
     return app
