@@ -4,7 +4,9 @@ tokens and project isolation, and the end users' custom attributes and integrati
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import httpx2
@@ -514,3 +516,32 @@ def test_cap_refuses_new_names_but_keeps_provisioning(make_server):
     entry = live.app.state.integration_log.list(pid, "scim", "user.create")[0]
     assert entry["error_count"] == 4 and "maximum of 100" in entry["errors"][0]["reason"]
     assert entry["applied"] == 1
+
+
+def test_concurrent_writes_lose_nothing(make_server):
+    live = make_server(process_sessions=False)
+    enable_uuid(live)
+    token = scim_token(live)
+    with scim(live, token) as idp:
+        uid = idp.post("/Users", json=okta_user("multi@example.com", emails=[])).json()["id"]
+    barrier = threading.Barrier(6)
+
+    def add_email(i: int) -> int:
+        with scim(live, token) as idp:
+            barrier.wait()
+            body = patch({"op": "add", "path": "emails", "value": [{"value": f"m{i}@example.com", "type": "other"}]})
+            return idp.patch(f"/Users/{uid}", json=body).status_code
+
+    def create_same(i: int) -> int:
+        with scim(live, token) as idp:
+            barrier.wait()
+            return idp.post("/Users", json=okta_user("same@example.com", externalId=f"e{i}")).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(add_email, range(6))) == [200] * 6  # each PATCH read the user after the one before
+        assert sorted(pool.map(create_same, range(6))) == [201, 409, 409, 409, 409, 409]
+    with scim(live, token) as idp:
+        user = idp.get(f"/Users/{uid}").json()
+        assert sorted(e["value"] for e in user["emails"]) == [f"m{i}@example.com" for i in range(6)]
+        assert user["meta"]["version"] == 'W/"7"'
+    assert live.scalar("SELECT count(*) FROM scim_users WHERE user_name = 'same@example.com'") == 1
