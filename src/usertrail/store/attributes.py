@@ -8,6 +8,7 @@ the registry in the error.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -88,17 +89,19 @@ class AttributeStore:
         source: str,
         records: list[tuple[str, dict[str, object]]],
         types: dict[str, str] | None = None,
+        conn: sa.Connection | None = None,
     ) -> WriteReport:
         """Apply `(user_key, {name: value})` records from `source`; most recent write wins.
 
         `types` gives the mapping's type per name; a name not yet registered takes that type (or
         one inferred from its first value). Values of users not seen yet are kept and apply when
-        the user appears (their key is the same).
+        the user appears (their key is the same). Pass `conn` to write in the caller's (write)
+        transaction, so the values commit or roll back with the caller's own rows.
         """
         types = types or {}
         report = WriteReport(records=len(records))
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with contextlib.nullcontext(conn) if conn is not None else write_transaction(self.engine) as conn:
             lock_key(conn, "attribute-registry", project_id)
             registry = {
                 r.name: r

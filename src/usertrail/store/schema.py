@@ -537,3 +537,40 @@ salesforce_runs = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "run_id"),
 )
 sa.Index(None, salesforce_runs.c.project_id, salesforce_runs.c.source_id, salesforce_runs.c.run_id)
+# --- SCIM 2.0 provisioning from identity providers (issue 4, docs/scim.md) ----------------------
+# Per-project directory tables, distributed by project_id under Citus: a SCIM user is addressed by
+# its SCIM id, and its unique keys (userName, the end-user key it maps to) are unique per project.
+
+scim_settings = sa.Table(
+    "scim_settings",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("token_hash", sa.Text, nullable=True),  # SHA-256 of the bearer token (shown once); NULL = revoked
+    sa.Column("token_created_at", sa.BigInteger, nullable=True),
+    sa.Column("user_id_attribute", sa.Text, nullable=False),  # SCIM path of the usertrail end-user id
+    sa.Column("mapping", sa.Text, nullable=False),  # JSON list of {path, name, type}
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id"),
+)
+
+scim_users = sa.Table(
+    "scim_users",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("scim_id", sa.Text, nullable=False),
+    sa.Column("user_name", sa.Text, nullable=False),
+    sa.Column("user_name_key", sa.Text, nullable=False),  # userName as SCIM compares it (case-insensitive)
+    sa.Column("external_id", sa.Text, nullable=True),
+    sa.Column("user_key", sa.Text, nullable=False),  # the end user it writes attributes to: u:<id>
+    sa.Column("active", sa.Boolean, nullable=True),
+    sa.Column("resource", sa.Text, nullable=False),  # the provisioned resource, JSON (no id, meta or password)
+    sa.Column("version", sa.Integer, nullable=False),  # the ETag: W/"<version>"
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "scim_id"),
+)
+sa.Index(None, scim_users.c.project_id, scim_users.c.user_name_key, unique=True)
+sa.Index(None, scim_users.c.project_id, scim_users.c.user_key, unique=True)
+sa.Index(None, scim_users.c.project_id, scim_users.c.external_id)
+sa.Index(None, scim_users.c.project_id, scim_users.c.created_at, scim_users.c.scim_id)

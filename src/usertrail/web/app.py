@@ -20,6 +20,7 @@ from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.salesforce import SalesforceImporter
+from usertrail.integrations.scim import ScimIntegration
 from usertrail.integrations.secretbox import SecretBox
 from usertrail.integrations.update_api import UpdateApi
 from usertrail.playback.blobs import open_blob_store
@@ -39,6 +40,7 @@ from usertrail.web import (
     collect_routes,
     playback_routes,
     salesforce_routes,
+    scim_routes,
     segments_api,
     snippet,
     update_api_routes,
@@ -171,6 +173,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *segments_api.routes,
             *playback_routes.routes,
             *salesforce_routes.routes,
+            *scim_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -193,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         SecretBox.from_environment(settings.data_dir),
         collector.projects,
     )
+    app.state.scim = ScimIntegration(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.settings = settings
     app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
     return app
