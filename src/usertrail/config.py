@@ -42,6 +42,8 @@ class Settings:
     ingest_mode: str = "full"
     # Extra time a group-commit batch waits for more requests before committing.
     commit_delay_ms: float = 0.0
+    # How often the server looks for S3 sources due to run (each source has its own interval).
+    s3_poll_interval_s: float = 30.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -77,6 +79,7 @@ class Settings:
             process_sessions=env.get("USERTRAIL_PROCESS_SESSIONS", "1") != "0",
             ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
+            s3_poll_interval_s=float(env.get("USERTRAIL_S3_POLL_INTERVAL_S", "30")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -91,6 +94,7 @@ class Settings:
             "USERTRAIL_PROCESS_SESSIONS": "1" if self.process_sessions else "0",
             "USERTRAIL_INGEST_MODE": self.ingest_mode,
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
+            "USERTRAIL_S3_POLL_INTERVAL_S": str(self.s3_poll_interval_s),
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 
 from starlette.applications import Starlette
@@ -17,6 +18,8 @@ from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
+from usertrail.integrations.csv_import import CsvImporter
+from usertrail.integrations.s3_import import S3Imports
 from usertrail.integrations.update_api import UpdateApi
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.store.attributes import AttributeStore
@@ -24,7 +27,7 @@ from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
+from usertrail.web import admin_api, collect_routes, import_routes, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,16 @@ async def _sessions_loop(processor: SessionProcessor) -> None:
         await asyncio.sleep(0.5 if busy else SESSIONS_INTERVAL_S)
 
 
+async def _s3_loop(s3: S3Imports, interval_s: float) -> None:
+    """Run the S3 sources that are due (each on its own interval); every process polls, one claims each run."""
+    while True:
+        try:
+            await asyncio.to_thread(s3.run_due)
+        except Exception:  # e.g. the database is briefly unavailable: the next round retries
+            log.exception("S3 imports failed")
+        await asyncio.sleep(interval_s)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The usertrail server. Without arguments it reads USERTRAIL_* variables (uvicorn workers)."""
     settings = settings or Settings.from_env()
@@ -107,9 +120,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(_maintenance(collector))]
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
+        tasks.append(asyncio.create_task(_s3_loop(app.state.s3_imports, settings.s3_poll_interval_s)))
         try:
             yield
         finally:
+            import_routes.stop_background_work(app)
             for task in tasks:
                 task.cancel()
             collector.writer.close()
@@ -124,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin_api.routes,
             *users_api.routes,
             *update_api_routes.routes,
+            *import_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -134,6 +150,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.attributes = AttributeStore(collector.events.engine)
     app.state.integration_log = IntegrationLog(collector.events.engine)
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
+    app.state.csv_importer = CsvImporter(collector.events.engine, app.state.attributes, app.state.integration_log)
+    app.state.s3_imports = S3Imports(collector.events.engine, app.state.csv_importer, app.state.integration_log)
+    app.state.import_stop = threading.Event()
     app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
     app.state.settings = settings
     return app
