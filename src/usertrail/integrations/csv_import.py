@@ -264,7 +264,7 @@ def mapping_from_json(body: object, path: str = "$") -> MappingSpec:
         raise MappingError("name the column that holds the end-user id", f"{path}.id_column")
     raw = body.get("columns")
     if raw is None:
-        return MappingSpec(id_column.strip(), None, f"{path}.id_column")
+        return MappingSpec(id_column.strip(), None, id_path=f"{path}.id_column")
     if not isinstance(raw, list) or not raw:
         raise MappingError("columns must be a non-empty list of {column, name, type}, or left out", f"{path}.columns")
     columns = []
@@ -287,7 +287,7 @@ def mapping_from_json(body: object, path: str = "$") -> MappingSpec:
         if type_ is not None and type_ not in ATTRIBUTE_TYPES:
             raise MappingError(f"type must be one of {', '.join(ATTRIBUTE_TYPES)}", f"{where}.type")
         columns.append(ColumnSpec(column.strip(), name, type_, where))
-    return MappingSpec(id_column.strip(), tuple(columns), f"{path}.id_column")
+    return MappingSpec(id_column.strip(), tuple(columns), id_path=f"{path}.id_column")
 
 
 @dataclass(frozen=True)
