@@ -92,6 +92,8 @@ def counts(url: str) -> tuple[int, int, float]:
             values = conn.execute(sa.text("SELECT count(*) FROM user_attributes")).scalar()
             history = conn.execute(sa.text("SELECT count(*) FROM attribute_history")).scalar()
             job = conn.execute(sa.text("SELECT created_at, finished_at FROM import_jobs")).first()
+        if job is None or job.finished_at is None:  # the import process failed or was stopped
+            return values, history, float("nan")
         return values, history, (job.finished_at - job.created_at) / 1000
     finally:
         engine.dispose()
