@@ -29,10 +29,14 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(sessions_app, name="sessions")
 playback_app = typer.Typer(help="Session Playback: recording keys.", no_args_is_help=True)
 app.add_typer(playback_app, name="playback")
-import_app = typer.Typer(help="Imports of end-user attributes from other systems.", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Imports of end-user attributes from other systems (CSV files, S3, Salesforce).", no_args_is_help=True
+)
+import_s3_app = typer.Typer(help="Amazon S3 sources (created through the API).", no_args_is_help=True)
 salesforce_app = typer.Typer(help="Salesforce sources (configured through the admin API).", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 import_app.add_typer(salesforce_app, name="salesforce")
+import_app.add_typer(import_s3_app, name="s3")
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -510,6 +514,190 @@ def salesforce_run(
         return
     _print_runs(runs)
     if any(r["status"] != "done" for r in runs):
+        raise typer.Exit(1)
+
+
+def _import_project(store: ProjectStore, project: int | None) -> int:
+    """The project to import into: the one given, or the only one there is."""
+    if project is None:
+        ids = [p.id for p in store.list()]
+        if len(ids) != 1:
+            _fail(f"there are {len(ids)} projects: choose one with --project")
+        project = ids[0]
+    try:
+        store.get(project)
+    except UnknownProject:
+        _fail(f"no project {project}")
+    if all(env.uuid.provider == "none" for env in store.environments(project).values()):
+        _fail(
+            f"project {project} has no UUID settings: end users and their attributes exist only with an "
+            "identification provider other than `none` (409 uuid_settings_required in the API)"
+        )
+    return project
+
+
+@import_app.command("csv")
+def import_csv(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="The CSV file."),
+    id_column: str = typer.Option(..., "--id-column", help="The column holding the end-user id."),
+    columns: list[str] = typer.Option(None, "--columns", help="Columns to import, comma-separated (default: all)."),
+    rename: list[str] = typer.Option(None, "--rename", help="COLUMN=Name: the attribute name (repeatable)."),
+    type_: list[str] = typer.Option(
+        None, "--type", help="COLUMN=string|number|date|boolean (repeatable; default: registered or inferred)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every row and report; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Import even if this file was imported with this mapping."),
+    errors_out: Path = typer.Option(None, "--errors", help="Write the row-level error report (CSV) here."),
+    project: int = typer.Option(None, help="The project (default: the only one)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Import custom attributes from a CSV file (header row; comma, semicolon or tab; UTF-8).
+
+    Exit status: 0 when every row was imported, 1 when some rows or values had errors (the rest
+    was imported), 2 when the file or the mapping was refused (nothing was imported).
+    """
+    from usertrail.integrations import IntegrationLog
+    from usertrail.integrations.csv_import import (
+        CsvFileError,
+        CsvImporter,
+        FileScan,
+        MappingError,
+        error_report_csv,
+        mapping_from_options,
+    )
+    from usertrail.store.attributes import AttributeStore
+
+    store = _projects(_settings(data_dir, database_url))
+    project_id = _import_project(store, project)
+    options = {"id_column": "--id-column", "columns": "--columns", "rename": "--rename", "type": "--type"}
+    importer = CsvImporter(store.engine, AttributeStore(store.engine), IntegrationLog(store.engine))
+    size = file.stat().st_size
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]:,} rows"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("checking", total=size, rows=0)
+        try:
+            spec = mapping_from_options(id_column, columns or [], rename or [], type_ or [])
+            sha256, size = FileScan.of_file(file, on_bytes=lambda n: progress.advance(task, n))
+            job = importer.create_job(
+                project_id, file, spec, file_name=file.name, sha256=sha256, size=size, dry_run=dry_run, force=force
+            )
+        except MappingError as exc:
+            progress.stop()
+            _fail(f"{options.get(exc.path, exc.path)}: {exc.reason}")
+        except CsvFileError as exc:
+            progress.stop()
+            _fail(f"{file}: " + (f"line {exc.line}: " if exc.line else "") + exc.reason)
+        progress.reset(task, total=size, description="dry run" if dry_run else "importing", rows=0)
+        result = importer.run(
+            job, file, on_progress=lambda p: progress.update(task, completed=p.bytes_read, rows=p.rows)
+        )
+        progress.update(task, completed=size, rows=result["rows"])
+    mapping = Table("column", "attribute", "type")
+    for c in result["mapping"]["columns"]:
+        mapping.add_row(c["column"], c["name"], c["type"] + (" (inferred)" if c["type_inferred"] else ""))
+    console.print(mapping)
+    if result["status"] == "skipped":
+        console.print(f"{file.name}: {result['message']} (--force imports it again)")
+        return
+    verb = "would apply" if dry_run else "applied"
+    console.print(
+        f"job {result['id']}: {result['status']}; {result['rows']:,} rows, {result['rows_applied']:,} {verb}, "
+        f"{result['rows_failed']:,} with errors; {result['values_applied']:,} values"
+        + ("" if dry_run else f", {result['values_changed']:,} changed")
+    )
+    if result["message"]:
+        err.print(f"[red]{result['message']}[/red]")
+    if result["error_count"]:
+        rows = importer.error_rows(project_id, result["id"])
+        if errors_out is not None:
+            with open(errors_out, "w", encoding="utf-8", newline="") as out:
+                for block in error_report_csv(rows):
+                    out.write(block)
+            err.print(f"{result['error_count']:,} errors; the report is in {errors_out}")
+        else:
+            shown = Table("line", "column", "reason")
+            for n, (line, column, reason) in enumerate(rows):
+                if n == 20:
+                    break
+                shown.add_row(str(line), column or "", reason)
+            err.print(shown)
+            err.print(f"{result['error_count']:,} errors (the first 20 above; --errors FILE writes them all)")
+    if result["status"] == "failed":
+        raise typer.Exit(2)
+    if result["error_count"]:
+        raise typer.Exit(1)
+
+
+def _s3_imports(store: ProjectStore):
+    from usertrail.integrations import IntegrationLog
+    from usertrail.integrations.csv_import import CsvImporter
+    from usertrail.integrations.s3_import import S3Imports
+    from usertrail.store.attributes import AttributeStore
+
+    log = IntegrationLog(store.engine)
+    return S3Imports(store.engine, CsvImporter(store.engine, AttributeStore(store.engine), log), log)
+
+
+@import_s3_app.command("list")
+def import_s3_list(
+    project: int = typer.Option(None, help="Only this project (default: all)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """List S3 sources with their bucket, pattern, interval and next run."""
+    store = _projects(_settings(data_dir, database_url))
+    table = Table("project", "id", "name", "location", "every", "next run", "enabled")
+    for source in _s3_imports(store).list(project):
+        location = f"s3://{source.bucket}/{source.prefix}{source.pattern}"
+        next_run = time.strftime("%Y-%m-%d %H:%M", time.gmtime(source.next_run_at / 1000))
+        table.add_row(
+            str(source.project_id), source.id, source.name, location, f"{source.interval_s} s", next_run,
+            "yes" if source.enabled else "no",
+        )  # fmt: skip
+    console.print(table)
+
+
+@import_s3_app.command("run")
+def import_s3_run(
+    source: str = typer.Option(None, "--source", help="Run this source now (default: every source that is due)."),
+    project: int = typer.Option(None, help="The project of --source (default: the only one)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Run S3 imports: the sources that are due, or one source now. Exit 1 if a run had errors."""
+    from usertrail.integrations.s3_import import RunInProgress
+
+    store = _projects(_settings(data_dir, database_url))
+    s3 = _s3_imports(store)
+    if source is not None:
+        project_id = _import_project(store, project)
+        try:
+            runs = [s3.run(project_id, source, trigger="cli")]
+        except KeyError:
+            _fail(f"project {project_id} has no S3 source {source}")
+        except RunInProgress as exc:
+            _fail(str(exc))
+    else:
+        runs = s3.run_due(trigger="cli")
+    table = Table("source", "run", "status", "objects new/unchanged/failed", "rows", "applied", "errors")
+    for run in runs:
+        table.add_row(
+            run["source_id"], run["id"], run["status"],
+            f"{run['objects_imported']}/{run['objects_skipped']}/{run['objects_failed']}",
+            f"{run['rows']:,}", f"{run['rows_applied']:,}", str(run["error_count"]),
+        )  # fmt: skip
+    console.print(table if runs else "no S3 source is due")
+    for run in runs:
+        if run["message"]:
+            err.print(f"[red]{run['source_id']}: {run['message']}[/red]")
+    if any(r["status"] != "done" or r["error_count"] for r in runs):
         raise typer.Exit(1)
 
 

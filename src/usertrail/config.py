@@ -61,6 +61,8 @@ class Settings:
     playback_assets_allow_private: bool = False
     # How often the server looks for Salesforce sources whose interval has passed.
     salesforce_tick_s: float = 30.0
+    # How often the server looks for S3 sources due to run (each source has its own interval).
+    s3_poll_interval_s: float = 30.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -108,6 +110,7 @@ class Settings:
             playback_zstd_level=int(env.get("USERTRAIL_PLAYBACK_ZSTD_LEVEL", "9")),
             playback_assets_allow_private=env.get("USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE", "0") == "1",
             salesforce_tick_s=float(env.get("USERTRAIL_SALESFORCE_TICK_S", "30")),
+            s3_poll_interval_s=float(env.get("USERTRAIL_S3_POLL_INTERVAL_S", "30")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -134,6 +137,7 @@ class Settings:
             "USERTRAIL_PLAYBACK_ZSTD_LEVEL": str(self.playback_zstd_level),
             "USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE": "1" if self.playback_assets_allow_private else "0",
             "USERTRAIL_SALESFORCE_TICK_S": str(self.salesforce_tick_s),
+            "USERTRAIL_S3_POLL_INTERVAL_S": str(self.s3_poll_interval_s),
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

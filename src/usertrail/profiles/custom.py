@@ -6,6 +6,8 @@ import datetime as dt
 import math
 from typing import Literal
 
+import msgspec
+
 AttributeType = Literal["string", "number", "date", "boolean"]
 ATTRIBUTE_TYPES: tuple[str, ...] = ("string", "number", "date", "boolean")
 CAP = 100
@@ -91,3 +93,64 @@ def check_name(name: object) -> str | None:
     if len(name) > MAX_NAME_LENGTH:
         return f"attribute names are at most {MAX_NAME_LENGTH} characters"
     return None
+
+
+class CellConverter:
+    """Converts the text cells of one typed column (CSV imports) to the stored form.
+
+    Returns `(json_text, number_or_None)` exactly as `AttributeStore.write` stores a value, or
+    raises InvalidValue with `convert`'s reason. Columns repeat values (plans, countries, dates),
+    so recent results are remembered; the memory is bounded by clearing it when it fills.
+    """
+
+    MAX_REMEMBERED = 50_000
+
+    def __init__(self, type_: str) -> None:
+        if type_ not in ATTRIBUTE_TYPES:
+            raise InvalidValue(f"unknown type {type_!r}")
+        self.type = type_
+        self._seen: dict[str, tuple[str, float | None] | str] = {}
+
+    def __call__(self, cell: str) -> tuple[str, float | None]:
+        hit = self._seen.get(cell)
+        if hit is None:
+            try:
+                value = convert(cell, self.type)
+                hit = (_json_text(value), value if isinstance(value, float) else None)
+            except InvalidValue as exc:
+                hit = str(exc)
+            if len(self._seen) >= self.MAX_REMEMBERED:
+                self._seen.clear()
+            self._seen[cell] = hit
+        if isinstance(hit, str):
+            raise InvalidValue(hit)
+        return hit
+
+
+def _json_text(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def infer_column_type(cells: list[str]) -> str:
+    """The type a column's sample of text cells suggests: number, boolean, date, else string.
+
+    Empty cells are ignored; numbers written with a leading zero (`007`, zip codes, ids) stay strings.
+    """
+    values = [c.strip() for c in cells if c.strip()]
+    if not values:
+        return "string"
+    for type_ in ("number", "boolean", "date"):
+        try:
+            for v in values:
+                convert(v, type_)
+        except InvalidValue:
+            continue
+        if type_ == "number" and any(_leading_zero(v) for v in values):
+            return "string"
+        return type_
+    return "string"
+
+
+def _leading_zero(text: str) -> bool:
+    digits = text.lstrip("+-")
+    return len(digits) > 1 and digits[0] == "0" and digits[1].isdigit()

@@ -17,7 +17,7 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
-from usertrail.store.database import lock_key, write_transaction
+from usertrail.store.database import execute_many, insert_rows, lock_key, write_transaction
 from usertrail.store.schema import attribute_history, attribute_registry, user_attributes
 
 
@@ -55,8 +55,39 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
+def cap_reason(registered: object) -> str:
+    """The error for a name past the cap: it names the cap and lists the registry."""
+    return (
+        f"the project already has the maximum of {CAP} custom attributes; registered: {', '.join(sorted(registered))}"
+    )
+
+
+# A column's values for `write_columns`, aligned with the keys: (json_text, number_or_None), or
+# None where the row has no value (the attribute is left unchanged).
+ColumnValues = list[tuple[str, float | None] | None]
+
+
+@dataclass
+class ColumnsReport:
+    """What one `write_columns` call did (or would do, for a dry run)."""
+
+    applied: int = 0
+    changed: int = 0
+    registered: list[str] = field(default_factory=list)
+    column_errors: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): the column was refused
+    rows_applied: bytearray = field(default_factory=bytearray)  # 1 where the row had a value applied
+
+
 def _encode(value) -> str:
     return msgspec.json.encode(value).decode()
+
+
+_ATTRIBUTE_COLUMNS = ("project_id", "user_key", "name", "value", "value_num", "source", "updated_at")
+_HISTORY_COLUMNS = ("project_id", "user_key", "id", "name", "old_value", "new_value", "source", "changed_at")
+
+
+def _key_and_name(row: tuple) -> tuple[str, str]:
+    return row[1], row[2]
 
 
 class AttributeStore:
@@ -133,14 +164,7 @@ class AttributeStore:
                         continue
                     if name not in registered_types:
                         if len(registered_types) >= CAP:
-                            report.errors.append(
-                                FieldError(
-                                    index,
-                                    name,
-                                    f"the project already has the maximum of {CAP} custom attributes; "
-                                    f"registered: {', '.join(sorted(registered_types))}",
-                                )
-                            )
+                            report.errors.append(FieldError(index, name, cap_reason(registered_types)))
                             continue
                         registered_types[name] = type_
                         conn.execute(
@@ -168,6 +192,164 @@ class AttributeStore:
                     .values(integrations=_encode(sorted(integrations)), updated_at=now)
                 )
         return report
+
+    def write_columns(
+        self,
+        conn: sa.Connection,
+        project_id: int,
+        source: str,
+        keys: list[str],
+        columns: list[tuple[str, str, ColumnValues]],
+        now: int | None = None,
+        dry_run: bool = False,
+    ) -> ColumnsReport:
+        """Bulk form of `write` for imports: many rows, a few typed columns, in the caller's transaction.
+
+        `columns` holds `(name, type, values)` with values already converted by
+        `profiles.custom.CellConverter` for that type. The rules are `write`'s, decided once per
+        column: a bad name, a type that clashes with the registry, or a new name past the cap refuses
+        the column (`column_errors`); the other columns apply. Most recent write wins, rows apply in
+        order, and each change goes to the history. `dry_run` checks everything and writes nothing.
+        """
+        now = now if now is not None else _now()
+        report = ColumnsReport(rows_applied=bytearray(len(keys)))
+        if not dry_run:
+            lock_key(conn, "attribute-registry", project_id)
+        registry = {
+            r.name: r
+            for r in conn.execute(
+                sa.select(attribute_registry).where(attribute_registry.c.project_id == project_id)
+            ).all()
+        }
+        registered_types = {name: r.type for name, r in registry.items()}
+        accepted: list[tuple[str, ColumnValues]] = []
+        for name, type_, values in columns:
+            problem = check_name(name)
+            if problem is None and name in registered_types and registered_types[name] != type_:
+                problem = f"mapped as {type_} but registered as {registered_types[name]}"
+            if problem is None and name not in registered_types and len(registered_types) >= CAP:
+                problem = cap_reason(registered_types)
+            if problem is not None:
+                report.column_errors.append((name, problem))
+                continue
+            if name not in registered_types:
+                registered_types[name] = type_
+                report.registered.append(name)
+            accepted.append((name, values))
+            rows_applied = report.rows_applied
+            for i, v in enumerate(values):
+                if v is not None:
+                    rows_applied[i] = 1
+                    report.applied += 1
+        if dry_run:
+            return report
+        for name in report.registered:
+            conn.execute(
+                attribute_registry.insert().values(
+                    project_id=project_id,
+                    name=name,
+                    type=registered_types[name],
+                    integrations=_encode([source]),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        report.changed = self._apply_columns(conn, project_id, source, keys, accepted, now)
+        for name, _ in accepted:
+            row = registry.get(name)
+            integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
+            integrations.add(source)
+            conn.execute(
+                attribute_registry.update()
+                .where(attribute_registry.c.project_id == project_id, attribute_registry.c.name == name)
+                .values(integrations=_encode(sorted(integrations)), updated_at=now)
+            )
+        return report
+
+    @staticmethod
+    def _current(conn: sa.Connection, project_id: int, keys: list[str]) -> dict[tuple[str, str], str]:
+        """The stored values of these users, read in a few driver-level queries."""
+        found: dict[tuple[str, str], str] = {}
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            if conn.dialect.name == "postgresql":
+                sql = "SELECT user_key, name, value FROM user_attributes WHERE project_id = %s AND user_key = ANY(%s)"
+                cursor.execute(sql, (project_id, keys))
+                for user_key, name, value in cursor.fetchall():
+                    found[(user_key, name)] = value
+                return found
+            step = 5000
+            for i in range(0, len(keys), step):
+                part = keys[i : i + step]
+                sql = (
+                    "SELECT user_key, name, value FROM user_attributes WHERE project_id = ? "
+                    f"AND user_key IN ({', '.join('?' * len(part))})"
+                )
+                for user_key, name, value in cursor.execute(sql, (project_id, *part)):
+                    found[(user_key, name)] = value
+            return found
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _apply_columns(
+        conn: sa.Connection,
+        project_id: int,
+        source: str,
+        keys: list[str],
+        columns: list[tuple[str, ColumnValues]],
+        now: int,
+    ) -> int:
+        """`_apply` for columns: one read of the current values, then bulk inserts and executemany updates."""
+        distinct = sorted(set(keys))
+        original = AttributeStore._current(conn, project_id, distinct)
+        prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
+        history: list[tuple] = []
+        inserts: list[tuple] = []
+        if not original and len(distinct) == len(keys):
+            # A fresh import of distinct users (the common case): every value is new.
+            for name, values in columns:
+                for key, v in zip(keys, values, strict=True):
+                    if v is not None:
+                        inserts.append((project_id, key, name, v[0], v[1], source, now))
+                        history.append(
+                            (project_id, key, f"{prefix}{len(history):08d}{suffix}", name, None, v[0], source, now)
+                        )
+        else:
+            current = dict(original)
+            final: dict[tuple[str, str], tuple[str, float | None]] = {}
+            for name, values in columns:
+                for key, v in zip(keys, values, strict=True):
+                    if v is None:
+                        continue
+                    k = (key, name)
+                    old = current.get(k)
+                    if old != v[0]:
+                        history.append(
+                            (project_id, key, f"{prefix}{len(history):08d}{suffix}", name, old, v[0], source, now)
+                        )
+                        current[k] = v[0]
+                    final[k] = v
+            updates, refreshes = [], []
+            for (key, name), (new, number) in final.items():
+                old = original.get((key, name))
+                if old is None:
+                    inserts.append((project_id, key, name, new, number, source, now))
+                elif old == new:
+                    refreshes.append((source, now, project_id, key, name))
+                else:
+                    updates.append((new, number, source, now, project_id, key, name))
+            where = " WHERE project_id = ? AND user_key = ? AND name = ?"
+            execute_many(
+                conn, "UPDATE user_attributes SET value = ?, value_num = ?, source = ?, updated_at = ?" + where, updates
+            )
+            execute_many(conn, "UPDATE user_attributes SET source = ?, updated_at = ?" + where, refreshes)
+        # Rows in key order touch the primary-key B-trees in one sweep instead of at random.
+        inserts.sort(key=_key_and_name)
+        history.sort(key=_key_and_name)
+        insert_rows(conn, user_attributes, _ATTRIBUTE_COLUMNS, inserts)
+        insert_rows(conn, attribute_history, _HISTORY_COLUMNS, history)
+        return len(history)
 
     @staticmethod
     def _apply(conn: sa.Connection, project_id: int, source: str, accepted: list, now: int) -> int:

@@ -203,3 +203,31 @@ def _insert_for(dialect_name: str):
     if dialect_name == "postgresql":
         return postgresql.insert
     raise ValueError(f"unsupported dialect {dialect_name}")
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Bulk insert of row tuples straight through the driver, for rows known not to exist yet.
+
+    PostgreSQL: COPY into the table itself (no staging: the caller holds the lock that rules out
+    conflicts). SQLite: one cached statement and executemany. Neither does per-row SQLAlchemy work.
+    """
+    if not rows:
+        return
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.dbapi_connection.cursor()
+        with cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+    conn.exec_driver_sql(sql, rows)
+
+
+def execute_many(conn: sa.Connection, sql: str, rows: list[tuple]) -> None:
+    """Run one driver-level statement written with `?` markers for each parameter tuple."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    conn.exec_driver_sql(sql, rows)

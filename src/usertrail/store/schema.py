@@ -574,3 +574,116 @@ sa.Index(None, scim_users.c.project_id, scim_users.c.user_name_key, unique=True)
 sa.Index(None, scim_users.c.project_id, scim_users.c.user_key, unique=True)
 sa.Index(None, scim_users.c.project_id, scim_users.c.external_id)
 sa.Index(None, scim_users.c.project_id, scim_users.c.created_at, scim_users.c.scim_id)
+# --- CSV and S3 imports (issue 4) -------------------------------------------------------------
+# Per-project tables (distributed by project_id under Citus): every key begins with project_id.
+
+# One row per import of one file (a CSV upload, a CLI import, or one S3 object of a run).
+import_jobs = sa.Table(
+    "import_jobs",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # time-ordered: "<ms>-<random>"
+    sa.Column("integration", sa.Text, nullable=False),  # "csv" or "s3"
+    sa.Column("source_id", sa.Text, nullable=True),  # the S3 source
+    sa.Column("run_id", sa.Text, nullable=True),  # the S3 run
+    sa.Column("file_name", sa.Text, nullable=False),  # upload name, CLI path or S3 key
+    sa.Column("etag", sa.Text, nullable=True),  # S3 objects
+    sa.Column("sha256", sa.Text, nullable=False),  # of the file's bytes
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("mapping", sa.Text, nullable=False),  # JSON: dialect, id column, columns with names and types
+    sa.Column("mapping_hash", sa.Text, nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # queued, running, done, failed, skipped, interrupted
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("rows_applied", sa.Integer, nullable=False),
+    sa.Column("rows_failed", sa.Integer, nullable=False),
+    sa.Column("values_applied", sa.BigInteger, nullable=False),
+    sa.Column("values_changed", sa.BigInteger, nullable=False),
+    sa.Column("error_count", sa.Integer, nullable=False),
+    sa.Column("bytes_read", sa.BigInteger, nullable=False),
+    sa.Column("registered", sa.Text, nullable=False),  # JSON list of attribute names it registered
+    sa.Column("message", sa.Text, nullable=True),  # why it failed, was skipped or interrupted
+    sa.Column("duplicate_of", sa.Text, nullable=True),  # the earlier job with the same file and mapping
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=True),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),  # heartbeat while running
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, import_jobs.c.project_id, import_jobs.c.sha256)
+
+# The row-level error report of a job (line, column, reason), downloadable as CSV.
+import_errors = sa.Table(
+    "import_errors",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("line", sa.Integer, nullable=False),  # 1 is the header
+    sa.Column("column_name", sa.Text, nullable=True),  # the CSV column; null for the whole row
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "job_id", "seq"),
+)
+
+# A configured Amazon S3 (or S3-compatible) source of CSV files, imported on an interval.
+s3_sources = sa.Table(
+    "s3_sources",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # "s3_<hex>"
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("pattern", sa.Text, nullable=False),  # glob on the key after the prefix
+    sa.Column("endpoint_url", sa.Text, nullable=True),
+    sa.Column("region", sa.Text, nullable=False),
+    sa.Column("access_key_id", sa.Text, nullable=True),  # null: boto3's default credential chain
+    sa.Column("secret_access_key", sa.Text, nullable=True),  # never listed (masked on read)
+    sa.Column("mapping", sa.Text, nullable=False),  # JSON: {id_column, columns}
+    sa.Column("interval_s", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("next_run_at", sa.BigInteger, nullable=False),
+    sa.Column("running_since", sa.BigInteger, nullable=True),  # claim held by the process running it
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, s3_sources.c.project_id, s3_sources.c.name, unique=True)
+
+# Which object versions (by ETag) a source has imported.
+s3_objects = sa.Table(
+    "s3_objects",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("etag", sa.Text, nullable=False),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("imported_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "source_id", "key"),
+)
+
+# One row per run of a source: what it found, imported and skipped, and what failed.
+s3_runs = sa.Table(
+    "s3_runs",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Text, nullable=False),  # time-ordered: "<ms>-<random>"
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),  # "schedule", "api" or "cli"
+    sa.Column("status", sa.Text, nullable=False),  # running, done, failed
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("objects_listed", sa.Integer, nullable=False),  # matching the pattern
+    sa.Column("objects_imported", sa.Integer, nullable=False),
+    sa.Column("objects_skipped", sa.Integer, nullable=False),  # same ETag as already imported
+    sa.Column("objects_failed", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("rows_applied", sa.Integer, nullable=False),
+    sa.Column("rows_failed", sa.Integer, nullable=False),
+    sa.Column("error_count", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Text, nullable=False),  # JSON: the first errors
+    sa.Column("message", sa.Text, nullable=True),  # why the run failed as a whole
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, s3_runs.c.project_id, s3_runs.c.source_id, s3_runs.c.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 
 import sqlalchemy as sa
@@ -19,6 +20,8 @@ from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
 from usertrail.integrations import IntegrationLog
+from usertrail.integrations.csv_import import CsvImporter
+from usertrail.integrations.s3_import import S3Imports
 from usertrail.integrations.salesforce import SalesforceImporter
 from usertrail.integrations.scim import ScimIntegration
 from usertrail.integrations.secretbox import SecretBox
@@ -38,6 +41,7 @@ from usertrail.store.users import AuditLog, UserStore, delete_inactive
 from usertrail.web import (
     admin_api,
     collect_routes,
+    import_routes,
     playback_routes,
     salesforce_routes,
     scim_routes,
@@ -142,6 +146,16 @@ async def _salesforce_loop(importer: SalesforceImporter, tick_s: float) -> None:
         await asyncio.sleep(tick_s)
 
 
+async def _s3_loop(s3: S3Imports, interval_s: float) -> None:
+    """Run the S3 sources that are due (each on its own interval); every process polls, one claims each run."""
+    while True:
+        try:
+            await asyncio.to_thread(s3.run_due)
+        except Exception:  # e.g. the database is briefly unavailable: the next round retries
+            log.exception("S3 imports failed")
+        await asyncio.sleep(interval_s)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The usertrail server. Without arguments it reads USERTRAIL_* variables (uvicorn workers)."""
     settings = settings or Settings.from_env()
@@ -153,9 +167,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
         tasks.append(asyncio.create_task(_salesforce_loop(app.state.salesforce, settings.salesforce_tick_s)))
+        tasks.append(asyncio.create_task(_s3_loop(app.state.s3_imports, settings.s3_poll_interval_s)))
         try:
             yield
         finally:
+            import_routes.stop_background_work(app)
             for task in tasks:
                 task.cancel()
             collector.writer.close()
@@ -174,6 +190,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *playback_routes.routes,
             *salesforce_routes.routes,
             *scim_routes.routes,
+            *import_routes.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -197,6 +214,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         collector.projects,
     )
     app.state.scim = ScimIntegration(collector.events.engine, app.state.attributes, app.state.integration_log)
+    app.state.csv_importer = CsvImporter(collector.events.engine, app.state.attributes, app.state.integration_log)
+    app.state.s3_imports = S3Imports(collector.events.engine, app.state.csv_importer, app.state.integration_log)
+    app.state.import_stop = threading.Event()
     app.state.settings = settings
     app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
     return app

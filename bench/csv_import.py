@@ -1,0 +1,259 @@
+"""CSV import benchmark: `usertrail import csv` of 1,000,000 rows × 10 columns, on SQLite and PostgreSQL.
+
+    .venv/bin/python bench/csv_import.py            # 1,000,000 rows on both engines, docs updated
+    .venv/bin/python bench/csv_import.py --quick    # 100,000 rows, docs left alone
+
+The file (cached under bench/results/data/) has an id column and nine attribute columns of the four
+types (3 strings, 3 numbers, 2 dates, 1 boolean), seeded, with ids in ascending order as a database
+export writes them. Each engine gets a fresh database and project; the import runs as the real
+command in its own process (`python -m usertrail.cli import csv … --type …`), and the benchmark
+takes its wall time and its peak RSS (`wait4`, so only the import process: for PostgreSQL the
+server's memory is not counted). After each run `user_attributes` and `attribute_history` are
+counted: both must hold rows × 9 values.
+
+Output: a table on stdout, JSON under bench/results/, and (unless --quick or --no-docs) the results
+block of the "CSV import (issue 4)" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ingest import machine_info, wait_for_quiet
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+DATA_DIR = RESULTS_DIR / "data"
+DOCS_FILE = ROOT / "docs" / "benchmarks.md"
+RESULTS_START = "<!-- csv-import-results:start (written by bench/csv_import.py) -->"
+RESULTS_END = "<!-- csv-import-results:end -->"
+HEADER = ["user_id", "plan", "country", "team", "seats", "score", "logins", "renewal", "signup", "trial"]
+TYPES = ["seats=number", "score=number", "logins=number", "renewal=date", "signup=date", "trial=boolean"]
+ATTRIBUTES = len(HEADER) - 1
+TARGET_ROWS_S = 50_000
+TARGET_RSS_MB = 200
+
+
+def make_csv(rows: int, seed: int = 20261122) -> Path:
+    """The benchmark file, generated once per size (about 80 bytes per row)."""
+    path = DATA_DIR / f"csv-import-{rows}.csv"
+    if path.exists():
+        return path
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    rnd = random.Random(seed)
+    plans = ("free", "starter", "pro", "VIP", "enterprise")
+    countries = ("DE", "FR", "US", "JP", "BR", "IN", "GB", "ES")
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as out:
+        out.write(",".join(HEADER) + "\n")
+        for i in range(rows):
+            out.write(
+                f"user-{i:08d},{rnd.choice(plans)},{rnd.choice(countries)},team-{rnd.randrange(2000)},"
+                f"{rnd.randrange(1, 500)},{rnd.random() * 100:.2f},{rnd.randrange(10_000)},"
+                f"2027-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d},"
+                f"2025-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d},{rnd.choice(('true', 'false'))}\n"
+            )
+    tmp.rename(path)
+    return path
+
+
+def prepare(url: str) -> int:
+    """Migrate a fresh database; create the project (the default UUID provider admits imports)."""
+    from usertrail.store.database import create_engine, migrate
+    from usertrail.store.projects import ProjectStore
+
+    engine = create_engine(url)
+    try:
+        migrate(engine)
+        return ProjectStore(engine).create("bench").project.id
+    finally:
+        engine.dispose()
+
+
+def counts(url: str) -> tuple[int, int, float]:
+    """(user_attributes rows, attribute_history rows, the job's own seconds from creation to finish)."""
+    import sqlalchemy as sa
+
+    from usertrail.store.database import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            values = conn.execute(sa.text("SELECT count(*) FROM user_attributes")).scalar()
+            history = conn.execute(sa.text("SELECT count(*) FROM attribute_history")).scalar()
+            job = conn.execute(sa.text("SELECT created_at, finished_at FROM import_jobs")).first()
+        if job is None or job.finished_at is None:  # the import process failed or was stopped
+            return values, history, float("nan")
+        return values, history, (job.finished_at - job.created_at) / 1000
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Result:
+    database: str
+    rows: int
+    seconds: float
+    job_seconds: float
+    rows_per_s: float
+    values_per_s: float
+    peak_rss_mb: float
+    values_stored: int
+    history_rows: int
+    check: str
+
+
+def run_import(database: str, url: str, path: Path, rows: int, data_dir: Path) -> Result:
+    project = prepare(url)
+    command = [sys.executable, "-m", "usertrail.cli", "import", "csv", str(path), "--id-column", "user_id",
+               "--project", str(project), "--database-url", url, "--data-dir", str(data_dir)]  # fmt: skip
+    for t in TYPES:
+        command += ["--type", t]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    values, history, job_seconds = counts(url)
+    expected = rows * ATTRIBUTES
+    ok = os.waitstatus_to_exitcode(status) == 0 and values == expected and history == expected
+    check = "ok" if ok else f"FAILED (exit {os.waitstatus_to_exitcode(status)}, {values} values) {stderr[-300:]}"
+    return Result(
+        database,
+        rows,
+        round(seconds, 1),
+        round(job_seconds, 1),
+        round(rows / seconds),
+        round(expected / seconds),
+        round(usage.ru_maxrss / 1024, 1),  # kB on Linux
+        values,
+        history,
+        check,
+    )
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| database | rows | wall s | job s | rows/s | values/s | peak RSS MB | values stored | history rows | check |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.database} | {r.rows:,} | {r.seconds} | {r.job_seconds} | {r.rows_per_s:,} | {r.values_per_s:,} | "
+            f"{r.peak_rss_mb} | {r.values_stored:,} | {r.history_rows:,} | {r.check} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[Result]) -> list[str]:
+    out = []
+    for r in results:
+        speed = "met" if r.rows_per_s >= TARGET_ROWS_S else f"**missed** ({TARGET_ROWS_S / r.rows_per_s:.1f}× short)"
+        memory = "met" if r.peak_rss_mb < TARGET_RSS_MB else "**missed**"
+        out.append(
+            f"- {r.database}: {r.rows_per_s:,} rows/s (target ≥ {TARGET_ROWS_S:,}): {speed}; "
+            f"peak RSS {r.peak_rss_mb} MB (target < {TARGET_RSS_MB}): {memory}"
+        )
+    return out
+
+
+def docs_block(results: list[Result], info: dict, command: str, raw: Path, load: str) -> str:
+    software = info.get("packages", "") + (f", {info['postgres']}" if info.get("postgres") else "")
+    return "\n".join(
+        [
+            RESULTS_START,
+            "",
+            f"- **Date:** {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"- **Command:** `{command}`",
+            f"- **Machine:** {info.get('nproc')} cores (`nproc`), {info.get('cpu_model')}, {info.get('memory')}, "
+            f"{info.get('os')}",
+            f"- **Software:** Python {sys.version.split()[0]}, {software}",
+            f"- **Code:** {info.get('code')}",
+            f"- **Workload:** {results[0].rows:,} rows × {len(HEADER)} columns (id + {ATTRIBUTES} attributes: "
+            "3 string, 3 number, 2 date, 1 boolean), new end users, ids ascending; "
+            "one `usertrail import csv` process per engine, fresh database; "
+            "SQLite WAL synchronous=FULL, PostgreSQL fsync=on; "
+            f"{load}; raw results in `{raw.relative_to(ROOT)}` (git-ignored)",
+            "",
+            table(results),
+            "",
+            "Targets:",
+            "",
+            *targets(results),
+            "",
+            RESULTS_END,
+        ]
+    )
+
+
+def update_docs(block: str) -> None:
+    text = DOCS_FILE.read_text()
+    start, end = text.index(RESULTS_START), text.index(RESULTS_END) + len(RESULTS_END)
+    DOCS_FILE.write_text(text[:start] + block + text[end:])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100,000 rows; the docs are left alone")
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--quiet-wait", type=float, default=20, help="wait up to this long for idle CPUs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows = 100_000
+        args.no_docs = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = make_csv(args.rows)
+    print(f"file: {path} ({path.stat().st_size / 1e6:.0f} MB)")
+    results: list[Result] = []
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="usertrail-csv-bench-") as scratch:
+        scratch_dir = Path(scratch)
+        for database in args.databases:
+            _, busy = wait_for_quiet(args.quiet_wait)
+            loads.append(f"{database}: {busy:.2f} cores busy with other work before the run")
+            if database == "sqlite":
+                results.append(run_import(database, f"sqlite:///{scratch_dir / 'bench.db'}", path, args.rows,
+                                          scratch_dir))  # fmt: skip
+                continue
+            from usertrail.testing.postgres import PostgresUnavailable, TemporaryPostgres
+
+            try:
+                pg = TemporaryPostgres({"max_wal_size": "4GB"})
+            except PostgresUnavailable as exc:
+                print(f"skipping postgresql: {exc}")
+                continue
+            url = pg.start()
+            try:
+                results.append(run_import(database, url, path, args.rows, scratch_dir))
+            finally:
+                pg.stop()
+    print(table(results))
+    print("\n".join(targets(results)))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    raw = RESULTS_DIR / f"csv-import-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    info = machine_info()
+    raw.write_text(json.dumps({"results": [asdict(r) for r in results], "machine": info, "loads": loads}, indent=2))
+    command = ".venv/bin/python bench/csv_import.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if not args.no_docs:
+        update_docs(docs_block(results, info, command.strip(), raw, "; ".join(loads)))
+    return 0 if all(r.check == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""CSV imports: the file format (delimiters, BOM, encoding), the mapping, types, errors, idempotency and
+the cap, in process on both engines, through the real HTTP server, and through the `usertrail` command."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usertrail.integrations import IntegrationLog
+from usertrail.integrations.csv_import import (
+    SAMPLE_ROWS,
+    CsvFileError,
+    CsvImporter,
+    FileScan,
+    MappingError,
+    detect_delimiter,
+    mapping_from_json,
+    mapping_from_options,
+    read_file_info,
+    resolve,
+)
+from usertrail.profiles.custom import CAP, CellConverter, InvalidValue, infer_column_type
+from usertrail.store.attributes import AttributeStore
+from usertrail.store.projects import ProjectStore
+
+from conftest import LiveServer
+
+# --- the file format ----------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "f.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_the_delimiter_is_detected(delimiter: str):
+    text = (
+        delimiter.join(["id", "plan", "score"])
+        + "\n"
+        + delimiter.join(["u1", "VIP", "3,5" if delimiter != "," else "3.5"])
+    )
+    assert detect_delimiter(text + "\n") == delimiter
+
+
+def test_the_most_consistent_delimiter_wins():
+    # Semicolons split every row into two; commas only appear inside some values.
+    text = "id;name\nu1;Smith, John\nu2;Doe\nu3;Roe, Jane, Dr\n"
+    assert detect_delimiter(text) == ";"
+    with pytest.raises(CsvFileError, match="fewer than two columns"):
+        detect_delimiter("just_one_column\nu1\n")
+
+
+header_names = st.text(alphabet="abcdefghij_XYZ", min_size=1, max_size=8)
+cells = st.text(alphabet="ab Z9.-é\"'\n\r,;\t", max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    delimiter=st.sampled_from([",", ";", "\t"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+    header=st.lists(header_names, min_size=2, max_size=6, unique=True),
+    data=st.data(),
+    bom=st.booleans(),
+)
+def test_dialect_round_trip(tmp_path_factory, delimiter, quoting, header, data, bom):
+    """Whatever the delimiter and quoting, cells with quotes and line breaks come back as written."""
+    width = len(header)
+    rows = data.draw(st.lists(st.lists(cells, min_size=width, max_size=width), max_size=8))
+    # A cell may hold the file's own delimiter (it is quoted then), but not another candidate.
+    others = [d for d in (",", ";", "\t") if d != delimiter]
+    rows = [[c.replace(others[0], "").replace(others[1], "") for c in row] for row in rows]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, delimiter=delimiter, quoting=quoting)
+    writer.writerow(header)
+    writer.writerows(rows)
+    path = write(tmp_path_factory.mktemp("rt"), ("\ufeff" if bom else "") + buffer.getvalue())
+    info = read_file_info(path)
+    assert info.delimiter == delimiter and info.bom == bom
+    assert info.header == header
+    assert info.sample == rows
+
+
+def test_bom_and_header_whitespace_are_ignored(tmp_path: Path):
+    info = read_file_info(write(tmp_path, "\ufeff user_id , plan\nu1,VIP\n"))
+    assert info.bom and info.header == ["user_id", "plan"] and info.sample == [["u1", "VIP"]]
+
+
+def test_files_that_are_not_utf8_or_empty_are_refused(tmp_path: Path):
+    scan = FileScan()
+    scan.update(b"id,plan\nu1,VIP\n")
+    with pytest.raises(CsvFileError) as caught:
+        scan.update(b"u2,caf\xe9\n")
+    assert caught.value.line == 3 and "not UTF-8" in caught.value.reason
+    with pytest.raises(CsvFileError, match="empty"):
+        read_file_info(write(tmp_path, "\n\n"))
+    truncated = FileScan()
+    truncated.update("id,plan\nu1,é".encode()[:-1])
+    with pytest.raises(CsvFileError, match="ends inside a character"):
+        truncated.finish()
+
+
+def test_types_convert_like_the_attribute_store():
+    assert CellConverter("number")("12") == ("12.0", 12.0)
+    assert CellConverter("boolean")(" yes ") == ("true", None)
+    assert CellConverter("date")("2027-01-31") == ('"2027-01-31"', None)
+    assert CellConverter("string")('say "hi"') == ('"say \\"hi\\""', None)
+    convert = CellConverter("date")
+    for _ in range(2):  # the remembered failure raises again
+        with pytest.raises(InvalidValue, match="YYYY-MM-DD"):
+            convert("31/01/2027")
+    assert infer_column_type(["1", "2.5", ""]) == "number"
+    assert infer_column_type(["007", "12"]) == "string"  # leading zeros: ids, zip codes
+    assert infer_column_type(["true", "no"]) == "boolean"
+    assert infer_column_type(["2027-01-31"]) == "date"
+    assert infer_column_type(["2027-01-31", "soon"]) == "string"
+    assert infer_column_type([]) == "string"
+
+
+def test_mapping_options_are_checked_with_their_option_name(tmp_path: Path):
+    info = read_file_info(write(tmp_path, "user_id,plan,seats,plan2\nu1,VIP,3,x\n"))
+    bad = [
+        ((None, [], [], []), "id_column"),
+        (("user_id", [], ["plan"], []), "rename"),
+        (("user_id", [], [], ["seats=money"]), "type"),
+        (("user_id", ["plan"], [], ["seats=number"]), "type"),
+        (("user_id", ["plan,plan"], [], []), "columns"),
+        (("user_id", ["user_id"], [], []), "columns"),
+    ]
+    for args, path in bad:
+        with pytest.raises(MappingError) as caught:
+            mapping_from_options(*args)
+        assert caught.value.path == path, args
+    against_file = [
+        (mapping_from_options("id", [], [], []), "id_column"),
+        (mapping_from_options("user_id", ["nope"], [], []), "columns"),
+        (mapping_from_options("user_id", [], ["nope=X"], []), "rename"),
+        (mapping_from_options("user_id", ["plan", "plan2"], ["plan2=plan"], []), "rename"),
+    ]
+    for spec, path in against_file:
+        with pytest.raises(MappingError) as caught:
+            resolve(spec, info, {})
+        assert caught.value.path == path, spec
+    with pytest.raises(MappingError) as caught:
+        resolve(mapping_from_options("user_id", [], [], ["seats=number"]), info, {"seats": "string"})
+    assert caught.value.path == "type" and "registered as string" in caught.value.reason
+    plan = resolve(mapping_from_options("user_id", [], ["plan=Plan"], ["seats=number"]), info, {"plan2": "boolean"})
+    assert [(c.column, c.name, c.type, c.inferred) for c in plan.columns] == [
+        ("plan", "Plan", "string", True),
+        ("seats", "seats", "number", False),
+        ("plan2", "plan2", "boolean", True),  # the registered type, not the sample's
+    ]
+    with pytest.raises(MappingError) as caught:
+        resolve(mapping_from_json({"id_column": "user_id", "columns": [{"column": "plan", "type": "money"}]}), info, {})
+    assert caught.value.path == "$.columns[0].type"
+
+
+# --- the importer, in process, on both engines ------------------------------------------------------
+
+
+@pytest.fixture
+def importer(engine):
+    return CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=3)
+
+
+@pytest.fixture
+def project(engine) -> int:
+    return ProjectStore(engine).create("p").project.id
+
+
+def run_import(importer: CsvImporter, project: int, path: Path, *args, **kwargs) -> dict:
+    sha, size = FileScan.of_file(path)
+    spec = mapping_from_options(*args) if args else mapping_from_options("user_id", [], [], [])
+    job = importer.create_job(project, path, spec, file_name=path.name, sha256=sha, size=size, **kwargs)
+    return importer.run(job, path)
+
+
+def values(engine_or_importer, project: int, key: str) -> dict:
+    store = AttributeStore(getattr(engine_or_importer, "engine", engine_or_importer))
+    return {name: v["value"] for name, v in store.values(project, [key]).items()}
+
+
+def history_count(importer: CsvImporter, project: int) -> int:
+    import sqlalchemy as sa
+
+    with importer.engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT count(*) FROM attribute_history WHERE project_id = :p"), {"p": project}
+        ).scalar()
+
+
+def test_rows_apply_across_chunks_and_bad_rows_are_reported(importer, project, tmp_path):
+    path = write(
+        tmp_path,
+        "user_id;Plan;Seats;Renewal;Trial\n"
+        "u1;free;1;2027-01-01;no\n"
+        "u2;VIP;many;2027-02-30;yes\n"  # two bad values: the row's other values apply
+        ";pro;3;;\n"  # no id
+        "u4;pro\n"  # too few fields
+        '"u5";"multi\nline";5;;true\n'
+        "\n"
+        "u1;pro;2;;\n",  # later rows win
+    )
+    job = run_import(importer, project, path, "user_id", [], [], ["Seats=number", "Renewal=date", "Trial=boolean"])
+    assert job["status"] == "done" and job["mapping"]["delimiter"] == "semicolon"
+    assert (job["rows"], job["rows_applied"], job["rows_failed"], job["error_count"]) == (6, 4, 3, 4)
+    assert values(importer, project, "u:u1") == {"Plan": "pro", "Seats": 2.0, "Renewal": "2027-01-01", "Trial": False}
+    assert values(importer, project, "u:u2") == {"Plan": "VIP", "Trial": True}
+    assert values(importer, project, "u:u5") == {"Plan": "multi\nline", "Seats": 5.0, "Trial": True}
+    report = list(importer.error_rows(project, job["id"]))
+    assert report == [
+        (3, "Seats", "expected a number, got 'many'"),
+        (3, "Renewal", "expected a date as YYYY-MM-DD, got '2027-02-30'"),
+        (4, "user_id", "the end-user id is empty"),
+        (5, None, "expected 5 fields as in the header, got 2"),
+    ]
+    assert set(job["registered"]) == {"Plan", "Seats", "Renewal", "Trial"}
+    entry = IntegrationLog(importer.engine).list(project, "csv")[0]
+    assert (entry["kind"], entry["records"], entry["applied"], entry["error_count"]) == ("import", 6, 4, 4)
+    assert entry["request_id"] == job["id"]
+
+
+def test_the_same_file_twice_changes_nothing(importer, project, tmp_path):
+    path = write(tmp_path, "user_id,plan,seats\nu1,VIP,3\nu2,free,4\n")
+    first = run_import(importer, project, path)
+    assert first["values_changed"] == 4
+    before = history_count(importer, project)
+    again = run_import(importer, project, path)
+    assert again["status"] == "skipped" and again["duplicate_of"] == first["id"] and again["rows"] == 0
+    forced = run_import(importer, project, path, force=True)
+    assert forced["status"] == "done" and forced["values_applied"] == 4 and forced["values_changed"] == 0
+    assert history_count(importer, project) == before
+    # Another mapping of the same bytes is another import.
+    renamed = run_import(importer, project, path, "user_id", ["plan"], ["plan=Plan"], [])
+    assert renamed["status"] == "done" and renamed["values_changed"] == 2
+
+
+def test_dry_run_checks_everything_and_writes_nothing(importer, project, tmp_path):
+    path = write(tmp_path, "user_id,seats\nu1,3\nu2,lots\n")
+    job = run_import(importer, project, path, "user_id", [], [], ["seats=number"], dry_run=True)
+    assert (job["status"], job["rows_applied"], job["error_count"], job["values_changed"]) == ("done", 1, 1, 0)
+    assert values(importer, project, "u:u1") == {} and importer.registered_types(project) == {}
+    assert IntegrationLog(importer.engine).list(project, "csv")[0]["kind"] == "import.dry_run"
+    assert run_import(importer, project, path, "user_id", [], [], ["seats=number"])["status"] == "done"
+
+
+def test_the_cap_refuses_the_101st_name_and_the_rest_applies(importer, project, tmp_path):
+    AttributeStore(importer.engine).write(project, "admin_api", [("u:x", {f"a{i:03d}": "v" for i in range(CAP - 1)})])
+    path = write(tmp_path, "user_id,a000,new1,new2\nu1,kept,one,two\nu2,also,three,four\n")
+    job = run_import(importer, project, path)
+    assert job["status"] == "done" and job["registered"] == ["new1"]
+    assert values(importer, project, "u:u1") == {"a000": "kept", "new1": "one"}
+    report = list(importer.error_rows(project, job["id"]))
+    assert len(report) == 1  # once for the column, at the header, not once per row
+    line, column, reason = report[0]
+    assert (line, column) == (1, "new2") and f"maximum of {CAP}" in reason and "a098" in reason and "new1" in reason
+
+
+def test_a_stopped_import_keeps_what_it_committed(importer, project, tmp_path):
+    path = write(tmp_path, "user_id,plan\n" + "".join(f"u{i},p{i}\n" for i in range(10)))
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    stop = threading.Event()
+    seen = []
+
+    def after_chunk(progress):
+        seen.append(progress.rows)
+        stop.set()
+
+    result = importer.run(job, path, on_progress=after_chunk, stop=stop)
+    assert result["status"] == "interrupted" and "line 5" in result["message"]
+    assert result["rows"] == 3 and values(importer, project, "u:u2") == {"plan": "p2"}
+    assert values(importer, project, "u:u3") == {}
+
+
+def test_an_unreadable_row_fails_the_job_after_the_good_ones(importer, project, tmp_path):
+    big = "x" * (csv.field_size_limit() + 10)
+    with pytest.raises(CsvFileError, match="field larger than field limit"):  # seen in the sample: refused up front
+        run_import(importer, project, write(tmp_path, f"user_id,plan\nu1,a\nu2,{big}\n"))
+    rows = "".join(f"u{i},p{i}\n" for i in range(SAMPLE_ROWS + 5))
+    job = run_import(importer, project, write(tmp_path, f"user_id,plan\n{rows}bad,{big}\n"))
+    assert job["status"] == "failed" and "field larger than field limit" in job["message"]
+    assert values(importer, project, f"u:u{SAMPLE_ROWS}") == {"plan": f"p{SAMPLE_ROWS}"}
+
+
+# --- through the real HTTP server ----------------------------------------------------------------
+
+
+def upload(live: LiveServer, content: bytes | str, **params) -> httpx.Response:
+    with live.admin() as admin:
+        return admin.post(
+            f"/api/projects/{live.project.project.id}/imports/csv",
+            params=params,
+            content=content.encode() if isinstance(content, str) else content,
+            headers={"Content-Type": "text/csv"},
+        )
+
+
+def wait_for_job(live: LiveServer, job: dict) -> dict:
+    deadline = time.monotonic() + 60
+    with live.admin() as admin:
+        while True:
+            current = admin.get(job["url"]).json()
+            if current["status"] not in ("queued", "running"):
+                return current
+            assert time.monotonic() < deadline, current
+            time.sleep(0.05)
+
+
+def admin_get(live: LiveServer, path: str) -> httpx.Response:
+    with live.admin() as admin:
+        return admin.get(f"/api/projects/{live.project.project.id}{path}")
+
+
+CSV_WITH_A_BAD_ROW = "\ufeffuser_id\tPlan\tSeats\nlena\tVIP\t12\nmax\tfree\tmany\nnoor\tpro\t3\n"
+
+
+def test_upload_applies_good_rows_and_reports_bad_ones(live: LiveServer):
+    response = upload(live, CSV_WITH_A_BAD_ROW, id_column="user_id", type="Seats=number", file_name="crm.csv")
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == response.json()["url"]
+    job = wait_for_job(live, response.json())
+    assert (job["status"], job["rows"], job["rows_applied"], job["rows_failed"]) == ("done", 3, 3, 1)
+    assert job["mapping"]["delimiter"] == "tab" and job["mapping"]["bom"] and job["file_name"] == "crm.csv"
+    errors = admin_get(live, f"/imports/{job['id']}/errors")
+    assert errors.status_code == 200 and errors.headers["content-type"].startswith("text/csv")
+    assert list(csv.reader(io.StringIO(errors.text))) == [
+        ["line", "column", "reason"],
+        ["3", "Seats", "expected a number, got 'many'"],
+    ]
+    user = admin_get(live, "/users/u:lena/attributes/history").json()["history"]
+    assert {(h["name"], h["new"], h["source"]) for h in user} == {("Plan", "VIP", "csv"), ("Seats", 12.0, "csv")}
+    assert {(h["name"], h["new"]) for h in admin_get(live, "/users/u:max/attributes/history").json()["history"]} == {
+        ("Plan", "free")
+    }
+    registry = admin_get(live, "/attributes").json()["attributes"]
+    assert {(a["name"], a["type"], tuple(a["integrations"])) for a in registry} == {
+        ("Plan", "string", ("csv",)),
+        ("Seats", "number", ("csv",)),
+    }
+    listing = admin_get(live, "/imports?integration=csv").json()["jobs"]
+    assert [j["id"] for j in listing] == [job["id"]]
+    log = admin_get(live, "/integrations/log?integration=csv").json()["entries"]
+    assert log[0]["kind"] == "import" and log[0]["request_id"] == job["id"] and log[0]["error_count"] == 1
+
+    # The same file again changes nothing: no new history, the job says why.
+    history_before = live.scalar("SELECT count(*) FROM attribute_history")
+    again = wait_for_job(live, upload(live, CSV_WITH_A_BAD_ROW, id_column="user_id", type="Seats=number").json())
+    assert again["status"] == "skipped" and again["duplicate_of"] == job["id"]
+    forced = wait_for_job(
+        live, upload(live, CSV_WITH_A_BAD_ROW, id_column="user_id", type="Seats=number", force="true").json()
+    )
+    assert forced["status"] == "done" and forced["values_changed"] == 0
+    assert live.scalar("SELECT count(*) FROM attribute_history") == history_before
+
+
+def test_upload_refusals_name_the_field(live: LiveServer):
+    cases = [
+        ({"content": "user_id,plan\nu1,x\n"}, 400, "id_column"),
+        ({"content": "user_id,plan\nu1,x\n", "id_column": "id"}, 400, "id_column"),
+        ({"content": "user_id,plan\nu1,x\n", "id_column": "user_id", "type": "plan=money"}, 400, "type"),
+        ({"content": "user_id,plan\nu1,x\n", "id_column": "user_id", "bogus": "1"}, 400, "bogus"),
+        ({"content": "user_id,plan\nu1,x\n", "id_column": "user_id", "dry_run": "maybe"}, 400, "dry_run"),
+        ({"content": "only_one\nu1\n", "id_column": "only_one"}, 400, "$"),
+        ({"content": b"user_id,plan\nu1,caf\xe9\n", "id_column": "user_id"}, 400, "$"),
+        ({"content": "", "id_column": "user_id"}, 400, "$"),
+    ]
+    for params, status, path in cases:
+        response = upload(live, **params)
+        assert response.status_code == status, (params, response.text)
+        assert response.json()["path"] == path, (params, response.json())
+    assert upload(live, b"user_id,plan\nu1,caf\xe9\n", id_column="user_id").json()["line"] == 2
+    with live.client() as anonymous:
+        assert anonymous.post(f"/api/projects/{live.project.project.id}/imports/csv", content="a,b").status_code == 401
+    assert admin_get(live, "/imports/nope").status_code == 404
+    assert admin_get(live, "/imports/nope/errors").status_code == 404
+    assert admin_get(live, "/imports").json()["jobs"] == []  # nothing was recorded
+
+
+def test_upload_needs_uuid_settings(live: LiveServer):
+    with live.admin() as admin:
+        for env in ("production", "test"):
+            admin.patch(
+                f"/api/projects/{live.project.project.id}/environments/{env}", json={"uuid": {"provider": "none"}}
+            )
+    response = upload(live, "user_id,plan\nu1,VIP\n", id_column="user_id")
+    assert response.status_code == 409 and response.json()["error"] == "uuid_settings_required"
+
+
+def test_upload_cap_through_http(live: LiveServer):
+    live.app.state.attributes.write(
+        live.project.project.id, "admin_api", [("u:x", {f"a{i:03d}": 1 for i in range(CAP)})]
+    )
+    job = wait_for_job(live, upload(live, "user_id,a001,extra\nu1,5,nope\n", id_column="user_id").json())
+    assert job["status"] == "done" and job["rows_applied"] == 1 and job["error_count"] == 1
+    report = list(csv.reader(io.StringIO(admin_get(live, f"/imports/{job['id']}/errors").text)))
+    assert report[1][:2] == ["1", "extra"] and f"maximum of {CAP}" in report[1][2] and "a099" in report[1][2]
+    assert admin_get(live, "/users/u:u1/attributes/history").json()["history"][0]["new"] == 5.0
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def cli(*args: str, data_dir: Path, database_url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_import(engine, database_url: str, tmp_path: Path):
+    store = ProjectStore(engine)
+    project = store.create("p").project.id
+    path = write(tmp_path, "user_id,plan,seats\nu1,VIP,3\nu2,free,many\n")
+    dry = cli("import", "csv", str(path), "--id-column", "user_id", "--type", "seats=number", "--dry-run",
+              data_dir=tmp_path, database_url=database_url)  # fmt: skip
+    assert dry.returncode == 1, dry.stderr
+    assert "2 rows, 2 would apply, 1 with errors" in dry.stdout and "expected a number, got 'many'" in dry.stderr
+    assert values(engine, project, "u:u1") == {}
+    report = tmp_path / "errors.csv"
+    mapping = ("--id-column", "user_id", "--columns", "plan,seats", "--rename", "plan=Plan", "--type", "seats=number")
+    real = cli(
+        "import", "csv", str(path), *mapping, "--errors", str(report), data_dir=tmp_path, database_url=database_url
+    )
+    assert real.returncode == 1, real.stderr
+    assert values(engine, project, "u:u1") == {"Plan": "VIP", "seats": 3.0}
+    assert report.read_text().splitlines() == ["line,column,reason", "3,seats,\"expected a number, got 'many'\""]
+    again = cli("import", "csv", str(path), *mapping, data_dir=tmp_path, database_url=database_url)
+    assert again.returncode == 0 and "already imported" in again.stdout
+    clean = write(tmp_path, "user_id,plan\nu3,pro\n", "clean.csv")
+    ok = cli("import", "csv", str(clean), "--id-column", "user_id", data_dir=tmp_path, database_url=database_url)
+    assert ok.returncode == 0 and values(engine, project, "u:u3") == {"plan": "pro"}
+    refused = cli("import", "csv", str(clean), "--id-column", "nope", data_dir=tmp_path, database_url=database_url)
+    assert refused.returncode == 2 and "--id-column" in refused.stderr and "no column 'nope'" in refused.stderr
+    store.create("second")
+    ambiguous = cli("import", "csv", str(clean), "--id-column", "user_id", data_dir=tmp_path, database_url=database_url)
+    assert ambiguous.returncode == 2 and "--project" in ambiguous.stderr
