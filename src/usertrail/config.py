@@ -42,6 +42,17 @@ class Settings:
     ingest_mode: str = "full"
     # Extra time a group-commit batch waits for more requests before committing.
     commit_delay_ms: float = 0.0
+    # Sign-in cookies carry `Secure` when this is on, or whenever the request came over https.
+    secure_cookies: bool = False
+    session_ttl_hours: float = 12.0
+    # OpenID Connect single sign-on (docs/accounts.md); off while oidc_issuer is empty.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_allowed_domains: tuple[str, ...] = ()  # e-mail domains allowed to sign in; empty: any
+    oidc_default_role: str = ""  # role given to new single sign-on accounts on oidc_default_project
+    oidc_default_project: int = 0
+    oidc_redirect_url: str = ""  # default: <server>/api/auth/oidc/callback
 
     @property
     def resolved_database_url(self) -> str:
@@ -77,6 +88,17 @@ class Settings:
             process_sessions=env.get("USERTRAIL_PROCESS_SESSIONS", "1") != "0",
             ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
+            secure_cookies=env.get("USERTRAIL_SECURE_COOKIES", "0") == "1",
+            session_ttl_hours=float(env.get("USERTRAIL_SESSION_TTL_HOURS", "12")),
+            oidc_issuer=env.get("USERTRAIL_OIDC_ISSUER", ""),
+            oidc_client_id=env.get("USERTRAIL_OIDC_CLIENT_ID", ""),
+            oidc_client_secret=env.get("USERTRAIL_OIDC_CLIENT_SECRET", ""),
+            oidc_allowed_domains=tuple(
+                d.strip().lower() for d in env.get("USERTRAIL_OIDC_ALLOWED_DOMAINS", "").split(",") if d.strip()
+            ),
+            oidc_default_role=env.get("USERTRAIL_OIDC_DEFAULT_ROLE", ""),
+            oidc_default_project=int(env.get("USERTRAIL_OIDC_DEFAULT_PROJECT", "0")),
+            oidc_redirect_url=env.get("USERTRAIL_OIDC_REDIRECT_URL", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -91,6 +113,15 @@ class Settings:
             "USERTRAIL_PROCESS_SESSIONS": "1" if self.process_sessions else "0",
             "USERTRAIL_INGEST_MODE": self.ingest_mode,
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
+            "USERTRAIL_SECURE_COOKIES": "1" if self.secure_cookies else "0",
+            "USERTRAIL_SESSION_TTL_HOURS": str(self.session_ttl_hours),
+            "USERTRAIL_OIDC_ISSUER": self.oidc_issuer,
+            "USERTRAIL_OIDC_CLIENT_ID": self.oidc_client_id,
+            "USERTRAIL_OIDC_CLIENT_SECRET": self.oidc_client_secret,
+            "USERTRAIL_OIDC_ALLOWED_DOMAINS": ",".join(self.oidc_allowed_domains),
+            "USERTRAIL_OIDC_DEFAULT_ROLE": self.oidc_default_role,
+            "USERTRAIL_OIDC_DEFAULT_PROJECT": str(self.oidc_default_project),
+            "USERTRAIL_OIDC_REDIRECT_URL": self.oidc_redirect_url,
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from usertrail.access.accounts import AccountStore
+from usertrail.access.oidc import OidcClient, OidcConfig
 from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
@@ -24,7 +26,16 @@ from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, snippet, update_api_routes, users_api
+from usertrail.web import (
+    access_api,
+    admin_api,
+    auth,
+    collect_routes,
+    oidc_routes,
+    snippet,
+    update_api_routes,
+    users_api,
+)
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -113,6 +124,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in tasks:
                 task.cancel()
             collector.writer.close()
+            if app.state.oidc is not None:
+                await app.state.oidc.close()
             collector.events.engine.dispose()
             app.state.sessions.engine.dispose()
 
@@ -124,6 +137,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *admin_api.routes,
             *users_api.routes,
             *update_api_routes.routes,
+            *auth.routes,
+            *oidc_routes.routes,
+            *access_api.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -136,4 +152,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.update_api = UpdateApi(collector.events.engine, app.state.attributes, app.state.integration_log)
     app.state.sessions = SessionProcessor(create_engine(settings.resolved_database_url, durable=False))
     app.state.settings = settings
+    app.state.accounts = AccountStore(collector.events.engine, session_ttl_s=int(settings.session_ttl_hours * 3600))
+    oidc_config = OidcConfig.from_settings(settings)
+    app.state.oidc = None if oidc_config is None else OidcClient(oidc_config, app.state.accounts)
     return app
