@@ -337,7 +337,9 @@ class AccountStore:
         window_ms = ATTEMPT_WINDOW_S * 1000
         window = now - now % window_ms
         with write_transaction(self.engine) as conn:
-            counts = [self._count_attempt(conn, scope, window, now) for scope in scopes]
+            # Past windows of every scope go, so addresses sprayed by an attacker do not pile up.
+            conn.execute(login_attempts.delete().where(login_attempts.c.window_start < window))
+            counts = [self._count_attempt(conn, scope, window) for scope in scopes]
             row = conn.execute(sa.select(accounts).where(accounts.c.email == address)).first()
         if any(count > limit for count, limit in zip(counts, limits, strict=True)):
             raise TooManyAttempts(max(1, math.ceil((window + window_ms - now) / 1000)))
@@ -357,12 +359,7 @@ class AccountStore:
                 )
         return self.start_session(row.id, "password")
 
-    def _count_attempt(self, conn: sa.Connection, scope: str, window: int, now: int) -> int:
-        conn.execute(
-            login_attempts.delete().where(
-                login_attempts.c.scope == scope, login_attempts.c.window_start < now - ATTEMPT_WINDOW_S * 1000
-            )
-        )
+    def _count_attempt(self, conn: sa.Connection, scope: str, window: int) -> int:
         stmt = upsert_add(login_attempts, conn.dialect.name, ("scope", "window_start"), "count")
         return conn.execute(
             stmt.values(scope=scope, window_start=window, count=1).returning(login_attempts.c.count)
@@ -387,11 +384,7 @@ class AccountStore:
         now = self.clock()
         expires = now + self.session_ttl_s * 1000
         with write_transaction(self.engine) as conn:
-            conn.execute(
-                account_sessions.delete().where(
-                    account_sessions.c.account_id == account_id, account_sessions.c.expires_at <= now
-                )
-            )
+            conn.execute(account_sessions.delete().where(account_sessions.c.expires_at <= now))
             conn.execute(
                 account_sessions.insert().values(
                     id_hash=_sha256(session_id),

@@ -25,7 +25,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from usertrail.access.accounts import Account, AccountStore, SignedIn, UnknownAccount
+from usertrail.access.accounts import Account, AccountStore, InvalidAccount, SignedIn, UnknownAccount
 from usertrail.access.permissions import ROLES
 from usertrail.config import Settings
 from usertrail.store.database import write_transaction
@@ -224,7 +224,10 @@ class OidcClient:
             raise OidcError(f"cannot reach the sign-in provider: {exc}") from None
         if response.status_code != 200:
             raise OidcError(f"the sign-in provider refused the code ({response.status_code})")
-        id_token = response.json().get("id_token") if "json" in response.headers.get("content-type", "") else None
+        try:
+            id_token = response.json().get("id_token")
+        except (ValueError, AttributeError):
+            id_token = None
         if not isinstance(id_token, str):
             raise OidcError("the sign-in provider sent no ID token")
         claims = await self.validate_id_token(id_token, nonce)
@@ -278,9 +281,11 @@ class OidcClient:
                 raise OidcError(f"accounts of {domain} may not sign in here")
             try:
                 account = self.accounts.by_email(email)
+            except InvalidAccount as exc:
+                raise OidcError(f"the provider sent an unusable e-mail address: {exc}") from None
             except UnknownAccount:
                 name = claims.get("name") if isinstance(claims.get("name"), str) else None
-                account = self.accounts.create(email, name, oidc=(issuer, subject))
+                account = self.accounts.create(email, (name or "")[:200], oidc=(issuer, subject))
                 if self.config.default_role:
                     self.accounts.set_role(account.id, self.config.default_project, self.config.default_role)
             else:
