@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from usertrail.access.permissions import permissions_of
 from usertrail.store.database import upsert_add, write_transaction
+from usertrail.store.projects import hash_token
 from usertrail.store.schema import account_roles, account_sessions, accounts, login_attempts, projects
 
 MIN_PASSWORD = 10
@@ -33,10 +34,6 @@ MAX_ATTEMPTS_PER_IP = 30
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def csrf_token_for(session_id: str) -> str:
@@ -387,7 +384,7 @@ class AccountStore:
             conn.execute(account_sessions.delete().where(account_sessions.c.expires_at <= now))
             conn.execute(
                 account_sessions.insert().values(
-                    id_hash=_sha256(session_id),
+                    id_hash=hash_token(session_id),
                     account_id=account_id,
                     created_at=now,
                     expires_at=expires,
@@ -403,7 +400,7 @@ class AccountStore:
             row = conn.execute(
                 sa.select(accounts, account_sessions.c.expires_at.label("session_expires_at"))
                 .join(account_sessions, account_sessions.c.account_id == accounts.c.id)
-                .where(account_sessions.c.id_hash == _sha256(session_id))
+                .where(account_sessions.c.id_hash == hash_token(session_id))
             ).first()
         if row is None or row.session_expires_at <= self.clock() or row.disabled:
             return None
@@ -411,4 +408,4 @@ class AccountStore:
 
     def end_session(self, session_id: str) -> None:
         with write_transaction(self.engine) as conn:
-            conn.execute(account_sessions.delete().where(account_sessions.c.id_hash == _sha256(session_id)))
+            conn.execute(account_sessions.delete().where(account_sessions.c.id_hash == hash_token(session_id)))

@@ -29,6 +29,7 @@ from usertrail.access.accounts import Account, AccountStore, InvalidAccount, Sig
 from usertrail.access.permissions import ROLES
 from usertrail.config import Settings
 from usertrail.store.database import write_transaction
+from usertrail.store.projects import hash_token
 from usertrail.store.schema import oidc_states
 
 STATE_TTL_S = 600
@@ -96,10 +97,6 @@ def safe_next(path: str | None, default: str) -> str:
     if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
         return default
     return path
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -173,7 +170,7 @@ class OidcClient:
             conn.execute(oidc_states.delete().where(oidc_states.c.expires_at <= now_ms))
             conn.execute(
                 oidc_states.insert().values(
-                    state_hash=_sha256(state),
+                    state_hash=hash_token(state),
                     nonce=nonce,
                     code_verifier=verifier,
                     next_path=next_path,
@@ -197,7 +194,7 @@ class OidcClient:
 
     def _take_state(self, state: str) -> tuple[str, str, str]:
         with write_transaction(self.accounts.engine) as conn:
-            row = conn.execute(sa.select(oidc_states).where(oidc_states.c.state_hash == _sha256(state))).first()
+            row = conn.execute(sa.select(oidc_states).where(oidc_states.c.state_hash == hash_token(state))).first()
             if row is not None:
                 conn.execute(oidc_states.delete().where(oidc_states.c.state_hash == row.state_hash))
         if row is None or row.expires_at <= int(self.clock() * 1000):
