@@ -15,11 +15,16 @@ import pytest
 from usertrail.testing.postgres import free_port
 
 
-def run(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(*args: str, data_dir: Path, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     env.pop("USERTRAIL_DATABASE_URL", None)
     result = subprocess.run(
-        [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "usertrail.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin if stdin is not None else "",
     )
     if check:
         assert result.returncode == 0, result.stderr + result.stdout
@@ -77,12 +82,66 @@ def test_serve_with_demo_traffic(tmp_path: Path):
         assert "demo:" in output, output
         assert "failed" not in output.split("demo:")[1], output
         token = re.search(r"adm_[\w-]+", output).group(0)
+        one_time = re.search(r"one-time password : (\S+)", output).group(1)
         assert (tmp_path / "usertrail-data" / "usertrail.db").exists()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as c:
             assert c.get("/api/projects/1/stats").json()["events"] > 100
             rows = c.get("/api/projects/1/users/u:user-00000/events").json()["events"]
         types = {r["type"] for r in rows}
         assert "pageChange" in types and rows[0]["country"]
+        # The first admin account signs in with the printed one-time password and must replace it.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as browser:
+            signed = browser.post(
+                "/api/auth/login", json={"email": "admin@localhost.localdomain", "password": one_time}
+            )
+            assert signed.status_code == 200 and signed.json()["projects"][0]["role"] == "admin"
+            assert signed.json()["account"]["password_change_required"] is True
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_accounts_commands(tmp_path: Path):
+    run("projects", "create", "Shop", data_dir=tmp_path)
+    created = run("accounts", "create", "Ann@Example.com", "--project", "1", "--role", "analyst", data_dir=tmp_path)
+    assert "ann@example.com: role analyst on project 1" in created.stdout
+    one_time = re.search(r"one-time password: (\S+)", created.stdout).group(1)
+    typed = run(
+        "accounts", "create", "bo@example.com", "--project", "1", "--role", "admin", "--password-stdin",
+        data_dir=tmp_path, stdin="a long enough password\n",
+    )  # fmt: skip
+    assert "one-time" not in typed.stdout
+    short = run(
+        "accounts", "create", "cy@example.com", "--project", "1", "--password-stdin", data_dir=tmp_path,
+        stdin="short\n", check=False,
+    )  # fmt: skip
+    assert short.returncode == 2 and "at least" in short.stderr
+    assert (
+        run("accounts", "create", "ann@example.com", "--project", "1", data_dir=tmp_path, check=False).returncode == 2
+    )
+    assert "no project 7" in run("accounts", "create", "x@example.com", "--project", "7", data_dir=tmp_path,
+                                 check=False).stderr  # fmt: skip
+    assert run("accounts", "create", "d@example.com", "--project", "1", "--role", "owner", data_dir=tmp_path,
+               check=False).returncode == 2  # fmt: skip
+    run("accounts", "set-role", "ann@example.com", "--project", "1", "--role", "viewer", data_dir=tmp_path)
+    run("accounts", "disable", "bo@example.com", data_dir=tmp_path)
+    listing = run("accounts", "list", data_dir=tmp_path).stdout
+    assert re.search(r"ann@example\.com .*1:viewer .*active", listing)
+    assert re.search(r"bo@example\.com .*1:admin .*disabled", listing)
+    reset = run("accounts", "reset-password", "ann@example.com", data_dir=tmp_path).stdout
+    new_one = re.search(r"one-time password for ann@example.com: (\S+)", reset).group(1)
+    assert new_one != one_time
+    assert run("accounts", "disable", "nobody@example.com", data_dir=tmp_path, check=False).returncode == 2
+    run("accounts", "set-role", "ann@example.com", "--project", "1", "--role", "none", data_dir=tmp_path)
+    assert re.search(r"ann@example\.com .* - ", run("accounts", "list", data_dir=tmp_path).stdout)
+    # The stored password works (checked through the store: the CLI has no sign-in of its own).
+    from usertrail.access.accounts import AccountStore
+    from usertrail.store.database import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'usertrail.db'}")
+    store = AccountStore(engine)
+    ann = store.by_email("ann@example.com")
+    assert store.check_password(ann.id, new_one) and not store.check_password(ann.id, one_time)
+    assert ann.password_change_required
+    assert store.check_password(store.by_email("bo@example.com").id, "a long enough password")
+    engine.dispose()

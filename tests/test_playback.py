@@ -313,10 +313,13 @@ def test_list_filter_and_delete(live, tmp_path: Path):
     assert api(live, "GET", f"/playback/recordings/{ids['ann']}/events").status_code == 404
     assert not (tmp_path / "playback" / "recordings" / str(live.project.project.id) / ids["ann"]).exists()
     assert live.scalar("SELECT count(*) FROM playback_chunks WHERE recording_id = :r", r=ids["ann"]) == 0
-    actions = live.rows("SELECT action, target FROM audit_log ORDER BY id")
-    assert [tuple(a) for a in actions] == [("playback.delete", ids["ann"])]
+    actions = live.rows("SELECT action, recording_id FROM activity_log ORDER BY seq")
+    assert [tuple(a) for a in actions] == [("delete", ids["ann"])]
     assert recording_events(live, ids["bob"])[0]["type"] == 4
-    assert live.rows("SELECT action FROM audit_log ORDER BY id")[-1][0] == "playback.view"
+    # Every view and delete goes to the hash-chained playback activity log (access/activity_log.py).
+    log = api(live, "GET", "/activity-log").json()
+    assert [(e["action"], e["recording_id"]) for e in log["entries"]] == [("view", ids["bob"]), ("delete", ids["ann"])]
+    assert api(live, "GET", "/activity-log/verify").json()["ok"] is True
     # Its upload token no longer stores anything.
     response = send_chunk(live, tokens["ann"], 1, events_at(t0))
     assert (response.status_code, response.json()["error"]) == (404, "recording_not_found")

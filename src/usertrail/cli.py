@@ -37,6 +37,10 @@ salesforce_app = typer.Typer(help="Salesforce sources (configured through the ad
 app.add_typer(import_app, name="import")
 import_app.add_typer(salesforce_app, name="salesforce")
 import_app.add_typer(import_s3_app, name="s3")
+accounts_app = typer.Typer(help="Accounts that sign in, and their roles per project.", no_args_is_help=True)
+activity_app = typer.Typer(help="The playback activity log.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(activity_app, name="activity-log")
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -85,8 +89,10 @@ def serve(
     demo: bool = typer.Option(False, "--demo", help="Also send simulated traffic once the server is up."),
     demo_users: int = typer.Option(300, help="Simulated end users for --demo."),
     demo_weeks: int = typer.Option(4, help="Simulated weeks for --demo."),
+    admin_email: str = typer.Option("admin@localhost.localdomain", help="E-mail of the first admin account."),
 ) -> None:
-    """Start the server (127.0.0.1:8000, data in ./usertrail-data), creating a first project if there is none."""
+    """Start the server (127.0.0.1:8000, data in ./usertrail-data), creating a first project and a first
+    admin account if there are none."""
     import uvicorn
 
     overrides = {}
@@ -113,6 +119,7 @@ def serve(
             write = next((k["key"] for k in store.keys(p.id) if k["kind"] == "write" and not k["expires_at"]), "?")
             console.print(f"Project {p.id} “{p.name}”: write key {write}")
         console.print("Admin tokens are shown only when made: `usertrail keys rotate PROJECT --kind admin`.")
+    _first_admin(store, first_id, admin_email)
     console.print(f"Serving on {base_url}  (data: {settings.resolved_database_url})")
     os.environ.update(settings.to_env())
     if demo:
@@ -130,6 +137,24 @@ def serve(
         log_level="warning" if demo else "info",
         timeout_graceful_shutdown=5,
     )
+
+
+def _first_admin(store: ProjectStore, project_id: int, email: str) -> None:
+    """With no account yet, create an admin of the first project and print its one-time password."""
+    from usertrail.access.accounts import AccountStore, InvalidAccount, one_time_password
+
+    accounts = AccountStore(store.engine)
+    if accounts.count():
+        return
+    password = one_time_password()
+    try:
+        account = accounts.create(email, "Admin", password, password_change_required=True)
+    except InvalidAccount as exc:
+        _fail(f"--admin-email: {exc}")
+    accounts.set_role(account.id, project_id, "admin")
+    console.print(f"[bold]Admin account[/bold] {account.email} (role admin on project {project_id}) created.")
+    console.print(f"  one-time password : {password}   (shown once; set your own at first sign-in)")
+    console.print('  sign in           : POST /api/auth/login {"email": …, "password": …}')
 
 
 def _demo_when_up(base_url: str, write_key: str, users: int, weeks: int) -> None:
@@ -698,6 +723,163 @@ def import_s3_run(
         if run["message"]:
             err.print(f"[red]{run['source_id']}: {run['message']}[/red]")
     if any(r["status"] != "done" or r["error_count"] for r in runs):
+        raise typer.Exit(1)
+
+
+def _account_store(data_dir: Path, database_url: str):
+    from usertrail.access.accounts import AccountStore
+
+    return AccountStore(_engine(data_dir, database_url))
+
+
+def _account_by_email(accounts, email: str):
+    from usertrail.access.accounts import InvalidAccount, UnknownAccount
+
+    try:
+        return accounts.by_email(email)
+    except (UnknownAccount, InvalidAccount):
+        _fail(f"no account {email}")
+
+
+def _read_password(password_stdin: bool, prompt: str) -> str | None:
+    """The password from stdin (first line), or typed twice at a prompt; None to generate one."""
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        return None
+    return typer.prompt(prompt, hide_input=True, confirmation_prompt=True)
+
+
+@accounts_app.command("create")
+def accounts_create(
+    email: str,
+    project: int = typer.Option(..., "--project", help="Project the account gets a role on."),
+    role: str = typer.Option("viewer", "--role", help="admin, analyst or viewer."),
+    name: str = typer.Option(None, "--name", help="Display name (default: the part before @)."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Create an account with a role on a project. Without a terminal or --password-stdin, a one-time
+    password is generated and printed (to be changed at first sign-in)."""
+    from usertrail.access.accounts import AccountExists, AccountStore, InvalidAccount, one_time_password
+    from usertrail.access.permissions import ROLES
+
+    if role not in ROLES:
+        _fail(f"--role must be one of {', '.join(ROLES)}")
+    store = _projects(_settings(data_dir, database_url))
+    _project_ids(store, project)
+    accounts = AccountStore(store.engine)
+    password = _read_password(password_stdin, "Password")
+    generated = password is None
+    if generated:
+        password = one_time_password()
+    try:
+        account = accounts.create(email, name, password, password_change_required=generated)
+        accounts.set_role(account.id, project, role)
+    except (InvalidAccount, AccountExists) as exc:
+        _fail(str(exc))
+    console.print(f"account {account.id} {account.email}: role {role} on project {project}")
+    if generated:
+        console.print(f"one-time password: {password}   (shown once; set your own at first sign-in)")
+
+
+@accounts_app.command("list")
+def accounts_list(data_dir: Path = DataDir, database_url: str = DatabaseUrl) -> None:
+    """Every account with its roles, state and last sign-in."""
+    table = Table("id", "email", "name", "roles", "state", "last sign-in")
+    for account, roles in _account_store(data_dir, database_url).list():
+        last = account.last_login_at
+        table.add_row(
+            str(account.id),
+            account.email,
+            account.display_name,
+            ", ".join(f"{pid}:{role}" for pid, role in sorted(roles.items())) or "-",
+            "disabled" if account.disabled else "active",
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(last / 1000)) if last else "never",
+        )
+    console.print(table)
+
+
+@accounts_app.command("set-role")
+def accounts_set_role(
+    email: str,
+    project: int = typer.Option(..., "--project"),
+    role: str = typer.Option(..., "--role", help="admin, analyst, viewer, or `none` to remove from the project."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Give an account a role on a project (or remove it with --role none)."""
+    from usertrail.access.accounts import InvalidAccount
+
+    accounts = _account_store(data_dir, database_url)
+    account = _account_by_email(accounts, email)
+    try:
+        accounts.set_role(account.id, project, None if role == "none" else role)
+    except InvalidAccount as exc:
+        _fail(str(exc))
+    console.print(f"{account.email}: {'no role' if role == 'none' else 'role ' + role} on project {project}")
+
+
+@accounts_app.command("disable")
+def accounts_disable(
+    email: str,
+    enable: bool = typer.Option(False, "--enable", help="Re-enable instead."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Disable an account (its sign-in sessions end at once), or re-enable it with --enable."""
+    accounts = _account_store(data_dir, database_url)
+    account = _account_by_email(accounts, email)
+    accounts.set_disabled(account.id, not enable)
+    console.print(f"{account.email} {'enabled' if enable else 'disabled'}")
+
+
+@accounts_app.command("reset-password")
+def accounts_reset_password(
+    email: str,
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from standard input."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Set a new password (ending the account's sessions); without --password-stdin a one-time one is printed."""
+    from usertrail.access.accounts import InvalidAccount, one_time_password
+
+    accounts = _account_store(data_dir, database_url)
+    account = _account_by_email(accounts, email)
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else one_time_password()
+    try:
+        accounts.set_password(account.id, password, change_required=not password_stdin)
+    except InvalidAccount as exc:
+        _fail(str(exc))
+    if password_stdin:
+        console.print(f"new password set for {account.email}")
+    else:
+        console.print(f"one-time password for {account.email}: {password}   (to be changed at first sign-in)")
+
+
+@activity_app.command("verify")
+def activity_verify(
+    project: int = typer.Option(None, help="Only this project (default: all)."),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Walk each project's hash chain; exit 1 and name the first broken entry if one was changed or removed."""
+    from usertrail.access.activity_log import verify
+
+    store = _projects(_settings(data_dir, database_url))
+    broken = False
+    for project_id in _project_ids(store, project):
+        result = verify(store.engine, project_id)
+        if result.ok:
+            console.print(f"project {project_id}: {result.entries} entries, chain intact")
+        else:
+            broken = True
+            console.print(
+                f"[red]project {project_id}: chain broken at entry {result.first_broken_seq}[/red]: {result.reason} "
+                f"({result.entries} entries before it verified)"
+            )
+    if broken:
         raise typer.Exit(1)
 
 

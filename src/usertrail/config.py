@@ -63,6 +63,17 @@ class Settings:
     salesforce_tick_s: float = 30.0
     # How often the server looks for S3 sources due to run (each source has its own interval).
     s3_poll_interval_s: float = 30.0
+    # Sign-in cookies carry `Secure` when this is on, or whenever the request came over https.
+    secure_cookies: bool = False
+    session_ttl_hours: float = 12.0
+    # OpenID Connect single sign-on (docs/accounts.md); off while oidc_issuer is empty.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_allowed_domains: tuple[str, ...] = ()  # e-mail domains allowed to sign in; empty: any
+    oidc_default_role: str = ""  # role given to new single sign-on accounts on oidc_default_project
+    oidc_default_project: int = 0
+    oidc_redirect_url: str = ""  # default: <server>/api/auth/oidc/callback
 
     @property
     def resolved_database_url(self) -> str:
@@ -111,6 +122,17 @@ class Settings:
             playback_assets_allow_private=env.get("USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE", "0") == "1",
             salesforce_tick_s=float(env.get("USERTRAIL_SALESFORCE_TICK_S", "30")),
             s3_poll_interval_s=float(env.get("USERTRAIL_S3_POLL_INTERVAL_S", "30")),
+            secure_cookies=env.get("USERTRAIL_SECURE_COOKIES", "0") == "1",
+            session_ttl_hours=float(env.get("USERTRAIL_SESSION_TTL_HOURS", "12")),
+            oidc_issuer=env.get("USERTRAIL_OIDC_ISSUER", ""),
+            oidc_client_id=env.get("USERTRAIL_OIDC_CLIENT_ID", ""),
+            oidc_client_secret=env.get("USERTRAIL_OIDC_CLIENT_SECRET", ""),
+            oidc_allowed_domains=tuple(
+                d.strip().lower() for d in env.get("USERTRAIL_OIDC_ALLOWED_DOMAINS", "").split(",") if d.strip()
+            ),
+            oidc_default_role=env.get("USERTRAIL_OIDC_DEFAULT_ROLE", ""),
+            oidc_default_project=int(env.get("USERTRAIL_OIDC_DEFAULT_PROJECT", "0")),
+            oidc_redirect_url=env.get("USERTRAIL_OIDC_REDIRECT_URL", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -138,6 +160,15 @@ class Settings:
             "USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE": "1" if self.playback_assets_allow_private else "0",
             "USERTRAIL_SALESFORCE_TICK_S": str(self.salesforce_tick_s),
             "USERTRAIL_S3_POLL_INTERVAL_S": str(self.s3_poll_interval_s),
+            "USERTRAIL_SECURE_COOKIES": "1" if self.secure_cookies else "0",
+            "USERTRAIL_SESSION_TTL_HOURS": str(self.session_ttl_hours),
+            "USERTRAIL_OIDC_ISSUER": self.oidc_issuer,
+            "USERTRAIL_OIDC_CLIENT_ID": self.oidc_client_id,
+            "USERTRAIL_OIDC_CLIENT_SECRET": self.oidc_client_secret,
+            "USERTRAIL_OIDC_ALLOWED_DOMAINS": ",".join(self.oidc_allowed_domains),
+            "USERTRAIL_OIDC_DEFAULT_ROLE": self.oidc_default_role,
+            "USERTRAIL_OIDC_DEFAULT_PROJECT": str(self.oidc_default_project),
+            "USERTRAIL_OIDC_REDIRECT_URL": self.oidc_redirect_url,
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

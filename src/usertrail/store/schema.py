@@ -687,3 +687,92 @@ s3_runs = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "id"),
 )
 sa.Index(None, s3_runs.c.project_id, s3_runs.c.source_id, s3_runs.c.id)
+# --- access: accounts, sign-in sessions, the playback activity log (issues 6 and 7) -----------
+# Accounts are installation-wide (one person, roles on several projects), so `accounts`,
+# `account_sessions`, `login_attempts` and `oidc_states` carry no project_id: they are small
+# reference tables under Citus. Roles and the activity log are per project.
+
+INSTALLATION_TABLES = frozenset({"projects", "accounts", "account_sessions", "login_attempts", "oidc_states"})
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("email", sa.Text, nullable=False, unique=True),  # lower-cased
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=True),  # argon2id (PHC string); NULL: single sign-on only
+    sa.Column("password_change_required", sa.Boolean, nullable=False),  # set for one-time passwords
+    sa.Column("disabled", sa.Boolean, nullable=False),
+    sa.Column("oidc_issuer", sa.Text, nullable=True),
+    sa.Column("oidc_subject", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("last_login_at", sa.BigInteger, nullable=True),
+)
+sa.Index(None, accounts.c.oidc_issuer, accounts.c.oidc_subject, unique=True)
+
+account_roles = sa.Table(
+    "account_roles",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("role", sa.Text, nullable=False),  # see access/permissions.py
+    sa.Column("granted_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "account_id"),
+)
+sa.Index(None, account_roles.c.account_id)
+
+account_sessions = sa.Table(
+    "account_sessions",
+    metadata,
+    sa.Column("id_hash", sa.Text, nullable=False),  # SHA-256 of the cookie's random id
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("method", sa.Text, nullable=False),  # "password" or "oidc"
+    sa.PrimaryKeyConstraint("id_hash"),
+)
+sa.Index(None, account_sessions.c.account_id)
+
+# Fixed-window counters of sign-in attempts, by account (e-mail) and by masked client IP.
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("scope", sa.Text, nullable=False),  # "email:<address>" or "ip:<masked ip>"
+    sa.Column("window_start", sa.BigInteger, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("scope", "window_start"),
+)
+
+# Single sign-on round trips in flight (shared by every server process); used once.
+oidc_states = sa.Table(
+    "oidc_states",
+    metadata,
+    sa.Column("state_hash", sa.Text, nullable=False),
+    sa.Column("nonce", sa.Text, nullable=False),
+    sa.Column("code_verifier", sa.Text, nullable=False),
+    sa.Column("next_path", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("state_hash"),
+)
+
+# Who viewed, deleted or exported which recording. Append-only and hash-chained per project:
+# nothing in the application updates or deletes these rows (retention does not touch them).
+activity_log = sa.Table(
+    "activity_log",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # 1, 2, 3, … per project, no gaps
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("actor_kind", sa.Text, nullable=False),  # "account" or "token"
+    sa.Column("actor_id", sa.Text, nullable=False),  # account id, or the admin token's key id
+    sa.Column("actor_email", sa.Text, nullable=True),
+    sa.Column("action", sa.Text, nullable=False),  # "view", "delete" or "export"
+    sa.Column("recording_id", sa.Text, nullable=False),
+    sa.Column("ip_masked", sa.Text, nullable=False),  # never a full IP
+    sa.Column("user_agent", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.Text, nullable=False),
+    sa.Column("hash", sa.Text, nullable=False),  # SHA-256 of the canonical entry and prev_hash
+    sa.PrimaryKeyConstraint("project_id", "seq"),
+)
+sa.Index(None, activity_log.c.project_id, activity_log.c.recording_id)
+sa.Index(None, activity_log.c.project_id, activity_log.c.ts)

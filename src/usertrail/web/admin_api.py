@@ -1,6 +1,7 @@
 """The admin API: project settings, keys, drop counts, rejected events and event reads.
 
-Every route takes the project id in the path and an admin token of that same project.
+Every route takes the project id in the path and the permission it names (web/auth.py): an admin
+token of that project, or a signed-in account whose role there grants the permission.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from usertrail.access.permissions import ADMIN as ADMIN_ROLE
+from usertrail.access.principal import Principal
 from usertrail.collect.service import Collector
 from usertrail.collect.traffic import InvalidPattern, validate_ip_pattern
 from usertrail.playback import settings as playback_settings
 from usertrail.project_settings import EnvironmentSettings, merge_settings
 from usertrail.store.events import EventStore
-from usertrail.store.projects import ADMIN, KeyGrant, UnknownProject
+from usertrail.store.projects import UnknownProject
+from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
 from usertrail.web.snippet import snippet_tag
 
@@ -25,27 +29,19 @@ def _collector(request: Request) -> Collector:
 
 
 def require_admin(request: Request) -> int:
-    """The project id of the path, once the bearer token is shown to be an admin token of it."""
+    """The path's project id, once the caller is shown to have the role admin there."""
     return require_admin_grant(request).project_id
 
 
-def require_admin_grant(request: Request) -> KeyGrant:
-    """The admin grant for the path's project (who is acting, for audit entries)."""
-    auth = request.headers.get("authorization", "")
-    if not auth.lower().startswith("bearer "):
-        raise ApiError(401, "unauthorized", "send `Authorization: Bearer <admin token>`", "Authorization")
-    try:
-        project_id = int(request.path_params["project_id"])
-    except ValueError:
-        raise ApiError(404, "not_found", "no such project", "project_id") from None
-    grant = _collector(request).projects.authenticate(auth[7:].strip())
-    if grant is None:
-        raise ApiError(401, "unauthorized", "unknown or expired token", "Authorization")
-    if grant.kind != ADMIN:
-        raise ApiError(403, "forbidden", "a write key can only send events; use an admin token", "Authorization")
-    if grant.project_id != project_id:
-        raise ApiError(403, "forbidden", "this token belongs to another project", "project_id")
-    return grant
+def require_admin_grant(request: Request) -> Principal:
+    """The caller with the role admin on the path's project (an admin token, or an account).
+
+    For routes not yet mapped to one permission; mapped routes call `auth.require(request, permission)`.
+    """
+    principal = require(request, "project.view")
+    if principal.role != ADMIN_ROLE:
+        raise ApiError(403, "permission_denied", "this action needs the role admin", "permission", permission="admin")
+    return principal
 
 
 async def _json_body(request: Request) -> dict:
@@ -63,7 +59,7 @@ def _settings_json(settings: EnvironmentSettings) -> dict:
 
 
 async def get_project(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "project.view").project_id
     collector = _collector(request)
     try:
         project = collector.projects.get(project_id)
@@ -90,7 +86,7 @@ async def get_project(request: Request) -> Response:
 
 async def patch_environment(request: Request) -> Response:
     """Change part of one environment's settings; unknown keys and wrong types are refused by path."""
-    project_id = require_admin(request)
+    project_id = require(request, "settings.manage").project_id
     collector = _collector(request)
     name = request.path_params["env"]
     envs = collector.projects.environments(project_id)
@@ -129,7 +125,7 @@ async def patch_environment(request: Request) -> Response:
 
 
 async def rotate_key(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "settings.manage").project_id
     body = await _json_body(request)
     kind = body.get("kind")
     grace = body.get("grace_seconds", 86_400 if kind == "write" else 0)
@@ -145,7 +141,7 @@ async def rotate_key(request: Request) -> Response:
 
 async def drop_counts(request: Request) -> Response:
     """Why data is missing: dropped events by reason (and by day and environment)."""
-    project_id = require_admin(request)
+    project_id = require(request, "project.view").project_id
     store: EventStore = _collector(request).events
     rows = store.drop_counts(project_id, request.query_params.get("since"))
     totals: dict[str, int] = {}
@@ -169,7 +165,7 @@ def _limit(request: Request, default: int = 100, ceiling: int = 1000) -> int:
 
 
 async def list_rejected(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "settings.manage").project_id
     status = request.query_params.get("status", "pending")
     if status not in ("pending", "reprocessed", "discarded", "all"):
         raise ApiError(400, "invalid_request", "status must be pending, reprocessed, discarded or all", "status")
@@ -203,7 +199,7 @@ def _ids(body: dict) -> list[str]:
 
 async def reprocess_rejected(request: Request) -> Response:
     """Re-run rejected events through the pipeline, optionally with corrected payloads."""
-    project_id = require_admin(request)
+    project_id = require(request, "settings.manage").project_id
     body = await _json_body(request)
     payloads = body.get("payloads") or {}
     if not isinstance(payloads, dict) or not all(isinstance(v, str) for v in payloads.values()):
@@ -216,7 +212,7 @@ async def reprocess_rejected(request: Request) -> Response:
 
 
 async def discard_rejected(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "settings.manage").project_id
     ids = _ids(await _json_body(request))
     _collector(request).events.resolve_rejected(project_id, ids, "discarded")
     return JSONResponse({"discarded": len(ids)})
@@ -229,7 +225,7 @@ def event_json(row) -> dict:
 
 
 async def stats(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "project.view").project_id
     return JSONResponse({"events": _collector(request).events.count(project_id)})
 
 

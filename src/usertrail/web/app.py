@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from usertrail.access.accounts import AccountStore
+from usertrail.access.oidc import OidcClient, OidcConfig
 from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
@@ -39,9 +41,12 @@ from usertrail.store.projects import ProjectStore
 from usertrail.store.segments import SegmentStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
 from usertrail.web import (
+    access_api,
     admin_api,
+    auth,
     collect_routes,
     import_routes,
+    oidc_routes,
     playback_routes,
     salesforce_routes,
     scim_routes,
@@ -175,6 +180,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in tasks:
                 task.cancel()
             collector.writer.close()
+            if app.state.oidc is not None:
+                await app.state.oidc.close()
             collector.events.engine.dispose()
             app.state.sessions.engine.dispose()
 
@@ -191,6 +198,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *salesforce_routes.routes,
             *scim_routes.routes,
             *import_routes.routes,
+            *auth.routes,
+            *oidc_routes.routes,
+            *access_api.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
@@ -219,6 +229,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.import_stop = threading.Event()
     app.state.settings = settings
     app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
+    app.state.accounts = AccountStore(collector.events.engine, session_ttl_s=int(settings.session_ttl_hours * 3600))
+    oidc_config = OidcConfig.from_settings(settings)
+    app.state.oidc = None if oidc_config is None else OidcClient(oidc_config, app.state.accounts)
     return app
 
 

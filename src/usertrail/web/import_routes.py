@@ -30,7 +30,8 @@ from usertrail.integrations.csv_import import (
     mapping_from_options,
 )
 from usertrail.integrations.s3_import import InvalidSource, RunInProgress, S3Imports, SourceNameTaken
-from usertrail.web.admin_api import _json_body, _limit, require_admin
+from usertrail.web.admin_api import _json_body, _limit
+from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
 from usertrail.web.users_api import _require_uuid
 
@@ -47,7 +48,7 @@ def _s3(request: Request) -> S3Imports:
 
 
 def _project(request: Request) -> int:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     _require_uuid(request, project_id)
     return project_id
 
@@ -132,7 +133,7 @@ async def upload_csv(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     """`?integration=csv|s3&limit=&before=<job id>`, newest first."""
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     params = request.query_params
     jobs = await asyncio.to_thread(
         _importer(request).list, project_id, params.get("integration"), _limit(request, 50, 1000), params.get("before")
@@ -141,7 +142,7 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     job = await asyncio.to_thread(_importer(request).get, project_id, request.path_params["job_id"])
     if job is None:
         raise ApiError(404, "not_found", "the project has no import job with this id", "job_id")
@@ -150,7 +151,7 @@ async def get_job(request: Request) -> Response:
 
 async def job_errors(request: Request) -> Response:
     """The row-level error report as CSV (`line,column,reason`), streamed from the database."""
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     importer = _importer(request)
     job_id = request.path_params["job_id"]
     if await asyncio.to_thread(importer.get, project_id, job_id) is None:
@@ -178,7 +179,7 @@ async def create_source(request: Request) -> Response:
 
 
 async def list_sources(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     sources = await asyncio.to_thread(_s3(request).list, project_id)
     return JSONResponse({"sources": [s.as_json() for s in sources]})
 
@@ -192,7 +193,7 @@ def _not_found() -> ApiError:
 
 
 async def get_source(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     source = await asyncio.to_thread(_s3(request).get, project_id, _source_id(request))
     if source is None:
         raise _not_found()
@@ -214,7 +215,7 @@ async def update_source(request: Request) -> Response:
 
 
 async def delete_source(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     if not await asyncio.to_thread(_s3(request).delete, project_id, _source_id(request)):
         raise _not_found()
     return Response(status_code=204)
@@ -239,7 +240,7 @@ async def run_source(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     """`?limit=&before=<run id>`, newest first."""
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     s3 = _s3(request)
     if await asyncio.to_thread(s3.get, project_id, _source_id(request)) is None:
         raise _not_found()
@@ -251,7 +252,7 @@ async def list_runs(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     """One run with the import jobs of its objects."""
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     run = await asyncio.to_thread(_s3(request).get_run, project_id, request.path_params["run_id"])
     if run is None or run["source_id"] != _source_id(request):
         raise ApiError(404, "not_found", "the source has no run with this id", "run_id")

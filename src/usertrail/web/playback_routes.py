@@ -10,12 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from usertrail.access import activity_log
 from usertrail.collect.traffic import origin_allowed
 from usertrail.playback import quota
 from usertrail.playback.service import Caller, PlaybackError, PlaybackService
 from usertrail.playback.store import Filters, RecordingGone, recording_json
 from usertrail.store.database import write_transaction
-from usertrail.web.admin_api import _json_body, _limit, require_admin, require_admin_grant
+from usertrail.web.admin_api import _json_body, _limit
+from usertrail.web.auth import require
 from usertrail.web.collect_routes import _cors, _read_body, preflight
 from usertrail.web.errors import ApiError, error_response
 
@@ -83,7 +85,7 @@ def _now() -> int:
 
 async def usage(request: Request) -> Response:
     """This month's recorded sessions against the quota."""
-    project_id = require_admin(request)
+    project_id = require(request, "playback.view").project_id
     engine = _service(request).store.engine
     with engine.connect() as conn:
         current = quota.usage(conn, project_id, _now())
@@ -92,7 +94,7 @@ async def usage(request: Request) -> Response:
 
 async def set_quota(request: Request) -> Response:
     """A new monthly quota; the count restarts and today becomes the monthly reset day."""
-    project_id = require_admin(request)
+    project_id = require(request, "settings.manage").project_id
     body = await _json_body(request)
     value = body.get("quota")
     if set(body) - {"quota"}:
@@ -133,7 +135,7 @@ def _time_param(request: Request, name: str) -> int | None:
 
 async def list_recordings(request: Request) -> Response:
     """Recordings, newest first; filters: user, started since/until, URL substring, duration (ms)."""
-    project_id = require_admin(request)
+    project_id = require(request, "playback.view").project_id
     q = request.query_params
     filters = Filters(
         user_key=q.get("user") or None,
@@ -160,21 +162,20 @@ def _recording(request: Request, project_id: int):
 
 
 async def get_recording(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "playback.view").project_id
     return JSONResponse(recording_json(_recording(request, project_id)))
 
 
 async def recording_events(request: Request) -> Response:
     """The decrypted rrweb events in sequence order: a JSON array, or NDJSON with `format=ndjson`."""
-    grant = require_admin_grant(request)
+    principal = require(request, "playback.view")
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "ndjson"):
         raise ApiError(400, "invalid_request", "format must be `json` or `ndjson`", "format")
-    row = _recording(request, grant.project_id)
-    request.app.state.audit.append(
-        grant.project_id, grant.key_id, "playback.view", row.recording_id, {"user_key": row.user_key}
-    )
+    row = _recording(request, principal.project_id)
     store = _service(request).store
+    with write_transaction(store.engine) as conn:
+        activity_log.append(conn, principal.project_id, principal, "view", row.recording_id, request)
     chunks = store.chunks(row)
 
     def next_chunk() -> bytes | None:
@@ -202,12 +203,11 @@ async def recording_events(request: Request) -> Response:
 
 async def delete_recording(request: Request) -> Response:
     """Delete a recording: its key (its chunks are unreadable from then on), metadata and blobs."""
-    grant = require_admin_grant(request)
-    row = _recording(request, grant.project_id)
-    await asyncio.to_thread(_service(request).store.delete, grant.project_id, row.user_key, row.recording_id)
-    request.app.state.audit.append(
-        grant.project_id, grant.key_id, "playback.delete", row.recording_id, {"user_key": row.user_key}
-    )
+    principal = require(request, "playback.delete")
+    row = _recording(request, principal.project_id)
+    await asyncio.to_thread(_service(request).store.delete, principal.project_id, row.user_key, row.recording_id)
+    with write_transaction(_service(request).store.engine) as conn:
+        activity_log.append(conn, principal.project_id, principal, "delete", row.recording_id, request)
     return JSONResponse({"deleted": row.recording_id})
 
 

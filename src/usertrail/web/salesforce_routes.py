@@ -21,7 +21,8 @@ from usertrail.integrations.salesforce import (
     parse_source,
 )
 from usertrail.integrations.update_api import InvalidRequest
-from usertrail.web.admin_api import _json_body, _limit, require_admin, require_admin_grant
+from usertrail.web.admin_api import _json_body, _limit
+from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
 from usertrail.web.users_api import _require_uuid
 
@@ -47,7 +48,7 @@ async def _source_json(request: Request, source: Source, **extra) -> dict:
 
 
 async def create_source(request: Request) -> Response:
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     _require_uuid(request, grant.project_id)
     body = await _json_body(request)
     try:
@@ -59,7 +60,7 @@ async def create_source(request: Request) -> Response:
 
 
 async def list_sources(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     importer = _importer(request)
     sources = await asyncio.to_thread(importer.sources, project_id)
     last = await asyncio.to_thread(importer.last_runs, sources)
@@ -68,7 +69,7 @@ async def list_sources(request: Request) -> Response:
 
 
 async def get_source(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     source = await asyncio.to_thread(_importer(request).get, project_id, request.path_params["source_id"])
     if source is None:
         raise _not_found()
@@ -76,7 +77,7 @@ async def get_source(request: Request) -> Response:
 
 
 async def update_source(request: Request) -> Response:
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     _require_uuid(request, grant.project_id)
     body = await _json_body(request)
     try:
@@ -91,7 +92,7 @@ async def update_source(request: Request) -> Response:
 
 
 async def delete_source(request: Request) -> Response:
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     importer = _importer(request)
     try:
         source = await asyncio.to_thread(
@@ -106,7 +107,7 @@ async def delete_source(request: Request) -> Response:
 
 async def run_source(request: Request) -> Response:
     """Run the source now and answer with the finished run (a failed run is still a 200: see its status)."""
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     _require_uuid(request, grant.project_id)
     try:
         run = await asyncio.to_thread(_importer(request).run, grant.project_id, request.path_params["source_id"], "api")
@@ -119,7 +120,7 @@ async def run_source(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     """`?limit=&before=<run id>`, newest first."""
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     importer = _importer(request)
     source_id = request.path_params["source_id"]
     if await asyncio.to_thread(importer.get, project_id, source_id) is None:
@@ -131,7 +132,7 @@ async def list_runs(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     params = request.path_params
     run = await asyncio.to_thread(_importer(request).run_result, project_id, params["source_id"], params["run_id"])
     if run is None:

@@ -21,7 +21,8 @@ from usertrail.integrations.scim import ScimIntegration, SettingsConflict
 from usertrail.integrations.scim.mapping import DEFAULT_MAPPING, USER_ID_ATTRIBUTES
 from usertrail.integrations.scim.protocol import MAX_BODY_BYTES, SERVICE
 from usertrail.integrations.update_api import InvalidRequest
-from usertrail.web.admin_api import _json_body, require_admin, require_admin_grant
+from usertrail.web.admin_api import _json_body
+from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
 from usertrail.web.users_api import _require_uuid
 
@@ -40,7 +41,7 @@ def _base_url(request: Request, project_id: int) -> str:
 
 
 async def get_settings(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     scim = _scim(request)
     settings = await asyncio.to_thread(scim.settings, project_id)
     users = await asyncio.to_thread(scim.user_count, project_id)
@@ -58,7 +59,7 @@ async def get_settings(request: Request) -> Response:
 
 async def put_settings(request: Request) -> Response:
     """Set `user_id_attribute` and/or `mapping` (the whole list); 400 with the field path, 409 on conflict."""
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     _require_uuid(request, grant.project_id)
     body = await _json_body(request)
     try:
@@ -72,7 +73,7 @@ async def put_settings(request: Request) -> Response:
 
 async def create_token(request: Request) -> Response:
     """Create or rotate the project's SCIM token; it is shown only in this answer."""
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     _require_uuid(request, grant.project_id)
     token = await asyncio.to_thread(_scim(request).issue_token, grant.project_id, grant.key_id)
     return JSONResponse(
@@ -83,7 +84,7 @@ async def create_token(request: Request) -> Response:
 
 
 async def revoke_token(request: Request) -> Response:
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     revoked = await asyncio.to_thread(_scim(request).revoke_token, grant.project_id, grant.key_id)
     if not revoked:
         raise ApiError(404, "not_found", "the project has no SCIM token", "token")

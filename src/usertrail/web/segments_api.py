@@ -30,12 +30,20 @@ from usertrail.store.schema import end_users
 from usertrail.store.segments import DuplicateName, SegmentStore, segment_json
 from usertrail.store.users import STANDARD_COLUMNS, profile_json
 from usertrail.web.admin_api import _json_body, _limit
+from usertrail.web.auth import require
 from usertrail.web.collect_routes import cors_for
 from usertrail.web.errors import ApiError, error_response
-from usertrail.web.users_api import _int_param, _owner, _project
+from usertrail.web.users_api import _int_param, _owner, _project, _require_uuid
 
 MAX_NAME = 200
 CLIENT_CACHE_SECONDS = 60
+
+
+def _manage(request: Request) -> int:
+    """The project id, for routes that change segments (permission `segments.manage`)."""
+    project_id = require(request, "segments.manage").project_id
+    _require_uuid(request, project_id)
+    return project_id
 
 
 def _now() -> int:
@@ -98,7 +106,7 @@ async def list_segments(request: Request) -> Response:
 
 
 async def create_segment(request: Request) -> Response:
-    project_id = _project(request)
+    project_id = _manage(request)
     fields = _segment_fields(await _json_body(request), partial=False)
     tree = _parse(_engine(request), project_id, fields["rules"])
     try:
@@ -116,7 +124,7 @@ async def get_segment(request: Request) -> Response:
 
 
 async def update_segment(request: Request) -> Response:
-    project_id = _project(request)
+    project_id = _manage(request)
     row = _get_segment(request, project_id)
     fields = _segment_fields(await _json_body(request), partial=True)
     rules = fields.get("rules", msgspec.json.decode(row.rules))
@@ -131,7 +139,7 @@ async def update_segment(request: Request) -> Response:
 
 
 async def delete_segment(request: Request) -> Response:
-    project_id = _project(request)
+    project_id = _manage(request)
     if not _store(request).delete(project_id, request.path_params["segment_id"]):
         raise ApiError(404, "not_found", "no such segment", "segment_id")
     return Response(status_code=204)

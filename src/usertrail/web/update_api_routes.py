@@ -1,6 +1,6 @@
 """HTTP routes of the End User Update API (docs/integrations.md).
 
-- admin (admin token of the project): API clients and the integration log under
+- admin (permission `integrations.manage`): API clients and the integration log under
   `/api/projects/{project_id}/integrations/…`;
 - public, WalkMe-shaped: `POST /accounts/connect/token` (OAuth2 client credentials) and
   `POST /public/v1/user/data`, `GET /public/v1/user/data/requests/{request_id}` (bearer token).
@@ -36,7 +36,8 @@ from usertrail.integrations.update_api import (
     parse_client_spec,
     validate_update_body,
 )
-from usertrail.web.admin_api import _json_body, _limit, require_admin, require_admin_grant
+from usertrail.web.admin_api import _json_body, _limit
+from usertrail.web.auth import require
 from usertrail.web.errors import ApiError, error_response
 from usertrail.web.users_api import _require_uuid
 
@@ -58,13 +59,13 @@ def _log(request: Request) -> IntegrationLog:
 
 
 async def create_client(request: Request) -> Response:
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     _require_uuid(request, grant.project_id)
     body = await _json_body(request)
     api = _api(request)
     try:
         spec = parse_client_spec(body)
-        new = await asyncio.to_thread(api.create_client, grant.project_id, spec, grant.key_id)
+        new = await asyncio.to_thread(api.create_client, grant.project_id, spec, grant.actor)
     except InvalidRequest as exc:
         raise ApiError(400, "invalid_request", exc.reason, exc.path) from None
     except NameTaken as exc:
@@ -83,15 +84,15 @@ async def create_client(request: Request) -> Response:
 
 
 async def list_clients(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     clients = await asyncio.to_thread(_api(request).clients, project_id)
     return JSONResponse({"clients": [c.as_json() for c in clients]})
 
 
 async def revoke_client(request: Request) -> Response:
-    grant = require_admin_grant(request)
+    grant = require(request, "integrations.manage")
     client = await asyncio.to_thread(
-        _api(request).revoke_client, grant.project_id, request.path_params["client_id"], grant.key_id
+        _api(request).revoke_client, grant.project_id, request.path_params["client_id"], grant.actor
     )
     if client is None:
         raise ApiError(404, "not_found", "the project has no API client with this id", "client_id")
@@ -100,7 +101,7 @@ async def revoke_client(request: Request) -> Response:
 
 async def integration_log(request: Request) -> Response:
     """`?integration=<name or client id>&kind=&limit=&before=<entry id>`, newest first."""
-    project_id = require_admin(request)
+    project_id = require(request, "integrations.manage").project_id
     params = request.query_params
     entries = await asyncio.to_thread(
         _log(request).list,

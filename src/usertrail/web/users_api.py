@@ -18,7 +18,8 @@ from usertrail.segments.membership import catalog_of
 from usertrail.segments.model import InvalidRule, parse
 from usertrail.segments.sql import Compiler
 from usertrail.store.users import BadQuery, UserStore, parse_filter, profile_json, session_json
-from usertrail.web.admin_api import _json_body, _limit, event_json, require_admin, require_admin_grant
+from usertrail.web.admin_api import _json_body, _limit, event_json
+from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
 
 
@@ -39,7 +40,7 @@ def _require_uuid(request: Request, project_id: int) -> None:
 
 
 def _project(request: Request) -> int:
-    project_id = require_admin(request)
+    project_id = require(request, "users.view").project_id
     _require_uuid(request, project_id)
     return project_id
 
@@ -160,7 +161,7 @@ async def user_events(request: Request) -> Response:
 
 async def export_user(request: Request) -> Response:
     """Everything stored about one end user, as one JSON document (GDPR access); audited."""
-    grant = require_admin_grant(request)
+    grant = require(request, "users.export")
     _require_uuid(request, grant.project_id)
     store = _users(request)
     owner, members = _owner(request, grant.project_id)
@@ -170,7 +171,7 @@ async def export_user(request: Request) -> Response:
     if profile is None and not rows and not sessions:
         raise ApiError(404, "not_found", "no such end user", "user_key")
     request.app.state.audit.append(
-        grant.project_id, grant.key_id, "end_user.export", owner, {"keys": members, "events": len(rows)}
+        grant.project_id, grant.actor, "end_user.export", owner, {"keys": members, "events": len(rows)}
     )
     document = {
         "user_key": owner,
@@ -192,20 +193,20 @@ async def export_user(request: Request) -> Response:
 
 async def erase_user(request: Request) -> Response:
     """Delete an end user and everything derived from them (GDPR erasure); audited."""
-    grant = require_admin_grant(request)
+    grant = require(request, "users.erase")
     _require_uuid(request, grant.project_id)
     owner, members = _owner(request, grant.project_id)
     counts = _users(request).delete(grant.project_id, owner)
     counts["recordings"] = request.app.state.playback.store.delete_for_users(grant.project_id, [owner, *members])
     if not any(counts.values()):
         raise ApiError(404, "not_found", "no such end user", "user_key")
-    request.app.state.audit.append(grant.project_id, grant.key_id, "end_user.erase", owner, {"keys": members, **counts})
+    request.app.state.audit.append(grant.project_id, grant.actor, "end_user.erase", owner, {"keys": members, **counts})
     return JSONResponse({"erased": owner, "keys": members, **counts})
 
 
 async def attribute_registry(request: Request) -> Response:
     """The project's custom attributes, with the cap they count against."""
-    project_id = require_admin(request)
+    project_id = require(request, "users.view").project_id
     registry = request.app.state.attributes.registry(project_id)
     return JSONResponse({"cap": CAP, "count": len(registry), "attributes": registry})
 
@@ -215,7 +216,7 @@ async def update_attributes(request: Request) -> Response:
 
     The end user need not exist yet: values are kept and apply when they first appear.
     """
-    grant = require_admin_grant(request)
+    grant = require(request, "users.edit")
     _require_uuid(request, grant.project_id)
     body = await _json_body(request)
     owner, _ = _owner(request, grant.project_id)
@@ -232,7 +233,7 @@ async def attribute_history(request: Request) -> Response:
 
 
 async def audit_entries(request: Request) -> Response:
-    project_id = require_admin(request)
+    project_id = require(request, "audit.view").project_id
     entries = request.app.state.audit.list(project_id, request.query_params.get("action"), _limit(request))
     return JSONResponse({"entries": entries})
 
