@@ -27,7 +27,7 @@ from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.segments import SegmentStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
-from usertrail.web import admin_api, collect_routes, segments_api, snippet, update_api_routes, users_api
+from usertrail.web import admin_api, collect_routes, reports_api, segments_api, snippet, update_api_routes, users_api
 from usertrail.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *users_api.routes,
             *update_api_routes.routes,
             *segments_api.routes,
+            *reports_api.routes,
         ],
         exception_handlers={ApiError: _api_error},
         lifespan=lifespan,
