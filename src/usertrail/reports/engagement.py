@@ -241,43 +241,55 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
     is_play = sa.or_(*(sa.and_(e.c.app_type == k.app_type, e.c.type.in_(k.plays)) for k in kinds))
     completing = [k for k in kinds if k.completions]
     is_done = sa.or_(*(sa.and_(e.c.app_type == k.app_type, e.c.type.in_(k.completions)) for k in completing))
-    relevant = sa.or_(is_play, is_done) if completing else is_play
-    types = sorted({t for k in kinds for t in (*k.plays, *k.completions)})
-    where = [
-        *_where(scope),
-        e.c.app_type.in_(list(app_types)),
-        e.c.type.in_(types),
-        e.c.object_id.is_not(None),
-        relevant,
-    ]
-    owner = _owner()
-    instance = sa.func.coalesce(_data_field(dialect, "pId"), e.c.event_id)
-    completions = sa.func.count(sa.distinct(sa.case((is_done, instance)))) if completing else sa.literal(0)
-    query = (
-        sa.select(
-            e.c.app_type,
-            e.c.object_id,
-            sa.func.sum(sa.case((is_play, 1), else_=0)).label("plays"),
-            sa.func.count(sa.distinct(sa.case((is_play, owner)))).label("unique_users"),
-            completions.label("completions"),
-            sa.func.max(e.c.ts).label("last_ts"),
-        )
-        .where(*where)
-        .group_by(e.c.app_type, e.c.object_id)
+    base = [*_where(scope), e.c.app_type.in_(list(app_types)), e.c.object_id.is_not(None)]
+    # Plays per (item, owner), then per item: two plain aggregations the engines can hash, instead of
+    # a COUNT(DISTINCT) that sorts every play.
+    played = (
+        sa.select(e.c.app_type, e.c.object_id, _owner().label("owner"), e.c.ts)
+        .where(*base, e.c.type.in_(sorted({t for k in kinds for t in k.plays})), is_play)
+        .subquery("played")
     )
-    counted = conn.execute(query).all()
-    names = _latest_names(conn, (e.c.app_type, e.c.object_id), where) if counted else {}
-    return [
-        ItemRow(
-            r.app_type,
-            r.object_id,
-            names.get((r.app_type, r.object_id)),
-            int(r.plays),
-            r.unique_users,
-            int(r.completions),
-            r.last_ts,
+    per_owner = (
+        sa.select(
+            played.c.app_type,
+            played.c.object_id,
+            sa.func.count().label("plays"),
+            sa.func.max(played.c.ts).label("last_ts"),
         )
-        for r in counted
+        .group_by(played.c.app_type, played.c.object_id, played.c.owner)
+        .subquery("per_owner")
+    )
+    keys = (per_owner.c.app_type, per_owner.c.object_id)
+    play_query = sa.select(
+        *keys,
+        sa.func.sum(per_owner.c.plays).label("plays"),
+        sa.func.count().label("users"),
+        sa.func.max(per_owner.c.last_ts).label("last_ts"),
+    ).group_by(*keys)
+    found: dict[tuple[str, str], list] = {
+        (r.app_type, r.object_id): [int(r.plays), r.users, 0, r.last_ts] for r in conn.execute(play_query)
+    }
+    if completing:
+        # Only completion events are parsed for their play instance.
+        instance = sa.func.coalesce(_data_field(dialect, "pId"), e.c.event_id)
+        done_query = (
+            sa.select(
+                e.c.app_type,
+                e.c.object_id,
+                sa.func.count(sa.distinct(instance)).label("completions"),
+                sa.func.max(e.c.ts).label("last_ts"),
+            )
+            .where(*base, e.c.type.in_(sorted({t for k in completing for t in k.completions})), is_done)
+            .group_by(e.c.app_type, e.c.object_id)
+        )
+        for r in conn.execute(done_query):
+            row = found.setdefault((r.app_type, r.object_id), [0, 0, 0, r.last_ts])
+            row[2], row[3] = r.completions, max(row[3], r.last_ts)
+    relevant = sa.or_(is_play, is_done) if completing else is_play
+    names = _latest_names(conn, (e.c.app_type, e.c.object_id), [*base, relevant]) if found else {}
+    return [
+        ItemRow(app_type, object_id, names.get((app_type, object_id)), *counts)
+        for (app_type, object_id), counts in found.items()
     ]
 
 
@@ -364,36 +376,68 @@ def funnel(
     ]
     if steps is not None:
         where.append(e.c.object_id.in_(list(steps)))
-    owned = sa.select(_owner().label("owner"), e.c.object_id.label("step"), e.c.ts).where(*where).subquery("owned")
-    s = sessions
-    placed = (
-        sa.select(owned.c.owner, s.c.start_ts.label("session"), owned.c.step, owned.c.ts)
-        .select_from(owned)
-        .join(
-            s,
-            sa.and_(
-                s.c.project_id == scope.project_id,
-                s.c.user_key == owned.c.owner,
-                s.c.start_ts <= owned.c.ts,
-                s.c.end_ts >= owned.c.ts,
-            ),
-        )
-        .cte("placed")
+    owned = (
+        sa.select(_owner().label("owner"), e.c.object_id.label("step"), e.c.ts, e.c.object_name.label("name"))
+        .where(*where)
+        .subquery("owned")
     )
-    played, position = _step_stats(conn, placed)
+    s = sessions
+    placed = sa.select(owned.c.owner, s.c.start_ts, owned.c.step, owned.c.ts, owned.c.name).join(
+        s,
+        sa.and_(
+            s.c.project_id == scope.project_id,
+            s.c.user_key == owned.c.owner,
+            s.c.start_ts <= owned.c.ts,
+            s.c.end_ts >= owned.c.ts,
+        ),
+    )
+    # The flow's step plays are read from `events` once, into a temporary table the following queries
+    # share; on PostgreSQL it is analysed, so the step-to-step joins are planned on true row counts.
+    table = _placed_table()
+    table.create(conn)
+    conn.execute(table.insert().from_select(["owner", "session", "step", "ts", "name"], placed))
+    if dialect == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {table.name}")
+    played, position = _step_stats(conn, table)
     order, more = "given", 0
     if steps is None:
         observed = sorted(played, key=lambda step: (position[step], -played[step], step))
         order, more, steps = "observed", max(0, len(observed) - MAX_FUNNEL_STEPS), observed[:MAX_FUNNEL_STEPS]
-    reached = _reached(conn, placed, list(steps))
-    names = _latest_names(conn, (e.c.object_id,), where) if played else {}
-    rows = [
-        FunnelStep(i + 1, step, names.get((step,)), reached[i], played.get(step, 0)) for i, step in enumerate(steps)
-    ]
+    reached = _reached(conn, table, list(steps))
+    names = _latest_step_names(conn, table)
+    table.drop(conn)
+    rows = [FunnelStep(i + 1, step, names.get(step), reached[i], played.get(step, 0)) for i, step in enumerate(steps)]
     return Funnel(app_type, flow_id, order, rows, more)
 
 
-def _step_stats(conn: sa.Connection, placed: sa.CTE) -> tuple[dict[str, int], dict[str, float]]:
+def _placed_table() -> sa.Table:
+    """A connection's temporary table of one flow's step plays, each with its owner and session."""
+    return sa.Table(
+        "report_placed_steps",
+        sa.MetaData(),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("session", sa.BigInteger, nullable=False),  # the session's start_ts
+        sa.Column("step", sa.Text, nullable=False),
+        sa.Column("ts", sa.BigInteger, nullable=False),
+        sa.Column("name", sa.Text),
+        prefixes=["TEMPORARY"],
+    )
+
+
+def _latest_step_names(conn: sa.Connection, placed: sa.Table) -> dict[str, str]:
+    query = (
+        sa.select(placed.c.step, placed.c.name, sa.func.max(placed.c.ts).label("seen"))
+        .where(placed.c.name.is_not(None))
+        .group_by(placed.c.step, placed.c.name)
+    )
+    latest: dict[str, tuple[int, str]] = {}
+    for row in conn.execute(query):
+        if row.step not in latest or (row.seen, row.name) > latest[row.step]:
+            latest[row.step] = (row.seen, row.name)
+    return {step: name for step, (_, name) in latest.items()}
+
+
+def _step_stats(conn: sa.Connection, placed: sa.Table) -> tuple[dict[str, int], dict[str, float]]:
     """Per step: the sessions that played it, and its mean position among the flow's steps each such
     session played (by first play) — the observed order."""
     firsts = (
@@ -416,7 +460,7 @@ def _step_stats(conn: sa.Connection, placed: sa.CTE) -> tuple[dict[str, int], di
     return played, position
 
 
-def _reached(conn: sa.Connection, placed: sa.CTE, steps: list[str]) -> list[int]:
+def _reached(conn: sa.Connection, placed: sa.Table, steps: list[str]) -> list[int]:
     """Sessions reaching each step in order, greedily: the earliest play of step 1, then the earliest
     play of step k at or after the play matched for step k-1 (which finds an in-order run if any exists)."""
     if not steps:
