@@ -247,6 +247,7 @@ ENDPOINTS = [
     ("PUT", "/members/new-person@example.com", {"role": "viewer"}, "accounts.manage"),
     ("DELETE", "/members/new-person@example.com", None, "accounts.manage"),
     ("GET", "/segments", None, "users.view"),
+    ("GET", "/reports/items", None, "users.view"),
     ("POST", "/segments/preview", {"rules": {"rules": [{"attribute": "Country", "operator": "is_set"}]}}, "users.view"),
     (
         "POST",

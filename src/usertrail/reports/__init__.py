@@ -1,0 +1,1 @@
+"""Reports computed from the stored events (engagement with WalkMe content: docs/reports.md)."""
