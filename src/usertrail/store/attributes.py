@@ -78,6 +78,19 @@ class ColumnsReport:
     rows_applied: bytearray = field(default_factory=bytearray)  # 1 where the row had a value applied
 
 
+def _record_writer(conn: sa.Connection, project_id: int, registry: dict, names, source: str, now: int) -> None:
+    """Add `source` to the integrations that write each name, and mark the names updated."""
+    for name in names:
+        row = registry.get(name)
+        integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
+        integrations.add(source)
+        conn.execute(
+            attribute_registry.update()
+            .where(attribute_registry.c.project_id == project_id, attribute_registry.c.name == name)
+            .values(integrations=_encode(sorted(integrations)), updated_at=now)
+        )
+
+
 def _encode(value) -> str:
     return msgspec.json.encode(value).decode()
 
@@ -182,15 +195,7 @@ class AttributeStore:
                     report.applied += 1
                     accepted.append((user_key, name, value))
             report.changed = self._apply(conn, project_id, source, accepted, now)
-            for name in touched:
-                row = registry.get(name)
-                integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
-                integrations.add(source)
-                conn.execute(
-                    attribute_registry.update()
-                    .where(attribute_registry.c.project_id == project_id, attribute_registry.c.name == name)
-                    .values(integrations=_encode(sorted(integrations)), updated_at=now)
-                )
+            _record_writer(conn, project_id, registry, touched, source, now)
         return report
 
     def write_columns(
@@ -255,15 +260,7 @@ class AttributeStore:
                 )
             )
         report.changed = self._apply_columns(conn, project_id, source, keys, accepted, now)
-        for name, _ in accepted:
-            row = registry.get(name)
-            integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
-            integrations.add(source)
-            conn.execute(
-                attribute_registry.update()
-                .where(attribute_registry.c.project_id == project_id, attribute_registry.c.name == name)
-                .values(integrations=_encode(sorted(integrations)), updated_at=now)
-            )
+        _record_writer(conn, project_id, registry, [name for name, _ in accepted], source, now)
         return report
 
     @staticmethod

@@ -21,6 +21,7 @@ from usertrail.store.events import EventStore
 from usertrail.store.projects import UnknownProject
 from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
+from usertrail.web.errors import json_object as _json_body
 from usertrail.web.snippet import snippet_tag
 
 
@@ -42,16 +43,6 @@ def require_admin_grant(request: Request) -> Principal:
     if principal.role != ADMIN_ROLE:
         raise ApiError(403, "permission_denied", "this action needs the role admin", "permission", permission="admin")
     return principal
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        body = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}", "$") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "expected a JSON object", "$")
-    return body
 
 
 def _settings_json(settings: EnvironmentSettings) -> dict:

@@ -15,7 +15,6 @@ import asyncio
 import hmac
 from dataclasses import dataclass
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -34,7 +33,7 @@ from usertrail.access.permissions import ADMIN, PERMISSIONS, ROLES, permissions_
 from usertrail.access.principal import ACCOUNT, TOKEN, Principal
 from usertrail.store.projects import ADMIN as ADMIN_KEY
 from usertrail.store.projects import KeyGrant
-from usertrail.web.errors import ApiError, error_response
+from usertrail.web.errors import ApiError, error_response, json_object
 
 SESSION_COOKIE = "usertrail_session"
 CSRF_COOKIE = "usertrail_csrf"
@@ -194,13 +193,7 @@ async def _json_object(request: Request) -> dict:
     # JSON only: a cross-site HTML form cannot send it, which keeps sign-in itself safe from CSRF.
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json", "Content-Type")
-    try:
-        body = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}", "$") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "expected a JSON object", "$")
-    return body
+    return await json_object(request)
 
 
 def _string(body: dict, name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 
@@ -19,3 +21,14 @@ def error_response(status: int, error: str, reason: str, path: str | None = None
         body["path"] = path
     body.update(extra)
     return JSONResponse(body, status_code=status)
+
+
+async def json_object(request: Request) -> dict:
+    """The request body as a JSON object, or a 400 naming what is wrong with it."""
+    try:
+        body = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}", "$") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "expected a JSON object", "$")
+    return body
