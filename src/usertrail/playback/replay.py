@@ -126,9 +126,7 @@ class ExportPage:
         player, driver, css, csp = self._parts
         title = f"Recording {meta['recording']}"
         facts = "".join(
-            f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
-            for k, v in meta.items()
-            if v not in (None, "")
+            f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in meta.items() if v not in (None, "")
         )
         yield (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -74,7 +74,8 @@ def shop_page(ids: _Ids, title: str, cards: int, extra_body: list[dict] | None =
                 ],
             )
         )
-    head = _el(ids, "head", {}, [_el(ids, "title", {}, [_text(ids, title)]), _el(ids, "style", {}, [_text(ids, STYLE)])])
+    title_el = _el(ids, "title", {}, [_text(ids, title)])
+    head = _el(ids, "head", {}, [title_el, _el(ids, "style", {}, [_text(ids, STYLE)])])
     body = _el(
         ids,
         "body",

@@ -194,7 +194,8 @@ def _form_time(value: str, name: str, end_of_day: bool) -> int | None:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=dt.UTC)
     except ValueError:
-        raise ApiError(400, "invalid_request", f"`{name}` must be a date (YYYY-MM-DD) or an ISO date-time", name) from None
+        reason = f"`{name}` must be a date (YYYY-MM-DD) or an ISO date-time"
+        raise ApiError(400, "invalid_request", reason, name) from None
     return int(moment.timestamp() * 1000)
 
 
