@@ -88,7 +88,8 @@
     markerList.textContent = "";
     for (var i = 0; i < markers.length; i++) {
       var m = markers[i];
-      var offset = Math.max(0, Math.min(meta.totalTime, m.ts - meta.startTime));
+      // Just after the event: a replay shows an event once its time has passed.
+      var offset = Math.max(0, Math.min(meta.totalTime, m.ts - meta.startTime + 1));
       var onBar = markerButton(m, offset);
       onBar.style.left = (meta.totalTime ? (100 * offset) / meta.totalTime : 0) + "%";
       markerBar.appendChild(onBar);

@@ -18,13 +18,22 @@
     return e.type === 3 && e.data && e.data.source === 2 && e.data.type === 2;
   }
 
-  // Clicks and page changes (a Meta event starts every page: first load, navigation, resumed tab).
+  // Clicks and page changes. A Meta event starts every page (first load, navigation, resumed tab); its
+  // marker points at the page's full snapshot right after it, where the new page is on screen.
   function markersOf(events) {
     var markers = [];
+    var page = null;
     for (var i = 0; i < events.length; i++) {
       var e = events[i];
-      if (e.type === 4 && e.data && e.data.href) markers.push({ kind: "page", ts: e.timestamp, label: e.data.href });
-      else if (clickOf(e)) markers.push({ kind: "click", ts: e.timestamp, label: "click" });
+      if (e.type === 4 && e.data && e.data.href) {
+        page = { kind: "page", ts: e.timestamp, label: e.data.href };
+        markers.push(page);
+      } else if (e.type === 2 && page) {
+        page.ts = e.timestamp;
+        page = null;
+      } else if (clickOf(e)) {
+        markers.push({ kind: "click", ts: e.timestamp, label: "click" });
+      }
     }
     return markers;
   }
