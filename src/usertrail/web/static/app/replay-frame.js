@@ -129,13 +129,15 @@
       case "seek":
         player.goto(Math.max(0, Math.min(message.offset, player.getMetaData().totalTime)), !!message.play);
         break;
+      // The player's controller applies both to the replayer once its own update has run (after the
+      // current task), so the answer reports the replayer's setting from a later task.
       case "speed":
         player.setSpeed(message.value);
-        send({ type: "speed", value: replayer.config.speed });
+        setTimeout(function () { send({ type: "speed", value: replayer.config.speed }); }, 0);
         break;
       case "skip":
         if (replayer.config.skipInactive !== !!message.value) player.toggleSkipInactive();
-        send({ type: "skip-setting", value: replayer.config.skipInactive });
+        setTimeout(function () { send({ type: "skip-setting", value: replayer.config.skipInactive }); }, 0);
         break;
       case "resize":
         player.$set({ width: window.innerWidth, height: window.innerHeight });
