@@ -332,7 +332,7 @@ def test_speed_skipping_and_walkme_markers(live, browser):
     def rate(speed: int) -> float:
         """Replay ms per wall-clock ms over a stretch of play, both measured in the browser."""
         seek(page, 5_000)
-        page.click(f"[data-speed='{speed}']")
+        page.click(f"button[data-speed='{speed}']")
         page.wait_for_function(f"() => document.getElementById('replay').dataset.speed === '{speed}'")
         page.click("#play")
         page.wait_for_function("() => document.getElementById('replay').dataset.state === 'playing'")

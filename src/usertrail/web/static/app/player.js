@@ -13,7 +13,7 @@
   var timeLabel = document.getElementById("time");
   var status = document.getElementById("status");
   var skip = document.getElementById("skip");
-  var speedButtons = document.querySelectorAll("[data-speed]");
+  var speedButtons = document.querySelectorAll(".speeds button[data-speed]");
 
   var buffer = null;
   var frameReady = false;
@@ -154,6 +154,9 @@
         break;
       case "skip-setting":
         root.setAttribute("data-skip-inactive", message.value ? "1" : "0");
+        break;
+      case "command-error":
+        say("The player refused that: " + message.reason);
         break;
       case "error":
         setState("error");

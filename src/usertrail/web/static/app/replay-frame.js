@@ -158,7 +158,11 @@
         send({ type: "error", reason: String(err && err.message ? err.message : err) });
       }
     } else {
-      command(event.data);
+      try {
+        command(event.data);
+      } catch (err) {
+        send({ type: "command-error", reason: String(err && err.message ? err.message : err) });
+      }
     }
   });
   window.addEventListener("resize", function () { command({ cmd: "resize" }); });
