@@ -59,10 +59,12 @@ class PageServer:
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
-        pages = self.pages
+        self.requested: list[str] = []  # every path asked for, in order
+        pages, requested = self.pages, self.requested
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                requested.append(self.path)
                 html = pages.get(self.path.split("?", 1)[0])
                 body = (html if html is not None else "<title>Not found</title>").encode()
                 self.send_response(200 if html is not None else 404)

@@ -24,7 +24,14 @@ from usertrail.playback.crypto import (
     seal_chunk,
 )
 from usertrail.store.database import insert_ignore, write_transaction
-from usertrail.store.schema import playback_chunks, playback_projects, playback_recordings
+from usertrail.store.schema import (
+    events,
+    identity_links,
+    playback_chunks,
+    playback_projects,
+    playback_recordings,
+    segment_members,
+)
 
 MAX_URLS = 100
 
@@ -51,6 +58,9 @@ class Filters:
     min_duration_ms: int | None = None
     max_duration_ms: int | None = None
     before: int | None = None  # paging: started_at < this
+    segment_id: str | None = None  # the end user is (now) a member of this saved segment
+    walkme_type: str | None = None  # the end user had a WalkMe event of this type during the recording
+    walkme_item: str | None = None  # … about an item with this name
     limit: int = 100
 
 
@@ -76,6 +86,40 @@ def recording_json(row) -> dict:
         "counted_in_quota": bool(row.counted),
         "created_at": row.created_at,
     }
+
+
+def _in_segment(project_id: int, segment_id: str) -> sa.ColumnElement[bool]:
+    """The recording's end user is a current member of the saved segment, or an anonymous key its member owns.
+
+    Members are End User Object owners (identified keys once stitched); a recording keeps the key its
+    page had when it started, which may be an anonymous key linked to that owner since.
+    """
+    t, m, links = playback_recordings, segment_members, identity_links
+    members = sa.select(m.c.user_key).where(m.c.project_id == project_id, m.c.segment_id == segment_id)
+    linked = sa.select(links.c.user_key).where(links.c.project_id == project_id, links.c.person_key.in_(members))
+    return sa.or_(t.c.user_key.in_(members), t.c.user_key.in_(linked))
+
+
+def _had_walkme_event(project_id: int, event_type: str | None, item: str | None) -> sa.ColumnElement[bool]:
+    """The recording's end-user key sent a WalkMe event (of this type, about this item) while it was recorded.
+
+    Times are compared on the client's clock (`client_ts`, the clock rrweb stamps events with; the
+    server's corrected `ts` when the client sent none); the scan is the (project, user, ts) index.
+    """
+    t, e = playback_recordings, events
+    when = sa.func.coalesce(e.c.client_ts, e.c.ts)
+    where = [
+        e.c.project_id == project_id,
+        e.c.user_key == t.c.user_key,
+        e.c.source == "walkme",
+        when >= t.c.first_ts,
+        when <= t.c.last_ts,
+    ]
+    if event_type is not None:
+        where.append(e.c.type == event_type)
+    if item is not None:
+        where.append(e.c.object_name == item)
+    return sa.exists(sa.select(e.c.event_id).where(*where))
 
 
 def _prefix(project_id: int, recording_id: str) -> str:
@@ -297,6 +341,10 @@ class RecordingStore:
             query = query.where(duration >= f.min_duration_ms)
         if f.max_duration_ms is not None:
             query = query.where(duration <= f.max_duration_ms)
+        if f.segment_id is not None:
+            query = query.where(_in_segment(project_id, f.segment_id))
+        if f.walkme_type is not None or f.walkme_item is not None:
+            query = query.where(_had_walkme_event(project_id, f.walkme_type, f.walkme_item))
         with self.engine.connect() as conn:
             return conn.execute(query.order_by(t.c.started_at.desc(), t.c.recording_id).limit(f.limit)).all()
 

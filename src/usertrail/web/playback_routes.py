@@ -13,6 +13,7 @@ from starlette.routing import Route
 from usertrail.access import activity_log
 from usertrail.collect.traffic import origin_allowed
 from usertrail.playback import quota
+from usertrail.playback.replay import ExportPage
 from usertrail.playback.service import Caller, PlaybackError, PlaybackService
 from usertrail.playback.store import Filters, RecordingGone, recording_json
 from usertrail.store.database import write_transaction
@@ -134,7 +135,8 @@ def _time_param(request: Request, name: str) -> int | None:
 
 
 async def list_recordings(request: Request) -> Response:
-    """Recordings, newest first; filters: user, started since/until, URL substring, duration (ms)."""
+    """Recordings, newest first; filters: user, started since/until, URL substring, duration (ms), saved
+    segment, WalkMe event type/item during the recording."""
     project_id = require(request, "playback.view").project_id
     q = request.query_params
     filters = Filters(
@@ -145,8 +147,15 @@ async def list_recordings(request: Request) -> Response:
         min_duration_ms=_int_param(request, "min_duration_ms"),
         max_duration_ms=_int_param(request, "max_duration_ms"),
         before=_int_param(request, "before"),
+        segment_id=q.get("segment") or None,
+        walkme_type=q.get("walkme_type") or None,
+        walkme_item=q.get("walkme_item") or None,
         limit=_limit(request),
     )
+    if filters.segment_id is not None:
+        segment = await asyncio.to_thread(request.app.state.segments.get, project_id, filters.segment_id)
+        if segment is None:
+            raise ApiError(400, "invalid_request", "no such saved segment", "segment")
     rows = await asyncio.to_thread(_service(request).store.list, project_id, filters)
     items = [recording_json(r) for r in rows]
     return JSONResponse(
@@ -201,6 +210,57 @@ async def recording_events(request: Request) -> Response:
     return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
 
+EXPORT_PAGE = ExportPage()
+
+
+async def export_recording(request: Request) -> Response:
+    """The recording as one self-contained HTML file (player, styles and events inlined), as an attachment.
+
+    Every export is appended to the activity log before the file is sent.
+    """
+    principal = require(request, "playback.export")
+    row = _recording(request, principal.project_id)
+    store = _service(request).store
+    with write_transaction(store.engine) as conn:
+        activity_log.append(conn, principal.project_id, principal, "export", row.recording_id, request)
+    recording = recording_json(row)
+    meta = {
+        "recording": row.recording_id,
+        "end user": row.user_key,
+        "started (UTC)": _utc(row.started_at),
+        "duration": f"{recording['duration_ms'] / 1000:.0f} s",
+        "pages": ", ".join(recording["urls"]),
+        "browser": row.browser,
+        "exported (UTC)": _utc(_now()),
+        "exported by": principal.actor,
+    }
+    parts = EXPORT_PAGE.render(meta, store.chunks(row))
+
+    def next_part() -> bytes | None:
+        return next(parts, None)
+
+    async def body():
+        while (part := await asyncio.to_thread(next_part)) is not None:
+            yield part
+
+    return StreamingResponse(
+        body(),
+        media_type="text/html; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="recording-{row.recording_id}.html"',
+            "Content-Security-Policy": EXPORT_PAGE.csp,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _utc(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 async def delete_recording(request: Request) -> Response:
     """Delete a recording: its key (its chunks are unreadable from then on), metadata and blobs."""
     principal = require(request, "playback.delete")
@@ -222,4 +282,5 @@ routes = [
     Route("/api/projects/{project_id}/playback/recordings/{recording_id}", get_recording, methods=["GET"]),
     Route("/api/projects/{project_id}/playback/recordings/{recording_id}", delete_recording, methods=["DELETE"]),
     Route("/api/projects/{project_id}/playback/recordings/{recording_id}/events", recording_events, methods=["GET"]),
+    Route("/api/projects/{project_id}/playback/recordings/{recording_id}/export", export_recording, methods=["GET"]),
 ]

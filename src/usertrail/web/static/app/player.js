@@ -1,0 +1,208 @@
+/* The player page: fetches the recording's events (same origin, the sign-in cookie) and hands them to
+   the replay frame, then drives it: play/pause, seek (timeline, markers), speed, skip inactivity.
+   Messages are taken only from that frame's window. */
+(function () {
+  "use strict";
+  var root = document.getElementById("replay");
+  if (!root) return;
+  var frame = document.getElementById("replay-frame");
+  var playButton = document.getElementById("play");
+  var scrubber = document.getElementById("scrubber");
+  var markerBar = document.getElementById("markers");
+  var markerList = document.getElementById("marker-list");
+  var timeLabel = document.getElementById("time");
+  var status = document.getElementById("status");
+  var skip = document.getElementById("skip");
+  var speedButtons = document.querySelectorAll(".speeds button[data-speed]");
+
+  var buffer = null;
+  var frameReady = false;
+  var loaded = false;
+  var meta = null;
+  var playing = false;
+  var dragging = false;
+
+  function post(message, transfer) {
+    frame.contentWindow.postMessage(message, window.location.origin, transfer || []);
+  }
+
+  function setState(state) {
+    root.setAttribute("data-state", state);
+  }
+
+  function say(text) {
+    status.textContent = text;
+  }
+
+  function clock(ms) {
+    var s = Math.max(0, Math.floor(ms / 1000));
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    var rest = (s % 60 < 10 ? "0" : "") + (s % 60);
+    return h ? h + ":" + (m < 10 ? "0" : "") + m + ":" + rest : m + ":" + rest;
+  }
+
+  function showTime(offset) {
+    root.setAttribute("data-offset", String(offset));
+    timeLabel.textContent = clock(offset) + " / " + clock(meta ? meta.totalTime : 0);
+    if (!dragging) scrubber.value = String(offset);
+  }
+
+  function seek(offset) {
+    post({ cmd: "seek", offset: offset, play: playing });
+    showTime(offset);
+  }
+
+  function maybeLoad() {
+    if (loaded || !frameReady || !buffer) return;
+    loaded = true;
+    root.setAttribute("data-fetched-bytes", String(buffer.byteLength));
+    post({ cmd: "load", buffer: buffer }, [buffer]);
+    buffer = null;
+  }
+
+  function walkmeMarkers() {
+    var items = document.querySelectorAll("#walkme-events [data-ts]");
+    var found = [];
+    for (var i = 0; i < items.length; i++) {
+      found.push({ kind: "walkme", ts: Number(items[i].getAttribute("data-ts")), label: items[i].getAttribute("data-label") });
+    }
+    return found;
+  }
+
+  function markerButton(marker, offset) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "marker marker-" + marker.kind;
+    button.setAttribute("data-kind", marker.kind);
+    button.setAttribute("data-offset", String(offset));
+    button.title = clock(offset) + " " + marker.kind + ": " + marker.label;
+    button.setAttribute("aria-label", button.title);
+    button.addEventListener("click", function () { seek(offset); });
+    return button;
+  }
+
+  function showMarkers(markers) {
+    markers.sort(function (a, b) { return a.ts - b.ts; });
+    markerBar.textContent = "";
+    markerList.textContent = "";
+    for (var i = 0; i < markers.length; i++) {
+      var m = markers[i];
+      // Just after the event: a replay shows an event once its time has passed.
+      var offset = Math.max(0, Math.min(meta.totalTime, m.ts - meta.startTime + 1));
+      var onBar = markerButton(m, offset);
+      onBar.style.left = (meta.totalTime ? (100 * offset) / meta.totalTime : 0) + "%";
+      markerBar.appendChild(onBar);
+      var item = document.createElement("li");
+      var inList = markerButton(m, offset);
+      inList.textContent = clock(offset) + " " + m.kind + " " + m.label;
+      item.appendChild(inList);
+      markerList.appendChild(item);
+    }
+    root.setAttribute("data-markers", String(markers.length));
+  }
+
+  function fitFrame(viewport) {
+    var room = frame.parentElement.clientWidth;
+    var width = Math.min(viewport.width, room);
+    frame.style.width = width + "px";
+    frame.style.height = Math.round((viewport.height * width) / viewport.width) + "px";
+  }
+
+  function onMessage(message) {
+    switch (message.type) {
+      case "hello":
+        frameReady = true;
+        maybeLoad();
+        break;
+      case "ready":
+        meta = message;
+        root.setAttribute("data-start-time", String(message.startTime));
+        root.setAttribute("data-total-time", String(message.totalTime));
+        root.setAttribute("data-events", String(message.events));
+        scrubber.max = String(message.totalTime);
+        scrubber.disabled = false;
+        playButton.disabled = false;
+        fitFrame(message.viewport);
+        showMarkers(message.markers.concat(walkmeMarkers()));
+        showTime(0);
+        setState("paused");
+        say("");
+        break;
+      case "first-frame":
+        root.setAttribute("data-first-frame-ms", String(Math.round(performance.now())));
+        root.setAttribute("data-frame-timings", JSON.stringify(message.timings));
+        break;
+      case "time":
+        showTime(message.offset);
+        break;
+      case "state":
+        playing = message.state === "playing";
+        playButton.textContent = playing ? "Pause" : "Play";
+        setState(playing ? "playing" : "paused");
+        break;
+      case "speed":
+        root.setAttribute("data-speed", String(message.value));
+        for (var i = 0; i < speedButtons.length; i++) {
+          var on = Number(speedButtons[i].getAttribute("data-speed")) === message.value;
+          speedButtons[i].setAttribute("aria-pressed", on ? "true" : "false");
+        }
+        break;
+      case "skip":
+        root.setAttribute("data-skipping", message.skipping ? "1" : "0");
+        say(message.skipping ? "Skipping inactivity…" : "");
+        break;
+      case "skip-setting":
+        root.setAttribute("data-skip-inactive", message.value ? "1" : "0");
+        break;
+      case "command-error":
+        say("The player refused that: " + message.reason);
+        break;
+      case "error":
+        setState("error");
+        say("The recording cannot be played: " + message.reason);
+        break;
+    }
+  }
+
+  window.addEventListener("message", function (event) {
+    if (event.source !== frame.contentWindow || event.origin !== window.location.origin) return;
+    if (event.data && typeof event.data === "object") onMessage(event.data);
+  });
+  frame.addEventListener("load", function () { post({ cmd: "ping" }); });
+  post({ cmd: "ping" });
+
+  playButton.addEventListener("click", function () { post({ cmd: playing ? "pause" : "play" }); });
+  scrubber.addEventListener("pointerdown", function () { dragging = true; });
+  scrubber.addEventListener("pointerup", function () { dragging = false; });
+  scrubber.addEventListener("input", function () { seek(Number(scrubber.value)); });
+  skip.addEventListener("change", function () { post({ cmd: "skip", value: skip.checked }); });
+  for (var i = 0; i < speedButtons.length; i++) {
+    speedButtons[i].addEventListener("click", function (event) {
+      post({ cmd: "speed", value: Number(event.currentTarget.getAttribute("data-speed")) });
+    });
+  }
+  window.addEventListener("resize", function () { if (meta) fitFrame(meta.viewport); });
+
+  setState("loading");
+  say("Loading the recording…");
+  fetch(root.getAttribute("data-events-url"), { credentials: "same-origin", headers: { Accept: "application/json" } })
+    .then(function (response) {
+      if (!response.ok) {
+        return response.json().then(
+          function (body) { throw new Error(body.reason || response.statusText); },
+          function () { throw new Error(response.status + " " + response.statusText); }
+        );
+      }
+      return response.arrayBuffer();
+    })
+    .then(function (data) {
+      root.setAttribute("data-fetched-ms", String(Math.round(performance.now())));
+      buffer = data;
+      maybeLoad();
+    })
+    .catch(function (err) {
+      setState("error");
+      say("The recording cannot be loaded: " + err.message);
+    });
+})();

@@ -1,0 +1,170 @@
+/* The replay frame (see playback/replay.py): rrweb-player under a CSP that allows no connection, so
+   the page around it fetches the events and hands them over by postMessage (an ArrayBuffer,
+   transferred, not copied), then drives the player with small commands. Messages go to the parent
+   only, and commands are taken from the parent only. */
+(function () {
+  "use strict";
+  var parentWindow = window.parent;
+  var player = null;
+  var replayer = null;
+  var startTime = 0;
+  var lastSent = -1;
+
+  function send(message) {
+    parentWindow.postMessage(message, window.location.origin);
+  }
+
+  function clickOf(e) {
+    return e.type === 3 && e.data && e.data.source === 2 && e.data.type === 2;
+  }
+
+  // Clicks and page changes. A Meta event starts every page (first load, navigation, resumed tab); its
+  // marker points at the page's full snapshot right after it, where the new page is on screen.
+  function markersOf(events) {
+    var markers = [];
+    var page = null;
+    for (var i = 0; i < events.length; i++) {
+      var e = events[i];
+      if (e.type === 4 && e.data && e.data.href) {
+        page = { kind: "page", ts: e.timestamp, label: e.data.href };
+        markers.push(page);
+      } else if (e.type === 2 && page) {
+        page.ts = e.timestamp;
+        page = null;
+      } else if (clickOf(e)) {
+        markers.push({ kind: "click", ts: e.timestamp, label: "click" });
+      }
+    }
+    return markers;
+  }
+
+  function viewportOf(events) {
+    for (var i = 0; i < events.length; i++) {
+      if (events[i].type === 4 && events[i].data && events[i].data.width) {
+        return { width: events[i].data.width, height: events[i].data.height };
+      }
+    }
+    return { width: 1024, height: 576 };
+  }
+
+  function shown() {
+    var doc = replayer && replayer.iframe && replayer.iframe.contentDocument;
+    return !!(doc && doc.body && doc.body.childNodes.length);
+  }
+
+  function reportFirstFrame(timings) {
+    var done = false;
+    function check() {
+      if (done || !shown()) return false;
+      done = true;
+      timings.firstFrame = performance.now();
+      send({ type: "first-frame", timings: timings });
+      return true;
+    }
+    if (!check()) {
+      replayer.on("fullsnapshot-rebuilded", function () { requestAnimationFrame(check); });
+    }
+  }
+
+  function load(buffer) {
+    var timings = { received: performance.now() };
+    var events = JSON.parse(new TextDecoder().decode(buffer));
+    timings.parsed = performance.now();
+    if (!events.length) {
+      send({ type: "error", reason: "the recording has no events" });
+      return;
+    }
+    var viewport = viewportOf(events);
+    player = new rrwebPlayer.Player({
+      target: document.getElementById("player"),
+      props: {
+        events: events,
+        width: window.innerWidth,
+        height: window.innerHeight,
+        maxScale: 1,
+        autoPlay: false,
+        showController: false,
+        skipInactive: true,
+        speed: 1,
+        speedOption: [1, 2, 4, 8]
+      }
+    });
+    replayer = player.getReplayer();
+    timings.built = performance.now();
+    var meta = player.getMetaData();
+    startTime = meta.startTime;
+    player.addEventListener("ui-update-current-time", function (detail) {
+      var t = Math.round(detail.payload);
+      if (t !== lastSent) {
+        lastSent = t;
+        send({ type: "time", offset: t });
+      }
+    });
+    player.addEventListener("ui-update-player-state", function (detail) {
+      send({ type: "state", state: detail.payload });
+    });
+    replayer.on("skip-start", function () { send({ type: "skip", skipping: true }); });
+    replayer.on("skip-end", function () { send({ type: "skip", skipping: false }); });
+    send({
+      type: "ready",
+      startTime: meta.startTime,
+      endTime: meta.endTime,
+      totalTime: meta.totalTime,
+      viewport: viewport,
+      events: events.length,
+      markers: markersOf(events)
+    });
+    reportFirstFrame(timings);
+  }
+
+  function command(message) {
+    if (!player) return;
+    switch (message.cmd) {
+      case "play":
+        player.play();
+        break;
+      case "pause":
+        player.pause();
+        break;
+      case "seek":
+        player.goto(Math.max(0, Math.min(message.offset, player.getMetaData().totalTime)), !!message.play);
+        break;
+      // The player's controller applies both to the replayer once its own update has run (after the
+      // current task), so the answer reports the replayer's setting from a later task.
+      case "speed":
+        player.setSpeed(message.value);
+        setTimeout(function () { send({ type: "speed", value: replayer.config.speed }); }, 0);
+        break;
+      case "skip":
+        if (replayer.config.skipInactive !== !!message.value) player.toggleSkipInactive();
+        setTimeout(function () { send({ type: "skip-setting", value: replayer.config.skipInactive }); }, 0);
+        break;
+      case "resize":
+        player.$set({ width: window.innerWidth, height: window.innerHeight });
+        player.triggerResize();
+        break;
+    }
+  }
+
+  window.addEventListener("message", function (event) {
+    if (event.source !== parentWindow || event.origin !== window.location.origin) return;
+    if (!event.data || typeof event.data !== "object") return;
+    if (event.data.cmd === "ping") {
+      send({ type: "hello" });
+    } else if (event.data.cmd === "load" && event.data.buffer instanceof ArrayBuffer && !player) {
+      try {
+        load(event.data.buffer);
+      } catch (err) {
+        send({ type: "error", reason: String(err && err.message ? err.message : err) });
+      }
+    } else {
+      try {
+        command(event.data);
+      } catch (err) {
+        send({ type: "command-error", reason: String(err && err.message ? err.message : err) });
+      }
+    }
+  });
+  window.addEventListener("resize", function () { command({ cmd: "resize" }); });
+  send({ type: "hello" });
+})();
