@@ -291,12 +291,11 @@ def load_facts(conn: sa.Connection, project_id: int, owner: str, trees: Iterable
                     attribute_history.c.old_value,
                     attribute_history.c.new_value,
                     attribute_history.c.changed_at,
-                ).where(
-                    attribute_history.c.project_id == project_id,
-                    attribute_history.c.user_key == owner,
-                    attribute_history.c.name.in_(sorted(changes)),
-                )
+                ).where(attribute_history.c.project_id == project_id, attribute_history.c.user_key == owner)
             )
+            # Names are filtered here: with a name condition SQLite picks the (project, name, time)
+            # index and scans every user's history (measured: 13 s against 0.2 ms at 1M users).
+            if r.name in changes
         ]
     behaviours = [b for t in trees for b in behaviours_of(t)]
     if behaviours:
