@@ -1,0 +1,66 @@
+"""Every admin page, as every role, in Debian's Chromium: it loads without console errors or failed
+requests, its controls are labelled, and a role without the page's permission neither sees its link
+nor reaches it. The admin's views are written to docs/screenshots/ (linked from the README)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser
+
+from usertrail.access.permissions import ROLES
+
+from admin_pages import PAGES, SCREENSHOTS, Watcher, demo_server, signed_in, unlabelled_controls
+from browser import chromium
+from conftest import CHROME_UA, LiveServer
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium(CHROME_UA) as launched:
+        yield launched
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request, tmp_path):
+    # The pages read through the same stores the API tests run on both engines; one engine suffices here.
+    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+
+
+@pytest.fixture
+def live(make_server) -> LiveServer:
+    return demo_server(make_server)
+
+
+def test_every_page_for_every_role(live: LiveServer, browser: Browser):
+    pid = live.project.project.id
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for role, permissions in ROLES.items():
+        context = signed_in(browser, live, role)
+        watcher = Watcher()
+        page = watcher.attach(context.new_page())
+        page.goto(f"{live.base_url}/app")
+        landed = page.url
+        assert f"/app/projects/{pid}/" in landed, (role, landed)
+        nav_links = page.eval_on_selector_all("header nav a", "els => els.map(e => e.getAttribute('href'))")
+        for spec in PAGES:
+            url = f"{live.base_url}/app/projects/{pid}/{spec.path}"
+            href = f"/app/projects/{pid}/{spec.path}"
+            if spec.permission not in permissions:
+                assert href not in nav_links, (role, spec.key)
+                answer = page.goto(url)
+                assert answer is not None and answer.status == 403, (role, spec.key)
+                continue
+            if spec.nav:
+                assert href in nav_links, (role, spec.key, nav_links)
+            watcher.problems.clear()
+            answer = page.goto(url)
+            assert answer is not None and answer.status == 200, (role, spec.key, answer and answer.status)
+            page.wait_for_selector(spec.ready, state="attached")
+            page.wait_for_load_state("networkidle")
+            assert watcher.problems == [], (role, spec.key, watcher.problems)
+            assert unlabelled_controls(page) == [], (role, spec.key)
+            if role == "admin" and spec.screenshot:
+                page.screenshot(path=str(SCREENSHOTS / f"{spec.key}.png"), full_page=False)
+        context.close()
