@@ -7,7 +7,8 @@
    (did / did not / stopped doing an event, item or page). The attributes and operators come from
    GET /api/projects/{projectId}/segments/catalog unless `catalog` is given. `onChange(rules)` gets the
    rules as the API takes them after every edit. The returned object has `ready` (a Promise), `rules()`,
-   `set(rules)`, `showError(failure)` (an API refusal whose `path`, e.g. `$.rules.rules[1].value`, names a
+   `set(rules)`, `missing()` (the empty fields rules still need: ask the API only when
+   there are none), `showError(failure)` (an API refusal whose `path`, e.g. `$.rules.rules[1].value`, names a
    field: the message is shown at that rule and the field marked invalid; returns false when the path is
    not inside the rules) and `clearErrors()`. */
 (function () {
@@ -156,9 +157,37 @@
       if (options.onChange) options.onChange(rules());
     }
 
+    /* A new rule: the first string attribute, waiting for a value. */
     function newRule() {
-      var first = catalog.attributes[0];
+      var first = catalog.attributes.filter(function (a) { return a.type === "string"; })[0] || catalog.attributes[0];
       return node({ type: "attribute", attribute: first.name, operator: first.operators[0].operator, unit: "days", days: "", a: "", b: "" });
+    }
+
+    /* The first rule of an empty tree: a complete one ("Last seen within the last 30 days"), so a count shows at once. */
+    function firstRule() {
+      if (!byName["Last seen"]) return newRule();
+      return node({ type: "attribute", attribute: "Last seen", operator: "within_last", unit: "days", days: "", a: "30", b: "" });
+    }
+
+    /* Fields still empty that the rule needs ([{node, field}]): rules being typed are not sent to the API. */
+    function missing() {
+      var found = [];
+      function need(n, field) { if (!text(n[field]).trim()) found.push({ node: n.id, field: field }); }
+      (function walk(n) {
+        if (n.type === "group") { n.children.forEach(walk); return; }
+        if (n.type === "behaviour") {
+          if (!(n.event.trim() || n.item.trim() || n.page.trim())) need(n, "event");
+          need(n, "days");
+          if (n.operator === "did") need(n, "times");
+          if (n.operator === "stopped") need(n, "since_days");
+          return;
+        }
+        var operand = operandOf(n);
+        if (operand !== "none" && operand !== "boolean") need(n, "a");
+        if (operand === "number_range" || operand === "date_range") need(n, "b");
+        if (n.operator === "changed_to") need(n, "days");
+      })(root);
+      return found;
     }
 
     /* ---- drawing ---- */
@@ -305,7 +334,6 @@
     }
 
     function removeButton(parent, n, label) {
-      if (readOnly) return null;
       var button = el("button", { type: "button", className: "rb-remove secondary", "aria-label": label, title: label, text: "✕" });
       button.addEventListener("click", function () {
         var index = parent.children.indexOf(n);
@@ -328,7 +356,7 @@
         valueControls(n).forEach(function (c) { fields.appendChild(c); });
         if (attribute.kind !== "unknown") fields.appendChild(el("span", { className: "rb-type", text: attribute.type }));
       }
-      fields.appendChild(removeButton(parent, n, "Remove rule " + position));
+      if (!readOnly) fields.appendChild(removeButton(parent, n, "Remove rule " + position));
       row.appendChild(fields);
       row.appendChild(el("p", { className: "rb-error error", role: "alert", hidden: true }));
       return row;
@@ -348,7 +376,7 @@
       });
       head.appendChild(toggle);
       head.appendChild(el("span", { className: "rb-word", text: "of these rules" }));
-      if (parent) head.appendChild(removeButton(parent, n, "Remove group " + position));
+      if (parent && !readOnly) head.appendChild(removeButton(parent, n, "Remove group " + position));
       box.appendChild(head);
       box.appendChild(el("p", { className: "rb-error error", role: "alert", hidden: true }));
       var list = el("ol", { className: "rb-children" });
@@ -459,7 +487,7 @@
     function set(tree) {
       nodes = {};
       root = fromJson(tree && Array.isArray(tree.rules) ? tree : { match: "all", rules: [] }, 1);
-      if (!readOnly && !root.children.length) root.children.push(newRule());
+      if (!readOnly && !root.children.length) root.children.push(firstRule());
       redraw(null);
     }
 
@@ -482,6 +510,7 @@
     return {
       ready: ready,
       rules: rules,
+      missing: missing,
       set: set,
       showError: showError,
       clearErrors: clearErrors,

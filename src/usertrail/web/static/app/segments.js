@@ -72,6 +72,15 @@
       readOnly: !canManage,
       onChange: function (rules) {
         clearTimeout(timer);
+        asked++;  // an answer to an earlier version of the rules is no longer wanted
+        if (builder && builder.missing().length) {
+          builder.clearErrors();
+          count.textContent = "—";
+          count.dataset.count = "";
+          status.textContent = "finish the rules to count";
+          editor.dataset.previewState = "incomplete";
+          return;
+        }
         timer = setTimeout(function () { preview(rules); }, PREVIEW_DELAY_MS);
       }
     });
