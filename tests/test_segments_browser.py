@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from admin_pages import Watcher, demo_server, signed_in
+from admin_pages import SCREENSHOTS, Watcher, demo_server, signed_in
 from browser import chromium
 from conftest import CHROME_UA, LiveServer
 
@@ -102,6 +102,8 @@ def test_build_a_segment_and_see_its_count(make_server, browser: Browser):
     expect(group.locator(".rb-rule").nth(0).locator(".rb-error")).to_be_hidden()
     expect(first.locator(".rb-error")).to_be_hidden()
     expect(page.locator("#live-count")).to_have_text("—")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "segment-validation.png"))
     watcher.problems.clear()  # the refused preview (HTTP 400) was the point of this step
 
     wrong.locator("[data-field=a]").fill("^ana")

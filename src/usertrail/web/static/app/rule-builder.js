@@ -354,7 +354,7 @@
         var attribute = attributeOf(n.attribute);
         fields.appendChild(operatorSelect(n, attribute.operators.map(function (o) { return o.operator; })));
         valueControls(n).forEach(function (c) { fields.appendChild(c); });
-        if (attribute.kind !== "unknown") fields.appendChild(el("span", { className: "rb-type", text: attribute.type }));
+        if (attribute.kind !== "unknown") fields.appendChild(el("span", { className: "rb-type", text: attribute.type === "datetime" ? "date & time" : attribute.type }));
       }
       if (!readOnly) fields.appendChild(removeButton(parent, n, "Remove rule " + position));
       row.appendChild(fields);
