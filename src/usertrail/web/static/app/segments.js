@@ -61,6 +61,7 @@
         count.textContent = "—";
         count.dataset.count = "";
         status.textContent = "fix the rules to count";
+        sample.replaceChildren();
         if (!builder.showError(failure)) App.showError(formError, failure);
         editor.dataset.previewState = "invalid";
       });
