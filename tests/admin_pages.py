@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,24 @@ class AppPage:
     ready: str
     nav: bool = True  # reached from the navigation (not a detail page)
     screenshot: bool = True
+    locate: Callable[[LiveServer], str] | None = None  # the path of a page that needs an id from the demo data
+
+    def path_on(self, live: LiveServer) -> str:
+        """The page's path under `/app/projects/{id}/` on this server."""
+        return self.locate(live) if self.locate else self.path
+
+
+def first_segment(live: LiveServer) -> str:
+    """The demo's saved segment, as the segment editor's path."""
+    return f"segments/{live.app.state.segments.list(live.project.project.id)[0].id}"
 
 
 PAGES: list[AppPage] = [
     AppPage("recordings", "recordings", "playback.view", "#recordings"),
+    AppPage("segments", "segments", "users.view", "#segments"),
+    AppPage("segment-new", "segments/new", "segments.manage", "#rule-builder .rb-rule", nav=False),
+    AppPage("segment", "segments/{id}", "users.view", "#members tbody tr", nav=False, locate=first_segment),
+    AppPage("reports", "reports", "users.view", "#items"),
 ]
 
 
@@ -56,6 +71,10 @@ def demo_server(make_server, users: int = 40, weeks: int = 3) -> LiveServer:
     SessionProcessor(live.engine).run(now=int(time.time() * 1000), max_rounds=1000)
     for role, email in ROLE_EMAILS.items():
         add_account(live, email, role)
+    with live.admin() as admin:
+        frequent = {"match": "all", "rules": [{"attribute": "Total sessions", "operator": "gte", "value": 3}]}
+        answer = admin.post(f"/api/projects/{pid}/segments", json={"name": "Frequent visitors", "rules": frequent})
+    assert answer.status_code == 201, answer.text
     return live
 
 

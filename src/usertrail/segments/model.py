@@ -70,6 +70,22 @@ OPERATORS["datetime"] = OPERATORS["date"]
 # Change operators read the attribute history, which only integrations' attributes have.
 CHANGE_OPERATORS = ("changed_to", "was")
 BEHAVIOUR_OPERATORS = ("did", "did_not", "stopped")
+# WalkMe's event types (shared/research/walkme-spec.md §9), offered where a person names an event.
+WALKME_EVENT_TYPES = (
+    "play",
+    "playFailed",
+    "click",
+    "close",
+    "open",
+    "complete",
+    "goalReach",
+    "search",
+    "submitted",
+    "passed",
+    "failed",
+    "progressUpdate",
+    "custom",
+)
 # The negation of each negative operator; the evaluators compute the positive one and invert it,
 # so "is not" / "does not contain" / "≠" / "did not" also match users who have no value at all.
 NEGATIONS = {
@@ -246,7 +262,7 @@ def _attribute_rule(raw: dict, catalog: Catalog, path: str) -> AttributeRule:
             f"{path}.attribute", f"unknown attribute {name!r} (names are case-sensitive){hint}", suggestions
         )
     op = raw.get("operator")
-    allowed = OPERATORS[attribute.type] + (CHANGE_OPERATORS if attribute.kind == "custom" else ())
+    allowed = allowed_operators(attribute)
     if op not in allowed:
         close = difflib.get_close_matches(str(op), allowed, n=3)
         raise InvalidRule(
@@ -269,6 +285,11 @@ def _attribute_rule(raw: dict, catalog: Catalog, path: str) -> AttributeRule:
     else:
         value = _operand(raw, attribute, op, path)
     return AttributeRule(path, attribute, op, value, **extra)  # type: ignore[arg-type]
+
+
+def allowed_operators(attribute: Attribute) -> tuple[str, ...]:
+    """The operators of the attribute's type; change operators only for custom attributes (they have a history)."""
+    return OPERATORS[attribute.type] + (CHANGE_OPERATORS if attribute.kind == "custom" else ())
 
 
 def _absent(raw: dict, keys: tuple[str, ...], path: str, op: str) -> None:
@@ -345,12 +366,16 @@ def _typed(value: object, attribute: Attribute, path: str) -> object:
 
 
 def _string(value: object, path: str) -> str:
+    if value is None:
+        raise InvalidRule(path, "a value is required")
     if not isinstance(value, str):
         raise InvalidRule(path, f"expected a string, got {type(value).__name__}")
     return value
 
 
 def _number(value: object, path: str) -> float:
+    if value is None:
+        raise InvalidRule(path, "a number is required")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRule(path, f"expected a number, got {type(value).__name__}")
     return float(value)
@@ -446,3 +471,32 @@ def date_string_bound(ms: int | None) -> str | None:
 def date_ms(text: str) -> int:
     """Midnight UTC of a `YYYY-MM-DD` value, in ms."""
     return (dt.date.fromisoformat(text) - EPOCH.date()).days * DAY_MS
+
+
+# What each operator takes, for rule builders (GET …/segments/catalog): "none", "text", "texts" (a list),
+# "number", "number_range", "date" (a date or a time with a zone), "date_range", "count_unit" (N and a
+# unit), "days" (N days), "boolean"; change operators take the attribute's own type ("changed_to" with days).
+_OPERANDS = {
+    "is_one_of": "texts",
+    "within_last": "count_unit",
+    "more_than_days_ago": "days",
+    "is_true": "none",
+    "is_false": "none",
+    "is_set": "none",
+    "is_not_set": "none",
+}
+_VALUE_OF_TYPE = {"string": "text", "number": "number", "date": "date", "datetime": "date", "boolean": "boolean"}
+
+
+def operand(attribute: Attribute, op: str) -> str:
+    """The shape of the value `op` takes on `attribute` (see `_OPERANDS`)."""
+    if op in _OPERANDS:
+        return _OPERANDS[op]
+    if op == "between":
+        return "number_range" if attribute.type == "number" else "date_range"
+    return _VALUE_OF_TYPE[attribute.type]
+
+
+def operators_of(attribute: Attribute) -> list[dict[str, str]]:
+    """The operators a rule on `attribute` may use, each with the shape of its value."""
+    return [{"operator": op, "operand": operand(attribute, op)} for op in allowed_operators(attribute)]

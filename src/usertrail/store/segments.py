@@ -48,6 +48,13 @@ class SegmentStore:
                 sa.select(segments).where(segments.c.project_id == project_id, segments.c.id == segment_id)
             ).first()
 
+    def member_counts(self, project_id: int) -> dict[str, int]:
+        """Stored member count of every saved segment (as of its last refresh), by segment id."""
+        m = segment_members
+        query = sa.select(m.c.segment_id, sa.func.count()).where(m.c.project_id == project_id).group_by(m.c.segment_id)
+        with self.engine.connect() as conn:
+            return {segment_id: count for segment_id, count in conn.execute(query)}
+
     def create(self, project_id: int, fields: dict, now: int) -> str:
         segment_id = "seg_" + secrets.token_hex(8)
         with write_transaction(self.engine) as conn:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import msgspec
@@ -63,9 +63,11 @@ def _whole(request: Request, name: str, default: int, low: int, high: int) -> in
     return int(raw)
 
 
-def _scope(request: Request, project_id: int) -> tuple[Scope, dict | None]:
-    """The project, the `from`/`to` range and the optional `segment` of the query; the segment's summary."""
-    params, now = request.query_params, _now()
+def _scope(request: Request, project_id: int, params: Mapping[str, str] | None = None) -> tuple[Scope, dict | None]:
+    """The project, the `from`/`to` range and the optional `segment` of the query (or of `params`, as the
+    report page fills them); the segment's summary."""
+    params = request.query_params if params is None else params
+    now = _now()
     try:
         time_range = engagement.parse_range(params.get("from"), params.get("to"), now)
     except BadParameter as exc:

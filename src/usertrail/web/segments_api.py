@@ -19,11 +19,24 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from usertrail.collect.pipeline import identity_for
+from usertrail.profiles import standard
 from usertrail.profiles.standard import STANDARD_ATTRIBUTES
 from usertrail.segments.evaluate import compile_tree, explain, load_facts
 from usertrail.segments.membership import catalog_of, refresh_segment
-from usertrail.segments.model import Group, InvalidRule, parse
+from usertrail.segments.model import (
+    MAX_DAYS,
+    MAX_DEPTH,
+    MAX_LIST,
+    MAX_RULES,
+    UNIT_MS,
+    WALKME_EVENT_TYPES,
+    Group,
+    InvalidRule,
+    operators_of,
+    parse,
+)
 from usertrail.segments.sql import Compiler
+from usertrail.sessions.rules import PAGE_TYPES
 from usertrail.store.database import write_transaction
 from usertrail.store.identity import owner_of
 from usertrail.store.schema import end_users
@@ -36,6 +49,12 @@ from usertrail.web.errors import ApiError, error_response
 from usertrail.web.users_api import _int_param, _owner, _project, _require_uuid
 
 MAX_NAME = 200
+# Standard attributes measured in milliseconds (a rule builder can offer minutes and convert).
+DURATIONS = (
+    standard.AVERAGE_SESSION_DURATION,
+    standard.TOTAL_SESSION_DURATION,
+    standard.AVERAGE_TIME_BETWEEN_SESSIONS,
+)
 CLIENT_CACHE_SECONDS = 60
 
 
@@ -101,8 +120,44 @@ def _refresh(engine: sa.Engine, project_id: int, segment_id: str, tree: Group) -
 
 
 async def list_segments(request: Request) -> Response:
+    """Saved segments by name, each with `members`: its stored member count (as of `refreshed_at`)."""
     project_id = _project(request)
-    return JSONResponse({"segments": [segment_json(r) for r in _store(request).list(project_id)]})
+    store = _store(request)
+    counts = store.member_counts(project_id)
+    return JSONResponse(
+        {"segments": [{**segment_json(r), "members": counts.get(r.id, 0)} for r in store.list(project_id)]}
+    )
+
+
+async def catalog(request: Request) -> Response:
+    """What rules may name, for rule builders: every attribute with its kind, type and operators (each
+    with the shape of its value), the behaviour rule's operators and known event types, and the limits."""
+    project_id = _project(request)
+    with _engine(request).connect() as conn:
+        names = catalog_of(conn, project_id)
+    attributes = []
+    for name in names.names():
+        attribute = names.resolve(name)
+        entry = {"name": name, "kind": attribute.kind, "type": attribute.type, "operators": operators_of(attribute)}
+        if name in DURATIONS:
+            entry["unit"] = "ms"
+        attributes.append(entry)
+    return JSONResponse(
+        {
+            "attributes": attributes,
+            "behaviour": {
+                "targets": ["event", "item", "page"],
+                "operators": [
+                    {"operator": "did", "fields": ["times", "days"]},
+                    {"operator": "did_not", "fields": ["days"]},
+                    {"operator": "stopped", "fields": ["since_days", "days"]},
+                ],
+                "event_types": [*WALKME_EVENT_TYPES, *sorted(PAGE_TYPES), "track"],
+            },
+            "units": list(UNIT_MS),
+            "limits": {"rules": MAX_RULES, "depth": MAX_DEPTH, "list": MAX_LIST, "days": MAX_DAYS},
+        }
+    )
 
 
 async def create_segment(request: Request) -> Response:
@@ -337,6 +392,7 @@ routes = [
     Route("/api/projects/{project_id}/segments", list_segments, methods=["GET"]),
     Route("/api/projects/{project_id}/segments", create_segment, methods=["POST"]),
     Route("/api/projects/{project_id}/segments/preview", preview, methods=["POST"]),
+    Route("/api/projects/{project_id}/segments/catalog", catalog, methods=["GET"]),
     Route("/api/projects/{project_id}/segments/{segment_id}", get_segment, methods=["GET"]),
     Route("/api/projects/{project_id}/segments/{segment_id}", update_segment, methods=["PATCH"]),
     Route("/api/projects/{project_id}/segments/{segment_id}", delete_segment, methods=["DELETE"]),

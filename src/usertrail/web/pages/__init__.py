@@ -12,11 +12,13 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import home, recordings
+from usertrail.web.pages import home, recordings, reports, segments
 from usertrail.web.pages.layout import WEB
 
 routes = [
     *home.routes,
     *recordings.routes,
+    *segments.routes,
+    *reports.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

@@ -36,7 +36,11 @@ class NavItem:
 
 
 # The navigation, in order; the first section a role may see is where `/app` lands.
-NAV: tuple[NavItem, ...] = (NavItem("recordings", "Recordings", "recordings", "playback.view"),)
+NAV: tuple[NavItem, ...] = (
+    NavItem("segments", "Segments", "segments", "users.view"),
+    NavItem("recordings", "Recordings", "recordings", "playback.view"),
+    NavItem("reports", "Reports", "reports", "users.view"),
+)
 
 
 def utc(ms: int | None) -> str:

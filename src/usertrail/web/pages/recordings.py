@@ -12,27 +12,12 @@ from starlette.routing import Route
 
 from usertrail.playback.replay import FRAME_CSP, walkme_markers
 from usertrail.playback.store import Filters, RecordingGone, recording_json
+from usertrail.segments.model import WALKME_EVENT_TYPES as WALKME_TYPES
 from usertrail.store.segments import SegmentStore
 from usertrail.web.errors import ApiError
 from usertrail.web.pages.layout import context, headers, page_principal, refused, render, templates
 
 PAGE_SIZE = 50
-# WalkMe's event types (shared/research/walkme-spec.md §9), offered as suggestions in the filter.
-WALKME_TYPES = (
-    "play",
-    "playFailed",
-    "click",
-    "close",
-    "open",
-    "complete",
-    "goalReach",
-    "search",
-    "submitted",
-    "passed",
-    "failed",
-    "progressUpdate",
-    "custom",
-)
 
 
 def _form_time(value: str, name: str, end_of_day: bool) -> int | None:

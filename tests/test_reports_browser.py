@@ -1,0 +1,124 @@
+"""The engagement report page in Debian's Chromium on the demo data: the demo Walk-Thrus with the plays and
+completion rates the API gives, a Walk-Thru's step funnel, the date and segment filters changing the
+numbers (still equal to the API's), and the CSV download."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from admin_pages import Watcher, demo_server, signed_in
+from browser import chromium
+from conftest import CHROME_UA, LiveServer
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium(CHROME_UA) as launched:
+        yield launched
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request, tmp_path):
+    # The page reads through the reports API's own functions, which are tested on both engines.
+    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+
+
+def api(live: LiveServer, path: str, **params) -> dict:
+    with live.admin() as admin:
+        answer = admin.get(f"/api/projects/{live.project.project.id}/reports/{path}", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def shown_items(page: Page, app_type: str) -> dict[str, tuple[int, float | None]]:
+    """Plays and completion rate of each row of one app type, as the page shows them."""
+    rows = page.locator(f"#items tbody[data-app-type='{app_type}'] tr[data-item]")
+    found = {}
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        rate = row.locator("td.rate").get_attribute("data-rate")
+        plays = int(row.locator("td[data-plays]").get_attribute("data-plays"))
+        found[row.get_attribute("data-item").split(":", 1)[1]] = (plays, float(rate) if rate else None)
+    return found
+
+
+def expected_items(live: LiveServer, app_type: str, **params) -> dict[str, tuple[int, float | None]]:
+    body = api(live, "items", app_type=app_type, **params)
+    return {i["object_id"]: (i["plays"], i["completion_rate"]) for i in body["items"]}
+
+
+def test_report_numbers_funnel_filters_and_csv(make_server, browser: Browser, tmp_path: Path):
+    live = demo_server(make_server)
+    pid = live.project.project.id
+    today = dt.datetime.now(dt.UTC).date()
+    month = {"from": (today - dt.timedelta(days=29)).isoformat(), "to": today.isoformat()}
+    context = signed_in(browser, live, "analyst")
+    watcher = Watcher()
+    page = watcher.attach(context.new_page())
+    page.goto(f"{live.base_url}/app/projects/{pid}/reports")
+    page.wait_for_load_state("networkidle")
+
+    # The demo's three Walk-Thrus, with the API's plays and completion rates for the default range.
+    walkthrus = expected_items(live, "wt", **month)
+    assert set(walkthrus) == {"124909", "124910", "124911"} and all(p > 0 for p, _ in walkthrus.values())
+    assert shown_items(page, "wt") == walkthrus
+    assert shown_items(page, "survey") == expected_items(live, "survey", **month)
+    expect(page.locator("#items tbody[data-app-type='bizFlow']")).to_contain_text("No Smart Walk-Thru plays")
+    expect(page.locator("canvas[data-drawn]")).to_have_count(2)  # items and widget charts drawn
+    widget = api(live, "widget", **month)
+    expect(page.locator("#total-opens")).to_have_text(f"{widget['totals']['opens']:,}")
+
+    # The step funnel of "Log in", drawn from the funnel API.
+    page.locator("tr[data-item='wt:124909']").get_by_role("button", name="Step funnel").click()
+    funnel = page.locator("#funnel")
+    expect(funnel).to_have_attribute("data-state", "ready")
+    expect(page.locator("#funnel-heading")).to_be_focused()
+    steps = api(live, "items/wt/124909/funnel", **month)["steps"]
+    assert len(steps) == 4 and steps[0]["reached"] > 0
+    rows = funnel.locator("#funnel-steps tbody tr")
+    expect(rows).to_have_count(4)
+    assert [int(rows.nth(i).locator("td").nth(2).inner_text()) for i in range(4)] == [s["reached"] for s in steps]
+    expect(funnel.locator("canvas[data-drawn]")).to_have_count(1)
+    funnel.get_by_role("button", name="Close").click()
+    expect(funnel).to_be_hidden()
+
+    # The last 7 days: fewer plays, still the API's numbers.
+    page.get_by_label("From (UTC)").fill((today - dt.timedelta(days=6)).isoformat())
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**from=*")
+    week = {"from": (today - dt.timedelta(days=6)).isoformat(), "to": today.isoformat()}
+    in_week = expected_items(live, "wt", **week)
+    assert shown_items(page, "wt") == in_week
+    assert sum(p for p, _ in in_week.values()) < sum(p for p, _ in walkthrus.values())
+
+    # A segment: only its members' plays.
+    page.get_by_label("From (UTC)").fill(month["from"])
+    page.get_by_label("Segment").select_option(label="Frequent visitors")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**segment=seg_*")
+    segment = live.app.state.segments.list(pid)[0].id
+    in_segment = expected_items(live, "wt", segment=segment, **month)
+    assert shown_items(page, "wt") == in_segment
+    assert sum(p for p, _ in in_segment.values()) < sum(p for p, _ in walkthrus.values())
+    expect(page.locator("#segment-note")).to_contain_text("Frequent visitors")
+
+    # The CSV is the API's, for the same filters.
+    with page.expect_download() as download:
+        page.locator("#items-csv").click()
+    saved = tmp_path / "items.csv"
+    download.value.save_as(saved)
+    with saved.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    everything = api(live, "items", segment=segment, **month)["items"]
+    assert [(r["app_type"], r["object_id"], int(r["plays"])) for r in table] == [
+        (i["app_type"], i["object_id"], i["plays"]) for i in everything
+    ]
+    assert download.value.suggested_filename.startswith(f"items-{pid}-")
+    assert watcher.problems == []
+    context.close()
