@@ -12,11 +12,13 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import home, recordings
+from usertrail.web.pages import activity, home, integrations, recordings
 from usertrail.web.pages.layout import WEB
 
 routes = [
     *home.routes,
     *recordings.routes,
+    *integrations.routes,
+    *activity.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

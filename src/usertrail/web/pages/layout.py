@@ -36,7 +36,11 @@ class NavItem:
 
 
 # The navigation, in order; the first section a role may see is where `/app` lands.
-NAV: tuple[NavItem, ...] = (NavItem("recordings", "Recordings", "recordings", "playback.view"),)
+NAV: tuple[NavItem, ...] = (
+    NavItem("recordings", "Recordings", "recordings", "playback.view"),
+    NavItem("integrations", "Integrations", "integrations", "integrations.manage"),
+    NavItem("activity", "Activity", "activity", "audit.view"),
+)
 
 
 def utc(ms: int | None) -> str:
