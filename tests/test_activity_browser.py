@@ -143,7 +143,7 @@ def test_change_the_quota_and_see_the_count_reset(live: LiveServer, browser: Bro
 
     page.fill("#quota-input", "500")
     page.click("#quota-form button[type='submit']")
-    page.wait_for_function("document.getElementById('quota-status').textContent !== ''")
+    page.wait_for_selector("#quota-status:has-text('Quota set to 500')")
     assert page.text_content("#quota-used") == "0"
     assert page.text_content("#quota-limit") == "500" and page.text_content("#quota-remaining") == "500"
     assert page.get_attribute("#quota-meter", "value") == "0"

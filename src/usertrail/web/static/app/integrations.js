@@ -115,15 +115,15 @@
     var self = this;
     rows.forEach(function (row) { self.add(row); });
   };
-  /* The rows with a source, as the API takes them: {<key>: source, name?, type?}. */
+  /* The rows with a source, as the API takes them: {<key>: source, name, type?}; an empty name is the source's
+     (every integration's default, spelled out because SCIM requires the name). */
   MappingEditor.prototype.read = function () {
     var key = this.key;
     return Array.prototype.map.call(this.body.rows, function (tr) {
       var out = {};
       out[key] = tr.querySelector(".m-source").value.trim();
-      var name = tr.querySelector(".m-name").value.trim();
+      out.name = tr.querySelector(".m-name").value.trim() || out[key];
       var type = tr.querySelector(".m-type").value;
-      if (name) out.name = name;
       if (type) out.type = type;
       return out;
     }).filter(function (row) { return row[key]; });
