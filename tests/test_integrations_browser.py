@@ -277,7 +277,7 @@ def test_an_s3_source_is_created_run_edited_and_deleted(live: LiveServer, browse
     assert page.input_value("#s3-columns tbody tr:last-child .m-source") == "plan"
     page.fill(f"{form} input[name='interval_seconds']", "7200")
     page.click("#s3-submit")
-    page.wait_for_selector("#s3-sources tr[data-source]:has-text('every 120')")
+    page.wait_for_selector("#s3-sources tr[data-source]:has-text('every 120 min')")
     with live.admin() as api:
         (source,) = api.get(f"/api/projects/{pid}/integrations/s3").json()["sources"]
     assert source["interval_seconds"] == 7200 and source["credentials"] == "access_key"  # the secret was kept
@@ -286,6 +286,49 @@ def test_an_s3_source_is_created_run_edited_and_deleted(live: LiveServer, browse
     page.click(f"{row} button.delete")
     page.click(f"{row} button.delete")
     page.wait_for_selector("#s3-sources tbody td.muted")
+    assert watcher.problems == [], watcher.problems
+    context.close()
+
+
+def test_a_salesforce_source_is_created_run_and_edited(live: LiveServer, browser: Browser):
+    pid = live.project.project.id
+    context = signed_in(browser, live, "admin")
+    watcher = Watcher()
+    page = watcher.attach(context.new_page())
+    page.goto(f"{live.base_url}/app/projects/{pid}/integrations/salesforce")
+    page.wait_for_selector("body[data-ready]")
+    form = "#sf-form"
+    assert page.is_hidden(f"{form} textarea[name='private_key']")
+    # Nothing listens there: the run fails to connect, and the run history says so.
+    page.fill(f"{form} input[name='login_url']", f"https://127.0.0.1:{free_port()}")
+    page.fill(f"{form} input[name='object']", "Contact")
+    page.fill(f"{form} input[name='match_field']", "Usertrail_Id__c")
+    page.fill(f"{form} input[name='username']", "integration@acme.example")
+    page.fill(f"{form} input[name='password']", "hunter2-password")
+    page.fill("#sf-fields tbody tr:nth-child(1) .m-source", "Plan__c")
+    page.fill("#sf-fields tbody tr:nth-child(1) .m-name", "Plan")
+    page.click("#sf-submit")
+    row = "#sf-sources tr[data-source]"
+    page.wait_for_selector(row)
+    assert "password · integration@acme.example" in page.text_content(row)
+    assert "hunter2-password" not in page.content()
+
+    page.click(f"{row} button.run")
+    page.wait_for_selector("#runs-table tbody tr[data-run] .status-failed", timeout=90_000)
+    assert "connection_failed" in page.text_content("#runs-table tbody tr[data-run]")
+
+    page.click(f"{row} button.edit")
+    assert page.is_visible("#sf-secrets-note")
+    page.select_option(f"{form} select[name='flow']", "jwt")
+    assert page.is_visible(f"{form} textarea[name='private_key']") and page.is_hidden(f"{form} input[name='password']")
+    page.select_option(f"{form} select[name='flow']", "password")
+    page.fill(f"{form} input[name='interval_minutes']", "30")
+    page.click("#sf-submit")  # the password is left empty: the stored one is kept
+    page.wait_for_selector(f"{row}:has-text('every 30 min')")
+    with live.admin() as api:
+        (source,) = api.get(f"/api/projects/{pid}/integrations/salesforce").json()["sources"]
+    assert source["interval_minutes"] == 30 and source["auth"]["password"] == "********"
+    assert source["fields"] == [{"field": "Plan__c", "name": "Plan", "type": "string"}]
     assert watcher.problems == [], watcher.problems
     context.close()
 
