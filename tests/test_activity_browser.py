@@ -54,7 +54,7 @@ def test_watch_a_recording_and_find_the_view_in_the_activity_log(live: LiveServe
     page.goto(f"{live.base_url}/app/projects/{pid}")
     page.click("header nav a:text('Activity')")
     page.wait_for_selector("#chain[data-ok='true']")
-    assert "1 entries verified" in page.text_content("#chain-text")
+    assert "1 entry verified" in page.text_content("#chain-text")
     assert page.get_attribute("header nav a[aria-current='page']", "href") == f"/app/projects/{pid}/activity"
 
     page.fill("input[name='recording']", watched)
@@ -86,6 +86,14 @@ def test_watch_a_recording_and_find_the_view_in_the_activity_log(live: LiveServe
         ("view", "ann@example.com", watched)
     ]
     assert watcher.problems == [], watcher.problems
+
+    # Someone edits the entry in the database: the page says where the chain breaks.
+    with live.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE activity_log SET actor_email = 'someone@example.com' WHERE seq = 1")
+    page.reload()
+    page.wait_for_selector("#chain[data-ok='false']")
+    assert page.text_content("#chain-badge") == "Chain broken"
+    assert page.text_content("#chain-text").startswith("At entry 1: the entry was changed")
     admin.close()
 
 

@@ -2,6 +2,8 @@
    every entry of the project, so the list never waits for it). */
 (function () {
   "use strict";
+  function entries(n) { return n + (n === 1 ? " entry" : " entries"); }
+
   document.addEventListener("DOMContentLoaded", function () {
     var panel = document.getElementById("chain");
     if (!panel) return;
@@ -11,10 +13,10 @@
       panel.dataset.ok = result.ok ? "true" : "false";
       if (result.ok) {
         badge.textContent = "Chain intact";
-        text.textContent = result.entries + " entries verified: none was changed, removed or re-ordered.";
+        text.textContent = entries(result.entries) + " verified: none was changed, removed or re-ordered.";
       } else {
         badge.textContent = "Chain broken";
-        text.textContent = "At entry " + result.first_broken_seq + ": " + result.reason + " (" + result.entries + " entries before it verified).";
+        text.textContent = "At entry " + result.first_broken_seq + ": " + result.reason + " (" + entries(result.entries) + " before it verified).";
       }
     }, function (failure) {
       panel.dataset.ok = "unknown";
