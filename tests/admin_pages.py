@@ -56,6 +56,15 @@ PAGES: list[AppPage] = [
     AppPage("segment-new", "segments/new", "segments.manage", "#rule-builder .rb-rule", nav=False),
     AppPage("segment", "segments/{id}", "users.view", "#members tbody tr", nav=False, locate=first_segment),
     AppPage("reports", "reports", "users.view", "#items"),
+    AppPage("integrations", "integrations", "integrations.manage", "body[data-ready] #jobs"),
+    AppPage("integrations-clients", "integrations/api-clients", "integrations.manage", "body[data-ready]", nav=False),
+    AppPage("integrations-s3", "integrations/s3", "integrations.manage", "body[data-ready] #s3-sources", nav=False),
+    AppPage("integrations-salesforce", "integrations/salesforce", "integrations.manage", "body[data-ready]", nav=False),
+    AppPage("integrations-scim", "integrations/scim", "integrations.manage", "body[data-ready] #scim", nav=False),
+    AppPage("integrations-log", "integrations/log", "integrations.manage", "#log", nav=False),
+    AppPage("attributes", "attributes", "users.view", "#attributes", nav=False),
+    AppPage("activity", "activity", "audit.view", "#chain[data-ok]"),
+    AppPage("activity-audit", "activity/audit", "audit.view", "#audit", nav=False),
 ]
 
 
@@ -115,3 +124,15 @@ def unlabelled_controls(page: Page) -> list[str]:
                           && !(el.type === 'submit' && el.value))
             .map(el => el.outerHTML.slice(0, 120))"""
     )
+
+
+def light_server(make_server, **settings) -> LiveServer:
+    """A server for flow tests that need no demo traffic: UUID settings on, one account per role."""
+    live = make_server(trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),), **settings)
+    pid = live.project.project.id
+    production = live.projects.environments(pid)["production"]
+    production.uuid = UuidSettings(provider="variable", source="currentUser.id")
+    live.projects.save_environment(pid, "production", production)
+    for role, email in ROLE_EMAILS.items():
+        add_account(live, email, role)
+    return live

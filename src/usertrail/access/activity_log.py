@@ -218,7 +218,7 @@ def export_csv(engine: sa.Engine, project_id: int, query: Query, batch: int = 10
         writer = csv.writer(chunk, lineterminator="\r\n")
         for r in rows:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.ts // 1000)) + f".{r.ts % 1000:03d}Z"
-            writer.writerow([r.seq, stamp, *(_csv_safe(getattr(r, name)) for name in CSV_COLUMNS[2:])])
+            writer.writerow([r.seq, stamp, *(csv_cell(getattr(r, name)) for name in CSV_COLUMNS[2:])])
         yield chunk.getvalue()
         after = rows[-1].seq
 
@@ -229,8 +229,9 @@ def _csv_line(values) -> str:
     return out.getvalue()
 
 
-def _csv_safe(value):
-    # A user agent is client-controlled: keep spreadsheets from running it as a formula.
+def csv_cell(value):
+    """A CSV cell that a spreadsheet shows as text: never a formula; None as empty."""
+    # Cells are often client-controlled (a user agent, an end-user key): keep spreadsheets from running them.
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return "" if value is None else value

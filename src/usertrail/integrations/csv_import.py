@@ -157,16 +157,28 @@ class FileInfo:
     sample: list[list[str]]
 
 
+def _sniff(head: bytes, complete: bool) -> tuple[bool, str, str]:
+    """(byte-order mark?, text, delimiter) of a file's first bytes; `complete` when they are the whole file."""
+    if not head.strip():
+        raise CsvFileError("the file is empty: a CSV import needs a header row", 1)
+    bom = head.startswith(codecs.BOM_UTF8)
+    text = head.decode("utf-8-sig", errors="ignore")  # a cut multi-byte character at the end is dropped
+    return bom, text, detect_delimiter(text, complete)
+
+
+def _checked_header(header: list[str]) -> list[str]:
+    header = [h.strip() for h in header]
+    if len(header) > MAX_COLUMNS:
+        raise CsvFileError(f"the header has {len(header)} columns; at most {MAX_COLUMNS}", 1)
+    return header
+
+
 def read_file_info(path: Path) -> FileInfo:
     """Detect the delimiter, read the header and up to SAMPLE_ROWS rows (for type inference)."""
     with open(path, "rb") as f:
         head = f.read(SAMPLE_BYTES)
         complete = len(head) < SAMPLE_BYTES or not f.read(1)
-    if not head.strip():
-        raise CsvFileError("the file is empty: a CSV import needs a header row", 1)
-    bom = head.startswith(codecs.BOM_UTF8)
-    text = head.decode("utf-8-sig", errors="ignore")  # a cut multi-byte character at the end is dropped
-    delimiter = detect_delimiter(text, complete)
+    bom, _, delimiter = _sniff(head, complete)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
@@ -179,10 +191,57 @@ def read_file_info(path: Path) -> FileInfo:
                     break
         except csv.Error as exc:
             raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-    header = [h.strip() for h in header]
-    if len(header) > MAX_COLUMNS:
-        raise CsvFileError(f"the header has {len(header)} columns; at most {MAX_COLUMNS}", 1)
-    return FileInfo(delimiter, bom, header, sample)
+    return FileInfo(delimiter, bom, _checked_header(header), sample)
+
+
+def head_info(head: bytes, complete: bool) -> FileInfo:
+    """What a file's first bytes say, before it is uploaded (the upload page's mapping step).
+
+    `complete` says whether `head` is the whole file; if not, its last row may be cut and is dropped.
+    The same checks as an upload: UTF-8, a header of at least two columns, a readable start.
+    """
+    scan = FileScan()
+    scan.update(head)
+    if complete:
+        scan.finish()
+    _, text, delimiter = _sniff(head, complete)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = [r for r in reader if r]
+    except csv.Error as exc:
+        raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
+    if not complete and len(rows) > 1:
+        rows = rows[:-1]
+    return FileInfo(delimiter, head.startswith(codecs.BOM_UTF8), _checked_header(rows[0]), rows[1 : SAMPLE_ROWS + 1])
+
+
+def preview_json(info: FileInfo, registered: dict[str, str], shown_rows: int = 5) -> dict:
+    """The mapping step's view of a file: delimiter, header, a few rows, and each column's suggested type.
+
+    A column's suggestion is the registered type of the attribute of the same name, else the type its
+    sampled cells suggest (what an import would infer for it, unrenamed and untyped).
+    """
+    width = len(info.header)
+    columns = []
+    for i, column in enumerate(info.header):
+        cells = [row[i] for row in info.sample if len(row) == width]
+        registered_type = registered.get(column)
+        columns.append(
+            {
+                "column": column,
+                "suggested_type": registered_type or infer_column_type(cells),
+                "registered_type": registered_type,
+            }
+        )
+    return {
+        "delimiter": DELIMITER_NAMES[info.delimiter],
+        "bom": info.bom,
+        "header": info.header,
+        "rows_sampled": len(info.sample),
+        "sample": info.sample[:shown_rows],
+        "columns": columns,
+        "registered": registered,
+    }
 
 
 # --- the mapping -------------------------------------------------------------------------------

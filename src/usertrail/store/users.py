@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
 import sqlalchemy as sa
 
+from usertrail.access.activity_log import csv_cell
 from usertrail.profiles.standard import (
     AVERAGE_SESSION_DURATION,
     AVERAGE_TIME_BETWEEN_SESSIONS,
@@ -307,23 +310,84 @@ class AuditLog:
                 )
             )
 
-    def list(self, project_id: int, action: str | None = None, limit: int = 100) -> list[dict]:
-        query = sa.select(audit_log).where(audit_log.c.project_id == project_id)
-        if action:
-            query = query.where(audit_log.c.action == action)
+    def list(
+        self, project_id: int, query: AuditQuery | None = None, limit: int = 100, before: str | None = None
+    ) -> list[dict]:
+        """Matching entries, newest first; page with `before` (the last id of the previous page)."""
+        where = (query or AuditQuery()).clauses(project_id)
+        if before:
+            where.append(audit_log.c.id < before)
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(audit_log.c.id.desc()).limit(limit)).all()
-        return [
-            {
-                "id": r.id,
-                "ts": r.ts,
-                "actor": r.actor,
-                "action": r.action,
-                "target": r.target,
-                "details": msgspec.json.decode(r.details),
-            }
-            for r in rows
-        ]
+            rows = conn.execute(sa.select(audit_log).where(*where).order_by(audit_log.c.id.desc()).limit(limit)).all()
+        return [audit_json(r) for r in rows]
+
+    def export_csv(self, project_id: int, query: AuditQuery, batch: int = 1000) -> Iterator[str]:
+        """Matching entries, oldest first, as CSV text in chunks (header first); details as JSON."""
+        yield _csv_row(AUDIT_CSV_COLUMNS)
+        after = ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(audit_log)
+                    .where(*query.clauses(project_id), audit_log.c.id > after)
+                    .order_by(audit_log.c.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            yield "".join(
+                _csv_row([r.id, _utc_stamp(r.ts), r.actor, r.action, r.target, r.details], safe=True) for r in rows
+            )
+            after = rows[-1].id
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of the audit log: every given one must match."""
+
+    actor: str | None = None  # the account's e-mail address or the admin token's key id, exactly
+    action: str | None = None
+    target: str | None = None  # the end user key, account e-mail, … the entry is about
+    since: int | None = None  # ms, inclusive
+    until: int | None = None  # ms, exclusive
+
+    def clauses(self, project_id: int) -> list[sa.ColumnElement[bool]]:
+        where = [audit_log.c.project_id == project_id]
+        if self.actor:
+            where.append(audit_log.c.actor == self.actor)
+        if self.action:
+            where.append(audit_log.c.action == self.action)
+        if self.target:
+            where.append(audit_log.c.target == self.target)
+        if self.since is not None:
+            where.append(audit_log.c.ts >= self.since)
+        if self.until is not None:
+            where.append(audit_log.c.ts < self.until)
+        return where
+
+
+AUDIT_CSV_COLUMNS = ("id", "time_utc", "actor", "action", "target", "details")
+
+
+def audit_json(row) -> dict:
+    return {
+        "id": row.id,
+        "ts": row.ts,
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "details": msgspec.json.decode(row.details),
+    }
+
+
+def _utc_stamp(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _csv_row(values, safe: bool = False) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow([csv_cell(v) for v in values] if safe else values)
+    return out.getvalue()
 
 
 def delete_inactive(engine: sa.Engine, project_id: int, cutoff: int) -> list[tuple[str, int]]:

@@ -22,14 +22,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from usertrail.integrations.csv_import import (
+    SAMPLE_BYTES,
     CsvFileError,
     CsvImporter,
     FileScan,
     MappingError,
     error_report_csv,
+    head_info,
     mapping_from_options,
+    preview_json,
 )
 from usertrail.integrations.s3_import import InvalidSource, RunInProgress, S3Imports, SourceNameTaken
+from usertrail.profiles.custom import CAP
 from usertrail.web.admin_api import _json_body, _limit
 from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
@@ -129,6 +133,30 @@ async def upload_csv(request: Request) -> Response:
         if not started:
             path.unlink(missing_ok=True)
     return _job_response(request, await asyncio.to_thread(importer.get, project_id, job.id), 202)
+
+
+async def preview_csv(request: Request) -> Response:
+    """The body is the start of a CSV file (at most 64 KiB); `complete=true` when it is the whole file.
+
+    Answers what the mapping step needs: the delimiter, the header, a few rows and each column's
+    suggested type (the registered one, else the one the rows suggest). Nothing is stored.
+    """
+    project_id = require(request, "integrations.manage").project_id
+    for key in request.query_params:
+        if key != "complete":
+            raise ApiError(400, "invalid_request", f"unknown parameter {key!r}: expected complete", key)
+    complete = _flag(request, "complete")
+    head = bytearray()
+    async for block in request.stream():
+        head += block
+        if len(head) > SAMPLE_BYTES:
+            raise ApiError(413, "too_large", f"send at most the first {SAMPLE_BYTES} bytes of the file", "$")
+    try:
+        info = head_info(bytes(head), complete)
+    except CsvFileError as exc:
+        raise ApiError(400, "invalid_csv", exc.reason, "$", line=exc.line) from None
+    registered = await asyncio.to_thread(_importer(request).registered_types, project_id)
+    return JSONResponse({**preview_json(info, registered), "cap": CAP, "count": len(registered)})
 
 
 async def list_jobs(request: Request) -> Response:
@@ -268,6 +296,7 @@ def stop_background_work(app) -> None:
 
 routes = [
     Route("/api/projects/{project_id}/imports/csv", upload_csv, methods=["POST"]),
+    Route("/api/projects/{project_id}/imports/csv/preview", preview_csv, methods=["POST"]),
     Route("/api/projects/{project_id}/imports", list_jobs, methods=["GET"]),
     Route("/api/projects/{project_id}/imports/{job_id}", get_job, methods=["GET"]),
     Route("/api/projects/{project_id}/imports/{job_id}/errors", job_errors, methods=["GET"]),

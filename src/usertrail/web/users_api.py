@@ -6,18 +6,20 @@ is `none`, these routes answer 409 `uuid_settings_required`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from usertrail.profiles.custom import CAP
 from usertrail.segments.membership import catalog_of
 from usertrail.segments.model import InvalidRule, parse
 from usertrail.segments.sql import Compiler
-from usertrail.store.users import BadQuery, UserStore, parse_filter, profile_json, session_json
+from usertrail.store.users import AuditQuery, BadQuery, UserStore, parse_filter, profile_json, session_json
+from usertrail.web.access_api import _time_param
 from usertrail.web.admin_api import _json_body, _limit, event_json
 from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
@@ -232,10 +234,46 @@ async def attribute_history(request: Request) -> Response:
     return JSONResponse({"history": items})
 
 
+def _audit_query(request: Request) -> AuditQuery:
+    params = request.query_params
+    return AuditQuery(
+        actor=params.get("actor") or None,
+        action=params.get("action") or None,
+        target=params.get("target") or None,
+        since=_time_param(request, "since"),
+        until=_time_param(request, "until"),
+    )
+
+
 async def audit_entries(request: Request) -> Response:
+    """`?actor=&action=&target=&since=&until=&limit=&before=<entry id>`, newest first."""
     project_id = require(request, "audit.view").project_id
-    entries = request.app.state.audit.list(project_id, request.query_params.get("action"), _limit(request))
-    return JSONResponse({"entries": entries})
+    query = _audit_query(request)
+    entries = await asyncio.to_thread(
+        request.app.state.audit.list, project_id, query, _limit(request), request.query_params.get("before") or None
+    )
+    return JSONResponse({"entries": entries, "next_before": entries[-1]["id"] if entries else None})
+
+
+async def export_audit(request: Request) -> Response:
+    """Every matching entry, oldest first, as CSV."""
+    project_id = require(request, "audit.view").project_id
+    query = _audit_query(request)
+    audit = request.app.state.audit
+    chunks = audit.export_csv(project_id, query)
+
+    def next_chunk() -> str | None:
+        return next(chunks, None)
+
+    async def body():
+        while (chunk := await asyncio.to_thread(next_chunk)) is not None:
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="audit-log-{project_id}.csv"'},
+    )
 
 
 routes = [
@@ -249,6 +287,7 @@ routes = [
         "/api/projects/{project_id}/users/{user_key}/sessions/{start_ts:int}/events", session_stream, methods=["GET"]
     ),
     Route("/api/projects/{project_id}/audit-log", audit_entries, methods=["GET"]),
+    Route("/api/projects/{project_id}/audit-log.csv", export_audit, methods=["GET"]),
     Route("/api/projects/{project_id}/attributes", attribute_registry, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}/attributes", update_attributes, methods=["PATCH"]),
     Route("/api/projects/{project_id}/users/{user_key}/attributes/history", attribute_history, methods=["GET"]),

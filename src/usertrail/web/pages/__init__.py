@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import home, recordings, reports, segments
+from usertrail.web.pages import activity, home, integrations, recordings, reports, segments
 from usertrail.web.pages.layout import WEB
 
 routes = [
@@ -20,5 +20,7 @@ routes = [
     *recordings.routes,
     *segments.routes,
     *reports.routes,
+    *integrations.routes,
+    *activity.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

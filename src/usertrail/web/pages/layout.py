@@ -40,6 +40,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("segments", "Segments", "segments", "users.view"),
     NavItem("recordings", "Recordings", "recordings", "playback.view"),
     NavItem("reports", "Reports", "reports", "users.view"),
+    NavItem("integrations", "Integrations", "integrations", "integrations.manage"),
+    NavItem("activity", "Activity", "activity", "audit.view"),
 )
 
 

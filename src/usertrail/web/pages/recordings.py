@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from usertrail.playback import quota
 from usertrail.playback.replay import FRAME_CSP, walkme_markers
 from usertrail.playback.store import Filters, RecordingGone, recording_json
 from usertrail.segments.model import WALKME_EVENT_TYPES as WALKME_TYPES
@@ -100,6 +102,7 @@ async def recordings_page(request: Request) -> Response:
     except ApiError as exc:
         error = exc
     recordings = [recording_json(r) for r in rows]
+    usage = await asyncio.to_thread(_usage, request.app.state.playback.store.engine, project_id)
     if len(recordings) == PAGE_SIZE:
         kept = {k: v for k, v in form.items() if v}
         older = f"{request.url.path}?{urlencode({**kept, 'before': recordings[-1]['started_at']})}"
@@ -114,7 +117,14 @@ async def recordings_page(request: Request) -> Response:
         recordings=recordings,
         older=older,
         error=error,
+        usage=usage,
     )
+
+
+def _usage(engine, project_id: int) -> dict:
+    """This period's recorded sessions against the quota, as `GET …/playback/usage` answers it."""
+    with engine.connect() as conn:
+        return quota.usage(conn, project_id, int(time.time() * 1000)).as_json()
 
 
 async def player_page(request: Request) -> Response:
