@@ -40,7 +40,11 @@ class AppPage:
 
 
 PAGES: list[AppPage] = [
+    AppPage("overview", "overview", "project.view", "#top-pages"),
+    AppPage("rejected", "rejected", "settings.manage", "#rejected", nav=False),
     AppPage("recordings", "recordings", "playback.view", "#recordings"),
+    AppPage("settings", "settings", "project.view", "#settings-form"),
+    AppPage("install", "install", "project.view", "#keys"),
 ]
 
 

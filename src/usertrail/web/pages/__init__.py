@@ -12,11 +12,14 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import home, recordings
+from usertrail.web.pages import home, install, overview, recordings, settings
 from usertrail.web.pages.layout import WEB
 
 routes = [
     *home.routes,
     *recordings.routes,
+    *overview.routes,
+    *settings.routes,
+    *install.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

@@ -36,7 +36,12 @@ class NavItem:
 
 
 # The navigation, in order; the first section a role may see is where `/app` lands.
-NAV: tuple[NavItem, ...] = (NavItem("recordings", "Recordings", "recordings", "playback.view"),)
+NAV: tuple[NavItem, ...] = (
+    NavItem("overview", "Overview", "overview", "project.view"),
+    NavItem("recordings", "Recordings", "recordings", "playback.view"),
+    NavItem("settings", "Settings", "settings", "project.view"),
+    NavItem("install", "Install", "install", "project.view"),
+)
 
 
 def utc(ms: int | None) -> str:
