@@ -88,6 +88,25 @@ def test_admin_changes_settings_sees_them_after_reload_and_errors_at_the_field(l
     expect(page.locator('[data-error-for="$.traffic.excluded_ips"]')).to_be_hidden()
 
 
+def test_admin_sets_the_projects_retention_periods(live: LiveServer, browser: Browser):
+    page, watcher = open_page(browser, live, "admin", "settings")
+    users = page.get_by_label("Delete end users after this many days without a session")
+    expect(users).to_have_attribute("placeholder", "183 (installation default)")
+    users.fill("0")
+    page.get_by_role("button", name="Save retention").click()
+    expect(page.locator('[data-error-for="$.user_days"]')).to_contain_text("from 1 to 3650")
+    users.fill("90")
+    page.get_by_role("button", name="Save retention").click()
+    expect(page.locator("#retention-saved")).to_have_text("Saved.")
+    page.reload()
+    expect(users).to_have_value("90")
+    expect(page.get_by_label("Delete session recordings after (days)")).to_have_value("")
+    with live.admin() as admin:
+        stored = admin.get(f"/api/projects/{live.project.project.id}/retention").json()
+    assert stored["effective"] == {"user_days": 90, "playback_days": 365}
+    assert [p for p in watcher.problems if "400" not in p] == []
+
+
 def test_admin_rotates_the_write_key_and_sees_the_new_one(live: LiveServer, browser: Browser):
     old = live.project.write_key
     page, watcher = open_page(browser, live, "admin", "install")
@@ -128,6 +147,8 @@ def test_viewer_reads_settings_but_cannot_change_them(live: LiveServer, browser:
     expect(page.locator("#save-settings")).to_have_count(0)
     expect(page.locator("#quota-form")).to_have_count(0)
     expect(page.locator("#members")).to_have_count(0)
+    expect(page.locator("#save-retention")).to_have_count(0)
+    expect(page.get_by_label("Delete session recordings after (days)")).not_to_be_editable()
     expect(page.get_by_label("Collect page titles")).to_be_disabled()
     expect(page.get_by_label("Excluded IP addresses")).not_to_be_editable()
     page.goto(f"{live.base_url}/app/projects/{live.project.project.id}/install")

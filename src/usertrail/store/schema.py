@@ -800,3 +800,14 @@ sa.Index(
     sqlite_where=sa.text(PAGE_VIEWS_WHERE),
     postgresql_where=sa.text(PAGE_VIEWS_WHERE),
 )
+
+# Per-project retention periods; NULL: the installation's default (USERTRAIL_*_RETENTION_DAYS).
+retention_settings = sa.Table(
+    "retention_settings",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("user_days", sa.Integer, nullable=True),  # delete end users with no session for this long
+    sa.Column("playback_days", sa.Integer, nullable=True),  # delete recordings started this long ago
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id"),
+)

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from usertrail.access.permissions import ROLES
 from usertrail.playback import quota
 from usertrail.project_settings import TrackingLevel
+from usertrail.store.retention import RetentionStore
 from usertrail.store.segments import SegmentStore
 from usertrail.web.errors import ApiError
 from usertrail.web.pages.layout import context, page_principal, refused, render
@@ -64,20 +65,15 @@ async def settings_page(request: Request) -> Response:
             {**account.as_json(), "role": role}
             for account, role in await asyncio.to_thread(state.accounts.members, project_id)
         ]
+    own = await asyncio.to_thread(RetentionStore(engine).get, project_id)
     process = state.settings
-    retention = [
-        ("End users", f"{process.user_retention_days} days without a session", "USERTRAIL_USER_RETENTION_DAYS"),
-        (
-            "Session recordings",
-            f"{process.playback_retention_days} days after recording",
-            "USERTRAIL_PLAYBACK_RETENTION_DAYS",
-        ),
-        (
-            "Full IP addresses (security log)",
-            f"{process.security_log_retention_days} days",
-            "USERTRAIL_SECURITY_LOG_RETENTION_DAYS",
-        ),
-    ]
+    retention = {
+        "user_days": own.user_days,
+        "playback_days": own.playback_days,
+        "default_user_days": process.user_retention_days,
+        "default_playback_days": process.playback_retention_days,
+        "security_log_days": process.security_log_retention_days,
+    }
     settings = environments[env]
     known_segments = {s.id for s in segments}
     return render(

@@ -1,7 +1,7 @@
 /* The settings page. Saving sends the whole form of one environment as one PATCH
    /api/projects/{id}/environments/{env}; a refusal is shown next to the field its `path` names
    ("$.traffic.excluded_ips[2]" → the excluded IPs, line 3). The quota and the members go through their
-   own routes (PUT …/playback/quota, PUT and DELETE …/members/{email}). */
+   own routes (PUT …/playback/quota, PUT …/retention, PUT and DELETE …/members/{email}). */
 (function () {
   "use strict";
 
@@ -95,6 +95,27 @@
         document.getElementById("quota-used").textContent = usage.used.toLocaleString("en");
         document.getElementById("quota-value").textContent = usage.quota.toLocaleString("en");
       }, function (failure) { showAtField(panel, panel.querySelector(".field-error"), failure); });
+    });
+  }
+
+  var retentionForm = document.getElementById("retention-form");
+  var saveRetention = document.getElementById("save-retention");
+  if (retentionForm && saveRetention) {
+    retentionForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      clearErrors(retentionForm);
+      var saved = document.getElementById("retention-saved");
+      saved.hidden = true;
+      var body = {};
+      Array.prototype.forEach.call(retentionForm.querySelectorAll("input[data-field]"), function (input) {
+        var text = input.value.trim();
+        // Empty: back to the installation's default; not a whole number: sent as typed, refused at its field.
+        body[input.dataset.field] = text === "" ? null : (/^\d+$/.test(text) ? Number(text) : text);
+      });
+      App.request("PUT", "/api/projects/" + retentionForm.dataset.project + "/retention", body).then(function () {
+        saved.textContent = "Saved.";
+        saved.hidden = false;
+      }, function (failure) { showAtField(retentionForm, document.getElementById("retention-error"), failure); });
     });
   }
 

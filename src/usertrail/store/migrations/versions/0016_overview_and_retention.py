@@ -1,4 +1,5 @@
-"""sessions: covering index by start time; events: partial index of page views (the overview page)
+"""sessions: covering index by start time; events: partial index of page views (the overview page);
+retention_settings: per-project retention periods
 
 Revision ID: 0016
 Revises: 0012
@@ -17,6 +18,15 @@ PAGE_VIEWS = "type IN ('page', 'pageChange', 'pageView', 'pageview')"
 
 
 def upgrade() -> None:
+    op.create_table(
+        "retention_settings",
+        sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("user_days", sa.Integer(), nullable=True),
+        sa.Column("playback_days", sa.Integer(), nullable=True),
+        sa.Column("updated_at", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(["project_id"], ["projects.id"]),
+        sa.PrimaryKeyConstraint("project_id", name=op.f("pk_retention_settings")),
+    )
     op.create_index(
         "ix_sessions_overview",
         "sessions",
@@ -36,3 +46,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_events_page_views", table_name="events")
     op.drop_index("ix_sessions_overview", table_name="sessions")
+    op.drop_table("retention_settings")
