@@ -118,6 +118,7 @@ def test_daily_counts_closed_sessions_by_start_day_with_drops_and_rejections(fil
 def test_top_pages_count_page_views_with_titles_and_visitors(filled: LiveServer, monkeypatch):
     body = get(filled, "pages").json()
     assert body["complete"] is True and body["page_views"] == 5
+    assert body["counted_since"] == midnight(3) + 9 * HOUR
     assert body["pages"] == [
         {"host": "shop.example", "path": "/home", "title": "Home (old)", "views": 4, "visitors": 2},
         {"host": "shop.example", "path": "/pricing", "title": "Pricing", "views": 1, "visitors": 1},
@@ -127,6 +128,7 @@ def test_top_pages_count_page_views_with_titles_and_visitors(filled: LiveServer,
     monkeypatch.setattr(overview, "PAGE_VIEW_LIMIT", 2)
     capped = get(filled, "pages").json()
     assert (capped["complete"], capped["page_views"]) == (False, 2)
+    assert capped["counted_since"] == midnight(3) + 12 * HOUR  # bob's late /home, the older of the two
     assert sum(p["views"] for p in capped["pages"]) == 2  # ann's two latest: /home yesterday, bob's late /home
     assert capped["pages"] == [{"host": "shop.example", "path": "/home", "title": "Home", "views": 2, "visitors": 2}]
 

@@ -9,10 +9,10 @@ with the project's history:
   numbers belong to the sessions that started on it; active users are session owners, so a person
   who signed in part-way counts once, and empty sessions (no interaction, at most one page view)
   count as events but not as sessions or active users, as in the End User Object;
-- top pages count page views (`sessions.rules.PAGE_TYPES`, `schema.PAGE_VIEWS_WHERE`) through a partial index on `events
-  (project_id, ts)` that holds page views only, so other events cost nothing to index; at most
-  `PAGE_VIEW_LIMIT` page views (the latest in the range) are read, and the answer says when the
-  range held more;
+- top pages count page views (`sessions.rules.PAGE_TYPES`, `schema.PAGE_VIEWS_WHERE`) through a
+  partial index on `events (project_id, ts)` that holds page views only, so other events cost nothing
+  to index; at most `PAGE_VIEW_LIMIT` page views (the latest in the range) are read, and the answer
+  says when the range held more and from when it counted;
 - dropped events are the daily tallies of `drop_counts`; rejected events are counted through the
   `(project_id, status, id)` index, whose ids start with the time they arrived.
 """
@@ -27,7 +27,9 @@ from usertrail.reports.engagement import DAY_MS, BadParameter, TimeRange, _day_n
 from usertrail.store.schema import PAGE_VIEWS_WHERE, drop_counts, events, rejected_events, sessions
 
 MAX_DAYS = 366
-PAGE_VIEW_LIMIT = 200_000
+# Each page view read costs one row lookup (URLs and titles have no length limit, so no index can
+# hold them): the cap keeps the query near a quarter of a second (docs/benchmarks.md#overview-issue-7).
+PAGE_VIEW_LIMIT = 50_000
 
 
 def check_range(span: TimeRange) -> TimeRange:
@@ -150,16 +152,22 @@ class TopPages:
     pages: list[dict]
     page_views: int  # page views read
     complete: bool  # False when the range held more than PAGE_VIEW_LIMIT page views (the latest were read)
+    counted_since: int | None  # the time of the oldest page view read (ms); None when there was none
 
     def as_json(self) -> dict:
-        return {"pages": self.pages, "page_views": self.page_views, "complete": self.complete}
+        return {
+            "pages": self.pages,
+            "page_views": self.page_views,
+            "complete": self.complete,
+            "counted_since": self.counted_since,
+        }
 
 
 def page_views(project_id: int, span: TimeRange) -> sa.Select:
     """The latest PAGE_VIEW_LIMIT page views of `span`, newest first, through the partial index."""
     e = events.c
     return (
-        sa.select(e.url_host, e.url_path, e.title, e.user_key)
+        sa.select(e.url_host, e.url_path, e.title, e.user_key, e.ts)
         .where(e.project_id == project_id, sa.text(PAGE_VIEWS_WHERE), e.ts >= span.start, e.ts < span.end)
         .order_by(e.ts.desc())
         .limit(PAGE_VIEW_LIMIT)
@@ -178,6 +186,7 @@ def top_pages(conn: sa.Connection, project_id: int, span: TimeRange, limit: int 
             sa.func.count().label("views"),
             sa.func.count(sa.distinct(v.user_key)).label("visitors"),
             sa.func.sum(sa.func.count()).over().label("read"),
+            sa.func.min(sa.func.min(v.ts)).over().label("since"),
         )
         .group_by(v.url_host, v.url_path)
         .order_by(sa.func.count().desc(), v.url_host, v.url_path)
@@ -192,4 +201,4 @@ def top_pages(conn: sa.Connection, project_id: int, span: TimeRange, limit: int 
         {"host": r.url_host, "path": r.url_path, "title": r.title, "views": r.views, "visitors": r.visitors}
         for r in rows
     ]
-    return TopPages(pages, read, not beyond)
+    return TopPages(pages, read, not beyond, int(rows[0].since) if rows else None)
