@@ -167,8 +167,10 @@ def test_admin_manages_members(live: LiveServer, browser: Browser):
     page.get_by_role("button", name="Add").click()
     expect(page.locator("#member-password")).to_be_visible()
     expect(page.locator("#member-password-value")).not_to_be_empty()
-    page.reload()
     row = page.locator('tr[data-email="new.person@example.com"]')
+    expect(row).to_contain_text("new.person@example.com")
+    expect(page.get_by_label("Role of new.person@example.com")).to_have_value("analyst")
+    page.reload()
     page.get_by_label("Role of new.person@example.com").select_option("viewer")
     expect(page.locator("#members-result")).to_contain_text("is now viewer")
     roles = {a.email: role for a, role in live.app.state.accounts.members(live.project.project.id)}

@@ -127,6 +127,30 @@
     function report(text) { membersError.hidden = true; membersResult.textContent = text; membersResult.hidden = false; }
     function fail(failure) { membersResult.hidden = true; App.showError(membersError, failure); }
 
+    /* The member's row, new or replacing the one already listed (an existing account given a role). */
+    function addRow(member) {
+      var body = document.querySelector("#member-list tbody");
+      var row = document.createElement("tr");
+      row.dataset.email = member.email;
+      var cells = [member.email, member.display_name || "", null, "", null];
+      cells.forEach(function (text) { var td = document.createElement("td"); if (text) td.textContent = text; row.appendChild(td); });
+      var select = document.getElementById("member-role").cloneNode(true);
+      select.removeAttribute("id");
+      select.removeAttribute("name");
+      select.className = "member-role";
+      select.setAttribute("aria-label", "Role of " + member.email);
+      select.value = member.role;
+      row.children[2].appendChild(select);
+      var remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "secondary member-remove";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", "Remove " + member.email + " from the project");
+      row.children[4].appendChild(remove);
+      var existing = body.querySelector('tr[data-email="' + CSS.escape(member.email) + '"]');
+      if (existing) body.replaceChild(row, existing); else body.appendChild(row);
+    }
+
     members.addEventListener("change", function (event) {
       if (!event.target.classList.contains("member-role")) return;
       var email = event.target.closest("tr").dataset.email;
@@ -154,7 +178,8 @@
           document.getElementById("member-password-value").textContent = answer.one_time_password;
           document.getElementById("member-password").hidden = false;
         }
-        report(answer.email + " added as " + answer.role + ". Reload to see them in the list.");
+        addRow(answer);
+        report(answer.email + " added as " + answer.role + ".");
       }, fail);
     });
   }
