@@ -13,8 +13,8 @@ with the project's history:
   partial index on `events (project_id, ts)` that holds page views only, so other events cost nothing
   to index; at most `PAGE_VIEW_LIMIT` page views (the latest in the range) are read, and the answer
   says when the range held more and from when it counted;
-- dropped events are the daily tallies of `drop_counts`; rejected events are counted through the
-  `(project_id, status, id)` index, whose ids start with the time they arrived.
+- dropped events are the daily tallies of `drop_counts`; rejected events are a range of their primary
+  key `(project_id, id)`, whose ids start with the time they arrived.
 """
 
 from __future__ import annotations
