@@ -51,6 +51,8 @@ def first_segment(live: LiveServer) -> str:
 
 
 PAGES: list[AppPage] = [
+    AppPage("overview", "overview", "project.view", "#top-pages"),
+    AppPage("rejected", "rejected", "settings.manage", "#rejected", nav=False),
     AppPage("recordings", "recordings", "playback.view", "#recordings"),
     AppPage("segments", "segments", "users.view", "#segments"),
     AppPage("segment-new", "segments/new", "segments.manage", "#rule-builder .rb-rule", nav=False),
@@ -65,6 +67,8 @@ PAGES: list[AppPage] = [
     AppPage("attributes", "attributes", "users.view", "#attributes", nav=False),
     AppPage("activity", "activity", "audit.view", "#chain[data-ok]"),
     AppPage("activity-audit", "activity/audit", "audit.view", "#audit", nav=False),
+    AppPage("settings", "settings", "project.view", "#settings-form"),
+    AppPage("install", "install", "project.view", "#keys"),
 ]
 
 

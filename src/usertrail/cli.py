@@ -293,14 +293,23 @@ def retention(
     data_dir: Path = DataDir,
     database_url: str = DatabaseUrl,
 ) -> None:
-    """Delete end users inactive for `days` (with their events, sessions and attributes), and old recordings."""
+    """Delete end users inactive for `days` (with their events, sessions and attributes), and old recordings.
+
+    A project's own retention periods (settings page, `PUT /api/projects/{id}/retention`) win over
+    `--days` and `--playback-days`, which are the installation's defaults.
+    """
+    from usertrail.store.retention import RetentionStore
     from usertrail.store.users import UserStore, delete_inactive
 
     store = _projects(_settings(data_dir, database_url))
-    cutoff = _now_ms() - days * 86_400_000
+    periods = RetentionStore(store.engine)
     table = Table("project", "end user", "last session ended")
     count = 0
     for project_id in _project_ids(store, project):
+        own = periods.get(project_id).user_days
+        if own is not None:
+            console.print(f"project {project_id}: end users are kept {own} days without a session (its own period)")
+        cutoff = _now_ms() - (own if own is not None else days) * 86_400_000
         found = (
             UserStore(store.engine).inactive(project_id, cutoff)
             if dry_run
@@ -319,11 +328,16 @@ def _playback_retention(
     store: ProjectStore, project_ids: list[int], days: int, dry_run: bool, data_dir: Path, database_url: str
 ) -> None:
     from usertrail.playback.store import Filters
+    from usertrail.store.retention import RetentionStore
 
     recordings = _recording_store(data_dir, database_url, store.engine)
-    cutoff = _now_ms() - days * 86_400_000
+    periods = RetentionStore(store.engine)
     count = 0
     for project_id in project_ids:
+        own = periods.get(project_id).playback_days
+        if own is not None:
+            console.print(f"project {project_id}: recordings are kept {own} days (its own period)")
+        cutoff = _now_ms() - (own if own is not None else days) * 86_400_000
         if dry_run:
             count += len(recordings.list(project_id, Filters(until=cutoff, limit=10**9)))
         else:

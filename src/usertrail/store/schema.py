@@ -778,3 +778,36 @@ activity_log = sa.Table(
 )
 sa.Index(None, activity_log.c.project_id, activity_log.c.recording_id)
 sa.Index(None, activity_log.c.project_id, activity_log.c.ts)
+
+# The overview (reports/overview.py): activity per day reads closed sessions by start time from this
+# index alone; top pages read page views through a partial index that other events never enter. The
+# queries repeat PAGE_VIEWS_WHERE word for word, because SQLite uses a partial index only for a query
+# whose WHERE contains the index's condition (as literals, not parameters); 0016 holds the same text.
+PAGE_VIEWS_WHERE = "type IN ('page', 'pageChange', 'pageView', 'pageview')"
+sa.Index(
+    "ix_sessions_overview",
+    sessions.c.project_id,
+    sessions.c.start_ts,
+    sessions.c.status,
+    sessions.c.is_empty,
+    sessions.c.user_key,
+    sessions.c.event_count,
+)
+sa.Index(
+    "ix_events_page_views",
+    events.c.project_id,
+    events.c.ts,
+    sqlite_where=sa.text(PAGE_VIEWS_WHERE),
+    postgresql_where=sa.text(PAGE_VIEWS_WHERE),
+)
+
+# Per-project retention periods; NULL: the installation's default (USERTRAIL_*_RETENTION_DAYS).
+retention_settings = sa.Table(
+    "retention_settings",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("user_days", sa.Integer, nullable=True),  # delete end users with no session for this long
+    sa.Column("playback_days", sa.Integer, nullable=True),  # delete recordings started this long ago
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id"),
+)

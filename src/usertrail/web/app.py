@@ -38,6 +38,7 @@ from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
+from usertrail.store.retention import RetentionStore
 from usertrail.store.segments import SegmentStore
 from usertrail.store.users import AuditLog, UserStore, delete_inactive
 from usertrail.web import (
@@ -47,9 +48,11 @@ from usertrail.web import (
     collect_routes,
     import_routes,
     oidc_routes,
+    overview_api,
     pages,
     playback_routes,
     reports_api,
+    retention_api,
     salesforce_routes,
     scim_routes,
     segments_api,
@@ -105,15 +108,18 @@ async def _maintenance(collector: Collector, recordings: RecordingStore) -> None
             )
             await asyncio.to_thread(refresh_all, collector.events.engine, _now())
             if time.monotonic() - last_retention >= 86_400 or not last_retention:
-                cutoff = _now() - settings.user_retention_days * DAY_MS
+                periods = RetentionStore(collector.events.engine)
                 for project in await asyncio.to_thread(collector.projects.list):
+                    own = await asyncio.to_thread(periods.get, project.id)
+                    user_days, playback_days = own.effective(
+                        settings.user_retention_days, settings.playback_retention_days
+                    )
+                    cutoff = _now() - user_days * DAY_MS
                     deleted = await asyncio.to_thread(delete_inactive, collector.events.engine, project.id, cutoff)
                     if deleted:
                         log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
                     expired = await asyncio.to_thread(
-                        recordings.delete_started_before,
-                        project.id,
-                        _now() - settings.playback_retention_days * DAY_MS,
+                        recordings.delete_started_before, project.id, _now() - playback_days * DAY_MS
                     )
                     if expired:
                         log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
@@ -204,6 +210,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *oidc_routes.routes,
             *access_api.routes,
             *reports_api.routes,
+            *overview_api.routes,
+            *retention_api.routes,
             *pages.routes,
         ],
         exception_handlers={ApiError: _api_error},

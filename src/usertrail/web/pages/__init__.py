@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import activity, home, integrations, recordings, reports, segments
+from usertrail.web.pages import activity, home, install, integrations, overview, recordings, reports, segments, settings
 from usertrail.web.pages.layout import WEB
 
 routes = [
@@ -22,5 +22,8 @@ routes = [
     *reports.routes,
     *integrations.routes,
     *activity.routes,
+    *overview.routes,
+    *settings.routes,
+    *install.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

@@ -37,11 +37,14 @@ class NavItem:
 
 # The navigation, in order; the first section a role may see is where `/app` lands.
 NAV: tuple[NavItem, ...] = (
+    NavItem("overview", "Overview", "overview", "project.view"),
     NavItem("segments", "Segments", "segments", "users.view"),
     NavItem("recordings", "Recordings", "recordings", "playback.view"),
     NavItem("reports", "Reports", "reports", "users.view"),
     NavItem("integrations", "Integrations", "integrations", "integrations.manage"),
     NavItem("activity", "Activity", "activity", "audit.view"),
+    NavItem("settings", "Settings", "settings", "project.view"),
+    NavItem("install", "Install", "install", "project.view"),
 )
 
 
