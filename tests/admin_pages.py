@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from playwright.sync_api import Browser, BrowserContext, Page
 
@@ -32,15 +34,23 @@ class AppPage:
     present once the page is ready (its data shown, its script done)."""
 
     key: str
-    path: str
+    path: str | Callable[[LiveServer], str]  # a detail page builds its path from the demo data
     permission: str
     ready: str
     nav: bool = True  # reached from the navigation (not a detail page)
     screenshot: bool = True
 
 
+def demo_user_path(live: LiveServer) -> str:
+    """`users/<key>` of the demo's most recently seen end user."""
+    key = live.scalar("SELECT user_key FROM end_users ORDER BY last_seen DESC, user_key LIMIT 1")
+    return f"users/{quote(key, safe='')}"
+
+
 PAGES: list[AppPage] = [
     AppPage("recordings", "recordings", "playback.view", "#recordings"),
+    AppPage("users", "users", "users.view", "#users"),
+    AppPage("user", demo_user_path, "users.view", "#user-segments[data-loaded]", nav=False),
 ]
 
 

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from usertrail.playback.store import Filters, recording_json
 from usertrail.profiles.custom import CAP
 from usertrail.segments.membership import catalog_of
 from usertrail.segments.model import Catalog, InvalidRule, parse
@@ -274,6 +275,22 @@ async def session_stream(request: Request) -> Response:
     return JSONResponse({"session": session_json(session), "events": [event_json(r) for r in rows]})
 
 
+def recordings_of(request: Request, project_id: int, keys: list[str], limit: int = 100) -> list[dict]:
+    """Session recordings of every key an end user holds (recordings keep the key their page had), newest first."""
+    store = request.app.state.playback.store
+    rows = [r for key in keys for r in store.list(project_id, Filters(user_key=key, limit=limit))]
+    rows.sort(key=lambda r: (r.started_at, r.recording_id), reverse=True)
+    return [recording_json(r) for r in rows[:limit]]
+
+
+async def user_recordings(request: Request) -> Response:
+    """The end user's session recordings (metadata; watching one needs playback.view), newest first."""
+    project_id = _project(request)
+    owner, members = _owner(request, project_id)
+    items = await asyncio.to_thread(recordings_of, request, project_id, members, _limit(request, 100, 1000))
+    return JSONResponse({"user_key": owner, "recordings": items})
+
+
 async def user_events(request: Request) -> Response:
     """All of one end user's events (their own and their stitched anonymous ones) in time order."""
     project_id = _project(request)
@@ -373,6 +390,7 @@ routes = [
     Route("/api/projects/{project_id}/users/{user_key}/events", user_events, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}/export", export_user, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}/sessions", user_sessions, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}/recordings", user_recordings, methods=["GET"]),
     Route(
         "/api/projects/{project_id}/users/{user_key}/sessions/{start_ts:int}/events", session_stream, methods=["GET"]
     ),

@@ -12,11 +12,12 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import home, recordings
+from usertrail.web.pages import home, recordings, users
 from usertrail.web.pages.layout import WEB
 
 routes = [
     *home.routes,
     *recordings.routes,
+    *users.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

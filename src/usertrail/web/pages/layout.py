@@ -36,7 +36,10 @@ class NavItem:
 
 
 # The navigation, in order; the first section a role may see is where `/app` lands.
-NAV: tuple[NavItem, ...] = (NavItem("recordings", "Recordings", "recordings", "playback.view"),)
+NAV: tuple[NavItem, ...] = (
+    NavItem("users", "Users", "users", "users.view"),
+    NavItem("recordings", "Recordings", "recordings", "playback.view"),
+)
 
 
 def utc(ms: int | None) -> str:
