@@ -214,6 +214,8 @@ async def export_list(request: Request) -> Response:
 def _csv_cell(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return "" if value is None else value
 
 
