@@ -34,11 +34,16 @@ class AppPage:
     present once the page is ready (its data shown, its script done)."""
 
     key: str
-    path: str | Callable[[LiveServer], str]  # a detail page builds its path from the demo data
+    path: str
     permission: str
     ready: str
     nav: bool = True  # reached from the navigation (not a detail page)
     screenshot: bool = True
+    locate: Callable[[LiveServer], str] | None = None  # the path of a page that needs an id from the demo data
+
+    def path_on(self, live: LiveServer) -> str:
+        """The page's path under `/app/projects/{id}/` on this server."""
+        return self.locate(live) if self.locate else self.path
 
 
 def demo_user_path(live: LiveServer) -> str:
@@ -50,7 +55,7 @@ def demo_user_path(live: LiveServer) -> str:
 PAGES: list[AppPage] = [
     AppPage("recordings", "recordings", "playback.view", "#recordings"),
     AppPage("users", "users", "users.view", "#users"),
-    AppPage("user", demo_user_path, "users.view", "#user-segments[data-loaded]", nav=False),
+    AppPage("user", "users/{key}", "users.view", "#user-segments[data-loaded]", nav=False, locate=demo_user_path),
 ]
 
 

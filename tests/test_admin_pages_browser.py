@@ -45,9 +45,8 @@ def test_every_page_for_every_role(live: LiveServer, browser: Browser):
         assert f"/app/projects/{pid}/" in landed, (role, landed)
         nav_links = page.eval_on_selector_all("header nav a", "els => els.map(e => e.getAttribute('href'))")
         for spec in PAGES:
-            path = spec.path(live) if callable(spec.path) else spec.path
-            url = f"{live.base_url}/app/projects/{pid}/{path}"
-            href = f"/app/projects/{pid}/{path}"
+            url = f"{live.base_url}/app/projects/{pid}/{spec.path_on(live)}"
+            href = f"/app/projects/{pid}/{spec.path_on(live)}"
             if spec.permission not in permissions:
                 assert href not in nav_links, (role, spec.key)
                 answer = page.goto(url)
