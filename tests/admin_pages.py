@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from playwright.sync_api import Browser, BrowserContext, Page
 
@@ -50,6 +51,12 @@ def first_segment(live: LiveServer) -> str:
     return f"segments/{live.app.state.segments.list(live.project.project.id)[0].id}"
 
 
+def demo_user_path(live: LiveServer) -> str:
+    """`users/<key>` of the demo's most recently seen end user."""
+    key = live.scalar("SELECT user_key FROM end_users ORDER BY last_seen DESC, user_key LIMIT 1")
+    return f"users/{quote(key, safe='')}"
+
+
 PAGES: list[AppPage] = [
     AppPage("overview", "overview", "project.view", "#top-pages"),
     AppPage("rejected", "rejected", "settings.manage", "#rejected", nav=False),
@@ -69,6 +76,8 @@ PAGES: list[AppPage] = [
     AppPage("activity-audit", "activity/audit", "audit.view", "#audit", nav=False),
     AppPage("settings", "settings", "project.view", "#settings-form"),
     AppPage("install", "install", "project.view", "#keys"),
+    AppPage("users", "users", "users.view", "#users"),
+    AppPage("user", "users/{key}", "users.view", "#user-segments[data-loaded]", nav=False, locate=demo_user_path),
 ]
 
 

@@ -7,18 +7,33 @@ is `none`, these routes answer 409 `uuid_settings_required`.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from usertrail.playback.store import Filters, recording_json
 from usertrail.profiles.custom import CAP
 from usertrail.segments.membership import catalog_of
-from usertrail.segments.model import InvalidRule, parse
+from usertrail.segments.model import Catalog, InvalidRule, parse
 from usertrail.segments.sql import Compiler
-from usertrail.store.users import AuditQuery, BadQuery, UserStore, parse_filter, profile_json, session_json
+from usertrail.store.users import (
+    AuditQuery,
+    BadQuery,
+    Filter,
+    UserPage,
+    UserStore,
+    parse_cursor,
+    parse_filter,
+    profile_json,
+    session_json,
+)
 from usertrail.web.access_api import _time_param
 from usertrail.web.admin_api import _json_body, _limit, event_json
 from usertrail.web.auth import require
@@ -61,47 +76,162 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int |
         raise ApiError(400, "invalid_request", f"{name} must be a whole number", name) from None
 
 
-async def list_users(request: Request) -> Response:
-    """`?sort=<attribute>&order=asc|desc&limit=&offset=&filter=<attribute>:<op>:<value>` (repeatable),
-    `&segment=<saved segment id>`, `&rules=<segment rules as JSON>` (docs/segments.md), `&q=<text>`."""
-    project_id = _project(request)
+@dataclass(frozen=True)
+class ListQuery:
+    """The user list's query parameters, checked: what `UserStore.list` needs besides the page bounds."""
+
+    sort: str
+    descending: bool
+    filters: list[Filter]
+    conditions: list
+    search: str | None
+    catalog: Catalog
+    columns: list[str]
+
+
+def list_query(request: Request, project_id: int) -> ListQuery:
+    """`sort`, `order`, `filter`, `segment`, `rules`, `q` and `column` of a user-list request; ApiError 400
+    (or 404 for an unknown saved segment) naming the parameter that is wrong."""
     params = request.query_params
     order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ApiError(400, "invalid_request", "order must be asc or desc", "order")
+    with _users(request).engine.connect() as conn:
+        catalog = catalog_of(conn, project_id)
+    try:
+        filters = [parse_filter(f) for f in params.getlist("filter")]
+    except BadQuery as exc:
+        raise ApiError(400, "invalid_query", str(exc), exc.path) from None
+    return ListQuery(
+        sort=params.get("sort", "Last seen"),
+        descending=order == "desc",
+        filters=filters,
+        conditions=_segment_conditions(request, project_id, catalog),
+        search=params.get("q") or None,
+        catalog=catalog,
+        columns=params.getlist("column"),
+    )
+
+
+def list_page(request: Request, project_id: int, query: ListQuery, limit: int) -> UserPage:
+    """One page of the list for `query`, from `?offset=` and `?after=` (the `next` cursor of the page before)."""
     offset = _int_param(request, "offset", 0)
     if offset < 0:
         raise ApiError(400, "invalid_request", "offset must be ≥ 0", "offset")
     try:
-        filters = [parse_filter(f) for f in params.getlist("filter")]
-        rows, total = _users(request).list(
+        after = parse_cursor(request.query_params["after"]) if request.query_params.get("after") else None
+        return _users(request).list(
             project_id,
-            params.get("sort", "Last seen"),
-            order == "desc",
-            _limit(request, 50, 1000),
+            query.sort,
+            query.descending,
+            limit,
             offset,
-            filters,
-            _segment_conditions(request, project_id),
-            params.get("q") or None,
+            query.filters,
+            query.conditions,
+            query.search,
+            catalog=query.catalog,
+            columns=query.columns,
+            after=after,
         )
     except BadQuery as exc:
         raise ApiError(400, "invalid_query", str(exc), exc.path) from None
-    return JSONResponse({"total": total, "offset": offset, "users": [profile_json(r) for r in rows]})
 
 
-def _segment_conditions(request: Request, project_id: int) -> list:
+async def list_users(request: Request) -> Response:
+    """`?sort=<attribute>&order=asc|desc&limit=&offset=&after=&filter=<attribute>:<op>:<value>` (repeatable),
+    `&segment=<saved segment id>`, `&rules=<segment rules as JSON>` (docs/segments.md), `&q=<text>`,
+    `&column=<attribute>` (repeatable: its value in each user's `columns`)."""
+    project_id = _project(request)
+    query = list_query(request, project_id)
+    page = await asyncio.to_thread(list_page, request, project_id, query, _limit(request, 50, 1000))
+    users = []
+    for row, values in zip(page.rows, page.values, strict=True):
+        item = profile_json(row)
+        if query.columns:
+            item["columns"] = values
+        users.append(item)
+    return JSONResponse(
+        {
+            "total": page.total,
+            "offset": _int_param(request, "offset", 0),
+            "next": page.next.encode() if page.next else None,
+            "users": users,
+        }
+    )
+
+
+CSV_BATCH = 2_000
+
+
+async def export_list(request: Request) -> Response:
+    """The filtered, sorted user list as CSV, streamed: `users.csv` takes the list's parameters; the columns
+    are `user_key` and the `column`s asked for, by default every standard attribute, analytics property and
+    custom attribute. Audited (`end_users.list_export`)."""
+    grant = require(request, "users.export")
+    _require_uuid(request, grant.project_id)
+    query = list_query(request, grant.project_id)
+    if not query.columns:
+        query = replace(query, columns=query.catalog.names())
+    # Checks the names (a 400 before the stream starts) and reads the first batch.
+    first = await asyncio.to_thread(list_page, request, grant.project_id, query, CSV_BATCH)
+    details = {"total": first.total, "sort": query.sort, "columns": query.columns}
+    request.app.state.audit.append(grant.project_id, grant.actor, "end_users.list_export", "users.csv", details)
+    store = _users(request)
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["user_key", *query.columns])
+        page = first
+        while True:
+            for row, values in zip(page.rows, page.values, strict=True):
+                writer.writerow([row.user_key, *(_csv_cell(values[name]) for name in query.columns)])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if page.next is None:
+                return
+            page = store.list(
+                grant.project_id,
+                query.sort,
+                query.descending,
+                CSV_BATCH,
+                0,
+                query.filters,
+                query.conditions,
+                query.search,
+                catalog=query.catalog,
+                columns=query.columns,
+                after=page.next,
+                count=False,
+            )
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="users-{grant.project_id}.csv"'},
+    )
+
+
+def _csv_cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return "" if value is None else value
+
+
+def _segment_conditions(request: Request, project_id: int, catalog: Catalog) -> list:
     """WHERE clauses for `?segment=` and `?rules=`, through the segment engine."""
     trees = []
     engine = _users(request).engine
     params = request.query_params
-    with engine.connect() as conn:
-        catalog = catalog_of(conn, project_id)
-    if "segment" in params:
+    if params.get("segment"):
         row = request.app.state.segments.get(project_id, params["segment"])
         if row is None:
             raise ApiError(404, "not_found", "no such segment", "segment")
         trees.append(parse(msgspec.json.decode(row.rules), catalog, "$.rules"))
-    if "rules" in params:
+    if params.get("rules", "").strip():
         try:
             trees.append(parse(msgspec.json.decode(params["rules"]), catalog, "rules"))
         except msgspec.DecodeError as exc:
@@ -147,6 +277,22 @@ async def session_stream(request: Request) -> Response:
     end = None if session.status == "open" else session.end_ts
     rows = _users(request).events_between(project_id, members, start, end, _limit(request, 1000, 10_000))
     return JSONResponse({"session": session_json(session), "events": [event_json(r) for r in rows]})
+
+
+def recordings_of(request: Request, project_id: int, keys: list[str], limit: int = 100) -> list[dict]:
+    """Session recordings of every key an end user holds (recordings keep the key their page had), newest first."""
+    store = request.app.state.playback.store
+    rows = [r for key in keys for r in store.list(project_id, Filters(user_key=key, limit=limit))]
+    rows.sort(key=lambda r: (r.started_at, r.recording_id), reverse=True)
+    return [recording_json(r) for r in rows[:limit]]
+
+
+async def user_recordings(request: Request) -> Response:
+    """The end user's session recordings (metadata; watching one needs playback.view), newest first."""
+    project_id = _project(request)
+    owner, members = _owner(request, project_id)
+    items = await asyncio.to_thread(recordings_of, request, project_id, members, _limit(request, 100, 1000))
+    return JSONResponse({"user_key": owner, "recordings": items})
 
 
 async def user_events(request: Request) -> Response:
@@ -278,11 +424,13 @@ async def export_audit(request: Request) -> Response:
 
 routes = [
     Route("/api/projects/{project_id}/users", list_users, methods=["GET"]),
+    Route("/api/projects/{project_id}/users.csv", export_list, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}", get_user, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}", erase_user, methods=["DELETE"]),
     Route("/api/projects/{project_id}/users/{user_key}/events", user_events, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}/export", export_user, methods=["GET"]),
     Route("/api/projects/{project_id}/users/{user_key}/sessions", user_sessions, methods=["GET"]),
+    Route("/api/projects/{project_id}/users/{user_key}/recordings", user_recordings, methods=["GET"]),
     Route(
         "/api/projects/{project_id}/users/{user_key}/sessions/{start_ts:int}/events", session_stream, methods=["GET"]
     ),

@@ -12,7 +12,18 @@ from __future__ import annotations
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from usertrail.web.pages import activity, home, install, integrations, overview, recordings, reports, segments, settings
+from usertrail.web.pages import (
+    activity,
+    home,
+    install,
+    integrations,
+    overview,
+    recordings,
+    reports,
+    segments,
+    settings,
+    users,
+)
 from usertrail.web.pages.layout import WEB
 
 routes = [
@@ -25,5 +36,6 @@ routes = [
     *overview.routes,
     *settings.routes,
     *install.routes,
+    *users.routes,
     Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
 ]

@@ -38,6 +38,7 @@ class NavItem:
 # The navigation, in order; the first section a role may see is where `/app` lands.
 NAV: tuple[NavItem, ...] = (
     NavItem("overview", "Overview", "overview", "project.view"),
+    NavItem("users", "Users", "users", "users.view"),
     NavItem("segments", "Segments", "segments", "users.view"),
     NavItem("recordings", "Recordings", "recordings", "playback.view"),
     NavItem("reports", "Reports", "reports", "users.view"),
