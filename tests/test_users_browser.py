@@ -80,14 +80,16 @@ def test_users_flow(make_server, browser: Browser):
     assert "column=Browser+Version" in page.url and "sort=Total+sessions" in page.url
 
     # A rule filter with a typo: the API's reason and field path, at the form; then a good one.
-    page.get_by_label("Rules (segment rule JSON").fill(
+    page.get_by_text("Filter with rules").click()
+    expect(page.locator("#rule-filter .rb-rule").first).to_be_visible()  # the visual builder, mounted on opening
+    page.get_by_label("Rules as JSON").fill(
         json.dumps({"rules": [{"attribute": "Contry", "operator": "is", "value": "US"}]})
     )
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("#filter-error")).to_contain_text("rules.rules[0].attribute")
     expect(page.locator("#filter-error")).to_contain_text("did you mean 'Country'")
     watcher.problems = [p for p in watcher.problems if "400" not in p]  # the rule check's own refusal
-    page.get_by_label("Rules (segment rule JSON").fill(
+    page.get_by_label("Rules as JSON").fill(
         json.dumps({"rules": [{"attribute": "Total sessions", "operator": "eq", "value": 2}]})
     )
     page.get_by_role("button", name="Apply").click()

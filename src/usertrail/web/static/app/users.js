@@ -9,9 +9,38 @@
     return new Date(ms).toISOString().replace("T", " ").slice(0, 19);
   }
 
+  /* The visual rule builder in the "Filter with rules" disclosure, mounted when it is first opened (or at
+     once when the address already filters by rules). While it is open, every complete edit is written
+     to the rules field the form submits; a refusal from the API is shown at the rule it names. */
+  function ruleBuilder(box, rules) {
+    var builder = null;
+    function mount() {
+      if (builder || !window.RuleBuilder) return;
+      var initial = null;
+      try { initial = rules.value.trim() ? JSON.parse(rules.value) : null; } catch (ignored) { initial = null; }
+      var slot = document.getElementById("rule-filter");
+      builder = window.RuleBuilder.mount(slot, {
+        projectId: slot.dataset.project,
+        initial: initial,
+        onChange: function (tree) {
+          if (box.open && !builder.missing().length) {
+            builder.clearErrors();
+            rules.value = JSON.stringify(tree);
+            rules.removeAttribute("aria-invalid");
+          }
+        }
+      });
+    }
+    box.addEventListener("toggle", function () { if (box.open) mount(); });
+    if (box.open) mount();
+    return { showError: function (failure) { return builder ? builder.showError(failure) : false; } };
+  }
+
   function listPage(form) {
     var error = document.getElementById("filter-error");
     var rules = form.querySelector("textarea[name=rules]");
+    var box = document.getElementById("rules-box");
+    var builder = box ? ruleBuilder(box, rules) : null;
     var checked = false;
     form.addEventListener("submit", function (event) {
       Array.prototype.forEach.call(form.querySelectorAll("input[name=q], select[name=segment], textarea[name=rules]"), function (el) {
@@ -26,6 +55,7 @@
       }, function (failure) {
         Array.prototype.forEach.call(form.querySelectorAll("[disabled]"), function (el) { el.disabled = false; });
         App.showError(error, failure);
+        if (builder) builder.showError(failure);
         rules.setAttribute("aria-invalid", "true");
         rules.focus();
       });
