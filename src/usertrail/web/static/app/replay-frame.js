@@ -1,7 +1,9 @@
 /* The replay frame (see playback/replay.py): rrweb-player under a CSP that allows no connection, so
-   the page around it fetches the events and hands them over by postMessage (an ArrayBuffer,
-   transferred, not copied), then drives the player with small commands. Messages go to the parent
-   only, and commands are taken from the parent only. */
+   the page around it fetches the events and hands them over by postMessage, one stored chunk at a time
+   (an ArrayBuffer holding a JSON array, transferred, not copied). The player is built as soon as a
+   full snapshot is there; later chunks are added to it (addEvent) while it already shows the page.
+   The page drives the player with small commands. Messages go to the parent only, and commands are
+   taken from the parent only. */
 (function () {
   "use strict";
   var parentWindow = window.parent;
@@ -9,6 +11,11 @@
   var replayer = null;
   var startTime = 0;
   var lastSent = -1;
+  var waiting = []; // events received before the player could be built
+  var markers = [];
+  var page = null; // the page marker waiting for its full snapshot (it may come in a later chunk)
+  var eventCount = 0;
+  var timings = null;
 
   function send(message) {
     parentWindow.postMessage(message, window.location.origin);
@@ -20,9 +27,7 @@
 
   // Clicks and page changes. A Meta event starts every page (first load, navigation, resumed tab); its
   // marker points at the page's full snapshot right after it, where the new page is on screen.
-  function markersOf(events) {
-    var markers = [];
-    var page = null;
+  function addMarkers(events) {
     for (var i = 0; i < events.length; i++) {
       var e = events[i];
       if (e.type === 4 && e.data && e.data.href) {
@@ -35,7 +40,6 @@
         markers.push({ kind: "click", ts: e.timestamp, label: "click" });
       }
     }
-    return markers;
   }
 
   function viewportOf(events) {
@@ -66,14 +70,14 @@
     }
   }
 
-  function load(buffer) {
-    var timings = { received: performance.now() };
-    var events = JSON.parse(new TextDecoder().decode(buffer));
-    timings.parsed = performance.now();
-    if (!events.length) {
-      send({ type: "error", reason: "the recording has no events" });
-      return;
+  function hasFullSnapshot(events) {
+    for (var i = 0; i < events.length; i++) {
+      if (events[i].type === 2) return true;
     }
+    return false;
+  }
+
+  function build(events) {
     var viewport = viewportOf(events);
     player = new rrwebPlayer.Player({
       target: document.getElementById("player"),
@@ -111,10 +115,59 @@
       endTime: meta.endTime,
       totalTime: meta.totalTime,
       viewport: viewport,
-      events: events.length,
-      markers: markersOf(events)
+      events: eventCount,
+      markers: markers.slice()
     });
     reportFirstFrame(timings);
+  }
+
+  // One chunk: before the player exists, events wait until a full snapshot (and a second event) is
+  // there; afterwards they are added to the running player. The player's own addEvent also refreshes
+  // its length, so it is used for a chunk's last event only.
+  function take(buffer) {
+    if (!timings) timings = { received: performance.now() };
+    var events = JSON.parse(new TextDecoder().decode(buffer));
+    if (!timings.parsed) timings.parsed = performance.now();
+    eventCount += events.length;
+    addMarkers(events);
+    if (!player) {
+      waiting = waiting.concat(events);
+      if (waiting.length >= 2 && hasFullSnapshot(waiting)) {
+        var first = waiting;
+        waiting = [];
+        build(first);
+      }
+      return;
+    }
+    for (var i = 0; i < events.length; i++) {
+      if (i === events.length - 1) player.addEvent(events[i]);
+      else replayer.addEvent(events[i]);
+    }
+    var meta = player.getMetaData();
+    send({ type: "more", endTime: meta.endTime, totalTime: meta.totalTime, events: eventCount });
+  }
+
+  function finish() {
+    if (!player && waiting.length >= 2) {
+      var rest = waiting;
+      waiting = [];
+      build(rest);
+    }
+    if (!player) {
+      send({ type: "error", reason: eventCount ? "the recording has no full snapshot" : "the recording has no events" });
+      return;
+    }
+    // The replayer adds events on a microtask of their own; the length is read after them.
+    Promise.resolve().then(function () {
+      var meta = player.getMetaData();
+      send({
+        type: "complete",
+        endTime: meta.endTime,
+        totalTime: meta.totalTime,
+        events: eventCount,
+        markers: markers.slice()
+      });
+    });
   }
 
   function command(message) {
@@ -151,9 +204,15 @@
     if (!event.data || typeof event.data !== "object") return;
     if (event.data.cmd === "ping") {
       send({ type: "hello" });
-    } else if (event.data.cmd === "load" && event.data.buffer instanceof ArrayBuffer && !player) {
+    } else if (event.data.cmd === "chunk" && event.data.buffer instanceof ArrayBuffer) {
       try {
-        load(event.data.buffer);
+        take(event.data.buffer);
+      } catch (err) {
+        send({ type: "error", reason: String(err && err.message ? err.message : err) });
+      }
+    } else if (event.data.cmd === "end") {
+      try {
+        finish();
       } catch (err) {
         send({ type: "error", reason: String(err && err.message ? err.message : err) });
       }
