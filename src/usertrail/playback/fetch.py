@@ -58,10 +58,13 @@ def address_refusal(address: str, allow_private: bool) -> str | None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    private = f"{ip} is a loopback or private address"
+    if ip.is_loopback:  # before `is_reserved`, which ::1 also is
+        return None if allow_private else private
     if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
         return f"{ip} is a link-local, multicast, unspecified or reserved address"
-    if ip.is_loopback or ip.is_private or not ip.is_global:
-        return None if allow_private else f"{ip} is a loopback or private address"
+    if ip.is_private or not ip.is_global:
+        return None if allow_private else private
     return None
 
 
