@@ -17,12 +17,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from asset_site import AssetSite
 from usertrail.playback.assets import asset_urls, rewrite_chunk
 from usertrail.playback.chunks import parse
 from usertrail.playback.fetch import FetchRefused, SafeFetcher, address_refusal
 from usertrail.testing.postgres import free_port
 
+from asset_site import AssetSite
 from conftest import LiveServer
 from playback_helpers import configure, send_chunk, start
 
