@@ -241,7 +241,12 @@
   frame.addEventListener("load", function () { post({ cmd: "ping" }); });
   post({ cmd: "ping" });
 
-  playButton.addEventListener("click", function () { post({ cmd: playing ? "pause" : "play" }); });
+  // The intent counts at once: a seek right after Pause must not resume playing before the frame's
+  // answer has arrived.
+  playButton.addEventListener("click", function () {
+    playing = !playing;
+    post({ cmd: playing ? "play" : "pause" });
+  });
   scrubber.addEventListener("pointerdown", function () { dragging = true; });
   scrubber.addEventListener("pointerup", function () { dragging = false; });
   scrubber.addEventListener("input", function () { seek(Number(scrubber.value)); });

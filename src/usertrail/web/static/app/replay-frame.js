@@ -122,8 +122,7 @@
   }
 
   // One chunk: before the player exists, events wait until a full snapshot (and a second event) is
-  // there; afterwards they are added to the running player. The player's own addEvent also refreshes
-  // its length, so it is used for a chunk's last event only.
+  // there; afterwards they are added to the running player.
   function take(buffer) {
     if (!timings) timings = { received: performance.now() };
     var events = JSON.parse(new TextDecoder().decode(buffer));
@@ -139,12 +138,15 @@
       }
       return;
     }
-    for (var i = 0; i < events.length; i++) {
-      if (i === events.length - 1) player.addEvent(events[i]);
-      else replayer.addEvent(events[i]);
-    }
-    var meta = player.getMetaData();
-    send({ type: "more", endTime: meta.endTime, totalTime: meta.totalTime, events: eventCount });
+    for (var i = 0; i < events.length - 1; i++) replayer.addEvent(events[i]);
+    var last = events[events.length - 1];
+    // The replayer takes each event on a microtask of its own, and the player's addEvent refreshes the
+    // controller's length at once: queued after the others, it sees all of them but its own event.
+    Promise.resolve().then(function () {
+      player.addEvent(last);
+      var meta = player.getMetaData();
+      send({ type: "more", endTime: meta.endTime, totalTime: meta.totalTime, events: eventCount });
+    });
   }
 
   function finish() {
@@ -157,7 +159,7 @@
       send({ type: "error", reason: eventCount ? "the recording has no full snapshot" : "the recording has no events" });
       return;
     }
-    // The replayer adds events on a microtask of their own; the length is read after them.
+    // The replayer adds events on microtasks of their own; the length is read after them.
     Promise.resolve().then(function () {
       var meta = player.getMetaData();
       send({
