@@ -16,8 +16,12 @@
   var skip = document.getElementById("skip");
   var speedButtons = document.querySelectorAll(".speeds button[data-speed]");
 
-  var queue = []; // chunks (ArrayBuffers) waiting for the frame to say hello
+  var queue = []; // chunks (ArrayBuffers) not yet handed to the frame
   var frameReady = false;
+  // Until the first frame is on screen the frame gets one chunk per request ("hello", "want-more"), so
+  // the rest of the recording does not compete with the first rebuild; then everything goes.
+  var wanted = 0;
+  var released = false;
   var streamDone = false;
   var fetchedBytes = 0;
   var meta = null;
@@ -58,11 +62,12 @@
   // Chunks go to the frame in order, each transferred (not copied); "end" follows the last one.
   function flush() {
     if (!frameReady) return;
-    while (queue.length) {
+    while (queue.length && (released || wanted > 0)) {
       var chunk = queue.shift();
+      wanted -= 1;
       post({ cmd: "chunk", buffer: chunk }, [chunk]);
     }
-    if (streamDone) {
+    if (streamDone && !queue.length) {
       streamDone = false;
       post({ cmd: "end" });
     }
@@ -96,11 +101,10 @@
         fetchedBytes += step.value.byteLength;
         var data = rest.length ? joined(rest, step.value) : step.value;
         var start = 0;
-        for (var i = 0; i < data.length; i++) {
-          if (data[i] === 10) {
-            takeChunk(data.subarray(start, i));
-            start = i + 1;
-          }
+        var end;
+        while ((end = data.indexOf(10, start)) !== -1) {
+          takeChunk(data.subarray(start, end));
+          start = end + 1;
         }
         rest = data.slice(start);
         return pump();
@@ -161,6 +165,15 @@
     switch (message.type) {
       case "hello":
         frameReady = true;
+        wanted = 1;
+        flush();
+        break;
+      case "want-more":
+        wanted += 1;
+        flush();
+        break;
+      case "go-on":
+        released = true;
         flush();
         break;
       case "ready":
@@ -201,6 +214,8 @@
       case "first-frame":
         root.setAttribute("data-first-frame-ms", String(Math.round(performance.now())));
         root.setAttribute("data-frame-timings", JSON.stringify(message.timings));
+        released = true;
+        flush();
         break;
       case "time":
         showTime(message.offset);

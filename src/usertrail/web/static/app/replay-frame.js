@@ -63,6 +63,8 @@
       done = true;
       timings.firstFrame = performance.now();
       send({ type: "first-frame", timings: timings });
+      shownFirst = true;
+      drain();
       return true;
     }
     if (!check()) {
@@ -119,10 +121,48 @@
       markers: markers.slice()
     });
     reportFirstFrame(timings);
+    // A first page with nothing in its body never counts as shown: the rest comes in all the same.
+    setTimeout(function () {
+      shownFirst = true;
+      send({ type: "go-on" });
+      drain();
+    }, 1000);
+  }
+
+  // Chunks that arrived after the player was built wait until the first frame is on screen, then go
+  // in one per task: adding thousands of events at once would hold up the first rebuild and paint.
+  var later = [];
+  // A task of its own for the next chunk: a message, because chains of timers are throttled (to one a
+  // second in a page the browser thinks hidden).
+  var yieldThenDrain = new MessageChannel();
+  yieldThenDrain.port1.onmessage = function () { drain(); };
+  var shownFirst = false;
+  var draining = false;
+  var ended = false;
+
+  function drain() {
+    if (draining || !shownFirst) return;
+    if (!later.length) {
+      if (ended) complete();
+      return;
+    }
+    draining = true;
+    var events = later.shift();
+    for (var i = 0; i < events.length - 1; i++) replayer.addEvent(events[i]);
+    var last = events[events.length - 1];
+    // The replayer takes each event on a microtask of its own, and the player's addEvent refreshes the
+    // controller's length at once: queued after the others, it sees all of them but its own event.
+    Promise.resolve().then(function () {
+      player.addEvent(last);
+      var meta = player.getMetaData();
+      send({ type: "more", endTime: meta.endTime, totalTime: meta.totalTime, events: eventCount });
+      draining = false;
+      yieldThenDrain.port2.postMessage(null);
+    });
   }
 
   // One chunk: before the player exists, events wait until a full snapshot (and a second event) is
-  // there; afterwards they are added to the running player.
+  // there; afterwards they are queued for the running player.
   function take(buffer) {
     if (!timings) timings = { received: performance.now() };
     var events = JSON.parse(new TextDecoder().decode(buffer));
@@ -135,30 +175,20 @@
         var first = waiting;
         waiting = [];
         build(first);
+      } else {
+        send({ type: "want-more" });
       }
       return;
     }
-    for (var i = 0; i < events.length - 1; i++) replayer.addEvent(events[i]);
-    var last = events[events.length - 1];
-    // The replayer takes each event on a microtask of its own, and the player's addEvent refreshes the
-    // controller's length at once: queued after the others, it sees all of them but its own event.
-    Promise.resolve().then(function () {
-      player.addEvent(last);
-      var meta = player.getMetaData();
-      send({ type: "more", endTime: meta.endTime, totalTime: meta.totalTime, events: eventCount });
-    });
+    later.push(events);
+    drain();
   }
 
-  function finish() {
-    if (!player && waiting.length >= 2) {
-      var rest = waiting;
-      waiting = [];
-      build(rest);
-    }
-    if (!player) {
-      send({ type: "error", reason: eventCount ? "the recording has no full snapshot" : "the recording has no events" });
-      return;
-    }
+  var completed = false;
+
+  function complete() {
+    if (completed) return;
+    completed = true;
     // The replayer adds events on microtasks of their own; the length is read after them.
     Promise.resolve().then(function () {
       var meta = player.getMetaData();
@@ -170,6 +200,21 @@
         markers: markers.slice()
       });
     });
+  }
+
+  function finish() {
+    if (ended) return;
+    if (!player && waiting.length >= 2) {
+      var rest = waiting;
+      waiting = [];
+      build(rest);
+    }
+    if (!player) {
+      send({ type: "error", reason: eventCount ? "the recording has no full snapshot" : "the recording has no events" });
+      return;
+    }
+    ended = true;
+    drain();
   }
 
   function command(message) {
