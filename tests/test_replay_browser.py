@@ -77,8 +77,9 @@ def player_url(live: LiveServer, rid: str) -> str:
 
 
 def open_player(page: Page, live: LiveServer, rid: str) -> None:
+    """The player page, once it shows the first frame and every chunk has reached the player."""
     page.goto(player_url(live, rid))
-    page.wait_for_selector("#replay[data-first-frame-ms]", state="attached", timeout=20_000)
+    page.wait_for_selector("#replay[data-first-frame-ms][data-loaded]", state="attached", timeout=20_000)
 
 
 def seek(page: Page, offset: int) -> None:
@@ -215,7 +216,7 @@ def test_the_replay_shows_what_the_page_showed(live, site, browser):
     app.fill("input[name=url]", "/second")
     app.click("#filters button[type=submit]")
     app.click(f"tr[data-recording='{rid}'] a")
-    app.wait_for_selector("#replay[data-first-frame-ms]", state="attached", timeout=20_000)
+    app.wait_for_selector("#replay[data-first-frame-ms][data-loaded]", state="attached", timeout=20_000)
     start = int(app.get_attribute("#replay", "data-start-time"))
 
     seek(app, m1 - start)

@@ -343,6 +343,18 @@ def _playback_retention(
         else:
             count += len(recordings.delete_started_before(project_id, cutoff))
     console.print(f"{count} recordings {'would be' if dry_run else 'were'} deleted (started over {days} days ago)")
+    if not dry_run:
+        from usertrail.playback.assets import AssetStore
+        from usertrail.playback.fetch import SafeFetcher
+
+        # Assets no remaining recording uses (older than a day, so none being fetched right now).
+        fetcher = SafeFetcher()
+        try:
+            assets = AssetStore(recordings.engine, recordings.blobs, fetcher, lambda project_id, env: None)
+            unused = sum(assets.delete_unused(p, _now_ms() - 86_400_000) for p in project_ids)
+        finally:
+            fetcher.close()
+        console.print(f"{unused} unused assets were deleted")
 
 
 def _recording_store(data_dir: Path, database_url: str, engine):

@@ -59,6 +59,11 @@ class Settings:
     playback_zstd_level: int = 9
     # Asset fetching may reach loopback/private addresses (tests only).
     playback_assets_allow_private: bool = False
+    # Server-side fetches of recorded pages' assets (docs/playback.md#assets): size and time limits,
+    # and how often each server process looks for assets to fetch.
+    playback_asset_max_bytes: int = 5 * 1_048_576
+    playback_asset_timeout_s: float = 10.0
+    playback_asset_interval_s: float = 2.0
     # How often the server looks for Salesforce sources whose interval has passed.
     salesforce_tick_s: float = 30.0
     # How often the server looks for S3 sources due to run (each source has its own interval).
@@ -120,6 +125,9 @@ class Settings:
             playback_max_recording_bytes=int(env.get("USERTRAIL_PLAYBACK_MAX_RECORDING_BYTES", str(256 * 1_048_576))),
             playback_zstd_level=int(env.get("USERTRAIL_PLAYBACK_ZSTD_LEVEL", "9")),
             playback_assets_allow_private=env.get("USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE", "0") == "1",
+            playback_asset_max_bytes=int(env.get("USERTRAIL_PLAYBACK_ASSET_MAX_BYTES", str(5 * 1_048_576))),
+            playback_asset_timeout_s=float(env.get("USERTRAIL_PLAYBACK_ASSET_TIMEOUT_S", "10")),
+            playback_asset_interval_s=float(env.get("USERTRAIL_PLAYBACK_ASSET_INTERVAL_S", "2")),
             salesforce_tick_s=float(env.get("USERTRAIL_SALESFORCE_TICK_S", "30")),
             s3_poll_interval_s=float(env.get("USERTRAIL_S3_POLL_INTERVAL_S", "30")),
             secure_cookies=env.get("USERTRAIL_SECURE_COOKIES", "0") == "1",
@@ -158,6 +166,9 @@ class Settings:
             "USERTRAIL_PLAYBACK_MAX_RECORDING_BYTES": str(self.playback_max_recording_bytes),
             "USERTRAIL_PLAYBACK_ZSTD_LEVEL": str(self.playback_zstd_level),
             "USERTRAIL_PLAYBACK_ASSETS_ALLOW_PRIVATE": "1" if self.playback_assets_allow_private else "0",
+            "USERTRAIL_PLAYBACK_ASSET_MAX_BYTES": str(self.playback_asset_max_bytes),
+            "USERTRAIL_PLAYBACK_ASSET_TIMEOUT_S": str(self.playback_asset_timeout_s),
+            "USERTRAIL_PLAYBACK_ASSET_INTERVAL_S": str(self.playback_asset_interval_s),
             "USERTRAIL_SALESFORCE_TICK_S": str(self.salesforce_tick_s),
             "USERTRAIL_S3_POLL_INTERVAL_S": str(self.s3_poll_interval_s),
             "USERTRAIL_SECURE_COOKIES": "1" if self.secure_cookies else "0",

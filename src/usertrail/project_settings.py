@@ -68,6 +68,9 @@ class PlaybackSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     allowed_input_selectors: list[ShortText] = msgspec.field(default_factory=list)
     # Elements replaced by a placeholder in recordings (besides class `wm-hide`).
     blocked_selectors: list[ShortText] = msgspec.field(default_factory=list)
+    # Hosts the server may fetch recorded pages' stylesheets, fonts and images from, besides the hosts
+    # of `allowed_origins`: `cdn.example.com` (and its subdomains) or `*.example.com`.
+    asset_domains: list[ShortText] = msgspec.field(default_factory=list)
 
 
 class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

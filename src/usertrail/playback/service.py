@@ -13,6 +13,7 @@ from usertrail.config import Settings
 from usertrail.enrich.ip import client_ip
 from usertrail.enrich.useragent import parse_agent
 from usertrail.playback import chunks, quota
+from usertrail.playback.assets import AssetStore, asset_urls
 from usertrail.playback.crypto import BadToken, UploadGrant
 from usertrail.playback.eligibility import NotRecorded, Visit, chosen, excluded, user_key_for
 from usertrail.playback.store import RecordingGone, RecordingStore
@@ -74,8 +75,8 @@ def _decode_error(exc: msgspec.MsgspecError) -> PlaybackError:
 class PlaybackService:
     """Decides who is recorded and stores what they send."""
 
-    def __init__(self, settings: Settings, collector: Collector, store: RecordingStore) -> None:
-        self.settings, self.collector, self.store = settings, collector, store
+    def __init__(self, settings: Settings, collector: Collector, store: RecordingStore, assets: AssetStore) -> None:
+        self.settings, self.collector, self.store, self.assets = settings, collector, store, assets
         self._grants = _TtlCache(10.0)
 
     def project_for(self, key: str | None) -> int:
@@ -212,4 +213,6 @@ class PlaybackService:
             raise PlaybackError(exc.status, "invalid_chunk", exc.path, exc.reason) from None
         except RecordingGone:
             raise PlaybackError(404, "recording_not_found", "token", "no such recording (deleted or expired)") from None
+        # Also for a re-sent chunk: if noting failed the first time, the snippet's retry notes them now.
+        self.assets.note(grant.project_id, grant.user_key, grant.recording_id, row.env, asset_urls(chunk))
         return {"ok": True, "recording_id": grant.recording_id, "seq": seq, "stored": new, "duplicate": not new}

@@ -22,12 +22,13 @@ def validate(settings: EnvironmentSettings) -> None:
             validate_ip_pattern(pattern)
         except InvalidPattern as exc:
             raise InvalidPlaybackSettings(f"$.playback.excluded_ips[{i}]", str(exc)) from None
-    for i, pattern in enumerate(playback.excluded_domains):
-        p = pattern.strip().lower()
-        if not p or not all(c.isalnum() or c in ".-*" for c in p) or "*" in p.lstrip("*"):
-            raise InvalidPlaybackSettings(
-                f"$.playback.excluded_domains[{i}]", f"{pattern!r} is not a domain or a `*.domain` pattern"
-            )
+    for name in ("excluded_domains", "asset_domains"):
+        for i, pattern in enumerate(getattr(playback, name)):
+            p = pattern.strip().lower()
+            if not p or not all(c.isalnum() or c in ".-*" for c in p) or "*" in p.lstrip("*"):
+                raise InvalidPlaybackSettings(
+                    f"$.playback.{name}[{i}]", f"{pattern!r} is not a domain or a `*.domain` pattern"
+                )
     # Selectors go to the browser's Element.matches(); braces or semicolons would be CSS rules, not selectors.
     for name in ("allowed_input_selectors", "blocked_selectors", "segment_ids"):
         for i, value in enumerate(getattr(playback, name)):

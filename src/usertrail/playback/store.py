@@ -29,6 +29,7 @@ from usertrail.store.schema import (
     identity_links,
     playback_chunks,
     playback_projects,
+    playback_recording_assets,
     playback_recordings,
     segment_members,
 )
@@ -373,6 +374,12 @@ class RecordingStore:
         with write_transaction(self.engine) as conn:
             c_where = (c.c.project_id == project_id, c.c.user_key == user_key, c.c.recording_id == recording_id)
             conn.execute(c.delete().where(*c_where))
+            a = playback_recording_assets
+            conn.execute(
+                a.delete().where(
+                    a.c.project_id == project_id, a.c.user_key == user_key, a.c.recording_id == recording_id
+                )
+            )
             gone = conn.execute(
                 t.delete().where(
                     t.c.project_id == project_id, t.c.user_key == user_key, t.c.recording_id == recording_id

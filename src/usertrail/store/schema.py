@@ -833,3 +833,53 @@ retention_settings = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("project_id"),
 )
+# --- Session Playback assets (issue 6) -------------------------------------------------------------
+# Stylesheets, fonts and images of recorded pages, fetched by the server and stored once per project
+# by content hash (blob `assets/<project>/<sha256>`). `refs` lists the assets a stylesheet points at
+# (its url()s and @imports were rewritten to them), so clean-up keeps what a kept stylesheet needs.
+playback_assets = sa.Table(
+    "playback_assets",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("refs", sa.Text, nullable=False),  # JSON list of sha256
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "sha256"),
+)
+
+# The project's cache of what each asset URL held when it was last fetched (or why it was not), so a
+# URL is fetched once per refresh period however many recordings use it.
+playback_asset_urls = sa.Table(
+    "playback_asset_urls",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("url_hash", sa.Text, nullable=False),  # SHA-256 of the URL
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # "ok", "refused" or "failed"
+    sa.Column("sha256", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("fetched_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "url_hash"),
+)
+
+# Each recording's asset URLs and the content they had when it was recorded: "pending" until the
+# fetch step resolves them, then "ok" (sha256), "refused" or "failed" (reason).
+playback_recording_assets = sa.Table(
+    "playback_recording_assets",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("recording_id", sa.Text, nullable=False),
+    sa.Column("url_hash", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("env", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "recording_id", "url_hash"),
+)
+sa.Index(None, playback_recording_assets.c.status, playback_recording_assets.c.created_at)
+sa.Index(None, playback_recording_assets.c.project_id, playback_recording_assets.c.recording_id)

@@ -28,8 +28,10 @@ from usertrail.integrations.salesforce import SalesforceImporter
 from usertrail.integrations.scim import ScimIntegration
 from usertrail.integrations.secretbox import SecretBox
 from usertrail.integrations.update_api import UpdateApi
+from usertrail.playback.assets import AssetStore
 from usertrail.playback.blobs import open_blob_store
 from usertrail.playback.crypto import KeySource
+from usertrail.playback.fetch import SafeFetcher
 from usertrail.playback.service import PlaybackService
 from usertrail.playback.store import RecordingStore
 from usertrail.segments.membership import refresh_all
@@ -95,7 +97,7 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-async def _maintenance(collector: Collector, recordings: RecordingStore) -> None:
+async def _maintenance(collector: Collector, recordings: RecordingStore, assets: AssetStore) -> None:
     """Hourly: purge security-log entries (full IPs) and recompute saved segments (relative dates
     move with time); daily: delete end users inactive past retention and recordings older than the
     playback retention."""
@@ -123,10 +125,28 @@ async def _maintenance(collector: Collector, recordings: RecordingStore) -> None
                     )
                     if expired:
                         log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
+                    unused = await asyncio.to_thread(assets.delete_unused, project.id, _now() - DAY_MS)
+                    if unused:
+                        log.info("retention: deleted %d unused assets of project %d", unused, project.id)
                 last_retention = time.monotonic()
         except Exception:  # a failed run must not stop the loop; the next one retries
             log.exception("maintenance failed")
         await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+
+async def _assets_loop(assets: AssetStore, interval_s: float) -> None:
+    """Fetch and store the assets that recordings named (docs/playback.md#assets).
+
+    Every server process runs this loop. Two processes may fetch the same URL at once; both store
+    the same bytes under the same hash, so the only cost is the second fetch.
+    """
+    while True:
+        try:
+            done = await asyncio.to_thread(assets.process_pending)
+        except Exception:  # e.g. the database was briefly unreachable: the next round retries
+            log.exception("asset fetching failed")
+            done = 0
+        await asyncio.sleep(0 if done else interval_s)
 
 
 async def _sessions_loop(processor: SessionProcessor) -> None:
@@ -176,7 +196,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        tasks = [asyncio.create_task(_maintenance(collector, app.state.playback.store))]
+        playback = app.state.playback
+        tasks = [asyncio.create_task(_maintenance(collector, playback.store, playback.assets))]
+        tasks.append(asyncio.create_task(_assets_loop(playback.assets, settings.playback_asset_interval_s)))
         if settings.process_sessions:
             tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
         tasks.append(asyncio.create_task(_salesforce_loop(app.state.salesforce, settings.salesforce_tick_s)))
@@ -188,6 +210,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in tasks:
                 task.cancel()
             collector.writer.close()
+            playback.assets.fetcher.close()
             if app.state.oidc is not None:
                 await app.state.oidc.close()
             collector.events.engine.dispose()
@@ -240,7 +263,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.s3_imports = S3Imports(collector.events.engine, app.state.csv_importer, app.state.integration_log)
     app.state.import_stop = threading.Event()
     app.state.settings = settings
-    app.state.playback = PlaybackService(settings, collector, build_recording_store(settings, collector.events.engine))
+    recordings = build_recording_store(settings, collector.events.engine)
+    app.state.playback = PlaybackService(
+        settings, collector, recordings, build_asset_store(settings, collector, recordings)
+    )
     app.state.accounts = AccountStore(collector.events.engine, session_ttl_s=int(settings.session_ttl_hours * 3600))
     oidc_config = OidcConfig.from_settings(settings)
     app.state.oidc = None if oidc_config is None else OidcClient(oidc_config, app.state.accounts)
@@ -252,3 +278,18 @@ def build_recording_store(settings: Settings, engine: sa.Engine) -> RecordingSto
     blobs = open_blob_store(settings.playback_store, settings.data_dir, settings.s3_endpoint_url)
     keys = KeySource(settings.master_key, settings.data_dir)
     return RecordingStore(engine, blobs, keys, settings.playback_zstd_level)
+
+
+def build_asset_store(settings: Settings, collector: Collector, recordings: RecordingStore) -> AssetStore:
+    """Session Playback's assets: in the recordings' blob engine, fetched under the configured limits."""
+    fetcher = SafeFetcher(
+        allow_private=settings.playback_assets_allow_private,
+        max_bytes=settings.playback_asset_max_bytes,
+        timeout_s=settings.playback_asset_timeout_s,
+    )
+    return AssetStore(
+        recordings.engine,
+        recordings.blobs,
+        fetcher,
+        lambda project_id, env: collector.environments(project_id).get(env),
+    )

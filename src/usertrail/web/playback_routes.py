@@ -13,6 +13,7 @@ from starlette.routing import Route
 from usertrail.access import activity_log
 from usertrail.collect.traffic import origin_allowed
 from usertrail.playback import quota
+from usertrail.playback.assets import is_sha256, rewrite_chunk
 from usertrail.playback.replay import ExportPage
 from usertrail.playback.service import Caller, PlaybackError, PlaybackService
 from usertrail.playback.store import Filters, RecordingGone, recording_json
@@ -176,13 +177,15 @@ async def get_recording(request: Request) -> Response:
 
 
 async def recording_events(request: Request) -> Response:
-    """The decrypted rrweb events in sequence order: a JSON array, or NDJSON with `format=ndjson`."""
+    """The decrypted rrweb events in sequence order: a JSON array, NDJSON with `format=ndjson`, or, with
+    `format=chunks` (the player's), one stored chunk a line with its asset URLs pointing at stored copies."""
     principal = require(request, "playback.view")
     fmt = request.query_params.get("format", "json")
-    if fmt not in ("json", "ndjson"):
-        raise ApiError(400, "invalid_request", "format must be `json` or `ndjson`", "format")
+    if fmt not in ("json", "ndjson", "chunks"):
+        raise ApiError(400, "invalid_request", "format must be `json`, `ndjson` or `chunks`", "format")
     row = _recording(request, principal.project_id)
-    store = _service(request).store
+    service = _service(request)
+    store = service.store
     with write_transaction(store.engine) as conn:
         activity_log.append(conn, principal.project_id, principal, "view", row.recording_id, request)
     chunks = store.chunks(row)
@@ -205,9 +208,50 @@ async def recording_events(request: Request) -> Response:
             lines = [bytes(e) for e in msgspec.json.decode(raw, type=list[msgspec.Raw])]
             yield b"\n".join(lines) + b"\n"
 
+    async def chunk_lines():
+        replacements = await asyncio.to_thread(service.assets.replacements, row)
+        while (raw := await asyncio.to_thread(next_chunk)) is not None:
+            # JSON has no raw line breaks inside strings, so outside them they are only whitespace.
+            yield rewrite_chunk(raw, replacements).replace(b"\r", b" ").replace(b"\n", b" ") + b"\n"
+
     if fmt == "json":
         return StreamingResponse(json_array(), media_type="application/json")
-    return StreamingResponse(ndjson(), media_type="application/x-ndjson")
+    headers = {"X-Recording-Chunks": str(row.chunk_count), "Cache-Control": "no-store"}
+    return StreamingResponse(
+        ndjson() if fmt == "ndjson" else chunk_lines(), media_type="application/x-ndjson", headers=headers
+    )
+
+
+async def recording_assets(request: Request) -> Response:
+    """The recording's asset URLs: fetched and stored (`ok`, with the hash), `pending`, `refused` or `failed`."""
+    principal = require(request, "playback.view")
+    row = _recording(request, principal.project_id)
+    items = await asyncio.to_thread(_service(request).assets.listing, row)
+    return JSONResponse({"items": items})
+
+
+# Stored assets are served to the replay frame only: as their stored type, never sniffed, never as a
+# document that could run anything (an SVG opened directly gets the sandbox), cached as immutable.
+ASSET_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+    "Content-Disposition": "attachment",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "private, max-age=31536000, immutable",
+}
+
+
+async def get_asset(request: Request) -> Response:
+    """A stored asset by its SHA-256, with the type it was stored as."""
+    project_id = require(request, "playback.view").project_id
+    sha = request.path_params["sha256"]
+    if not is_sha256(sha):
+        raise ApiError(400, "invalid_request", "an asset is named by its SHA-256 in lower-case hex", "sha256")
+    found = await asyncio.to_thread(_service(request).assets.get, project_id, sha)
+    if found is None:
+        raise ApiError(404, "not_found", "no such asset", "sha256")
+    content_type, body = found
+    return Response(body, media_type=content_type, headers=ASSET_HEADERS)
 
 
 EXPORT_PAGE = ExportPage()
@@ -283,4 +327,6 @@ routes = [
     Route("/api/projects/{project_id}/playback/recordings/{recording_id}", delete_recording, methods=["DELETE"]),
     Route("/api/projects/{project_id}/playback/recordings/{recording_id}/events", recording_events, methods=["GET"]),
     Route("/api/projects/{project_id}/playback/recordings/{recording_id}/export", export_recording, methods=["GET"]),
+    Route("/api/projects/{project_id}/playback/recordings/{recording_id}/assets", recording_assets, methods=["GET"]),
+    Route("/api/projects/{project_id}/playback/assets/{sha256}", get_asset, methods=["GET"]),
 ]

@@ -1,6 +1,7 @@
-/* The player page: fetches the recording's events (same origin, the sign-in cookie) and hands them to
-   the replay frame, then drives it: play/pause, seek (timeline, markers), speed, skip inactivity.
-   Messages are taken only from that frame's window. */
+/* The player page: streams the recording's events (same origin, the sign-in cookie; one stored chunk a
+   line) and hands each chunk to the replay frame as it arrives, so the replay starts on the first one;
+   then drives it: play/pause, seek (timeline, markers), speed, skip inactivity. Messages are taken only
+   from that frame's window. */
 (function () {
   "use strict";
   var root = document.getElementById("replay");
@@ -15,9 +16,14 @@
   var skip = document.getElementById("skip");
   var speedButtons = document.querySelectorAll(".speeds button[data-speed]");
 
-  var buffer = null;
+  var queue = []; // chunks (ArrayBuffers) not yet handed to the frame
   var frameReady = false;
-  var loaded = false;
+  // Until the first frame is on screen the frame gets one chunk per request ("hello", "want-more"), so
+  // the rest of the recording does not compete with the first rebuild; then everything goes.
+  var wanted = 0;
+  var released = false;
+  var streamDone = false;
+  var fetchedBytes = 0;
   var meta = null;
   var playing = false;
   var dragging = false;
@@ -53,12 +59,58 @@
     showTime(offset);
   }
 
-  function maybeLoad() {
-    if (loaded || !frameReady || !buffer) return;
-    loaded = true;
-    root.setAttribute("data-fetched-bytes", String(buffer.byteLength));
-    post({ cmd: "load", buffer: buffer }, [buffer]);
-    buffer = null;
+  // Chunks go to the frame in order, each transferred (not copied); "end" follows the last one.
+  function flush() {
+    if (!frameReady) return;
+    while (queue.length && (released || wanted > 0)) {
+      var chunk = queue.shift();
+      wanted -= 1;
+      post({ cmd: "chunk", buffer: chunk }, [chunk]);
+    }
+    if (streamDone && !queue.length) {
+      streamDone = false;
+      post({ cmd: "end" });
+    }
+  }
+
+  function takeChunk(bytes) {
+    if (!bytes.byteLength) return;
+    if (!root.hasAttribute("data-first-chunk-ms")) {
+      root.setAttribute("data-first-chunk-ms", String(Math.round(performance.now())));
+    }
+    queue.push(bytes.slice().buffer);
+    flush();
+  }
+
+  function joined(a, b) {
+    var out = new Uint8Array(a.length + b.length);
+    out.set(a, 0);
+    out.set(b, a.length);
+    return out;
+  }
+
+  // Reads the NDJSON stream and hands over every complete line as soon as it is there.
+  function readLines(reader) {
+    var rest = new Uint8Array(0);
+    function pump() {
+      return reader.read().then(function (step) {
+        if (step.done) {
+          takeChunk(rest);
+          return;
+        }
+        fetchedBytes += step.value.byteLength;
+        var data = rest.length ? joined(rest, step.value) : step.value;
+        var start = 0;
+        var end;
+        while ((end = data.indexOf(10, start)) !== -1) {
+          takeChunk(data.subarray(start, end));
+          start = end + 1;
+        }
+        rest = data.slice(start);
+        return pump();
+      });
+    }
+    return pump();
   }
 
   function walkmeMarkers() {
@@ -113,7 +165,16 @@
     switch (message.type) {
       case "hello":
         frameReady = true;
-        maybeLoad();
+        wanted = 1;
+        flush();
+        break;
+      case "want-more":
+        wanted += 1;
+        flush();
+        break;
+      case "go-on":
+        released = true;
+        flush();
         break;
       case "ready":
         meta = message;
@@ -127,11 +188,34 @@
         showMarkers(message.markers.concat(walkmeMarkers()));
         showTime(0);
         setState("paused");
-        say("");
+        say(root.hasAttribute("data-loaded") ? "" : "Loading the rest of the recording…");
+        break;
+      case "more":
+        if (!meta) break;
+        // Later chunks lengthen the replay; markers are redrawn once everything is there.
+        meta.totalTime = message.totalTime;
+        meta.endTime = message.endTime;
+        root.setAttribute("data-total-time", String(message.totalTime));
+        root.setAttribute("data-events", String(message.events));
+        scrubber.max = String(message.totalTime);
+        break;
+      case "complete":
+        if (!meta) break;
+        meta.totalTime = message.totalTime;
+        meta.endTime = message.endTime;
+        root.setAttribute("data-total-time", String(message.totalTime));
+        root.setAttribute("data-events", String(message.events));
+        root.setAttribute("data-loaded", "1");
+        scrubber.max = String(message.totalTime);
+        showMarkers(message.markers.concat(walkmeMarkers()));
+        showTime(Number(root.getAttribute("data-offset") || 0));
+        if (status.textContent === "Loading the rest of the recording…") say("");
         break;
       case "first-frame":
         root.setAttribute("data-first-frame-ms", String(Math.round(performance.now())));
         root.setAttribute("data-frame-timings", JSON.stringify(message.timings));
+        released = true;
+        flush();
         break;
       case "time":
         showTime(message.offset);
@@ -172,7 +256,12 @@
   frame.addEventListener("load", function () { post({ cmd: "ping" }); });
   post({ cmd: "ping" });
 
-  playButton.addEventListener("click", function () { post({ cmd: playing ? "pause" : "play" }); });
+  // The intent counts at once: a seek right after Pause must not resume playing before the frame's
+  // answer has arrived.
+  playButton.addEventListener("click", function () {
+    playing = !playing;
+    post({ cmd: playing ? "play" : "pause" });
+  });
   scrubber.addEventListener("pointerdown", function () { dragging = true; });
   scrubber.addEventListener("pointerup", function () { dragging = false; });
   scrubber.addEventListener("input", function () { seek(Number(scrubber.value)); });
@@ -186,7 +275,8 @@
 
   setState("loading");
   say("Loading the recording…");
-  fetch(root.getAttribute("data-events-url"), { credentials: "same-origin", headers: { Accept: "application/json" } })
+  // One request per player load: the server logs it as the one `view` of the recording.
+  fetch(root.getAttribute("data-events-url") + "?format=chunks", { credentials: "same-origin" })
     .then(function (response) {
       if (!response.ok) {
         return response.json().then(
@@ -194,12 +284,13 @@
           function () { throw new Error(response.status + " " + response.statusText); }
         );
       }
-      return response.arrayBuffer();
+      return readLines(response.body.getReader());
     })
-    .then(function (data) {
+    .then(function () {
       root.setAttribute("data-fetched-ms", String(Math.round(performance.now())));
-      buffer = data;
-      maybeLoad();
+      root.setAttribute("data-fetched-bytes", String(fetchedBytes));
+      streamDone = true;
+      flush();
     })
     .catch(function (err) {
       setState("error");

@@ -1,7 +1,9 @@
 /* The replay frame (see playback/replay.py): rrweb-player under a CSP that allows no connection, so
-   the page around it fetches the events and hands them over by postMessage (an ArrayBuffer,
-   transferred, not copied), then drives the player with small commands. Messages go to the parent
-   only, and commands are taken from the parent only. */
+   the page around it fetches the events and hands them over by postMessage, one stored chunk at a time
+   (an ArrayBuffer holding a JSON array, transferred, not copied). The player is built as soon as a
+   full snapshot is there; later chunks are added to it (addEvent) while it already shows the page.
+   The page drives the player with small commands. Messages go to the parent only, and commands are
+   taken from the parent only. */
 (function () {
   "use strict";
   var parentWindow = window.parent;
@@ -9,6 +11,11 @@
   var replayer = null;
   var startTime = 0;
   var lastSent = -1;
+  var waiting = []; // events received before the player could be built
+  var markers = [];
+  var page = null; // the page marker waiting for its full snapshot (it may come in a later chunk)
+  var eventCount = 0;
+  var timings = null;
 
   function send(message) {
     parentWindow.postMessage(message, window.location.origin);
@@ -20,9 +27,7 @@
 
   // Clicks and page changes. A Meta event starts every page (first load, navigation, resumed tab); its
   // marker points at the page's full snapshot right after it, where the new page is on screen.
-  function markersOf(events) {
-    var markers = [];
-    var page = null;
+  function addMarkers(events) {
     for (var i = 0; i < events.length; i++) {
       var e = events[i];
       if (e.type === 4 && e.data && e.data.href) {
@@ -35,7 +40,6 @@
         markers.push({ kind: "click", ts: e.timestamp, label: "click" });
       }
     }
-    return markers;
   }
 
   function viewportOf(events) {
@@ -59,6 +63,8 @@
       done = true;
       timings.firstFrame = performance.now();
       send({ type: "first-frame", timings: timings });
+      shownFirst = true;
+      drain();
       return true;
     }
     if (!check()) {
@@ -66,14 +72,14 @@
     }
   }
 
-  function load(buffer) {
-    var timings = { received: performance.now() };
-    var events = JSON.parse(new TextDecoder().decode(buffer));
-    timings.parsed = performance.now();
-    if (!events.length) {
-      send({ type: "error", reason: "the recording has no events" });
-      return;
+  function hasFullSnapshot(events) {
+    for (var i = 0; i < events.length; i++) {
+      if (events[i].type === 2) return true;
     }
+    return false;
+  }
+
+  function build(events) {
     var viewport = viewportOf(events);
     player = new rrwebPlayer.Player({
       target: document.getElementById("player"),
@@ -111,10 +117,104 @@
       endTime: meta.endTime,
       totalTime: meta.totalTime,
       viewport: viewport,
-      events: events.length,
-      markers: markersOf(events)
+      events: eventCount,
+      markers: markers.slice()
     });
     reportFirstFrame(timings);
+    // A first page with nothing in its body never counts as shown: the rest comes in all the same.
+    setTimeout(function () {
+      shownFirst = true;
+      send({ type: "go-on" });
+      drain();
+    }, 1000);
+  }
+
+  // Chunks that arrived after the player was built wait until the first frame is on screen, then go
+  // in one per task: adding thousands of events at once would hold up the first rebuild and paint.
+  var later = [];
+  // A task of its own for the next chunk: a message, because chains of timers are throttled (to one a
+  // second in a page the browser thinks hidden).
+  var yieldThenDrain = new MessageChannel();
+  yieldThenDrain.port1.onmessage = function () { drain(); };
+  var shownFirst = false;
+  var draining = false;
+  var ended = false;
+
+  function drain() {
+    if (draining || !shownFirst) return;
+    if (!later.length) {
+      if (ended) complete();
+      return;
+    }
+    draining = true;
+    var events = later.shift();
+    for (var i = 0; i < events.length - 1; i++) replayer.addEvent(events[i]);
+    var last = events[events.length - 1];
+    // The replayer takes each event on a microtask of its own, and the player's addEvent refreshes the
+    // controller's length at once: queued after the others, it sees all of them but its own event.
+    Promise.resolve().then(function () {
+      player.addEvent(last);
+      var meta = player.getMetaData();
+      send({ type: "more", endTime: meta.endTime, totalTime: meta.totalTime, events: eventCount });
+      draining = false;
+      yieldThenDrain.port2.postMessage(null);
+    });
+  }
+
+  // One chunk: before the player exists, events wait until a full snapshot (and a second event) is
+  // there; afterwards they are queued for the running player.
+  function take(buffer) {
+    if (!timings) timings = { received: performance.now() };
+    var events = JSON.parse(new TextDecoder().decode(buffer));
+    if (!timings.parsed) timings.parsed = performance.now();
+    eventCount += events.length;
+    addMarkers(events);
+    if (!player) {
+      waiting = waiting.concat(events);
+      if (waiting.length >= 2 && hasFullSnapshot(waiting)) {
+        var first = waiting;
+        waiting = [];
+        build(first);
+      } else {
+        send({ type: "want-more" });
+      }
+      return;
+    }
+    later.push(events);
+    drain();
+  }
+
+  var completed = false;
+
+  function complete() {
+    if (completed) return;
+    completed = true;
+    // The replayer adds events on microtasks of their own; the length is read after them.
+    Promise.resolve().then(function () {
+      var meta = player.getMetaData();
+      send({
+        type: "complete",
+        endTime: meta.endTime,
+        totalTime: meta.totalTime,
+        events: eventCount,
+        markers: markers.slice()
+      });
+    });
+  }
+
+  function finish() {
+    if (ended) return;
+    if (!player && waiting.length >= 2) {
+      var rest = waiting;
+      waiting = [];
+      build(rest);
+    }
+    if (!player) {
+      send({ type: "error", reason: eventCount ? "the recording has no full snapshot" : "the recording has no events" });
+      return;
+    }
+    ended = true;
+    drain();
   }
 
   function command(message) {
@@ -151,9 +251,15 @@
     if (!event.data || typeof event.data !== "object") return;
     if (event.data.cmd === "ping") {
       send({ type: "hello" });
-    } else if (event.data.cmd === "load" && event.data.buffer instanceof ArrayBuffer && !player) {
+    } else if (event.data.cmd === "chunk" && event.data.buffer instanceof ArrayBuffer) {
       try {
-        load(event.data.buffer);
+        take(event.data.buffer);
+      } catch (err) {
+        send({ type: "error", reason: String(err && err.message ? err.message : err) });
+      }
+    } else if (event.data.cmd === "end") {
+      try {
+        finish();
       } catch (err) {
         send({ type: "error", reason: String(err && err.message ? err.message : err) });
       }
