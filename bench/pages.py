@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/datagen.py and bench/ingest.py, run as a script
 
@@ -83,8 +84,8 @@ CHROME_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gec
 
 @dataclass(frozen=True)
 class PageSpec:
-    """A page to time: its path under /app/projects/{pid}/ ({user} is a busy end user's key) and the
-    selector present once it shows its data."""
+    """A page to time: its path under /app/projects/{pid}/ ({user} is a busy end user's key, URL-quoted)
+    and the selector present once it shows its data."""
 
     name: str
     path: str
@@ -93,8 +94,10 @@ class PageSpec:
 
 PAGES = [
     PageSpec("user list", "users", "#users tbody tr"),
-    PageSpec("user page", "users/{user}", "#attributes"),
-    PageSpec("engagement report", "reports", "#items tbody tr"),
+    PageSpec("user page", "users/{user}", "#user-segments[data-loaded]"),
+    PageSpec("engagement report", "reports", "#items"),
+    PageSpec("overview", "overview", "#top-pages"),
+    PageSpec("segments", "segments", "#segments"),
 ]
 
 # The page's moment of interactivity, in ms from navigation start: the load event, or the last answer
@@ -183,7 +186,7 @@ def measure(dataset: str, db: Path, workdir: Path, repeat: int) -> list[Timing]:
                 context.add_cookies(cookies)
                 page = context.new_page()
                 for spec in PAGES:
-                    path = f"/app/projects/{pid}/" + spec.path.format(user=user)
+                    path = f"/app/projects/{pid}/" + spec.path.format(user=quote(user, safe=""))
                     server_ms, interactive_ms, size = [], [], 0
                     for attempt in range(repeat + 1):
                         began = time.perf_counter()
@@ -260,3 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([t.__dict__ for t in timings], indent=2))
     return 0 if all(t.interactive_ms < 1000 for t in timings) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
