@@ -217,11 +217,66 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], ro
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.dbapi_connection.cursor()
         with cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            for start in range(0, len(rows), _COPY_BLOCK_ROWS):
+                copy.write(copy_text(rows[start : start + _COPY_BLOCK_ROWS]))
         return
     sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
     conn.exec_driver_sql(sql, rows)
+
+
+_COPY_BLOCK_ROWS = 10_000
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        # Most values need no escaping; the two C-level checks are cheaper than translating every value.
+        return value.translate(_COPY_ESCAPES) if "\\" in value or not value.isprintable() else value
+    if type(value) is bool:
+        return "t" if value else "f"
+    if type(value) is float:
+        return repr(value)  # shortest text that reads back as the same float8
+    return str(value)
+
+
+def copy_text(rows: Iterable[tuple]) -> bytes:
+    """Rows in PostgreSQL's COPY text format (tab-separated, `\\N` for NULL, backslash escapes).
+
+    Formatting a block of rows at once costs a fraction of psycopg's per-row `write_row`, which
+    dominated bulk imports in profiles.
+    """
+    lines = ["\t".join(map(_copy_field, row)) for row in rows]
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+def update_rows(
+    conn: sa.Connection, table: sa.Table, set_columns: Sequence[str], key_columns: Sequence[str], rows: list[tuple]
+) -> None:
+    """Update many rows by key in one go: each row tuple holds the new values, then the key values.
+
+    PostgreSQL: one `UPDATE … FROM unnest(arrays)` statement per call (a join on the key, by
+    index), instead of one statement per row. SQLite: a cached statement and executemany, which
+    is the fastest form there (no round trips to save).
+    """
+    if not rows:
+        return
+    assignments = ", ".join(f"{c} = s.{c}" for c in set_columns)
+    if conn.dialect.name == "postgresql":
+        names = [*set_columns, *key_columns]
+        types = [f"{table.c[c].type.compile(dialect=conn.dialect)}[]" for c in names]
+        match = " AND ".join(f"t.{c} = s.{c}" for c in key_columns)
+        sql = (
+            f"UPDATE {table.name} AS t SET {assignments} "
+            f"FROM unnest({', '.join(f'%s::{type_}' for type_ in types)}) AS s({', '.join(names)}) WHERE {match}"
+        )
+        conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*rows, strict=True)))
+        return
+    assignments = ", ".join(f"{c} = ?" for c in set_columns)
+    match = " AND ".join(f"{c} = ?" for c in key_columns)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {assignments} WHERE {match}", rows)
 
 
 def execute_many(conn: sa.Connection, sql: str, rows: list[tuple]) -> None:
