@@ -248,7 +248,7 @@ def test_the_same_file_twice_changes_nothing(importer, project, tmp_path):
 
 
 def test_values_with_special_characters_and_a_changed_file_apply_exactly(importer, project, tmp_path):
-    """The bulk paths (COPY text on PostgreSQL, set-wise updates) keep every character, value and change."""
+    """The bulk paths (COPY on PostgreSQL, set-wise updates) keep every character, value and change."""
     import sqlalchemy as sa
 
     tricky = ["tab\there", "back\\slash", "\\N", "", "ünï ✓ 𝄞", "line\r\nbreak", "\\t not a tab"]

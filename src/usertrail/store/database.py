@@ -216,40 +216,13 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], ro
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.dbapi_connection.cursor()
+        # psycopg formats each row in C: measured faster than building COPY text blocks in Python.
         with cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for start in range(0, len(rows), _COPY_BLOCK_ROWS):
-                copy.write(copy_text(rows[start : start + _COPY_BLOCK_ROWS]))
+            for row in rows:
+                copy.write_row(row)
         return
     sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
     conn.exec_driver_sql(sql, rows)
-
-
-_COPY_BLOCK_ROWS = 10_000
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_field(value: object) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        # Most values need no escaping; the two C-level checks are cheaper than translating every value.
-        return value.translate(_COPY_ESCAPES) if "\\" in value or not value.isprintable() else value
-    if type(value) is bool:
-        return "t" if value else "f"
-    if type(value) is float:
-        return repr(value)  # shortest text that reads back as the same float8
-    return str(value)
-
-
-def copy_text(rows: Iterable[tuple]) -> bytes:
-    """Rows in PostgreSQL's COPY text format (tab-separated, `\\N` for NULL, backslash escapes).
-
-    Formatting a block of rows at once costs a fraction of psycopg's per-row `write_row`, which
-    dominated bulk imports in profiles.
-    """
-    lines = ["\t".join(map(_copy_field, row)) for row in rows]
-    lines.append("")
-    return "\n".join(lines).encode()
 
 
 def update_rows(
