@@ -58,7 +58,7 @@ def make_csv(rows: int, seed: int = 20261122) -> Path:
     rnd = random.Random(seed)
     plans = ("free", "starter", "pro", "VIP", "enterprise")
     countries = ("DE", "FR", "US", "JP", "BR", "IN", "GB", "ES")
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two benchmarks started at once each write their own
     with open(tmp, "w", encoding="utf-8", newline="") as out:
         out.write(",".join(HEADER) + "\n")
         for i in range(rows):
