@@ -11,6 +11,11 @@ takes its wall time and its peak RSS (`wait4`, so only the import process: for P
 server's memory is not counted). After each run `user_attributes` and `attribute_history` are
 counted: both must hold rows × 9 values.
 
+Because the machine is shared, wall time depends on what else runs. The benchmark therefore also
+records CPU seconds, which depend far less on the load: the import process's own (user + system,
+all threads, from `wait4`) and, for PostgreSQL, the server's (every process of the throwaway
+cluster, from /proc), and the 1-minute load average before and after each run.
+
 Output: a table on stdout, JSON under bench/results/, and (unless --quick or --no-docs) the results
 block of the "CSV import (issue 4)" section of docs/benchmarks.md.
 """
@@ -29,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ingest import machine_info, wait_for_quiet
+from ingest import machine_info, process_tree, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -53,7 +58,7 @@ def make_csv(rows: int, seed: int = 20261122) -> Path:
     rnd = random.Random(seed)
     plans = ("free", "starter", "pro", "VIP", "enterprise")
     countries = ("DE", "FR", "US", "JP", "BR", "IN", "GB", "ES")
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two benchmarks started at once each write their own
     with open(tmp, "w", encoding="utf-8", newline="") as out:
         out.write(",".join(HEADER) + "\n")
         for i in range(rows):
@@ -99,6 +104,24 @@ def counts(url: str) -> tuple[int, int, float]:
         engine.dispose()
 
 
+def server_cpu_seconds(data_dir: Path | None) -> float:
+    """CPU seconds used so far by a PostgreSQL cluster: the postmaster with its reaped children, and
+    the children still running. 0 without a cluster (SQLite runs in the import process)."""
+    if data_dir is None:
+        return 0.0
+    postmaster = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    ticks = 0
+    for pid in process_tree(postmaster):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a backend that ended meanwhile: its time is in the postmaster's children's
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        if pid == postmaster:
+            ticks += int(fields[13]) + int(fields[14])  # cutime, cstime of the backends that ended
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     database: str
@@ -111,18 +134,30 @@ class Result:
     values_stored: int
     history_rows: int
     check: str
+    cpu_s: float = 0.0  # the import process, all threads
+    server_cpu_s: float = 0.0  # the PostgreSQL cluster
+    load_before: float = 0.0  # 1-minute load average
+    load_after: float = 0.0
+
+    @property
+    def rows_per_cpu_s(self) -> float:
+        return self.rows / max(0.001, self.cpu_s + self.server_cpu_s)
 
 
-def run_import(database: str, url: str, path: Path, rows: int, data_dir: Path) -> Result:
+def run_import(database: str, url: str, path: Path, rows: int, data_dir: Path, pg_data: Path | None = None) -> Result:
     project = prepare(url)
     command = [sys.executable, "-m", "usertrail.cli", "import", "csv", str(path), "--id-column", "user_id",
                "--project", str(project), "--database-url", url, "--data-dir", str(data_dir)]  # fmt: skip
     for t in TYPES:
         command += ["--type", t]
+    load_before = os.getloadavg()[0]
+    server_before = server_cpu_seconds(pg_data)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
+    server_cpu = server_cpu_seconds(pg_data) - server_before
+    load_after = os.getloadavg()[0]
     stderr = process.stderr.read().decode() if process.stderr else ""
     values, history, job_seconds = counts(url)
     expected = rows * ATTRIBUTES
@@ -139,18 +174,24 @@ def run_import(database: str, url: str, path: Path, rows: int, data_dir: Path) -
         values,
         history,
         check,
+        round(usage.ru_utime + usage.ru_stime, 1),
+        round(server_cpu, 1),
+        load_before,
+        load_after,
     )
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| database | rows | wall s | job s | rows/s | values/s | peak RSS MB | values stored | history rows | check |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| database | rows | wall s | job s | rows/s | values/s | peak RSS MB | import CPU s | server CPU s "
+        "| rows per CPU s | load avg before → after | values stored | history rows | check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.database} | {r.rows:,} | {r.seconds} | {r.job_seconds} | {r.rows_per_s:,} | {r.values_per_s:,} | "
-            f"{r.peak_rss_mb} | {r.values_stored:,} | {r.history_rows:,} | {r.check} |"
+            f"{r.peak_rss_mb} | {r.cpu_s} | {r.server_cpu_s} | {r.rows_per_cpu_s:,.0f} | "
+            f"{r.load_before:.1f} → {r.load_after:.1f} | {r.values_stored:,} | {r.history_rows:,} | {r.check} |"
         )
     return "\n".join(lines)
 
@@ -240,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             url = pg.start()
             try:
-                results.append(run_import(database, url, path, args.rows, scratch_dir))
+                results.append(run_import(database, url, path, args.rows, scratch_dir, pg.data))
             finally:
                 pg.stop()
     print(table(results))

@@ -247,6 +247,41 @@ def test_the_same_file_twice_changes_nothing(importer, project, tmp_path):
     assert renamed["status"] == "done" and renamed["values_changed"] == 2
 
 
+def test_values_with_special_characters_and_a_changed_file_apply_exactly(importer, project, tmp_path):
+    """The bulk paths (COPY on PostgreSQL, set-wise updates) keep every character, value and change."""
+    import sqlalchemy as sa
+
+    tricky = ["tab\there", "back\\slash", "\\N", "", "ünï ✓ 𝄞", "line\r\nbreak", "\\t not a tab"]
+    rows = "".join(f'u{i},"{text}",{i}\n' for i, text in enumerate(tricky))
+    first = run_import(importer, project, write(tmp_path, "user_id,note,score\n" + rows), "user_id", [], [], [])
+    assert first["status"] == "done" and first["error_count"] == 0
+    for i, text in enumerate(tricky):
+        expected = {"score": float(i)} if text == "" else {"note": text, "score": float(i)}
+        assert values(importer, project, f"u:u{i}") == expected
+    before = {k: v["updated_at"] for k, v in AttributeStore(importer.engine).values(project, ["u:u1"]).items()}
+
+    # The next file: u2 changes twice within one chunk (3 rows), u0's note changes, u1 is the same, u9 is new.
+    changed = write(tmp_path, "user_id,note,score\nu2,a\tb,20\nu2,c,21\nu0,new,0\nu1,back\\slash,1\nu9,x,9\n", "g.csv")
+    second = run_import(importer, project, changed, "user_id", [], [], [], force=True)
+    assert (second["values_applied"], second["values_changed"]) == (10, 7)
+    assert values(importer, project, "u:u0") == {"note": "new", "score": 0.0}
+    assert values(importer, project, "u:u2") == {"note": "c", "score": 21.0}
+    assert values(importer, project, "u:u9") == {"note": "x", "score": 9.0}
+    after = AttributeStore(importer.engine).values(project, ["u:u1"])
+    assert all(after[k]["updated_at"] >= before[k] for k in before)  # a same value is refreshed, not changed
+    store = AttributeStore(importer.engine)
+    notes = [(h["old"], h["new"]) for h in store.history(project, ["u:u2"], "note")]
+    assert notes == [("a\tb", "c"), ("\\N", "a\tb"), (None, "\\N")]  # newest first, in the order applied
+    scores = [(h["old"], h["new"]) for h in store.history(project, ["u:u2"], "score")]
+    assert scores == [(20.0, 21.0), (2.0, 20.0), (None, 2.0)]
+    assert AttributeStore(importer.engine).history(project, ["u:u1"])[0]["new"] == 1.0  # only the first import
+    with importer.engine.connect() as conn:
+        numbers = conn.execute(
+            sa.text("SELECT user_key, value_num FROM user_attributes WHERE name = 'score' AND value_num >= 9")
+        ).all()
+    assert sorted(numbers) == [("u:u2", 21.0), ("u:u9", 9.0)]
+
+
 def test_dry_run_checks_everything_and_writes_nothing(importer, project, tmp_path):
     path = write(tmp_path, "user_id,seats\nu1,3\nu2,lots\n")
     job = run_import(importer, project, path, "user_id", [], [], ["seats=number"], dry_run=True)

@@ -545,3 +545,39 @@ def test_concurrent_writes_lose_nothing(make_server):
         assert sorted(e["value"] for e in user["emails"]) == [f"m{i}@example.com" for i in range(6)]
         assert user["meta"]["version"] == 'W/"7"'
     assert live.scalar("SELECT count(*) FROM scim_users WHERE user_name = 'same@example.com'") == 1
+
+
+def test_erasing_the_end_user_removes_the_scim_record(make_server):
+    """GDPR erasure forgets the person's directory data too; the IdP then sees them as gone."""
+    live = make_server(process_sessions=False)
+    enable_uuid(live)
+    token = scim_token(live)
+    with scim(live, token) as idp:
+        jane = idp.post("/Users", json=okta_user("jane")).json()["id"]
+        omar = idp.post("/Users", json=okta_user("omar", externalId="00u2omar")).json()["id"]
+        kept = idp.post("/Users", json=okta_user("kim", externalId="00u3kim")).json()["id"]
+    send(live, user_events("jane", now_ms() - 3 * 60 * 60_000, 3))
+    live.app.state.sessions.run(now_ms())
+
+    erased = api(live, "/users/u:jane", "DELETE")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["scim_users"] == 1 and erased.json()["events"] == 3 and erased.json()["attributes"] > 0
+    # Pre-provisioned and never seen: nothing but the SCIM record and attributes, still erasable.
+    erased = api(live, "/users/u:omar", "DELETE")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["scim_users"] == 1 and erased.json()["events"] == 0 and erased.json()["attributes"] > 0
+    assert api(live, "/users/u:omar", "DELETE").status_code == 404
+
+    assert live.scalar("SELECT count(*) FROM scim_users WHERE user_key IN ('u:jane', 'u:omar')") == 0
+    assert live.scalar("SELECT count(*) FROM user_attributes WHERE user_key IN ('u:jane', 'u:omar')") == 0
+    assert live.scalar("SELECT count(*) FROM scim_users WHERE user_key = 'u:kim'") == 1
+    with scim(live, token) as idp:
+        assert idp.get(f"/Users/{jane}").status_code == 404
+        assert idp.get(f"/Users/{omar}").status_code == 404
+        assert idp.get(f"/Users/{kept}").status_code == 200
+        listed = idp.get("/Users", params={"filter": 'userName eq "jane"'}).json()
+        assert listed["totalResults"] == 0
+        # The IdP may provision the person again: the userName is free.
+        assert idp.post("/Users", json=okta_user("jane")).status_code == 201
+    audit = api(live, "/audit-log?action=end_user.erase").json()["entries"]
+    assert [(e["target"], e["details"]["scim_users"]) for e in audit] == [("u:omar", 1), ("u:jane", 1)]

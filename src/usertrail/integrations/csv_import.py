@@ -17,6 +17,7 @@ import codecs
 import csv
 import hashlib
 import io
+import queue
 import secrets
 import threading
 import time
@@ -510,7 +511,11 @@ class _Chunk:
     rows: list[list[str]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     errors: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
-    failed_rows: int = 0
+    failed_rows: int = 0  # refused whole (field count, id)
+    bytes_read: int = 0  # of the file, up to the chunk's end
+    # Filled by `_convert`: (name, type, values) per column, and 1 per row with a bad value.
+    columns: list[tuple[str, str, list]] = field(default_factory=list)
+    bad_values: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -692,16 +697,20 @@ class CsvImporter:
         state = _Run(job, Progress(), [CellConverter(c.type) for c in job.plan.columns])
         self._update(job, status="running", started_at=self.clock(), updated_at=self.clock())
         status, message = "done", None
+        converters = state.converters
         try:
-            for chunk in self._chunks(job, path, state.progress):
-                if stop is not None and stop.is_set():
-                    state.progress.rows -= len(chunk.rows) + chunk.failed_rows
-                    status = "interrupted"
-                    message = f"the server stopped: rows before line {chunk.first_line} were imported"
-                    break
-                self._write_chunk(state, chunk)
-                if on_progress:
-                    on_progress(state.progress)
+            # A thread reads and converts the next chunk while this one is written: parsing is
+            # Python work, and the database's work (SQLite's B-tree inserts without the GIL, or the
+            # PostgreSQL server) can run beside it on the other core.
+            with _Prefetch(self._convert(job, chunk, converters) for chunk in self._chunks(job, path)) as chunks:
+                for chunk in chunks:
+                    if stop is not None and stop.is_set():
+                        status = "interrupted"
+                        message = f"the server stopped: rows before line {chunk.first_line} were imported"
+                        break
+                    self._write_chunk(state, chunk)
+                    if on_progress:
+                        on_progress(state.progress)
         except CsvFileError as exc:
             status, message = "failed", f"line {exc.line}: {exc.reason}" if exc.line else exc.reason
         except Exception as exc:
@@ -710,7 +719,7 @@ class CsvImporter:
         self._finish(state, status, message)
         return self.get(job.project_id, job.id)
 
-    def _chunks(self, job: Job, path: Path, progress: Progress) -> Iterator[_Chunk]:
+    def _chunks(self, job: Job, path: Path) -> Iterator[_Chunk]:
         """The file's rows in chunks; each row's id is checked here, its values when the chunk is written."""
         plan = job.plan
         width = len(plan.header)
@@ -725,7 +734,6 @@ class CsvImporter:
                     start, line = line, reader.line_num + 1
                     if not row:
                         continue  # a blank line
-                    progress.rows += 1
                     problem = None
                     if len(row) != width:
                         problem = (start, None, f"expected {width} fields as in the header, got {len(row)}")
@@ -742,23 +750,22 @@ class CsvImporter:
                         chunk.rows.append(row)
                         chunk.lines.append(start)
                     if len(chunk.rows) + chunk.failed_rows >= self.chunk_rows:
-                        progress.bytes_read = raw.tell()
+                        chunk.bytes_read = raw.tell()
                         yield chunk
                         chunk = _Chunk(line)
             except csv.Error as exc:
                 raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-            progress.bytes_read = job.size
+            chunk.bytes_read = job.size
             if chunk.rows or chunk.errors:
                 yield chunk
 
-    def _write_chunk(self, state: _Run, chunk: _Chunk) -> None:
-        """Convert the chunk's cells, write them with its errors and the job's progress in one transaction."""
-        job, progress = state.job, state.progress
+    @staticmethod
+    def _convert(job: Job, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
+        """Convert the chunk's cells to stored values; a bad cell is an error of its row and column."""
         errors = chunk.errors
         lines = chunk.lines
-        failed = bytearray(len(chunk.rows))
-        columns = []
-        for col, convert in zip(job.plan.columns, state.converters, strict=True):
+        failed = chunk.bad_values = bytearray(len(chunk.rows))
+        for col, convert in zip(job.plan.columns, converters, strict=True):
             values: list = []
             append = values.append
             index = col.index
@@ -773,11 +780,18 @@ class CsvImporter:
                     append(None)
                     errors.append((lines[i], col.column, str(exc)))
                     failed[i] = 1
-            columns.append((col.name, col.type, values))
+            chunk.columns.append((col.name, col.type, values))
+        chunk.rows = []  # the cells are no longer needed; free them before the chunk waits in the queue
+        return chunk
+
+    def _write_chunk(self, state: _Run, chunk: _Chunk) -> None:
+        """Write a converted chunk's values with its errors and the job's progress in one transaction."""
+        job, progress = state.job, state.progress
+        errors = chunk.errors
         now = self.clock()
         with write_transaction(self.engine) as conn:
             report = self.attributes.write_columns(
-                conn, job.project_id, job.integration, chunk.keys, columns, now, dry_run=job.dry_run
+                conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, dry_run=job.dry_run
             )
             column_of = {c.name: c.column for c in job.plan.columns}
             for name, reason in report.column_errors:
@@ -785,8 +799,10 @@ class CsvImporter:
                     state.refused_columns.add(name)
                     errors.append((1, column_of[name], reason))
             errors.sort(key=_line)
+            progress.rows += len(chunk.keys) + chunk.failed_rows
+            progress.bytes_read = chunk.bytes_read
             progress.rows_applied += sum(report.rows_applied)
-            progress.rows_failed += chunk.failed_rows + sum(failed)
+            progress.rows_failed += chunk.failed_rows + sum(chunk.bad_values)
             progress.values_applied += report.applied
             progress.values_changed += report.changed
             progress.registered.extend(report.registered)
@@ -894,6 +910,58 @@ class CsvImporter:
             if len(rows) < page:
                 return
             after = rows[-1].seq
+
+
+class _Prefetch:
+    """Runs an iterator in a thread, one item ahead of its consumer; errors are raised to the consumer.
+
+    Leaving the `with` block early (a stop, a database error) tells the thread to end after the
+    item it is working on, and waits for it, so the file is closed when the block is left.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator, ahead: int = 1) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._cancel = threading.Event()
+        self._ended = False
+        self._thread = threading.Thread(target=self._fill, args=(items,), name="csv-import-read", daemon=True)
+        self._thread.start()
+
+    def _fill(self, items: Iterator) -> None:
+        error: BaseException | None = None
+        try:
+            for item in items:
+                if self._cancel.is_set():
+                    break
+                self._queue.put(item)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            error = exc
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+            self._queue.put((self._END, error))
+
+    def __iter__(self) -> Iterator:
+        while not self._ended:
+            item = self._queue.get()
+            if type(item) is tuple and item and item[0] is self._END:
+                self._ended = True
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._cancel.set()
+        while not self._ended:  # unblock the thread's put until it has said it ended
+            item = self._queue.get()
+            self._ended = type(item) is tuple and bool(item) and item[0] is self._END
+        self._thread.join()
 
 
 def _line(error: tuple) -> int:

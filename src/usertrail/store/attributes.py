@@ -17,7 +17,7 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
-from usertrail.store.database import execute_many, insert_rows, lock_key, write_transaction
+from usertrail.store.database import insert_rows, lock_key, update_rows, write_transaction
 from usertrail.store.schema import attribute_history, attribute_registry, user_attributes
 
 
@@ -99,8 +99,11 @@ _ATTRIBUTE_COLUMNS = ("project_id", "user_key", "name", "value", "value_num", "s
 _HISTORY_COLUMNS = ("project_id", "user_key", "id", "name", "old_value", "new_value", "source", "changed_at")
 
 
-def _key_and_name(row: tuple) -> tuple[str, str]:
-    return row[1], row[2]
+_KEY_COLUMNS = ("project_id", "user_key", "name")
+
+
+def _first(item: tuple) -> str:
+    return item[0]
 
 
 class AttributeStore:
@@ -297,7 +300,15 @@ class AttributeStore:
         columns: list[tuple[str, ColumnValues]],
         now: int,
     ) -> int:
-        """`_apply` for columns: one read of the current values, then bulk inserts and executemany updates."""
+        """`_apply` for columns: one read of the current values, then bulk inserts and set-wise updates.
+
+        Rows are visited in primary-key order (user key, then name; a key's repeated rows in file
+        order), so the rows to insert come out sorted: the B-tree inserts sweep each index once
+        instead of landing at random, and nothing has to be sorted afterwards. History ids count up
+        in that order, so a (user, name)'s changes keep the order in which they were applied.
+        """
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        by_name = sorted(columns, key=_first)
         distinct = sorted(set(keys))
         original = AttributeStore._current(conn, project_id, distinct)
         prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
@@ -305,8 +316,10 @@ class AttributeStore:
         inserts: list[tuple] = []
         if not original and len(distinct) == len(keys):
             # A fresh import of distinct users (the common case): every value is new.
-            for name, values in columns:
-                for key, v in zip(keys, values, strict=True):
+            for i in order:
+                key = keys[i]
+                for name, values in by_name:
+                    v = values[i]
                     if v is not None:
                         inserts.append((project_id, key, name, v[0], v[1], source, now))
                         history.append(
@@ -315,8 +328,10 @@ class AttributeStore:
         else:
             current = dict(original)
             final: dict[tuple[str, str], tuple[str, float | None]] = {}
-            for name, values in columns:
-                for key, v in zip(keys, values, strict=True):
+            for i in order:
+                key = keys[i]
+                for name, values in by_name:
+                    v = values[i]
                     if v is None:
                         continue
                     k = (key, name)
@@ -336,14 +351,8 @@ class AttributeStore:
                     refreshes.append((source, now, project_id, key, name))
                 else:
                     updates.append((new, number, source, now, project_id, key, name))
-            where = " WHERE project_id = ? AND user_key = ? AND name = ?"
-            execute_many(
-                conn, "UPDATE user_attributes SET value = ?, value_num = ?, source = ?, updated_at = ?" + where, updates
-            )
-            execute_many(conn, "UPDATE user_attributes SET source = ?, updated_at = ?" + where, refreshes)
-        # Rows in key order touch the primary-key B-trees in one sweep instead of at random.
-        inserts.sort(key=_key_and_name)
-        history.sort(key=_key_and_name)
+            update_rows(conn, user_attributes, ("value", "value_num", "source", "updated_at"), _KEY_COLUMNS, updates)
+            update_rows(conn, user_attributes, ("source", "updated_at"), _KEY_COLUMNS, refreshes)
         insert_rows(conn, user_attributes, _ATTRIBUTE_COLUMNS, inserts)
         insert_rows(conn, attribute_history, _HISTORY_COLUMNS, history)
         return len(history)
@@ -366,70 +375,43 @@ class AttributeStore:
             original.update({(r.user_key, r.name): r.value for r in rows})
         current = dict(original)
         final: dict[tuple[str, str], tuple[str | None, object]] = {}
-        history = []
+        history: list[tuple] = []
+        suffix = "-" + secrets.token_hex(4)
         for user_key, name, value in accepted:
             k = (user_key, name)
             new = None if value is None else _encode(value)
             final[k] = (new, value)
-            if current.get(k) != new:
+            old = current.get(k)
+            if old != new:
                 history.append(
-                    {
-                        "project_id": project_id,
-                        "user_key": user_key,
-                        "id": f"{now:013d}-{len(history):06d}-{secrets.token_hex(4)}",
-                        "name": name,
-                        "old_value": current.get(k),
-                        "new_value": new,
-                        "source": source,
-                        "changed_at": now,
-                    }
+                    (project_id, user_key, f"{now:013d}-{len(history):06d}{suffix}", name, old, new, source, now)
                 )
                 current[k] = new
         inserts, updates, deletes, refreshes = [], [], [], []
         for (user_key, name), (new, value) in final.items():
-            key = {"k_user": user_key, "k_name": name}
             numeric = value if isinstance(value, float) else None
             if new is None:
                 if (user_key, name) in original:
-                    deletes.append(key)
+                    deletes.append({"k_user": user_key, "k_name": name})
             elif (user_key, name) not in original:
-                inserts.append(
-                    {
-                        "project_id": project_id,
-                        "user_key": user_key,
-                        "name": name,
-                        "value": new,
-                        "value_num": numeric,
-                        "source": source,
-                        "updated_at": now,
-                    }
-                )
+                inserts.append((project_id, user_key, name, new, numeric, source, now))
             elif original[(user_key, name)] == new:
-                refreshes.append(key)
+                refreshes.append((source, now, project_id, user_key, name))
             else:
-                updates.append({**key, "new_value": new, "new_num": numeric})
-        where = (
-            user_attributes.c.project_id == project_id,
-            user_attributes.c.user_key == sa.bindparam("k_user"),
-            user_attributes.c.name == sa.bindparam("k_name"),
-        )
-        if inserts:
-            conn.execute(user_attributes.insert(), inserts)
-        if updates:
-            conn.execute(
-                user_attributes.update()
-                .where(*where)
-                .values(
-                    value=sa.bindparam("new_value"), value_num=sa.bindparam("new_num"), source=source, updated_at=now
-                ),
-                updates,
-            )
+                updates.append((new, numeric, source, now, project_id, user_key, name))
         if deletes:
-            conn.execute(user_attributes.delete().where(*where), deletes)
-        if refreshes:
-            conn.execute(user_attributes.update().where(*where).values(source=source, updated_at=now), refreshes)
-        if history:
-            conn.execute(attribute_history.insert(), history)
+            conn.execute(
+                user_attributes.delete().where(
+                    user_attributes.c.project_id == project_id,
+                    user_attributes.c.user_key == sa.bindparam("k_user"),
+                    user_attributes.c.name == sa.bindparam("k_name"),
+                ),
+                deletes,
+            )
+        update_rows(conn, user_attributes, ("value", "value_num", "source", "updated_at"), _KEY_COLUMNS, updates)
+        update_rows(conn, user_attributes, ("source", "updated_at"), _KEY_COLUMNS, refreshes)
+        insert_rows(conn, user_attributes, _ATTRIBUTE_COLUMNS, inserts)
+        insert_rows(conn, attribute_history, _HISTORY_COLUMNS, history)
         return len(history)
 
     def values(self, project_id: int, keys: list[str]) -> dict[str, dict]:

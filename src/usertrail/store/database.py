@@ -216,12 +216,40 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], ro
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.dbapi_connection.cursor()
+        # psycopg formats each row in C: measured faster than building COPY text blocks in Python.
         with cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
     sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
     conn.exec_driver_sql(sql, rows)
+
+
+def update_rows(
+    conn: sa.Connection, table: sa.Table, set_columns: Sequence[str], key_columns: Sequence[str], rows: list[tuple]
+) -> None:
+    """Update many rows by key in one go: each row tuple holds the new values, then the key values.
+
+    PostgreSQL: one `UPDATE … FROM unnest(arrays)` statement per call (a join on the key, by
+    index), instead of one statement per row. SQLite: a cached statement and executemany, which
+    is the fastest form there (no round trips to save).
+    """
+    if not rows:
+        return
+    assignments = ", ".join(f"{c} = s.{c}" for c in set_columns)
+    if conn.dialect.name == "postgresql":
+        names = [*set_columns, *key_columns]
+        types = [f"{table.c[c].type.compile(dialect=conn.dialect)}[]" for c in names]
+        match = " AND ".join(f"t.{c} = s.{c}" for c in key_columns)
+        sql = (
+            f"UPDATE {table.name} AS t SET {assignments} "
+            f"FROM unnest({', '.join(f'%s::{type_}' for type_ in types)}) AS s({', '.join(names)}) WHERE {match}"
+        )
+        conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*rows, strict=True)))
+        return
+    assignments = ", ".join(f"{c} = ?" for c in set_columns)
+    match = " AND ".join(f"{c} = ?" for c in key_columns)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {assignments} WHERE {match}", rows)
 
 
 def execute_many(conn: sa.Connection, sql: str, rows: list[tuple]) -> None:

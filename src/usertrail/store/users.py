@@ -38,6 +38,7 @@ from usertrail.store.schema import (
     events,
     identity_links,
     pending_users,
+    scim_users,
     segment_changes,
     segment_members,
     session_hints,
@@ -378,9 +379,19 @@ class UserStore:
             return conn.execute(query.order_by(events.c.ts, events.c.event_id).limit(limit)).all()
 
     def delete(self, project_id: int, owner: str) -> dict[str, int]:
-        """Delete an end user entirely: events (theirs and their anonymous keys'), sessions, profile, links."""
+        """Erase an end user entirely: events (theirs and their anonymous keys'), sessions, profile, links,
+        custom attributes and their history, and the SCIM record an identity provider pushed for them.
+
+        The SCIM record goes too because it holds the person's directory data (userName, e-mails,
+        name); the retention job keeps it (the IdP still manages that person), see docs/scim.md.
+        """
         with write_transaction(self.engine) as conn:
-            return _delete_user(conn, project_id, owner)
+            counts = _delete_user(conn, project_id, owner)
+            # A SCIM record always points at an identified key (u:<id>), which is an owner.
+            counts["scim_users"] = conn.execute(
+                scim_users.delete().where(scim_users.c.project_id == project_id, scim_users.c.user_key == owner)
+            ).rowcount
+            return counts
 
     def inactive(self, project_id: int, cutoff: int) -> list[tuple[str, int]]:
         """Owners whose latest session ended before `cutoff`, with that time."""
@@ -424,7 +435,9 @@ def _delete_user(conn: sa.Connection, project_id: int, owner: str) -> dict[str, 
         pending_users.delete().where(pending_users.c.project_id == project_id, pending_users.c.user_key.in_(keys))
     )
     for table in (user_attributes, attribute_history, segment_members, segment_changes):
-        conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
+        deleted = conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
+        if table is user_attributes:
+            counts["attributes"] = deleted.rowcount
     return counts
 
 
