@@ -46,21 +46,30 @@ class Compiler:
         return sa.select(sa.func.count()).select_from(u).where(u.c.project_id == self.project_id, self.condition(tree))
 
     def condition(self, node: Node) -> sa.ColumnElement[bool]:
+        """The tree as one WHERE condition on `end_users` (correlated with its row)."""
+        return self._condition(node, top=True)
+
+    def _condition(self, node: Node, top: bool = False) -> sa.ColumnElement[bool]:
         if isinstance(node, Group):
-            parts = [self.condition(child) for child in node.rules]
+            # Both AND and OR stop at the first deciding operand, so the cheap tests go first:
+            # a custom attribute is only looked up for users the row's own columns have not decided.
+            children = sorted(node.rules, key=_cost)
+            parts = [self._condition(child, top and node.match == "all") for child in children]
             return sa.and_(*parts) if node.match == "all" else sa.or_(*parts)
         if node.operator in NEGATIONS:
-            return sa.not_(self._positive(node, NEGATIONS[node.operator]))
-        return self._positive(node, node.operator)
+            return sa.not_(self._positive(node, NEGATIONS[node.operator], top=False))
+        return self._positive(node, node.operator, top)
 
     # --- attribute rules -------------------------------------------------------------------
 
-    def _positive(self, rule: AttributeRule | BehaviourRule, op: str) -> sa.ColumnElement[bool]:
+    def _positive(self, rule: AttributeRule | BehaviourRule, op: str, top: bool) -> sa.ColumnElement[bool]:
         if isinstance(rule, BehaviourRule):
             return self._behaviour(rule)
         attribute = rule.attribute
         if attribute.kind == "custom":
-            return u.c.user_key.in_(self._custom_set(rule, op))
+            if top and SET_AT_TOP:
+                return u.c.user_key.in_(self._custom_set(rule, op))
+            return self._custom_probe(rule, op)
         if attribute.kind == "standard":
             column: sa.ColumnElement = STANDARD_COLUMNS[attribute.name]
         else:
@@ -87,6 +96,26 @@ class Compiler:
                 # Equality on the stored JSON uses the (project, name, value) index; the rest reads the text.
                 where.append(self._test(self._json_text(ua.c.value), ua.c.value, rule, op))
         return sa.select(ua.c.user_key).where(*where)
+
+    def _custom_probe(self, rule: AttributeRule, op: str) -> sa.ColumnElement[bool]:
+        """Whether this user's value passes: primary-key lookups of the row's own attribute."""
+        ua, name = user_attributes, rule.attribute.name
+        if op in ("changed_to", "was"):
+            h = attribute_history
+            wanted = msgspec.json.encode(rule.value).decode()
+            where = [h.c.project_id == self.project_id, h.c.user_key == u.c.user_key, h.c.name == name]
+            if op == "changed_to":
+                where += [h.c.new_value == wanted, h.c.changed_at >= self.now - rule.days * 86_400_000]  # type: ignore[operator]
+            else:
+                where.append(h.c.old_value == wanted)
+            return sa.exists().where(*where)
+        where = [ua.c.project_id == self.project_id, ua.c.user_key == u.c.user_key, ua.c.name == name]
+        if op != "is_set":
+            if rule.attribute.type == "number":
+                where.append(self._test(ua.c.value_num, ua.c.value_num, rule, op))
+            else:
+                where.append(self._test(self._json_text(ua.c.value), ua.c.value, rule, op))
+        return sa.exists().where(*where)
 
     def _test(self, value: sa.ColumnElement, stored: sa.ColumnElement, rule: AttributeRule, op: str):
         """The positive test of `op` on a non-NULL value; `stored` is the raw JSON column for custom values."""
@@ -192,6 +221,23 @@ class Compiler:
             .group_by(found.c.owner)
             .having(sa.func.count() >= times)
         )
+
+
+SET_AT_TOP = True
+
+
+def _cost(node: Node) -> int:
+    """A rough order of what a test costs per user: the row's columns, its JSON, a lookup, events."""
+    if isinstance(node, Group):
+        return max(_cost(child) for child in node.rules)
+    if isinstance(node, BehaviourRule):
+        return 4
+    kind = node.attribute.kind
+    if kind == "standard":
+        return 0
+    if kind == "analytics":
+        return 1
+    return 3 if node.operator in ("changed_to", "was") else 2
 
 
 def _target_where(target: Target) -> list[sa.ColumnElement[bool]]:

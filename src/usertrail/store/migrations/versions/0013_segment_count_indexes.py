@@ -1,0 +1,56 @@
+"""segment counts: covering indexes for standard-attribute ranges, custom values and Plan-style changes
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-11-22 11:10:00.000000
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("end_users", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_end_users_project_id_total_sessions_last_seen_first_seen"),
+            ["project_id", "total_sessions", "last_seen", "first_seen"],
+            unique=False,
+        )
+    with op.batch_alter_table("user_attributes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_user_attributes_project_id_name_value"))
+        batch_op.create_index(
+            batch_op.f("ix_user_attributes_project_id_name_value_user_key"),
+            ["project_id", "name", "value", "user_key"],
+            unique=False,
+        )
+        batch_op.create_index(
+            batch_op.f("ix_user_attributes_project_id_name_value_num_user_key"),
+            ["project_id", "name", "value_num", "user_key"],
+            unique=False,
+            sqlite_where=sa.text("value_num IS NOT NULL"),
+            postgresql_where=sa.text("value_num IS NOT NULL"),
+        )
+    with op.batch_alter_table("attribute_history", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_attribute_history_project_id_name_new_value_changed_at_user_key"),
+            ["project_id", "name", "new_value", "changed_at", "user_key"],
+            unique=False,
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("attribute_history", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_attribute_history_project_id_name_new_value_changed_at_user_key"))
+    with op.batch_alter_table("user_attributes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_user_attributes_project_id_name_value_num_user_key"))
+        batch_op.drop_index(batch_op.f("ix_user_attributes_project_id_name_value_user_key"))
+        batch_op.create_index(
+            batch_op.f("ix_user_attributes_project_id_name_value"), ["project_id", "name", "value"], unique=False
+        )
+    with op.batch_alter_table("end_users", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_end_users_project_id_total_sessions_last_seen_first_seen"))
