@@ -480,3 +480,41 @@ def test_saved_counts_from_member_lists_equal_fresh_counts(engine):
         assert store.member_counts(project_id, [one]) == ({one: fresh[one]} if fresh[one] else {})
 
     agree()
+
+
+def test_text_tests_on_stored_json_with_escapes(engine):
+    """`contains` / `ends_with` / `starts_with` first test the stored JSON; a match that only exists in
+    an escape (`\\n` holds an "n", `\\"` a quote) must not count, and quotes in a needle still match."""
+    dialect = engine.dialect.name
+    project_id = next(_projects)
+    plans = ["line\nbreak", 'say "hi"', "back\\slash", "Plain", 'n"', "end\n"]
+    people = [
+        {
+            "key": f"u:{i}", "has_object": True, "first_seen": NOW - DAY_MS, "last_seen": NOW, "total_sessions": 1,
+            "avg": 0.0, "between": None, "country": None, "city": None, "role": None, "plan": plan, "seats": None,
+            "renewal": None, "trial": None, "history": [], "anon": False, "events": [],
+        }
+        for i, plan in enumerate(plans)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        _store(conn, project_id, people)
+    cases = [
+        ("contains", "nb"),  # only in 'line\\nbreak' as stored
+        ("contains", "n"),
+        ("contains", 'y "h'),
+        ("contains", "\\s"),
+        ("ends_with", "n"),  # 'end\n' is stored as "end\\n"
+        ("ends_with", 'hi"'),
+        ("starts_with", "say"),
+        ("starts_with", "n"),
+        ("does_not_contain", "nb"),
+    ]
+    for op, needle in cases:
+        parsed = parse(tree({"attribute": "Plan", "operator": op, "value": needle}), CATALOG)
+        with engine.connect() as conn:
+            in_sql = set(conn.execute(Compiler(project_id, NOW, dialect).members(parsed)).scalars())
+            expected = {
+                p["key"] for p in people if matches(parsed, load_facts(conn, project_id, p["key"], [parsed], NOW), NOW)
+            }
+        assert in_sql == expected, (op, needle)
+    assert expected  # the cases are not all empty

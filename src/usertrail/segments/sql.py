@@ -157,7 +157,7 @@ class Compiler:
             return sa.and_(self._ends_with(stored, f'{v}"'), test) if plain else test
         if op == "matches_regex":
             return value.regexp_match(v)
-        if isinstance(value.type, sa.Integer) and op in ("eq", "lt", "lte", "gt", "gte", "between"):
+        if rule.attribute.type == "number" and isinstance(value.type, sa.Integer):
             return self._whole_test(value, rule, op)
         if op in ("eq", "lt", "lte", "gt", "gte"):
             return {
