@@ -1,4 +1,4 @@
-"""segment counts: covering indexes for standard-attribute ranges, custom values and Plan-style changes
+"""segment counts: covering indexes for standard-attribute ranges, custom values and attribute changes
 
 Revision ID: 0013
 Revises: 0012
@@ -21,13 +21,16 @@ def upgrade() -> None:
             ["project_id", "total_sessions", "last_seen", "first_seen"],
             unique=False,
         )
-    with op.batch_alter_table("user_attributes", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_user_attributes_project_id_name_value"))
-        batch_op.create_index(
-            batch_op.f("ix_user_attributes_project_id_name_value_user_key"),
-            ["project_id", "name", "value", "user_key"],
-            unique=False,
+    if op.get_bind().dialect.name == "postgresql":
+        # PostgreSQL only: the same key, now covering user_key (SQLite: see store/schema.py).
+        op.drop_index("ix_user_attributes_project_id_name_value", table_name="user_attributes")
+        op.create_index(
+            "ix_user_attributes_project_id_name_value",
+            "user_attributes",
+            ["project_id", "name", "value"],
+            postgresql_include=["user_key"],
         )
+    with op.batch_alter_table("user_attributes", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_user_attributes_project_id_name_value_num_user_key"),
             ["project_id", "name", "value_num", "user_key"],
@@ -48,9 +51,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_attribute_history_project_id_name_new_value_changed_at_user_key"))
     with op.batch_alter_table("user_attributes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_user_attributes_project_id_name_value_num_user_key"))
-        batch_op.drop_index(batch_op.f("ix_user_attributes_project_id_name_value_user_key"))
-        batch_op.create_index(
-            batch_op.f("ix_user_attributes_project_id_name_value"), ["project_id", "name", "value"], unique=False
-        )
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_user_attributes_project_id_name_value", table_name="user_attributes")
+        op.create_index("ix_user_attributes_project_id_name_value", "user_attributes", ["project_id", "name", "value"])
     with op.batch_alter_table("end_users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_end_users_project_id_total_sessions_last_seen_first_seen"))
