@@ -633,6 +633,26 @@ def sql_counters(conn, trees: dict[str, Group]) -> dict[str, Callable[[], int]]:
     return {name: counter(tree) for name, tree in trees.items()}
 
 
+def saved_counters(engine, trees: dict[str, Group]) -> dict[str, Callable[[], int]]:
+    """Each tree saved as a segment (its member list computed in SQL, as the API does on create), then
+    counted from that list with `SegmentStore.member_counts`, as `GET …/segments/{id}` does."""
+    from usertrail.segments.membership import refresh_segment
+    from usertrail.store.database import write_transaction
+    from usertrail.store.segments import SegmentStore
+
+    store = SegmentStore(engine)
+
+    def counter(name: str, tree: Group) -> Callable[[], int]:
+        segment_id = store.create(1, {"name": name, "rules": SEGMENTS[name]}, NOW)
+        began = time.perf_counter()
+        with write_transaction(engine) as conn:
+            entered, _ = refresh_segment(conn, 1, segment_id, tree, NOW)
+        print(f"    saved {name!r}: {entered:,} members written in {time.perf_counter() - began:.1f} s")
+        return lambda: store.member_counts(1, [segment_id]).get(segment_id, 0)
+
+    return {name: counter(name, tree) for name, tree in trees.items()}
+
+
 def explain(engine, tree: Group, analyse: bool) -> str:
     """SQLite: EXPLAIN QUERY PLAN; PostgreSQL: EXPLAIN (ANALYZE, BUFFERS) when `analyse`."""
     statement = Compiler(1, NOW, engine.dialect.name).count(tree)
@@ -837,6 +857,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="EXPERIMENT: after the timings, run this statement (CREATE INDEX …, ANALYZE) in the benchmark\n"
         "database only, then time the counts again (repeatable; it must suit every SQL engine in --engines)",
     )
+    p.add_argument("--no-saved", action="store_true", help="skip counting saved segments from their member lists")
     p.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for an idle machine per engine")
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached CSV files")
     p.add_argument("--keep", action="store_true", help="keep the databases (their location is printed)")
@@ -935,6 +956,11 @@ def main(argv: list[str] | None = None) -> int:
                         run.plans[t.segment] = explain(engine, trees[t.segment], analyse=True)
                         print(f"--- plan, {engine_name}, {t.segment} (p50 {t.p50:.0f} ms):\n{run.plans[t.segment]}")
                 runs.append(run)
+                if not args.no_saved:
+                    saved = saved_counters(engine, trees)
+                    ingest.wait_for_quiet(args.quiet_wait)
+                    label = f"{engine_name}, saved"
+                    runs.append(time_counts(engine_name, label, saved, args.runs, db_pids))
                 in_sql = sql_members(engine, trees)
                 problems, load_ms = check_sample(engine, sample_users, trees, in_sql, args.sample)
                 run.load_facts_ms = load_ms

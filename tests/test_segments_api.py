@@ -105,11 +105,14 @@ def test_the_four_questions_and_saved_segments(make_server):
     assert created.status_code == 201, created.text
     seg = created.json()
     assert seg["membership"] == {"entered": 1, "left": 0}
+    assert seg["member_count"] == 1  # read from the maintained member list, not by evaluating the rules
     assert post(live, "/segments", {"name": "Never came back", "rules": nested}).status_code == 409
     vip = post(live, "/segments", {"name": "New VIPs", "rules": {"match": "all", **UPGRADED_TO_VIP}}).json()
     assert [s["name"] for s in api(live, "/segments").json()["segments"]] == ["Never came back", "New VIPs"]
     listed = api(live, f"/segments/{seg['id']}/members").json()
     assert listed["total"] == 1 and listed["users"][0]["user_key"] == "u:once"
+    counts = {s["name"]: s["member_count"] for s in api(live, "/segments").json()["segments"]}
+    assert counts == {"Never came back": 1, "New VIPs": 1}
     exported = api(live, f"/segments/{seg['id']}/members?format=csv")
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert [r["user_key"] for r in rows] == ["u:once"] and rows[0]["Total sessions"] == "1"
@@ -151,10 +154,14 @@ def test_the_four_questions_and_saved_segments(make_server):
     )
     history = api(live, "/users/u:once/segments/history").json()["changes"]
     assert [c["change"] for c in history] == ["left", "entered"]
+    # The saved count follows the session close, and agrees with a live evaluation.
+    assert api(live, f"/segments/{seg['id']}").json()["member_count"] == 0
+    assert api(live, f"/segments/{seg['id']}/members").json()["total"] == 0
 
     # Updating rules recomputes membership; deleting removes the segment and its history.
     updated = post(live, f"/segments/{vip['id']}", {"rules": {"match": "all", **SIGNED_UP_LAST_WEEK}}, "PATCH")
     assert updated.status_code == 200 and updated.json()["membership"] == {"entered": 1, "left": 1}
+    assert updated.json()["member_count"] == 1
     assert api(live, f"/segments/{vip['id']}", "DELETE").status_code == 204
     assert api(live, f"/segments/{vip['id']}").status_code == 404
 

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usertrail.segments.evaluate import UserFacts, explain, load_facts, matches
+from usertrail.segments.membership import refresh_segment
 from usertrail.segments.model import DAY_MS, Catalog, InvalidRule, date_string_bound, parse
 from usertrail.segments.sql import Compiler
 from usertrail.store.schema import attribute_history, end_users, events, identity_links, user_attributes
+from usertrail.store.segments import SegmentStore
 
 NOW = 1_795_000_000_000  # 2026-11-18T…Z, fixed so rules with relative dates are reproducible
 HOUR = 3_600_000
@@ -446,3 +448,73 @@ def test_sql_and_in_process_evaluators_agree(engine):
         assert count == len(in_sql)
 
     agree()
+
+
+def test_saved_counts_from_member_lists_equal_fresh_counts(engine):
+    """A saved segment's count is read from its member list (`segment_members`), not from its rules:
+    right after the list is computed it equals evaluating the rules, for each of a project's segments."""
+    dialect = engine.dialect.name
+    store = SegmentStore(engine)
+
+    @settings(
+        max_examples=max(10, int(os.environ.get("HYPOTHESIS_EXAMPLES", "60")) // 3),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
+    @given(people=users(), trees=st.lists(rule_trees, min_size=1, max_size=3))
+    def agree(people, trees):
+        project_id = next(_projects)
+        with engine.begin() as conn:
+            _store(conn, project_id, people)
+        fresh = {}
+        for i, rules in enumerate(trees):
+            parsed = parse(rules, CATALOG)
+            segment_id = store.create(project_id, {"name": f"s{i}", "rules": rules}, NOW)
+            with engine.begin() as conn:
+                refresh_segment(conn, project_id, segment_id, parsed, NOW)
+                fresh[segment_id] = conn.execute(Compiler(project_id, NOW, dialect).count(parsed)).scalar()
+        saved = store.member_counts(project_id)
+        assert {s: saved.get(s, 0) for s in fresh} == fresh
+        assert set(saved) <= set(fresh)  # no counts for other projects' segments
+        one = next(iter(fresh))
+        assert store.member_counts(project_id, [one]) == ({one: fresh[one]} if fresh[one] else {})
+
+    agree()
+
+
+def test_text_tests_on_stored_json_with_escapes(engine):
+    """`contains` / `ends_with` / `starts_with` first test the stored JSON; a match that only exists in
+    an escape (`\\n` holds an "n", `\\"` a quote) must not count, and quotes in a needle still match."""
+    dialect = engine.dialect.name
+    project_id = next(_projects)
+    plans = ["line\nbreak", 'say "hi"', "back\\slash", "Plain", 'n"', "end\n"]
+    people = [
+        {
+            "key": f"u:{i}", "has_object": True, "first_seen": NOW - DAY_MS, "last_seen": NOW, "total_sessions": 1,
+            "avg": 0.0, "between": None, "country": None, "city": None, "role": None, "plan": plan, "seats": None,
+            "renewal": None, "trial": None, "history": [], "anon": False, "events": [],
+        }
+        for i, plan in enumerate(plans)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        _store(conn, project_id, people)
+    cases = [
+        ("contains", "nb"),  # only in 'line\\nbreak' as stored
+        ("contains", "n"),
+        ("contains", 'y "h'),
+        ("contains", "\\s"),
+        ("ends_with", "n"),  # 'end\n' is stored as "end\\n"
+        ("ends_with", 'hi"'),
+        ("starts_with", "say"),
+        ("starts_with", "n"),
+        ("does_not_contain", "nb"),
+    ]
+    for op, needle in cases:
+        parsed = parse(tree({"attribute": "Plan", "operator": op, "value": needle}), CATALOG)
+        with engine.connect() as conn:
+            in_sql = set(conn.execute(Compiler(project_id, NOW, dialect).members(parsed)).scalars())
+            expected = {
+                p["key"] for p in people if matches(parsed, load_facts(conn, project_id, p["key"], [parsed], NOW), NOW)
+            }
+        assert in_sql == expected, (op, needle)
+    assert expected  # the cases are not all empty

@@ -2,13 +2,18 @@
 
 Each rule becomes a definite true/false condition (never NULL), so NOT and OR behave as in the
 in-process evaluator: a positive condition is false for a user without the value, and a negative
-operator is the NOT of its positive. Custom attributes and behaviour rules become
-`user_key IN (subquery)` conditions; every subquery is uncorrelated and filtered by project, so the
-planner can build each set once from an index. The only dialect differences are JSON access and
-case-sensitive substring tests, both twinned below.
+operator is the NOT of its positive. Within each group the tests run cheapest first (the row's
+columns, its analytics JSON, custom attributes, history, behaviour). A custom attribute that every
+member must have becomes a `user_key IN (subquery)` set the planner can drive from (one range of a
+per-type value index); anywhere else it is an `EXISTS` lookup of the user's own row by primary key.
+Behaviour rules are uncorrelated sets filtered by project. The only dialect differences are JSON
+access and case-sensitive substring tests, both twinned below.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 import msgspec
 import sqlalchemy as sa
@@ -46,21 +51,36 @@ class Compiler:
         return sa.select(sa.func.count()).select_from(u).where(u.c.project_id == self.project_id, self.condition(tree))
 
     def condition(self, node: Node) -> sa.ColumnElement[bool]:
+        """The tree as one WHERE condition on `end_users` (correlated with its row)."""
+        return self._condition(node, top=True)
+
+    def _condition(self, node: Node, top: bool = False) -> sa.ColumnElement[bool]:
         if isinstance(node, Group):
-            parts = [self.condition(child) for child in node.rules]
+            # Both AND and OR stop at the first deciding operand, so the cheap tests go first:
+            # a custom attribute is only looked up for users the row's own columns have not decided.
+            children = sorted(node.rules, key=_cost)
+            parts = [self._condition(child, top and node.match == "all") for child in children]
             return sa.and_(*parts) if node.match == "all" else sa.or_(*parts)
         if node.operator in NEGATIONS:
-            return sa.not_(self._positive(node, NEGATIONS[node.operator]))
-        return self._positive(node, node.operator)
+            return sa.not_(self._positive(node, NEGATIONS[node.operator], top=False))
+        return self._positive(node, node.operator, top)
 
     # --- attribute rules -------------------------------------------------------------------
 
-    def _positive(self, rule: AttributeRule | BehaviourRule, op: str) -> sa.ColumnElement[bool]:
+    def _positive(self, rule: AttributeRule | BehaviourRule, op: str, top: bool) -> sa.ColumnElement[bool]:
+        """`top`: the rule must hold for every member (it is ANDed from the root, not negated), so its set
+        may drive the query: a custom attribute becomes a `user_key IN (set)` the planner can start
+        from. Elsewhere it is looked up per user (`EXISTS` on the primary key): under OR a set
+        would be built whole for every count (at 1M users, sets of up to 800,000 keys, and on
+        PostgreSQL a set larger than work_mem rescanned per user), while the lookups run only
+        for the users the cheaper tests before them leave undecided."""
         if isinstance(rule, BehaviourRule):
             return self._behaviour(rule)
         attribute = rule.attribute
         if attribute.kind == "custom":
-            return u.c.user_key.in_(self._custom_set(rule, op))
+            if top:
+                return u.c.user_key.in_(self._custom_set(rule, op))
+            return self._custom_probe(rule, op)
         if attribute.kind == "standard":
             column: sa.ColumnElement = STANDARD_COLUMNS[attribute.name]
         else:
@@ -88,6 +108,26 @@ class Compiler:
                 where.append(self._test(self._json_text(ua.c.value), ua.c.value, rule, op))
         return sa.select(ua.c.user_key).where(*where)
 
+    def _custom_probe(self, rule: AttributeRule, op: str) -> sa.ColumnElement[bool]:
+        """Whether this user's value passes: primary-key lookups of the row's own attribute."""
+        ua, name = user_attributes, rule.attribute.name
+        if op in ("changed_to", "was"):
+            h = attribute_history
+            wanted = msgspec.json.encode(rule.value).decode()
+            where = [h.c.project_id == self.project_id, h.c.user_key == u.c.user_key, h.c.name == name]
+            if op == "changed_to":
+                where += [h.c.new_value == wanted, h.c.changed_at >= self.now - rule.days * 86_400_000]  # type: ignore[operator]
+            else:
+                where.append(h.c.old_value == wanted)
+            return sa.exists().where(*where)
+        where = [ua.c.project_id == self.project_id, ua.c.user_key == u.c.user_key, ua.c.name == name]
+        if op != "is_set":
+            if rule.attribute.type == "number":
+                where.append(self._test(ua.c.value_num, ua.c.value_num, rule, op))
+            else:
+                where.append(self._test(self._json_text(ua.c.value), ua.c.value, rule, op))
+        return sa.exists().where(*where)
+
     def _test(self, value: sa.ColumnElement, stored: sa.ColumnElement, rule: AttributeRule, op: str):
         """The positive test of `op` on a non-NULL value; `stored` is the raw JSON column for custom values."""
         v = rule.value
@@ -100,14 +140,25 @@ class Compiler:
             return stored.in_([_json(x) for x in v]) if custom_json else value.in_(list(v))  # type: ignore[union-attr]
         if op in ("is_true", "is_false"):
             return stored == _json(v)
+        # The raw JSON of a string is '"' + the string with only '"', '\\' and control characters
+        # escaped (msgspec, which writes every value). For a text made only of characters written as
+        # themselves, a test on the raw JSON decides (starts with) or pre-filters (contains, ends
+        # with: a match could start inside an escape such as \n) without decoding every value.
+        plain = custom_json and isinstance(v, str) and _PLAIN_JSON.fullmatch(v) is not None
         if op == "contains":
-            return self._contains(value, v)  # type: ignore[arg-type]
+            test = self._contains(value, v)  # type: ignore[arg-type]
+            return sa.and_(self._contains(stored, v), test) if plain else test  # type: ignore[arg-type]
         if op == "starts_with":
+            if plain:
+                return sa.func.substr(stored, 1, len(v) + 1) == f'"{v}'  # type: ignore[arg-type]
             return sa.func.substr(value, 1, len(v)) == v  # type: ignore[arg-type]
         if op == "ends_with":
-            return self._ends_with(value, v)  # type: ignore[arg-type]
+            test = self._ends_with(value, v)  # type: ignore[arg-type]
+            return sa.and_(self._ends_with(stored, f'{v}"'), test) if plain else test
         if op == "matches_regex":
             return value.regexp_match(v)
+        if rule.attribute.type == "number" and isinstance(value.type, sa.Integer):
+            return self._whole_test(value, rule, op)
         if op in ("eq", "lt", "lte", "gt", "gte"):
             return {
                 "eq": value == v,
@@ -120,6 +171,11 @@ class Compiler:
             lo, hi = v.bounds(self.now)
             if rule.attribute.type == "date":
                 lo, hi = date_string_bound(lo), date_string_bound(hi)  # type: ignore[assignment]
+                if custom_json:
+                    # A date is stored as '"YYYY-MM-DD"': the quoted bounds order the raw JSON the
+                    # same way, so the rule is one range of the (project, name, value) index.
+                    value = stored
+                    lo, hi = (None if b is None else _json(b) for b in (lo, hi))  # type: ignore[assignment]
             parts = []
             if lo is not None:
                 parts.append(value >= lo)
@@ -130,6 +186,28 @@ class Compiler:
             lo, hi = v  # type: ignore[misc]
             return sa.and_(value >= lo, value <= hi)
         raise AssertionError(f"unhandled operator {op}")
+
+    @staticmethod
+    def _whole_test(column: sa.ColumnElement, rule: AttributeRule, op: str) -> sa.ColumnElement[bool]:
+        """A comparison of a whole-number column with whole bounds: the same users, but PostgreSQL keeps
+        its index (against a float it would compare every row as numeric)."""
+        v = rule.value
+        bounds = v if op == "between" else (v, v)
+        if not all(abs(b) < 2**53 for b in bounds):  # type: ignore[union-attr]
+            lo, hi = bounds  # type: ignore[misc]
+            return {"eq": column == lo, "lt": column < lo, "lte": column <= lo, "gt": column > lo,
+                    "gte": column >= lo, "between": sa.and_(column >= lo, column <= hi)}[op]  # fmt: skip
+        if op == "eq":
+            return column == int(v) if float(v).is_integer() else sa.false()  # type: ignore[arg-type]
+        if op == "between":
+            lo, hi = v  # type: ignore[misc]
+            return sa.and_(column >= math.ceil(lo), column <= math.floor(hi))
+        return {
+            "lt": column < math.ceil(v),  # type: ignore[arg-type]
+            "lte": column <= math.floor(v),  # type: ignore[arg-type]
+            "gt": column > math.floor(v),  # type: ignore[arg-type]
+            "gte": column >= math.ceil(v),  # type: ignore[arg-type]
+        }[op]
 
     # --- the dialect twins -----------------------------------------------------------------
 
@@ -194,6 +272,20 @@ class Compiler:
         )
 
 
+def _cost(node: Node) -> int:
+    """A rough order of what a test costs per user: the row's columns, its JSON, a lookup, events."""
+    if isinstance(node, Group):
+        return max(_cost(child) for child in node.rules)
+    if isinstance(node, BehaviourRule):
+        return 4
+    kind = node.attribute.kind
+    if kind == "standard":
+        return 0
+    if kind == "analytics":
+        return 1
+    return 3 if node.operator in ("changed_to", "was") else 2
+
+
 def _target_where(target: Target) -> list[sa.ColumnElement[bool]]:
     where = []
     if target.event is not None:
@@ -205,6 +297,9 @@ def _target_where(target: Target) -> list[sa.ColumnElement[bool]]:
         if target.event is None:
             where.append(events.c.type.in_(sorted(PAGE_TYPES)))
     return where
+
+
+_PLAIN_JSON = re.compile(r"[ !#-\[\]-~]+")  # printable ASCII but '"' and '\\': JSON writes them as themselves
 
 
 def _json(value: object) -> str:

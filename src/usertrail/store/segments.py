@@ -16,7 +16,8 @@ class DuplicateName(ValueError):
     """Another segment of the project has this name."""
 
 
-def segment_json(row) -> dict:
+def segment_json(row, member_count: int) -> dict:
+    """A saved segment as the API shows it; `member_count` is its member list's size (`SegmentStore.member_counts`)."""
     return {
         "id": row.id,
         "name": row.name,
@@ -26,11 +27,12 @@ def segment_json(row) -> dict:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "refreshed_at": row.refreshed_at,
+        "member_count": member_count,
     }
 
 
 class SegmentStore:
-    """CRUD for saved segments; member lists themselves are computed live (segments/sql.py)."""
+    """CRUD for saved segments and the size of their maintained member lists (segments/membership.py)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -42,18 +44,25 @@ class SegmentStore:
         with self.engine.connect() as conn:
             return conn.execute(query).all()
 
+    def member_counts(self, project_id: int, segment_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Members per saved segment, read from `segment_members` rather than by evaluating the rules.
+
+        One covering index range per segment, so it costs the same for any rules; the list is as
+        current as its last change (a session close, a rule change, the hourly recompute:
+        docs/segments.md). Segments without members are absent.
+        """
+        m = segment_members
+        query = sa.select(m.c.segment_id, sa.func.count()).where(m.c.project_id == project_id).group_by(m.c.segment_id)
+        if segment_ids is not None:
+            query = query.where(m.c.segment_id.in_(list(segment_ids)))
+        with self.engine.connect() as conn:
+            return {segment_id: count for segment_id, count in conn.execute(query)}
+
     def get(self, project_id: int, segment_id: str):
         with self.engine.connect() as conn:
             return conn.execute(
                 sa.select(segments).where(segments.c.project_id == project_id, segments.c.id == segment_id)
             ).first()
-
-    def member_counts(self, project_id: int) -> dict[str, int]:
-        """Stored member count of every saved segment (as of its last refresh), by segment id."""
-        m = segment_members
-        query = sa.select(m.c.segment_id, sa.func.count()).where(m.c.project_id == project_id).group_by(m.c.segment_id)
-        with self.engine.connect() as conn:
-            return {segment_id: count for segment_id, count in conn.execute(query)}
 
     def create(self, project_id: int, fields: dict, now: int) -> str:
         segment_id = "seg_" + secrets.token_hex(8)

@@ -119,14 +119,17 @@ def _refresh(engine: sa.Engine, project_id: int, segment_id: str, tree: Group) -
     return {"entered": entered, "left": left}
 
 
+def _segment_body(request: Request, project_id: int, row) -> dict:
+    count = _store(request).member_counts(project_id, [row.id]).get(row.id, 0)
+    return segment_json(row, count)
+
+
 async def list_segments(request: Request) -> Response:
-    """Saved segments by name, each with `members`: its stored member count (as of `refreshed_at`)."""
+    """Saved segments by name, each with `member_count`: its stored member count (as of `refreshed_at`)."""
     project_id = _project(request)
     store = _store(request)
     counts = store.member_counts(project_id)
-    return JSONResponse(
-        {"segments": [{**segment_json(r), "members": counts.get(r.id, 0)} for r in store.list(project_id)]}
-    )
+    return JSONResponse({"segments": [segment_json(r, counts.get(r.id, 0)) for r in store.list(project_id)]})
 
 
 async def catalog(request: Request) -> Response:
@@ -169,13 +172,13 @@ async def create_segment(request: Request) -> Response:
     except DuplicateName:
         raise ApiError(409, "name_taken", f"a segment named {fields['name']!r} exists", "$.name") from None
     membership = _refresh(_engine(request), project_id, segment_id, tree)
-    body = segment_json(_store(request).get(project_id, segment_id))
+    body = _segment_body(request, project_id, _store(request).get(project_id, segment_id))
     return JSONResponse({**body, "membership": membership}, status_code=201)
 
 
 async def get_segment(request: Request) -> Response:
     project_id = _project(request)
-    return JSONResponse(segment_json(_get_segment(request, project_id)))
+    return JSONResponse(_segment_body(request, project_id, _get_segment(request, project_id)))
 
 
 async def update_segment(request: Request) -> Response:
@@ -189,7 +192,7 @@ async def update_segment(request: Request) -> Response:
     except DuplicateName:
         raise ApiError(409, "name_taken", f"a segment named {fields['name']!r} exists", "$.name") from None
     membership = _refresh(_engine(request), project_id, row.id, tree) if "rules" in fields else None
-    body = segment_json(_store(request).get(project_id, row.id))
+    body = _segment_body(request, project_id, _store(request).get(project_id, row.id))
     return JSONResponse({**body, "membership": membership})
 
 

@@ -42,7 +42,7 @@ async def segments_page(request: Request) -> Response:
         rows, counts = await asyncio.gather(
             asyncio.to_thread(store.list, project_id), asyncio.to_thread(store.member_counts, project_id)
         )
-    segments = [{**segment_json(r), "members": counts.get(r.id, 0)} for r in rows]
+    segments = [segment_json(r, counts.get(r.id, 0)) for r in rows]
     return render(
         request,
         "segments.html",
@@ -76,10 +76,13 @@ async def segment_page(request: Request) -> Response:
     principal = page_principal(request, "users.view")
     if isinstance(principal, Response):
         return principal
-    row = await asyncio.to_thread(_store(request).get, principal.project_id, request.path_params["segment_id"])
+    store = _store(request)
+    row = await asyncio.to_thread(store.get, principal.project_id, request.path_params["segment_id"])
     if row is None:
         return refused(request, ApiError(404, "not_found", "no such segment", "segment_id"))
-    return _editor(request, principal.project_id, segment_json(row), principal.can("segments.manage"))
+    counts = await asyncio.to_thread(store.member_counts, principal.project_id, [row.id])
+    body = segment_json(row, counts.get(row.id, 0))
+    return _editor(request, principal.project_id, body, principal.can("segments.manage"))
 
 
 routes = [

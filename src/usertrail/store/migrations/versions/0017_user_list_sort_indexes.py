@@ -1,4 +1,6 @@
-"""end_users and user_attributes: indexes for sorting the user list by any attribute
+"""end_users: indexes for sorting the user list by any standard attribute
+
+Custom attributes sort through user_attributes' value indexes (0013's).
 
 Revision ID: 0017
 Revises: 0016
@@ -31,18 +33,9 @@ def upgrade() -> None:
             batch_op.create_index(
                 batch_op.f(f"ix_end_users_project_id_{column}_user_key"), ["project_id", column, "user_key"]
             )
-    with op.batch_alter_table("user_attributes", schema=None) as batch_op:
-        for column in ("value_num", "value"):
-            batch_op.create_index(
-                batch_op.f(f"ix_user_attributes_project_id_name_{column}_user_key"),
-                ["project_id", "name", column, "user_key"],
-            )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("user_attributes", schema=None) as batch_op:
-        for column in ("value", "value_num"):
-            batch_op.drop_index(batch_op.f(f"ix_user_attributes_project_id_name_{column}_user_key"))
     with op.batch_alter_table("end_users", schema=None) as batch_op:
         for column in reversed(END_USER_COLUMNS):
             batch_op.drop_index(batch_op.f(f"ix_end_users_project_id_{column}_user_key"))
