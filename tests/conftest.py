@@ -128,3 +128,12 @@ def make_server(database_url: str, tmp_path: Path):
 def live(make_server) -> LiveServer:
     """A server with default settings and one project."""
     return make_server()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium (tests/browser.py), one per test module, calling itself desktop Chrome."""
+    from browser import chromium
+
+    with chromium(CHROME_UA) as launched:
+        yield launched

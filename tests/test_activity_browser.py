@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser
@@ -15,15 +14,8 @@ from playwright.sync_api import Browser
 from usertrail.testing.recordings import synthetic_recording
 
 from admin_pages import Watcher, light_server, signed_in
-from browser import chromium
-from conftest import CHROME_UA, LiveServer
+from conftest import LiveServer
 from replay_helpers import store_recording
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture(params=["sqlite"])

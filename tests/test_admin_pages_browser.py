@@ -4,22 +4,13 @@ nor reaches it. The admin's views are written to docs/screenshots/ (linked from 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from playwright.sync_api import Browser
 
 from usertrail.access.permissions import ROLES
 
 from admin_pages import PAGES, SCREENSHOTS, Watcher, demo_server, signed_in, unlabelled_controls
-from browser import chromium
-from conftest import CHROME_UA, LiveServer
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
+from conftest import LiveServer
 
 
 @pytest.fixture(params=["sqlite"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,14 +16,7 @@ from playwright.sync_api import Browser
 from usertrail.testing.postgres import free_port
 
 from admin_pages import Watcher, light_server, signed_in
-from browser import chromium
-from conftest import CHROME_UA, LiveServer
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
+from conftest import LiveServer
 
 
 @pytest.fixture(params=["sqlite"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,13 +18,13 @@ from PIL import Image
 from usertrail.web.snippet import snippet_tag
 
 from asset_site import AssetSite
-from browser import PageServer, chromium, wait_until
+from browser import PageServer, wait_until
 from conftest import CHROME_UA, LiveServer
 from playback_helpers import configure, recording_events
 from replay_helpers import PASSWORD, add_account
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    pass
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -40,12 +39,6 @@ def png(color: tuple[int, int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (8, 8), color).save(out, "PNG")
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ import pytest
 
 from usertrail.web.snippet import snippet_tag
 
-from browser import CHROMIUM, CHROMIUM_ARGS, PageServer, chromium, wait_until
+from browser import CHROMIUM, CHROMIUM_ARGS, PageServer, wait_until
 from conftest import CHROME_UA, LiveServer
 from playback_helpers import IPHONE_UA, SAFARI_7_UA, configure, recording_events
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -30,12 +30,6 @@ SECRET = "hunter2-typed-secret"
 PASSWORD = "pw-Sup3rS3cret"
 BLOCKED_TEXT = "IBAN DE89 3704 0044 0532 0130 00"
 RECORDING = "window.rrwebRecord && sessionStorage.getItem('ut_pb')"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from PIL import Image, ImageChops
 from usertrail.testing.recordings import synthetic_recording
 from usertrail.web.snippet import snippet_tag
 
-from browser import PageServer, chromium, wait_until
+from browser import PageServer, wait_until
 from conftest import CHROME_UA, LiveServer
 from playback_helpers import configure, recording_events
 from replay_helpers import PASSWORD, add_account, store_recording
@@ -42,12 +42,6 @@ CHANNEL_TOLERANCE = 40
 # rrweb's mouse cursor drawn over the replay (a 20×20 px dot: 0.06 % of 1000×700) and the text caret.
 # Two moments of the same page differ by several percent (checked below), so 1 % still tells them apart.
 MAX_DIFFERING = 0.01
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture

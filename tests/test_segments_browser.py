@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from admin_pages import SCREENSHOTS, Watcher, demo_server, signed_in
-from browser import chromium
-from conftest import CHROME_UA, LiveServer
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
+from conftest import LiveServer
 
 
 @pytest.fixture(params=["sqlite"])

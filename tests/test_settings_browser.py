@@ -6,7 +6,6 @@ cannot change them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -15,15 +14,8 @@ from usertrail.project_settings import RecordingMethod, UuidProvider
 from usertrail.web.pages import settings as settings_page
 
 from admin_pages import Watcher, demo_server, signed_in
-from browser import chromium
-from conftest import CHROME_UA, LiveServer
+from conftest import LiveServer
 from samples import now_ms, walkme_event
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture(params=["sqlite"])

@@ -17,7 +17,7 @@ import pytest
 from usertrail.collect.service import CollectError, CollectResult, RequestFacts
 from usertrail.web.snippet import snippet_tag
 
-from browser import PageServer, chromium, poll, wait_until
+from browser import PageServer, poll, wait_until
 from conftest import CHROME_UA, LiveServer
 from samples import now_ms, walkme_body, walkme_event
 
@@ -60,12 +60,6 @@ COUNT_BATCH_FETCHES = """
   };
 })();
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture

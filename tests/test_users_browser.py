@@ -5,7 +5,6 @@ filter, a user's page with a session expanded into its stream, export, and erasu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,17 +14,10 @@ from playwright.sync_api import Browser, expect
 from test_users_api import send, user_events
 
 from admin_pages import Watcher, demo_server, signed_in
-from browser import chromium
-from conftest import CHROME_UA, LiveServer
+from conftest import LiveServer
 from samples import now_ms
 
 MIN = 60_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium(CHROME_UA) as launched:
-        yield launched
 
 
 @pytest.fixture(params=["sqlite"])
