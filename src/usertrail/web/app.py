@@ -43,6 +43,7 @@ from usertrail.store.users import AuditLog, UserStore, delete_inactive
 from usertrail.web import (
     access_api,
     admin_api,
+    api_docs,
     auth,
     collect_routes,
     import_routes,
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *oidc_routes.routes,
             *access_api.routes,
             *reports_api.routes,
+            *api_docs.routes,
             *pages.routes,
         ],
         exception_handlers={ApiError: _api_error},
