@@ -141,7 +141,40 @@ def insert_rows_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[s
 _INSERT_IGNORE_SQL: dict[tuple, str] = {}
 
 
-def _copy_insert_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> int:
+def insert_rows_new(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple], key: Sequence[str]
+) -> list[tuple]:
+    """`insert_rows_ignore` that also tells which rows were new: the `key` values of the rows it inserted
+    (of rows with equal keys, the first), for work that must happen once per stored row."""
+    if conn.dialect.name == "postgresql":
+        return _copy_insert_ignore(conn, table, columns, rows, returning=key)
+    # SQLite: the write transaction holds the database's only write lock, so what exists now is what
+    # the insert will find.
+    at = [list(columns).index(name) for name in key]
+    keys = [tuple(row[i] for i in at) for row in rows]
+    existing: set[tuple] = set()
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), 300):
+        existing.update(
+            tuple(r)
+            for r in conn.execute(
+                sa.select(*(table.c[name] for name in key)).where(
+                    sa.tuple_(*(table.c[name] for name in key)).in_(unique[start : start + 300])
+                )
+            )
+        )
+    insert_rows_ignore(conn, table, columns, rows)
+    new = []
+    for k in keys:
+        if k not in existing:
+            existing.add(k)
+            new.append(k)
+    return new
+
+
+def _copy_insert_ignore(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple], returning: Sequence[str] = ()
+):
     """PostgreSQL: COPY the rows into a session-local staging table, then one INSERT … SELECT.
 
     COPY moves rows in psycopg's C code; the INSERT … ON CONFLICT DO NOTHING keeps the
@@ -157,8 +190,13 @@ def _copy_insert_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[
         with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
-        inserted = cursor.rowcount
+        insert = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING"
+        if returning:
+            cursor.execute(insert + f" RETURNING {', '.join(returning)}")
+            inserted = [tuple(row) for row in cursor.fetchall()]
+        else:
+            cursor.execute(insert)
+            inserted = cursor.rowcount
         cursor.execute(f"DELETE FROM {staging}")
     return inserted
 

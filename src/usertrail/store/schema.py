@@ -778,3 +778,48 @@ activity_log = sa.Table(
 )
 sa.Index(None, activity_log.c.project_id, activity_log.c.recording_id)
 sa.Index(None, activity_log.c.project_id, activity_log.c.ts)
+
+# Engagement reports' daily rollup (reports/rollup.py, docs/reports.md): per end-user key, UTC day and
+# WalkMe item (or widget event), how many events, the latest one and the latest name. Written in the
+# ingest transaction for new events only; reports read whole days here and partial days from `events`.
+# `kind`: "play", "done" (a completion; `detail` is its play instance), "open", "search" (`detail`: the
+# term) or "search_unnamed". Widget rows have app_type and object_id "". The key leads with what reports
+# scan (project, kind, day) and includes user_key (the Citus distribution column); on SQLite the table is
+# clustered on it (WITHOUT ROWID), so a report reads one contiguous range.
+report_days = sa.Table(
+    "report_days",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("day", sa.Integer, nullable=False),  # ts // 86,400,000 (UTC)
+    sa.Column("app_type", sa.Text, nullable=False),
+    sa.Column("object_id", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("last_ts", sa.BigInteger, nullable=False),
+    sa.Column("name_ts", sa.BigInteger, nullable=True),  # the latest event that had a name, and that name
+    sa.Column("name", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "kind", "day", "app_type", "object_id", "detail", "user_key"),
+    sqlite_with_rowid=False,
+)
+
+# Every step play of a Walk-Thru or Smart Walk-Thru with its flow (`data.owId`, else the flow in `data.pId`)
+# taken out of the payload at ingest, so a funnel reads one flow's steps by index instead of parsing events.
+report_steps = sa.Table(
+    "report_steps",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("app_type", sa.Text, nullable=False),  # the step's: "step" or "bizFlowStep"
+    sa.Column("flow_id", sa.Text, nullable=False),
+    sa.Column("step_id", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "event_id"),
+)
+sa.Index(None, report_steps.c.project_id, report_steps.c.app_type, report_steps.c.flow_id, report_steps.c.ts)
+
+# Partial days of a report range are read from the events themselves.
+sa.Index(None, events.c.project_id, events.c.ts)

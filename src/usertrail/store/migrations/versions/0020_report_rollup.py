@@ -1,0 +1,71 @@
+"""Engagement reports: the daily rollup, step plays by flow, events by time (filled from existing events)
+
+Revision ID: 0020
+Revises: 0012
+Create Date: 2026-11-22 12:00:00.000000
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0020"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "report_days",
+        sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("day", sa.Integer(), nullable=False),
+        sa.Column("app_type", sa.Text(), nullable=False),
+        sa.Column("object_id", sa.Text(), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("user_key", sa.Text(), nullable=False),
+        sa.Column("events", sa.Integer(), nullable=False),
+        sa.Column("last_ts", sa.BigInteger(), nullable=False),
+        sa.Column("name_ts", sa.BigInteger(), nullable=True),
+        sa.Column("name", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint(
+            "project_id", "kind", "day", "app_type", "object_id", "detail", "user_key", name=op.f("pk_report_days")
+        ),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
+        "report_steps",
+        sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("user_key", sa.Text(), nullable=False),
+        sa.Column("event_id", sa.Text(), nullable=False),
+        sa.Column("app_type", sa.Text(), nullable=False),
+        sa.Column("flow_id", sa.Text(), nullable=False),
+        sa.Column("step_id", sa.Text(), nullable=False),
+        sa.Column("ts", sa.BigInteger(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("project_id", "user_key", "event_id", name=op.f("pk_report_steps")),
+    )
+    with op.batch_alter_table("report_steps", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_report_steps_project_id_app_type_flow_id_ts"),
+            ["project_id", "app_type", "flow_id", "ts"],
+            unique=False,
+        )
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_events_project_id_ts"), ["project_id", "ts"], unique=False)
+
+    # Existing events are rolled up with the same code that rolls up new ones at ingest.
+    from usertrail.reports.rollup import rebuild
+
+    conn = op.get_bind()
+    for (project_id,) in conn.execute(sa.text("SELECT id FROM projects ORDER BY id")).all():
+        rebuild(conn, project_id)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_events_project_id_ts"))
+    with op.batch_alter_table("report_steps", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_report_steps_project_id_app_type_flow_id_ts"))
+    op.drop_table("report_steps")
+    op.drop_table("report_days")
