@@ -8,13 +8,15 @@ import json
 import random
 
 import sqlalchemy as sa
+
 from test_reports_api import WT, item, report, tell
 from test_users_api import enable_uuid
+from usertrail.reports import rollup
+from usertrail.reports.engagement import TOTAL_KINDS
+from usertrail.store.schema import report_days, report_steps
 
 from conftest import LiveServer
 from samples import now_ms
-from usertrail.reports import rollup
-from usertrail.store.schema import report_days, report_steps
 
 DAY, HOUR, MIN = 86_400_000, 3_600_000, 60_000
 ITEMS = [("wt", WT, "Walk-Thru"), ("shoutout", "5001", "ShoutOut"), ("launcher", "7001", "Launcher")]
@@ -58,7 +60,11 @@ def test_ingest_rolls_up_new_events_once_and_equals_a_rebuild(make_server):
     pid = live.project.project.id
     assert live.scalar("SELECT count(*) FROM events") == len(sent)
     by_ingest = _table(live, report_days), _table(live, report_steps)
-    assert sum(r[7] for r in by_ingest[0]) == sum(1 for e in sent if e["data"]["type"] != "step")
+    per_key = [r for r in by_ingest[0] if r[1] not in TOTAL_KINDS]
+    assert sum(r[7] for r in per_key) == sum(1 for e in sent if e["data"]["type"] != "step")
+    # The items' day totals sum the same plays and completion events as the per-key rows.
+    for total, kind in zip(TOTAL_KINDS, ("play", "done"), strict=True):
+        assert sum(r[7] for r in by_ingest[0] if r[1] == total) == sum(r[7] for r in per_key if r[1] == kind)
     assert len(by_ingest[1]) == sum(1 for e in sent if e["data"]["type"] == "step")
     with live.engine.begin() as conn:
         read = rollup.rebuild(conn, pid)

@@ -56,6 +56,7 @@ WIDGET_OPEN = ("open", "player")  # (event type, app type)
 SEARCH_TYPE, SEARCH_APP_TYPE = "search", "widgetSearch"
 # The rollup's kinds of widget rows (reports/rollup.py): opens, and searches with and without a term.
 OPEN_KIND, SEARCH_KINDS = "open", ("search", "search_unnamed")
+TOTAL_KINDS = ("play_total", "done_total")  # an item's plays / completion events of a day, over every key
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MS = re.compile(r"-?\d{1,16}")
@@ -175,15 +176,16 @@ class _Split:
         return cls(first, end, tuple((a, b) for a, b in edges if a < b))
 
 
-def _edge_where(scope: Scope, split: _Split) -> list[sa.ColumnElement[bool]]:
-    """The events of the partial days (none when there are none)."""
-    where = [
-        e.c.project_id == scope.project_id,
-        sa.or_(sa.false(), *(sa.and_(e.c.ts >= a, e.c.ts < b) for a, b in split.edges)),
-    ]
-    if scope.members is not None:
-        where.append(e.c.user_key.in_(_member_keys(scope.project_id, scope.members)))
-    return where
+def _edges(scope: Scope, split: _Split, query: sa.Select) -> list[sa.Select]:
+    """`query` over the events of each partial day (one plain time range each, so each reads the
+    `(project_id, ts)` index); none when the range is made of whole days."""
+    out = []
+    for start, end in split.edges:
+        where = [e.c.project_id == scope.project_id, e.c.ts >= start, e.c.ts < end]
+        if scope.members is not None:
+            where.append(e.c.user_key.in_(_member_keys(scope.project_id, scope.members)))
+        out.append(query.where(*where))
+    return out
 
 
 def _day_where(scope: Scope, split: _Split, *kinds: str) -> list[sa.ColumnElement[bool]]:
@@ -273,48 +275,62 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
     is_play = sa.or_(*(sa.and_(e.c.app_type == k.app_type, e.c.type.in_(k.plays)) for k in kinds))
     completing = [k for k in kinds if k.completions]
     is_done = sa.or_(*(sa.and_(e.c.app_type == k.app_type, e.c.type.in_(k.completions)) for k in completing))
-    edge = [*_edge_where(scope, split), e.c.app_type.in_(list(app_types)), e.c.object_id.is_not(None)]
+    edge = [e.c.app_type.in_(list(app_types)), e.c.object_id.is_not(None)]
     days = [r.c.app_type.in_(list(app_types))]
-    # Plays per (item, key) from both sources, then per (item, owner), then per item: plain aggregations
-    # the engines can hash, and the owner is looked up once per key instead of once per play.
-    played = sa.union_all(
-        sa.select(r.c.app_type, r.c.object_id, r.c.user_key, r.c.events.label("n"), r.c.last_ts.label("ts")).where(
-            *_day_where(scope, split, "play"), *days
+    relevant = sa.or_(is_play, is_done) if completing else is_play
+    # Without a segment, plays, the latest event and the latest name come from the items' day totals;
+    # within a segment, from the members' own rows.
+    totals = TOTAL_KINDS if scope.members is None else ("play", "done")
+    counted = sa.union_all(
+        sa.select(
+            r.c.app_type,
+            r.c.object_id,
+            sa.case((r.c.kind == totals[0], r.c.events), else_=0).label("plays"),
+            r.c.last_ts.label("ts"),
+        ).where(*_day_where(scope, split, *totals), *days),
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.app_type, e.c.object_id, sa.case((is_play, 1), else_=0).label("plays"), e.c.ts).where(
+                *edge, relevant
+            ),
         ),
-        sa.select(e.c.app_type, e.c.object_id, e.c.user_key, sa.literal(1).label("n"), e.c.ts).where(
-            *edge, e.c.type.in_(sorted({t for k in kinds for t in k.plays})), is_play
+    ).subquery("counted")
+    count_query = sa.select(
+        counted.c.app_type,
+        counted.c.object_id,
+        sa.func.sum(counted.c.plays).label("plays"),
+        sa.func.max(counted.c.ts).label("last_ts"),
+    ).group_by(counted.c.app_type, counted.c.object_id)
+    # Unique users: keys per item from both sources, then owners per item (looked up once per key):
+    # plain aggregations the engines can hash, instead of a COUNT(DISTINCT) over every play.
+    played = sa.union_all(
+        sa.select(r.c.app_type, r.c.object_id, r.c.user_key).where(*_day_where(scope, split, "play"), *days),
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.app_type, e.c.object_id, e.c.user_key).where(
+                *edge, e.c.type.in_(sorted({t for k in kinds for t in k.plays})), is_play
+            ),
         ),
     ).subquery("played")
     per_key = (
-        sa.select(
-            played.c.app_type,
-            played.c.object_id,
-            played.c.user_key,
-            sa.func.sum(played.c.n).label("plays"),
-            sa.func.max(played.c.ts).label("last_ts"),
-        )
+        sa.select(played.c.app_type, played.c.object_id, played.c.user_key)
         .group_by(played.c.app_type, played.c.object_id, played.c.user_key)
         .subquery("per_key")
     )
     per_owner = (
-        sa.select(
-            per_key.c.app_type,
-            per_key.c.object_id,
-            sa.func.sum(per_key.c.plays).label("plays"),
-            sa.func.max(per_key.c.last_ts).label("last_ts"),
-        )
+        sa.select(per_key.c.app_type, per_key.c.object_id)
         .group_by(per_key.c.app_type, per_key.c.object_id, _owner(per_key.c.user_key, scope.project_id))
         .subquery("per_owner")
     )
-    keys = (per_owner.c.app_type, per_owner.c.object_id)
-    play_query = sa.select(
-        *keys,
-        sa.func.sum(per_owner.c.plays).label("plays"),
-        sa.func.count().label("users"),
-        sa.func.max(per_owner.c.last_ts).label("last_ts"),
-    ).group_by(*keys)
+    user_query = sa.select(per_owner.c.app_type, per_owner.c.object_id, sa.func.count().label("users")).group_by(
+        per_owner.c.app_type, per_owner.c.object_id
+    )
+    users = {(u.app_type, u.object_id): u.users for u in conn.execute(user_query)}
     found: dict[tuple[str, str], list] = {
-        (r.app_type, r.object_id): [int(r.plays), r.users, 0, r.last_ts] for r in conn.execute(play_query)
+        (c.app_type, c.object_id): [int(c.plays), users.get((c.app_type, c.object_id), 0), 0, c.last_ts]
+        for c in conn.execute(count_query)
     }
     if completing:
         # Only completion events are parsed for their play instance; the rollup keeps it as `detail`.
@@ -323,12 +339,16 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
             sa.select(r.c.app_type, r.c.object_id, r.c.detail.label("instance"), r.c.last_ts.label("ts")).where(
                 *_day_where(scope, split, "done"), r.c.app_type.in_(done_app_types)
             ),
-            sa.select(
-                e.c.app_type,
-                e.c.object_id,
-                sa.func.coalesce(_data_field(dialect, "pId"), e.c.event_id).label("instance"),
-                e.c.ts,
-            ).where(*edge, e.c.type.in_(sorted({t for k in completing for t in k.completions})), is_done),
+            *_edges(
+                scope,
+                split,
+                sa.select(
+                    e.c.app_type,
+                    e.c.object_id,
+                    sa.func.coalesce(_data_field(dialect, "pId"), e.c.event_id).label("instance"),
+                    e.c.ts,
+                ).where(*edge, e.c.type.in_(sorted({t for k in completing for t in k.completions})), is_done),
+            ),
         ).subquery("done")
         done_query = sa.select(
             done.c.app_type,
@@ -339,23 +359,28 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
         for r in conn.execute(done_query):
             row = found.setdefault((r.app_type, r.object_id), [0, 0, 0, r.last_ts])
             row[2], row[3] = r.completions, max(row[3], r.last_ts)
-    relevant = sa.or_(is_play, is_done) if completing else is_play
-    names = _item_names(conn, scope, split, [*edge, relevant], days) if found else {}
+    names = _item_names(conn, scope, split, totals, [*edge, relevant], days) if found else {}
     return [
         ItemRow(app_type, object_id, names.get((app_type, object_id)), *counts)
         for (app_type, object_id), counts in found.items()
     ]
 
 
-def _item_names(conn: sa.Connection, scope: Scope, split: _Split, edge: list, days: list) -> dict[tuple, str]:
+def _item_names(
+    conn: sa.Connection, scope: Scope, split: _Split, kinds: Sequence[str], edge: list, days: list
+) -> dict[tuple, str]:
     """The most recent name of each item among its plays and completions (rollup rows keep their latest)."""
     r = report_days
     named = sa.union_all(
         sa.select(r.c.app_type, r.c.object_id, r.c.name, r.c.name_ts.label("ts")).where(
-            *_day_where(scope, split, "play", "done"), *days, r.c.name.is_not(None)
+            *_day_where(scope, split, *kinds), *days, r.c.name.is_not(None)
         ),
-        sa.select(e.c.app_type, e.c.object_id, e.c.object_name.label("name"), e.c.ts).where(
-            *edge, e.c.object_name.is_not(None)
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.app_type, e.c.object_id, e.c.object_name.label("name"), e.c.ts).where(
+                *edge, e.c.object_name.is_not(None)
+            ),
         ),
     ).subquery("named")
     query = sa.select(
@@ -589,20 +614,22 @@ def widget(conn: sa.Connection, scope: Scope, terms: int = 10) -> WidgetReport:
     r = report_days
     is_open = _is_open()
     uses = sa.union_all(
-        sa.select(
-            r.c.day, r.c.user_key, (r.c.kind == OPEN_KIND).label("is_open"), r.c.events.label("n")
-        ).where(*_day_where(scope, split, OPEN_KIND, *SEARCH_KINDS)),
-        sa.select(
-            (e.c.ts // DAY_MS).label("day"), e.c.user_key, is_open.label("is_open"), sa.literal(1).label("n")
-        ).where(*_edge_where(scope, split), sa.or_(is_open, _is_search())),
+        sa.select(r.c.day, r.c.user_key, (r.c.kind == OPEN_KIND).label("is_open"), r.c.events.label("n")).where(
+            *_day_where(scope, split, OPEN_KIND, *SEARCH_KINDS)
+        ),
+        *_edges(
+            scope,
+            split,
+            sa.select(
+                (e.c.ts // DAY_MS).label("day"), e.c.user_key, is_open.label("is_open"), sa.literal(1).label("n")
+            ).where(sa.or_(is_open, _is_search())),
+        ),
     ).subquery("uses")
     owner = _owner(uses.c.user_key, scope.project_id)
     opens = sa.func.sum(sa.case((uses.c.is_open, uses.c.n), else_=0)).label("opens")
     searches = sa.func.sum(sa.case((uses.c.is_open, 0), else_=uses.c.n)).label("searches")
     users = sa.func.count(sa.distinct(owner)).label("unique_users")
-    by_day = {
-        row.day: row for row in conn.execute(sa.select(uses.c.day, opens, searches, users).group_by(uses.c.day))
-    }
+    by_day = {row.day: row for row in conn.execute(sa.select(uses.c.day, opens, searches, users).group_by(uses.c.day))}
     total = conn.execute(sa.select(opens, searches, users)).one()
     report = WidgetReport(
         totals={
@@ -634,8 +661,12 @@ def search_terms(conn: sa.Connection, scope: Scope, limit: int) -> list[dict]:
         sa.select(r.c.detail.label("term"), r.c.user_key, r.c.events.label("n")).where(
             *_day_where(scope, split, SEARCH_KINDS[0])
         ),
-        sa.select(e.c.object_name.label("term"), e.c.user_key, sa.literal(1).label("n")).where(
-            *_edge_where(scope, split), _is_search(), e.c.object_name.is_not(None)
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.object_name.label("term"), e.c.user_key, sa.literal(1).label("n")).where(
+                _is_search(), e.c.object_name.is_not(None)
+            ),
         ),
     ).subquery("searched")
     count = sa.func.sum(searched.c.n)
@@ -649,9 +680,7 @@ def search_terms(conn: sa.Connection, scope: Scope, limit: int) -> list[dict]:
         .order_by(count.desc(), searched.c.term)
         .limit(limit)
     )
-    return [
-        {"term": t.term, "searches": int(t.searches), "unique_users": t.unique_users} for t in conn.execute(query)
-    ]
+    return [{"term": t.term, "searches": int(t.searches), "unique_users": t.unique_users} for t in conn.execute(query)]
 
 
 def _day_name(day_number: int) -> str:

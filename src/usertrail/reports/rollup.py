@@ -26,15 +26,17 @@ from usertrail.reports.engagement import (
     FLOW_STEP_TYPES,
     ITEM_KINDS,
     OPEN_KIND,
-    SEARCH_KINDS,
     SEARCH_APP_TYPE,
+    SEARCH_KINDS,
     SEARCH_TYPE,
     STEP_PLAY,
+    TOTAL_KINDS,
     WIDGET_OPEN,
 )
 from usertrail.store.schema import events, report_days, report_steps
 
 PLAY, DONE = "play", "done"
+TOTALS = dict(zip((PLAY, DONE), TOTAL_KINDS, strict=True))  # per item and day, user_key ""
 OPEN, (SEARCH, SEARCH_UNNAMED) = OPEN_KIND, SEARCH_KINDS
 STEP_APP_TYPES = frozenset(FLOW_STEP_TYPES.values())
 COLUMNS = ("project_id", "user_key", "event_id", "ts", "type", "app_type", "object_id", "object_name", "payload")
@@ -66,7 +68,9 @@ def _text(value: object) -> str | None:
     return msgspec.json.encode(value).decode()
 
 
-def _data(payload: str | bytes) -> _Data:
+def _data(payload: str | bytes | None) -> _Data:
+    if payload is None:
+        return _Data()
     try:
         return _decode(payload).data or _Data()
     except (msgspec.DecodeError, msgspec.ValidationError):  # kept payloads are JSON objects; be safe anyway
@@ -145,12 +149,17 @@ class Rollup:
                 kind, detail = (SEARCH, name) if name is not None else (SEARCH_UNNAMED, "")
             if kind in (OPEN, SEARCH, SEARCH_UNNAMED):
                 app_type, object_id = "", ""
-            key = (project_id, kind, ts // DAY_MS, app_type, object_id, detail, user_key)
-            row = days.get(key)
-            if row is None:
-                days[key] = Day(1, ts, ts if name is not None else None, name)
-            else:
-                row.add(ts, name)
+            day = ts // DAY_MS
+            keys = [(project_id, kind, day, app_type, object_id, detail, user_key)]
+            if kind in (PLAY, DONE):
+                # The item's total of the day, over every key: plays, latest event and name in one row.
+                keys.append((project_id, TOTALS[kind], day, app_type, object_id, "", ""))
+            for key in keys:
+                row = days.get(key)
+                if row is None:
+                    days[key] = Day(1, ts, ts if name is not None else None, name)
+                else:
+                    row.add(ts, name)
         return cls(days, steps)
 
     def write(self, conn: sa.Connection) -> None:
@@ -209,9 +218,15 @@ def _event_rows(conn: sa.Connection, project_id: int) -> Iterator[tuple]:
         events.c.app_type.in_([*ITEM_KINDS, *STEP_APP_TYPES, WIDGET_OPEN[1], SEARCH_APP_TYPE]),
         events.c.type == SEARCH_TYPE,
     )
-    result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
-        sa.select(*(events.c[name] for name in COLUMNS)).where(events.c.project_id == project_id, relevant)
+    # Only completions and step plays need their payload (play instance, flow): the rest is not read.
+    parsed = sa.or_(
+        events.c.type.in_(sorted({t for _, t in _DONES})),
+        sa.and_(events.c.type == STEP_PLAY, events.c.app_type.in_(sorted(STEP_APP_TYPES))),
     )
+    columns = [events.c[name] for name in COLUMNS[:-1]] + [sa.case((parsed, events.c.payload)).label("payload")]
+    query = sa.select(*columns).where(events.c.project_id == project_id, relevant)
+    # Streamed on this statement only: the connection goes on to write (executemany) afterwards.
+    result = conn.execute(query.execution_options(stream_results=True, yield_per=20_000))
     for row in result:
         yield tuple(row)
 

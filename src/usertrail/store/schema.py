@@ -783,7 +783,8 @@ sa.Index(None, activity_log.c.project_id, activity_log.c.ts)
 # WalkMe item (or widget event), how many events, the latest one and the latest name. Written in the
 # ingest transaction for new events only; reports read whole days here and partial days from `events`.
 # `kind`: "play", "done" (a completion; `detail` is its play instance), "open", "search" (`detail`: the
-# term) or "search_unnamed". Widget rows have app_type and object_id "". The key leads with what reports
+# term) or "search_unnamed". Widget rows have app_type and object_id "". "play_total" and "done_total"
+# rows (user_key "") sum an item's plays / completion events of the day over every key. The key leads with what reports
 # scan (project, kind, day) and includes user_key (the Citus distribution column); on SQLite the table is
 # clustered on it (WITHOUT ROWID), so a report reads one contiguous range.
 report_days = sa.Table(
