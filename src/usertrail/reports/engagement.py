@@ -302,32 +302,47 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
         sa.func.sum(counted.c.plays).label("plays"),
         sa.func.max(counted.c.ts).label("last_ts"),
     ).group_by(counted.c.app_type, counted.c.object_id)
-    # Unique users: keys per item from both sources, then owners per item (looked up once per key):
-    # plain aggregations the engines can hash, instead of a COUNT(DISTINCT) over every play.
-    played = sa.union_all(
-        sa.select(r.c.app_type, r.c.object_id, r.c.user_key).where(*_day_where(scope, split, "play"), *days),
+    # Unique users = distinct owners of the keys that played. Identified keys own themselves, so they are
+    # counted straight from the rollup (one pass in the order of its user index, no sort of every row);
+    # then the owners of anonymous keys and of the partial days' keys that are not among those.
+    identified = sa.func.substr(r.c.user_key, 1, 2) == "u:"
+    own = {
+        (row.app_type, row.object_id): row.users
+        for row in conn.execute(
+            sa.select(r.c.app_type, r.c.object_id, sa.func.count(sa.distinct(r.c.user_key)).label("users"))
+            .where(*_day_where(scope, split, "play"), *days, identified)
+            .group_by(r.c.app_type, r.c.object_id)
+        )
+    }
+    others = sa.union_all(
+        sa.select(r.c.app_type, r.c.object_id, _owner(r.c.user_key, scope.project_id).label("owner")).where(
+            *_day_where(scope, split, "play"), *days, ~identified
+        ),
         *_edges(
             scope,
             split,
-            sa.select(e.c.app_type, e.c.object_id, e.c.user_key).where(
+            sa.select(e.c.app_type, e.c.object_id, _owner().label("owner")).where(
                 *edge, e.c.type.in_(sorted({t for k in kinds for t in k.plays})), is_play
             ),
         ),
-    ).subquery("played")
-    per_key = (
-        sa.select(played.c.app_type, played.c.object_id, played.c.user_key)
-        .group_by(played.c.app_type, played.c.object_id, played.c.user_key)
-        .subquery("per_key")
+    ).subquery("others")
+    counted_as_itself = sa.exists().where(
+        r.c.project_id == scope.project_id,
+        r.c.kind == "play",
+        r.c.app_type == others.c.app_type,
+        r.c.object_id == others.c.object_id,
+        r.c.user_key == others.c.owner,
+        r.c.day >= split.first_day,
+        r.c.day < split.end_day,
     )
-    per_owner = (
-        sa.select(per_key.c.app_type, per_key.c.object_id)
-        .group_by(per_key.c.app_type, per_key.c.object_id, _owner(per_key.c.user_key, scope.project_id))
-        .subquery("per_owner")
+    user_query = (
+        sa.select(others.c.app_type, others.c.object_id, sa.func.count(sa.distinct(others.c.owner)).label("users"))
+        .where(~sa.and_(sa.func.substr(others.c.owner, 1, 2) == "u:", counted_as_itself))
+        .group_by(others.c.app_type, others.c.object_id)
     )
-    user_query = sa.select(per_owner.c.app_type, per_owner.c.object_id, sa.func.count().label("users")).group_by(
-        per_owner.c.app_type, per_owner.c.object_id
-    )
-    users = {(u.app_type, u.object_id): u.users for u in conn.execute(user_query)}
+    users = dict(own)
+    for u in conn.execute(user_query):
+        users[(u.app_type, u.object_id)] = users.get((u.app_type, u.object_id), 0) + u.users
     found: dict[tuple[str, str], list] = {
         (c.app_type, c.object_id): [int(c.plays), users.get((c.app_type, c.object_id), 0), 0, c.last_ts]
         for c in conn.execute(count_query)

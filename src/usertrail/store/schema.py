@@ -804,6 +804,16 @@ report_days = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "kind", "day", "app_type", "object_id", "detail", "user_key"),
     sqlite_with_rowid=False,
 )
+# Keys per item in user order: distinct users are counted in one pass, and a key is found by a seek.
+sa.Index(
+    None,
+    report_days.c.project_id,
+    report_days.c.kind,
+    report_days.c.app_type,
+    report_days.c.object_id,
+    report_days.c.user_key,
+    report_days.c.day,
+)
 
 # Every step play of a Walk-Thru or Smart Walk-Thru with its flow (`data.owId`, else the flow in `data.pId`)
 # taken out of the payload at ingest, so a funnel reads one flow's steps by index instead of parsing events.

@@ -33,6 +33,12 @@ def upgrade() -> None:
         ),
         sqlite_with_rowid=False,
     )
+    with op.batch_alter_table("report_days", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_report_days_project_id_kind_app_type_object_id_user_key_day"),
+            ["project_id", "kind", "app_type", "object_id", "user_key", "day"],
+            unique=False,
+        )
     op.create_table(
         "report_steps",
         sa.Column("project_id", sa.Integer(), nullable=False),
@@ -68,4 +74,6 @@ def downgrade() -> None:
     with op.batch_alter_table("report_steps", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_report_steps_project_id_app_type_flow_id_ts"))
     op.drop_table("report_steps")
+    with op.batch_alter_table("report_days", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_report_days_project_id_kind_app_type_object_id_user_key_day"))
     op.drop_table("report_days")
