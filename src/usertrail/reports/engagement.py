@@ -371,9 +371,9 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
             sa.func.count(sa.distinct(done.c.instance)).label("completions"),
             sa.func.max(done.c.ts).label("last_ts"),
         ).group_by(done.c.app_type, done.c.object_id)
-        for r in conn.execute(done_query):
-            row = found.setdefault((r.app_type, r.object_id), [0, 0, 0, r.last_ts])
-            row[2], row[3] = r.completions, max(row[3], r.last_ts)
+        for d in conn.execute(done_query):
+            row = found.setdefault((d.app_type, d.object_id), [0, 0, 0, d.last_ts])
+            row[2], row[3] = d.completions, max(row[3], d.last_ts)
     names = _item_names(conn, scope, split, totals, [*edge, relevant], days) if found else {}
     return [
         ItemRow(app_type, object_id, names.get((app_type, object_id)), *counts)
