@@ -468,7 +468,7 @@ def docs_block(timings, metas, checks: list[str], workload: Workload, info: dict
             RESULTS_START,
             "",
             f"- **Date:** {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-            f"- **Command:** `{command}`",
+            f"- **Command:** {command if command.startswith('`') else f'`{command}`'}",
             f"- **Machine:** {info['nproc']} cores (`nproc`), {info['cpu_model']}, {info['memory']} RAM, {info['os']}"
             f"; shared: other engineers' work kept {info['busy_before']} busy just before the run",
             f"- **Software:** Python {info['python']}, {info['packages']}, {info['postgres']}",
@@ -505,6 +505,22 @@ def update_docs(block: str) -> None:
     DOCS_FILE.write_text(text)
 
 
+def render_from_json(files: list[Path], command: str) -> None:
+    """The docs block from the raw results of runs made separately (one per engine, say), as one table."""
+    runs = [json.loads(f.read_text()) for f in files]
+    timings = [Timing(**t) for run in runs for t in run["timings"]]
+    metas = {name: meta for run in runs for name, meta in run["metas"].items()}
+    checks = [c for run in runs for c in run["checks"]]
+    info = dict(runs[0]["info"])
+    for key in ("busy_before", "loadavg"):
+        info[key] = " / ".join(f"{run['info'].get(key, '?')} ({', '.join(run['metas'])})" for run in runs)
+    commands = "; ".join(f"`{run.get('command', '?')}`" for run in runs)
+    workload = Workload(**runs[0]["workload"])
+    block = docs_block(timings, metas, checks, workload, info, f"{commands}, then `{command}`", files[0])
+    update_docs(block.replace(f"`{files[0].relative_to(ROOT)}`", ", ".join(f"`{f.relative_to(ROOT)}`" for f in files)))
+    print(f"docs: {DOCS_FILE.relative_to(ROOT)} updated")
+
+
 def _postgres_url(stack: contextlib.ExitStack) -> str | None:
     from usertrail.testing.postgres import PostgresUnavailable, TemporaryPostgres
 
@@ -529,7 +545,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int)
     parser.add_argument("--users", type=int)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="only write the docs block from raw results of earlier runs (e.g. one run per engine)",
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        render_from_json(args.from_json, ".venv/bin/python bench/reports.py " + " ".join(argv or []))
+        return 0
     workload = QUICK if args.quick else FULL
     workload = replace(workload, events=args.events or workload.events, users=args.users or workload.users)
     info = ingest.machine_info()
@@ -587,12 +613,12 @@ def main(argv: list[str] | None = None) -> int:
         print(c)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     raw = RESULTS_DIR / f"reports-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    command = ".venv/bin/python bench/reports.py" + (" " + " ".join(argv) if argv else "")
     raw.write_text(json.dumps({"workload": workload.__dict__, "info": info, "metas": metas, "checks": checks,
-                               "timings": [t.__dict__ for t in timings]}, indent=2))  # fmt: skip
+                               "timings": [t.__dict__ for t in timings], "command": command}, indent=2))  # fmt: skip
     print(table(timings, metas))
     if not args.quick and not args.no_docs and len(metas) == 2:
-        command = "python bench/reports.py" + (" " + " ".join(argv) if argv else "")
-        update_docs(docs_block(timings, metas, checks, workload, info, ".venv/bin/" + command, raw))
+        update_docs(docs_block(timings, metas, checks, workload, info, command, raw))
         print(f"docs: {DOCS_FILE.relative_to(ROOT)} updated")
     return 1 if failed else 0
 
