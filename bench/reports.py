@@ -507,6 +507,7 @@ def update_docs(block: str) -> None:
 
 def render_from_json(files: list[Path], command: str) -> None:
     """The docs block from the raw results of runs made separately (one per engine, say), as one table."""
+    files = [f.resolve() for f in files]
     runs = [json.loads(f.read_text()) for f in files]
     timings = [Timing(**t) for run in runs for t in run["timings"]]
     metas = {name: meta for run in runs for name, meta in run["metas"].items()}

@@ -315,8 +315,7 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
     # Unique users = distinct owners of the keys that played. Identified keys own themselves, so they are
     # counted straight from the rollup (one pass in the order of its user index, no sort of every row);
     # then the owners of anonymous keys and of the partial days' keys that are not among those.
-    # LIKE on PostgreSQL: its planner estimates a prefix from the statistics (a function it guesses at 0.5%).
-    identified = r.c.user_key.like("u:%") if dialect == "postgresql" else sa.func.substr(r.c.user_key, 1, 2) == "u:"
+    identified = sa.func.substr(r.c.user_key, 1, 2) == "u:"
     own = {
         (row.app_type, row.object_id): row.users
         for row in conn.execute(
