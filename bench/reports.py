@@ -13,9 +13,11 @@ the user identified in the same WalkMe session, so identity stitching links them
 payload is a WalkMe event of about 400 bytes.
 
 Per engine: a fresh database (migrated, project "bench"), the rows loaded with bench/datagen.py's
-bulk loaders (indexes rebuilt after the load), `SessionProcessor.rebuild` (sessions, identity links
-and End User Objects, which the funnel and the segment filter read), then each report timed three
-times with the product's own functions (`usertrail.reports.engagement`, as the API calls them).
+bulk loaders (indexes rebuilt after the load), the reports' rollup built from them with
+`usertrail.reports.rollup.rebuild` (what migration 0020 does on an existing database; new events are
+rolled up at ingest), `SessionProcessor.rebuild` (sessions, identity links and End User Objects,
+which the funnel and the segment filter read), then each report timed three times with the product's
+own functions (`usertrail.reports.engagement`, as the API calls them).
 The 90-day items report is checked against counts kept by the generator, and every report is
 compared between the engines.
 """
@@ -46,7 +48,7 @@ import sqlalchemy as sa
 
 import datagen
 import ingest
-from usertrail.reports import engagement
+from usertrail.reports import engagement, rollup
 from usertrail.reports.engagement import ITEM_KINDS, Scope, TimeRange
 from usertrail.segments.membership import catalog_of
 from usertrail.segments.model import parse
@@ -295,7 +297,6 @@ class Timing:
     rows: int
     first_s: float
     median_s: float
-    indexed_s: float | None = None  # median with the candidate index
 
 
 def _timed(engine: sa.Engine, run: Callable[[sa.Connection], object]) -> tuple[object, float, float]:
@@ -321,7 +322,6 @@ def _summary(result: object) -> object:
 
 
 DERIVED = ("sessions", "identity_links", "session_hints", "end_users")
-CANDIDATE_INDEX = "CREATE INDEX ix_bench_events_reports ON events (project_id, app_type, ts, type, object_id, user_key)"
 
 
 def load(name: str, url: str, workload: Workload, project_id: int, csv_path: Path, truth: Truth) -> tuple[int, float]:
@@ -344,6 +344,19 @@ def load(name: str, url: str, workload: Workload, project_id: int, csv_path: Pat
             loader = datagen.load_sqlite if name == "sqlite" else datagen.load_postgres
             loaded = loader(url, tee())
     return loaded, time.perf_counter() - began
+
+
+def build_rollup(url: str, project_id: int) -> float:
+    """The reports' rollup from the loaded events (the bulk loaders bypass ingest); seconds."""
+    began = time.perf_counter()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        rollup.rebuild(conn, project_id)
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE report_days")
+            conn.exec_driver_sql("ANALYZE report_steps")
+    engine.dispose()
+    return time.perf_counter() - began
 
 
 def derive(url: str, project_id: int, end: int, source_url: str | None) -> tuple[str, float]:
@@ -371,6 +384,8 @@ def derive(url: str, project_id: int, end: int, source_url: str | None) -> tuple
 def cases(engine: sa.Engine, workload: Workload, project_id: int) -> list[tuple[str, str, Callable]]:
     end = workload.end_ms
     last30, whole = TimeRange(end - 30 * DAY_MS, end), TimeRange(workload.start_ms, end)
+    # The API's default range ends now, so it starts and ends inside a day: partial days at both ends.
+    partial = TimeRange(end - 30 * DAY_MS - 7 * 3_600_000, end - 7 * 3_600_000)
     with engine.connect() as conn:
         tree = parse({"rules": [{"attribute": "Browser Name", "operator": "is", "value": "Firefox"}]},
                      catalog_of(conn, project_id))  # fmt: skip
@@ -381,6 +396,8 @@ def cases(engine: sa.Engine, workload: Workload, project_id: int) -> list[tuple[
     wt_steps = [f"{wt}{k:02d}" for k in range(1, 4)]
     return [
         ("items", "last 30 days", lambda c: engagement.items(c, Scope(project_id, last30))),
+        ("items", "30 days ending 17:00 (partial days at both ends)",
+         lambda c: engagement.items(c, Scope(project_id, partial))),
         ("items", "90 days (checked)", lambda c: engagement.items(c, Scope(project_id, whole))),
         ("items", f"last 30 days, segment of {members:,} users",
          lambda c: engagement.items(c, Scope(project_id, last30, firefox))),
@@ -391,31 +408,20 @@ def cases(engine: sa.Engine, workload: Workload, project_id: int) -> list[tuple[
         ("funnel", f"Smart Walk-Thru {swt}, observed order, last 30 days",
          lambda c: engagement.funnel(c, Scope(project_id, last30), "bizFlow", swt)),
         ("widget", "last 30 days, top 10 terms", lambda c: engagement.widget(c, Scope(project_id, last30))),
+        ("widget", "30 days ending 17:00, top 10 terms", lambda c: engagement.widget(c, Scope(project_id, partial))),
     ]  # fmt: skip
 
 
-def measure(name: str, url: str, workload: Workload, project_id: int, index: bool) -> tuple[list[Timing], dict]:
-    """Time every report (then again with the candidate index); the results, for the checks."""
+def measure(name: str, url: str, workload: Workload, project_id: int) -> tuple[list[Timing], dict]:
+    """Time every report; the results, for the checks."""
     engine = create_engine(url)
     timings, results = [], {}
-    todo = cases(engine, workload, project_id)
-    for report, detail, run in todo:
+    for report, detail, run in cases(engine, workload, project_id):
         result, first, median = _timed(engine, run)
         count = len(result.steps) if isinstance(result, engagement.Funnel) else len(_summary(result))  # type: ignore[arg-type]
         timings.append(Timing(name, report, detail, count, first, median))
         results[(report, detail)] = _summary(result)
         print(f"{name}: {report} ({detail}): {median * 1000:,.0f} ms (first {first * 1000:,.0f} ms)", flush=True)
-    if index:
-        began = time.perf_counter()
-        with engine.begin() as conn:
-            conn.exec_driver_sql(CANDIDATE_INDEX)
-            conn.exec_driver_sql("ANALYZE")
-        print(f"{name}: candidate index built in {time.perf_counter() - began:.0f} s", flush=True)
-        for timing, (report, detail, run) in zip(timings, todo, strict=True):
-            result, _, timing.indexed_s = _timed(engine, run)
-            if _summary(result) != results[(report, detail)]:
-                raise AssertionError(f"{name}: {report} ({detail}) changed with the index")
-            print(f"{name}: {report} ({detail}) with the index: {timing.indexed_s * 1000:,.0f} ms", flush=True)
     engine.dispose()
     return timings, results
 
@@ -442,17 +448,16 @@ def check_truth(results: dict, truth: Truth) -> list[str]:
 
 def table(timings: list[Timing], metas: dict[str, dict]) -> str:
     lines = [
-        "| engine | events | load s | sessions s | events in the last 30 days | report | what | rows "
-        f"| first run ms | median of {RUNS} ms | median with the candidate index ms |",
+        "| engine | events | load s | rollup s | sessions s | events in the last 30 days | report | what | rows "
+        f"| first run ms | median of {RUNS} ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in timings:
         m = metas[t.engine]
-        indexed = f"{t.indexed_s * 1000:,.0f}" if t.indexed_s is not None else ""
         lines.append(
-            f"| {t.engine} | {m['events']:,} | {m['load_s']:.0f} | {m['derive_s']:.0f} ({m['derived']}) "
-            f"| {m['last30_events']:,} | {t.report} | {t.detail} | {t.rows} | {t.first_s * 1000:,.0f} "
-            f"| {t.median_s * 1000:,.0f} | {indexed} |"
+            f"| {t.engine} | {m['events']:,} | {m['load_s']:.0f} | {m['rollup_s']:.0f} "
+            f"| {m['derive_s']:.0f} ({m['derived']}) | {m['last30_events']:,} | {t.report} | {t.detail} | {t.rows} "
+            f"| {t.first_s * 1000:,.0f} | {t.median_s * 1000:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -463,7 +468,7 @@ def docs_block(timings, metas, checks: list[str], workload: Workload, info: dict
             RESULTS_START,
             "",
             f"- **Date:** {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-            f"- **Command:** `{command}`",
+            f"- **Command:** {command if command.startswith('`') else f'`{command}`'}",
             f"- **Machine:** {info['nproc']} cores (`nproc`), {info['cpu_model']}, {info['memory']} RAM, {info['os']}"
             f"; shared: other engineers' work kept {info['busy_before']} busy just before the run",
             f"- **Software:** Python {info['python']}, {info['packages']}, {info['postgres']}",
@@ -472,9 +477,8 @@ def docs_block(timings, metas, checks: list[str], workload: Workload, info: dict
             f"{workload.users:,} end users, {workload.days} days ending 2025-06-01T00:00Z, seed {workload.seed}; "
             "sessions, links and End User Objects from `SessionProcessor.rebuild` on the first engine, copied "
             "to the second; PostgreSQL settings "
-            f"{', '.join(f'{k}={v}' for k, v in PG_SETTINGS.items())} (fsync on); candidate index "
-            "`events (project_id, app_type, ts, type, object_id, user_key)`; "
-            f"raw results in `{raw.relative_to(ROOT)}` (git-ignored)",
+            f"{', '.join(f'{k}={v}' for k, v in PG_SETTINGS.items())} (fsync on); "
+            f"load average {info['loadavg']} at the start; raw results in `{raw.relative_to(ROOT)}` (git-ignored)",
             "",
             table(timings, metas),
             "",
@@ -501,6 +505,23 @@ def update_docs(block: str) -> None:
     DOCS_FILE.write_text(text)
 
 
+def render_from_json(files: list[Path], command: str) -> None:
+    """The docs block from the raw results of runs made separately (one per engine, say), as one table."""
+    files = [f.resolve() for f in files]
+    runs = [json.loads(f.read_text()) for f in files]
+    timings = [Timing(**t) for run in runs for t in run["timings"]]
+    metas = {name: meta for run in runs for name, meta in run["metas"].items()}
+    checks = [c for run in runs for c in run["checks"]]
+    info = dict(runs[0]["info"])
+    for key in ("busy_before", "loadavg"):
+        info[key] = " / ".join(f"{run['info'].get(key, '?')} ({', '.join(run['metas'])})" for run in runs)
+    commands = "; ".join(f"`{run.get('command', '?')}`" for run in runs)
+    workload = Workload(**runs[0]["workload"])
+    block = docs_block(timings, metas, checks, workload, info, f"{commands}, then `{command}`", files[0])
+    update_docs(block.replace(f"`{files[0].relative_to(ROOT)}`", ", ".join(f"`{f.relative_to(ROOT)}`" for f in files)))
+    print(f"docs: {DOCS_FILE.relative_to(ROOT)} updated")
+
+
 def _postgres_url(stack: contextlib.ExitStack) -> str | None:
     from usertrail.testing.postgres import PostgresUnavailable, TemporaryPostgres
 
@@ -524,12 +545,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     parser.add_argument("--events", type=int)
     parser.add_argument("--users", type=int)
-    parser.add_argument("--no-index", action="store_true", help="skip timing the reports with the candidate index")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="only write the docs block from raw results of earlier runs (e.g. one run per engine)",
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        render_from_json(args.from_json, ".venv/bin/python bench/reports.py " + " ".join(argv or []))
+        return 0
     workload = QUICK if args.quick else FULL
     workload = replace(workload, events=args.events or workload.events, users=args.users or workload.users)
     info = ingest.machine_info()
+    info["loadavg"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     before = ingest.machine_busy()
     time.sleep(1.0)
     info["busy_before"] = f"{ingest.busy_cores(before, ingest.machine_busy()):.2f} cores"
@@ -551,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
             project_id = datagen.prepare_project(url)
             loaded, load_s = load(database, url, workload, project_id, scratch / "events.csv", truth)
             print(f"{database}: {loaded:,} events loaded in {load_s:.0f} s", flush=True)
+            rollup_s = build_rollup(url, project_id)
+            print(f"{database}: reports' rollup built in {rollup_s:.0f} s", flush=True)
             derived, derive_s = derive(url, project_id, workload.end_ms, first_url)
             print(f"{database}: sessions, links and End User Objects ({derived}) in {derive_s:.0f} s", flush=True)
             first_url = first_url or url
@@ -559,9 +592,10 @@ def main(argv: list[str] | None = None) -> int:
                     sa.text("SELECT count(*) FROM events WHERE project_id = :p AND ts >= :a"),
                     {"p": project_id, "a": workload.end_ms - 30 * DAY_MS},
                 ).scalar_one()
-            got, results = measure(database, url, workload, project_id, not args.no_index)
+            got, results = measure(database, url, workload, project_id)
             timings += got
-            metas[database] = {"events": loaded, "load_s": load_s, "derived": derived, "derive_s": derive_s,
+            metas[database] = {"events": loaded, "load_s": load_s, "rollup_s": rollup_s, "derived": derived,
+                               "derive_s": derive_s,
                                "last30_events": in_range}  # fmt: skip
             all_results[database] = results
             problems = check_truth(results, truth)
@@ -580,12 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         print(c)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     raw = RESULTS_DIR / f"reports-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    command = ".venv/bin/python bench/reports.py" + (" " + " ".join(argv) if argv else "")
     raw.write_text(json.dumps({"workload": workload.__dict__, "info": info, "metas": metas, "checks": checks,
-                               "timings": [t.__dict__ for t in timings]}, indent=2))  # fmt: skip
+                               "timings": [t.__dict__ for t in timings], "command": command}, indent=2))  # fmt: skip
     print(table(timings, metas))
     if not args.quick and not args.no_docs and len(metas) == 2:
-        command = "python bench/reports.py" + (" " + " ".join(argv) if argv else "")
-        update_docs(docs_block(timings, metas, checks, workload, info, ".venv/bin/" + command, raw))
+        update_docs(docs_block(timings, metas, checks, workload, info, command, raw))
         print(f"docs: {DOCS_FILE.relative_to(ROOT)} updated")
     return 1 if failed else 0
 

@@ -263,17 +263,22 @@ def rebuild(
     data_dir: Path = DataDir,
     database_url: str = DatabaseUrl,
 ) -> None:
-    """Recompute every session, identity link and End User Object from the stored events."""
+    """Recompute every session, identity link and End User Object, and the reports' rollup, from the stored events."""
+    from usertrail.reports import rollup
     from usertrail.sessions.processor import SessionProcessor
+    from usertrail.store.database import write_transaction
 
     store = _projects(_settings(data_dir, database_url))
     processor = SessionProcessor(store.engine)
     for project_id in _project_ids(store, project):
         started = time.perf_counter()
         stats = processor.rebuild(project_id, _now_ms())
+        with write_transaction(store.engine) as conn:
+            rolled = rollup.rebuild(conn, project_id)
         console.print(
             f"project {project_id}: {stats.users} end users, {stats.sessions_closed} closed sessions, "
-            f"{stats.profiles_updated} End User Objects in {time.perf_counter() - started:.1f} s"
+            f"{stats.profiles_updated} End User Objects, reports' rollup of {rolled} events "
+            f"in {time.perf_counter() - started:.1f} s"
         )
 
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from usertrail.store.schema import events, identity_links, sessions
+from usertrail.store.schema import REPORT_EVENTS_WHERE, events, identity_links, report_days, report_steps, sessions
 
 DAY_MS = 86_400_000
 DEFAULT_DAYS = 30
 MAX_FUNNEL_STEPS = 100
+REPORT_WORK_MEM = "64MB"  # PostgreSQL sort/hash memory of a report's transaction
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ FLOW_STEP_TYPES = {"wt": "step", "bizFlow": "bizFlowStep"}
 STEP_PLAY = "play"
 WIDGET_OPEN = ("open", "player")  # (event type, app type)
 SEARCH_TYPE, SEARCH_APP_TYPE = "search", "widgetSearch"
+# The rollup's kinds of widget rows (reports/rollup.py): opens, and searches with and without a term.
+OPEN_KIND, SEARCH_KINDS = "open", ("search", "search_unnamed")
+
+TOTAL_KINDS = ("play_total", "done_total")  # an item's plays / completion events of a day, over every key
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MS = re.compile(r"-?\d{1,16}")
@@ -118,21 +123,21 @@ class Scope:
 e = events
 
 
-def _owner() -> sa.ColumnElement:
-    """The owner of each event's key: an identified key owns itself, an anonymous key belongs to its
-    earliest identity link (store/identity.py), or to itself when it has none."""
+def _owner(key: sa.ColumnElement | None = None, project_id: sa.ColumnElement | int | None = None) -> sa.ColumnElement:
+    """The owner of a key (default: each event's): an identified key owns itself, an anonymous key belongs
+    to its earliest identity link (store/identity.py), or to itself when it has none."""
+    key = e.c.user_key if key is None else key
+    project_id = e.c.project_id if project_id is None else project_id
     link = identity_links
     owning = (
         sa.select(link.c.person_key)
-        .where(link.c.project_id == e.c.project_id, link.c.user_key == e.c.user_key)
+        .where(link.c.project_id == project_id, link.c.user_key == key)
         .order_by(link.c.link_ts, link.c.link_event_id, link.c.person_key)
         .limit(1)
         .scalar_subquery()
     )
     # Only anonymous keys can be linked: identified keys skip the lookup.
-    return sa.case(
-        (sa.func.substr(e.c.user_key, 1, 2) == "u:", e.c.user_key), else_=sa.func.coalesce(owning, e.c.user_key)
-    )
+    return sa.case((sa.func.substr(key, 1, 2) == "u:", key), else_=sa.func.coalesce(owning, key))
 
 
 def _member_keys(project_id: int, members: sa.Select) -> sa.CompoundSelect:
@@ -152,6 +157,46 @@ def _where(scope: Scope) -> list[sa.ColumnElement[bool]]:
     where = [e.c.project_id == scope.project_id, e.c.ts >= scope.range.start, e.c.ts < scope.range.end]
     if scope.members is not None:
         where.append(e.c.user_key.in_(_member_keys(scope.project_id, scope.members)))
+    return where
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A range as whole UTC days [first_day, end_day) read from the rollup, and the partial days at its ends
+    read from the events (`edges`, ms intervals; empty when the range starts and ends at midnight)."""
+
+    first_day: int
+    end_day: int
+    edges: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, time_range: TimeRange) -> _Split:
+        first, end = -(-time_range.start // DAY_MS), time_range.end // DAY_MS
+        if first >= end:
+            return cls(0, 0, ((time_range.start, time_range.end),))
+        edges = [(time_range.start, first * DAY_MS), (end * DAY_MS, time_range.end)]
+        return cls(first, end, tuple((a, b) for a, b in edges if a < b))
+
+
+def _edges(scope: Scope, split: _Split, query: sa.Select) -> list[sa.Select]:
+    """`query` over the events of each partial day (one plain time range each, so each reads the
+    partial `(project_id, ts)` index of the events reports count); none when the range is made of whole days."""
+    out = []
+    for start, end in split.edges:
+        where = [e.c.project_id == scope.project_id, sa.text(REPORT_EVENTS_WHERE), e.c.ts >= start, e.c.ts < end]
+        if scope.members is not None:
+            where.append(e.c.user_key.in_(_member_keys(scope.project_id, scope.members)))
+        out.append(query.where(*where))
+    return out
+
+
+def _day_where(scope: Scope, split: _Split, *kinds: str) -> list[sa.ColumnElement[bool]]:
+    """The rollup rows of the whole days."""
+    r = report_days
+    where = [r.c.project_id == scope.project_id, r.c.kind.in_(kinds), r.c.day >= split.first_day,
+             r.c.day < split.end_day]  # fmt: skip
+    if scope.members is not None:
+        where.append(r.c.user_key.in_(_member_keys(scope.project_id, scope.members)))
     return where
 
 
@@ -178,19 +223,12 @@ def _contains(dialect: str, column: sa.ColumnElement, text: str) -> sa.ColumnEle
     return sa.func.instr(column, text) > 0
 
 
-def _latest_names(conn: sa.Connection, keys: Sequence[sa.ColumnElement], where: list) -> dict[tuple, str]:
-    """The most recent non-empty `object_name` of each group of `keys` among the matching events."""
-    query = (
-        sa.select(*keys, e.c.object_name, sa.func.max(e.c.ts).label("seen"))
-        .where(*where, e.c.object_name.is_not(None))
-        .group_by(*keys, e.c.object_name)
-    )
-    latest: dict[tuple, tuple[int, str]] = {}
-    for row in conn.execute(query):
-        key, name, seen = tuple(row[: len(keys)]), row.object_name, row.seen
-        if key not in latest or (seen, name) > latest[key]:
-            latest[key] = (seen, name)
-    return {key: name for key, (_, name) in latest.items()}
+def _tune(conn: sa.Connection) -> None:
+    """PostgreSQL, for the rest of this transaction: no JIT (compiling a report's queries took longer than
+    running them: 0.3-0.5 s each at 2M events) and room to sort and hash a report's rows in memory."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -235,62 +273,151 @@ ITEM_SORTS = ("plays", "unique_users", "completions", "completion_rate", "name",
 
 def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(ITEM_KINDS)) -> list[ItemRow]:
     """Plays, unique users (owners who played) and completions of every item with a play or a completion
-    in the scope. A completion is counted once per play instance (`data.pId`; per event without one)."""
+    in the scope. A completion is counted once per play instance (`data.pId`; per event without one).
+
+    Whole days come from the daily rollup (reports/rollup.py), the partial first and last day from the
+    events, with the same definitions; both meet before any count, so the result is the same as counting
+    the events of the range."""
+    _tune(conn)
     dialect = conn.dialect.name
     kinds = [ITEM_KINDS[a] for a in app_types]
+    split = _Split.of(scope.range)
+    r = report_days
     is_play = sa.or_(*(sa.and_(e.c.app_type == k.app_type, e.c.type.in_(k.plays)) for k in kinds))
     completing = [k for k in kinds if k.completions]
     is_done = sa.or_(*(sa.and_(e.c.app_type == k.app_type, e.c.type.in_(k.completions)) for k in completing))
-    base = [*_where(scope), e.c.app_type.in_(list(app_types)), e.c.object_id.is_not(None)]
-    # Plays per (item, owner), then per item: two plain aggregations the engines can hash, instead of
-    # a COUNT(DISTINCT) that sorts every play.
-    played = (
-        sa.select(e.c.app_type, e.c.object_id, _owner().label("owner"), e.c.ts)
-        .where(*base, e.c.type.in_(sorted({t for k in kinds for t in k.plays})), is_play)
-        .subquery("played")
-    )
-    per_owner = (
+    edge = [e.c.app_type.in_(list(app_types)), e.c.object_id.is_not(None)]
+    days = [r.c.app_type.in_(list(app_types))]
+    relevant = sa.or_(is_play, is_done) if completing else is_play
+    # Without a segment, plays, the latest event and the latest name come from the items' day totals;
+    # within a segment, from the members' own rows.
+    totals = TOTAL_KINDS if scope.members is None else ("play", "done")
+    counted = sa.union_all(
         sa.select(
-            played.c.app_type,
-            played.c.object_id,
-            sa.func.count().label("plays"),
-            sa.func.max(played.c.ts).label("last_ts"),
+            r.c.app_type,
+            r.c.object_id,
+            sa.case((r.c.kind == totals[0], r.c.events), else_=0).label("plays"),
+            r.c.last_ts.label("ts"),
+        ).where(*_day_where(scope, split, *totals), *days),
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.app_type, e.c.object_id, sa.case((is_play, 1), else_=0).label("plays"), e.c.ts).where(
+                *edge, relevant
+            ),
+        ),
+    ).subquery("counted")
+    count_query = sa.select(
+        counted.c.app_type,
+        counted.c.object_id,
+        sa.func.sum(counted.c.plays).label("plays"),
+        sa.func.max(counted.c.ts).label("last_ts"),
+    ).group_by(counted.c.app_type, counted.c.object_id)
+    # Unique users = distinct owners of the keys that played. Identified keys own themselves, so they are
+    # counted straight from the rollup (one pass in the order of its user index, no sort of every row);
+    # then the owners of anonymous keys and of the partial days' keys that are not among those.
+    identified = sa.func.substr(r.c.user_key, 1, 2) == "u:"
+    own = {
+        (row.app_type, row.object_id): row.users
+        for row in conn.execute(
+            sa.select(r.c.app_type, r.c.object_id, sa.func.count(sa.distinct(r.c.user_key)).label("users"))
+            .where(*_day_where(scope, split, "play"), *days, identified)
+            .group_by(r.c.app_type, r.c.object_id)
         )
-        .group_by(played.c.app_type, played.c.object_id, played.c.owner)
-        .subquery("per_owner")
+    }
+    others = sa.union_all(
+        sa.select(r.c.app_type, r.c.object_id, _owner(r.c.user_key, scope.project_id).label("owner")).where(
+            *_day_where(scope, split, "play"), *days, ~identified
+        ),
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.app_type, e.c.object_id, _owner().label("owner")).where(
+                *edge, e.c.type.in_(sorted({t for k in kinds for t in k.plays})), is_play
+            ),
+        ),
+    ).subquery("others")
+    counted_as_itself = sa.exists().where(
+        r.c.project_id == scope.project_id,
+        r.c.kind == "play",
+        r.c.app_type == others.c.app_type,
+        r.c.object_id == others.c.object_id,
+        r.c.user_key == others.c.owner,
+        r.c.day >= split.first_day,
+        r.c.day < split.end_day,
     )
-    keys = (per_owner.c.app_type, per_owner.c.object_id)
-    play_query = sa.select(
-        *keys,
-        sa.func.sum(per_owner.c.plays).label("plays"),
-        sa.func.count().label("users"),
-        sa.func.max(per_owner.c.last_ts).label("last_ts"),
-    ).group_by(*keys)
+    user_query = (
+        sa.select(others.c.app_type, others.c.object_id, sa.func.count(sa.distinct(others.c.owner)).label("users"))
+        .where(~sa.and_(sa.func.substr(others.c.owner, 1, 2) == "u:", counted_as_itself))
+        .group_by(others.c.app_type, others.c.object_id)
+    )
+    users = dict(own)
+    for u in conn.execute(user_query):
+        users[(u.app_type, u.object_id)] = users.get((u.app_type, u.object_id), 0) + u.users
     found: dict[tuple[str, str], list] = {
-        (r.app_type, r.object_id): [int(r.plays), r.users, 0, r.last_ts] for r in conn.execute(play_query)
+        (c.app_type, c.object_id): [int(c.plays), users.get((c.app_type, c.object_id), 0), 0, c.last_ts]
+        for c in conn.execute(count_query)
     }
     if completing:
-        # Only completion events are parsed for their play instance.
-        instance = sa.func.coalesce(_data_field(dialect, "pId"), e.c.event_id)
-        done_query = (
-            sa.select(
-                e.c.app_type,
-                e.c.object_id,
-                sa.func.count(sa.distinct(instance)).label("completions"),
-                sa.func.max(e.c.ts).label("last_ts"),
-            )
-            .where(*base, e.c.type.in_(sorted({t for k in completing for t in k.completions})), is_done)
-            .group_by(e.c.app_type, e.c.object_id)
-        )
-        for r in conn.execute(done_query):
-            row = found.setdefault((r.app_type, r.object_id), [0, 0, 0, r.last_ts])
-            row[2], row[3] = r.completions, max(row[3], r.last_ts)
-    relevant = sa.or_(is_play, is_done) if completing else is_play
-    names = _latest_names(conn, (e.c.app_type, e.c.object_id), [*base, relevant]) if found else {}
+        # Only completion events are parsed for their play instance; the rollup keeps it as `detail`.
+        done_app_types = [k.app_type for k in completing]
+        done = sa.union_all(
+            sa.select(r.c.app_type, r.c.object_id, r.c.detail.label("instance"), r.c.last_ts.label("ts")).where(
+                *_day_where(scope, split, "done"), r.c.app_type.in_(done_app_types)
+            ),
+            *_edges(
+                scope,
+                split,
+                sa.select(
+                    e.c.app_type,
+                    e.c.object_id,
+                    sa.func.coalesce(_data_field(dialect, "pId"), e.c.event_id).label("instance"),
+                    e.c.ts,
+                ).where(*edge, e.c.type.in_(sorted({t for k in completing for t in k.completions})), is_done),
+            ),
+        ).subquery("done")
+        done_query = sa.select(
+            done.c.app_type,
+            done.c.object_id,
+            sa.func.count(sa.distinct(done.c.instance)).label("completions"),
+            sa.func.max(done.c.ts).label("last_ts"),
+        ).group_by(done.c.app_type, done.c.object_id)
+        for d in conn.execute(done_query):
+            row = found.setdefault((d.app_type, d.object_id), [0, 0, 0, d.last_ts])
+            row[2], row[3] = d.completions, max(row[3], d.last_ts)
+    names = _item_names(conn, scope, split, totals, [*edge, relevant], days) if found else {}
     return [
         ItemRow(app_type, object_id, names.get((app_type, object_id)), *counts)
         for (app_type, object_id), counts in found.items()
     ]
+
+
+def _item_names(
+    conn: sa.Connection, scope: Scope, split: _Split, kinds: Sequence[str], edge: list, days: list
+) -> dict[tuple, str]:
+    """The most recent name of each item among its plays and completions (rollup rows keep their latest)."""
+    r = report_days
+    named = sa.union_all(
+        sa.select(r.c.app_type, r.c.object_id, r.c.name, r.c.name_ts.label("ts")).where(
+            *_day_where(scope, split, *kinds), *days, r.c.name.is_not(None)
+        ),
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.app_type, e.c.object_id, e.c.object_name.label("name"), e.c.ts).where(
+                *edge, e.c.object_name.is_not(None)
+            ),
+        ),
+    ).subquery("named")
+    query = sa.select(
+        named.c.app_type, named.c.object_id, named.c.name, sa.func.max(named.c.ts).label("seen")
+    ).group_by(named.c.app_type, named.c.object_id, named.c.name)
+    latest: dict[tuple, tuple[int, str]] = {}
+    for row in conn.execute(query):
+        key = (row.app_type, row.object_id)
+        if key not in latest or (row.seen, row.name) > latest[key]:
+            latest[key] = (row.seen, row.name)
+    return {key: name for key, (_, name) in latest.items()}
 
 
 def sort_items(rows: list[ItemRow], sort: str = "plays", descending: bool = True) -> list[ItemRow]:
@@ -361,23 +488,29 @@ def funnel(
     replays, so a restart counts once. Step order: `steps` if given, else the observed order: by each
     step's mean position among the steps a session played (see `_step_stats`), then by sessions.
     """
-    dialect = conn.dialect.name
     if app_type not in FLOW_STEP_TYPES:
         raise BadParameter("app_type", f"funnels exist for {' and '.join(FLOW_STEP_TYPES)}, not {app_type!r}")
-    flow_of_step = sa.func.coalesce(_data_field(dialect, "owId"), _pid_flow(dialect))
+    _tune(conn)
+    # The step plays of the flow, with the flow taken out of their payload at ingest (reports/rollup.py).
+    st = report_steps
     where = [
-        *_where(scope),
-        e.c.type == STEP_PLAY,
-        e.c.app_type == FLOW_STEP_TYPES[app_type],
-        e.c.object_id.is_not(None),
-        # A cheap substring test first: only payloads that mention the flow id are parsed as JSON.
-        _contains(dialect, e.c.payload, flow_id),
-        flow_of_step == flow_id,
+        st.c.project_id == scope.project_id,
+        st.c.app_type == FLOW_STEP_TYPES[app_type],
+        st.c.flow_id == flow_id,
+        st.c.ts >= scope.range.start,
+        st.c.ts < scope.range.end,
     ]
+    if scope.members is not None:
+        where.append(st.c.user_key.in_(_member_keys(scope.project_id, scope.members)))
     if steps is not None:
-        where.append(e.c.object_id.in_(list(steps)))
+        where.append(st.c.step_id.in_(list(steps)))
     owned = (
-        sa.select(_owner().label("owner"), e.c.object_id.label("step"), e.c.ts, e.c.object_name.label("name"))
+        sa.select(
+            _owner(st.c.user_key, scope.project_id).label("owner"),
+            st.c.step_id.label("step"),
+            st.c.ts,
+            st.c.name,
+        )
         .where(*where)
         .subquery("owned")
     )
@@ -391,12 +524,12 @@ def funnel(
             s.c.end_ts >= owned.c.ts,
         ),
     )
-    # The flow's step plays are read from `events` once, into a temporary table the following queries
-    # share; on PostgreSQL it is analysed, so the step-to-step joins are planned on true row counts.
+    # The flow's step plays are read once, into a temporary table the following queries share; on
+    # PostgreSQL it is analysed, so the step-to-step joins are planned on true row counts.
     table = _placed_table()
     table.create(conn)
     conn.execute(table.insert().from_select(["owner", "session", "step", "ts", "name"], placed))
-    if dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {table.name}")
     played, position = _step_stats(conn, table)
     order, more = "given", 0
@@ -502,16 +635,30 @@ def _is_search() -> sa.ColumnElement[bool]:
 
 def widget(conn: sa.Connection, scope: Scope, terms: int = 10) -> WidgetReport:
     """Widget opens (`open` of `player`) and searches (type `search` or app type `widgetSearch`) per UTC
-    day, with unique users (owners who opened or searched) per day and over the range, and the top terms."""
-    is_open, is_search = _is_open(), _is_search()
-    where = [*_where(scope), sa.or_(is_open, is_search)]
-    owner = _owner()
-    day = (e.c.ts // DAY_MS).label("day")
-    opens = sa.func.sum(sa.case((is_open, 1), else_=0)).label("opens")
-    searches = sa.func.sum(sa.case((is_search, 1), else_=0)).label("searches")
+    day, with unique users (owners who opened or searched) per day and over the range, and the top terms.
+    Whole days come from the daily rollup, the partial first and last day from the events."""
+    _tune(conn)
+    split = _Split.of(scope.range)
+    r = report_days
+    is_open = _is_open()
+    uses = sa.union_all(
+        sa.select(r.c.day, r.c.user_key, (r.c.kind == OPEN_KIND).label("is_open"), r.c.events.label("n")).where(
+            *_day_where(scope, split, OPEN_KIND, *SEARCH_KINDS)
+        ),
+        *_edges(
+            scope,
+            split,
+            sa.select(
+                (e.c.ts // DAY_MS).label("day"), e.c.user_key, is_open.label("is_open"), sa.literal(1).label("n")
+            ).where(sa.or_(is_open, _is_search())),
+        ),
+    ).subquery("uses")
+    owner = _owner(uses.c.user_key, scope.project_id)
+    opens = sa.func.sum(sa.case((uses.c.is_open, uses.c.n), else_=0)).label("opens")
+    searches = sa.func.sum(sa.case((uses.c.is_open, 0), else_=uses.c.n)).label("searches")
     users = sa.func.count(sa.distinct(owner)).label("unique_users")
-    by_day = {r.day: r for r in conn.execute(sa.select(day, opens, searches, users).where(*where).group_by(day))}
-    total = conn.execute(sa.select(opens, searches, users).where(*where)).one()
+    by_day = {row.day: row for row in conn.execute(sa.select(uses.c.day, opens, searches, users).group_by(uses.c.day))}
+    total = conn.execute(sa.select(opens, searches, users)).one()
     report = WidgetReport(
         totals={
             "opens": int(total.opens or 0),
@@ -536,19 +683,33 @@ def widget(conn: sa.Connection, scope: Scope, terms: int = 10) -> WidgetReport:
 
 def search_terms(conn: sa.Connection, scope: Scope, limit: int) -> list[dict]:
     """The most searched terms (`data.oName` of search events, as sent), with searches and unique users."""
-    owner = _owner()
+    _tune(conn)
+    split = _Split.of(scope.range)
+    r = report_days
+    searched = sa.union_all(
+        sa.select(r.c.detail.label("term"), r.c.user_key, r.c.events.label("n")).where(
+            *_day_where(scope, split, SEARCH_KINDS[0])
+        ),
+        *_edges(
+            scope,
+            split,
+            sa.select(e.c.object_name.label("term"), e.c.user_key, sa.literal(1).label("n")).where(
+                _is_search(), e.c.object_name.is_not(None)
+            ),
+        ),
+    ).subquery("searched")
+    count = sa.func.sum(searched.c.n)
     query = (
         sa.select(
-            e.c.object_name.label("term"),
-            sa.func.count().label("searches"),
-            sa.func.count(sa.distinct(owner)).label("unique_users"),
+            searched.c.term,
+            count.label("searches"),
+            sa.func.count(sa.distinct(_owner(searched.c.user_key, scope.project_id))).label("unique_users"),
         )
-        .where(*_where(scope), _is_search(), e.c.object_name.is_not(None))
-        .group_by(e.c.object_name)
-        .order_by(sa.func.count().desc(), e.c.object_name)
+        .group_by(searched.c.term)
+        .order_by(count.desc(), searched.c.term)
         .limit(limit)
     )
-    return [{"term": r.term, "searches": r.searches, "unique_users": r.unique_users} for r in conn.execute(query)]
+    return [{"term": t.term, "searches": int(t.searches), "unique_users": t.unique_users} for t in conn.execute(query)]
 
 
 def _day_name(day_number: int) -> str:

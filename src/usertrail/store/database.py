@@ -6,6 +6,7 @@ where the two engines differ (connection pragmas, the spelling of upserts) are h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import time
@@ -130,21 +131,42 @@ def insert_rows_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[s
     """
     if conn.dialect.name == "postgresql":
         return _copy_insert_ignore(conn, table, columns, rows)
-    marker = "?"
-    sql = _INSERT_IGNORE_SQL.get((table.name, tuple(columns), marker))
-    if sql is None:
-        sql = (
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))}) "
-            "ON CONFLICT DO NOTHING"
-        )
-        _INSERT_IGNORE_SQL[(table.name, tuple(columns), marker)] = sql
-    return conn.exec_driver_sql(sql, rows).rowcount
+    return conn.exec_driver_sql(_insert_ignore_sql(table, tuple(columns), "?"), rows).rowcount
 
 
-_INSERT_IGNORE_SQL: dict[tuple, str] = {}
+@functools.cache
+def _insert_ignore_sql(table: sa.Table, columns: Sequence[str], marker: str) -> str:
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))}) "
+        "ON CONFLICT DO NOTHING"
+    )
 
 
-def _copy_insert_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> int:
+def insert_rows_new(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple], key: Sequence[str]
+) -> list[tuple]:
+    """`insert_rows_ignore` that also tells which rows were new: the `key` values of the rows it inserted
+    (of rows with equal keys, the first), for work that must happen once per stored row."""
+    if conn.dialect.name == "postgresql":
+        return _copy_insert_ignore(conn, table, columns, rows, returning=key)
+    # SQLite: one plain insert per row, whose rowcount says whether it was new. sqlite3's executemany
+    # only reports the sum, and asking first (a SELECT of the keys) cost more than the inserts.
+    at = [list(columns).index(name) for name in key]
+    sql = _insert_ignore_sql(table, tuple(columns), "?")
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        new = []
+        for row in rows:
+            if cursor.execute(sql, row).rowcount:
+                new.append(tuple(row[i] for i in at))
+        return new
+    finally:
+        cursor.close()
+
+
+def _copy_insert_ignore(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple], returning: Sequence[str] = ()
+):
     """PostgreSQL: COPY the rows into a session-local staging table, then one INSERT … SELECT.
 
     COPY moves rows in psycopg's C code; the INSERT … ON CONFLICT DO NOTHING keeps the
@@ -160,8 +182,13 @@ def _copy_insert_ignore(conn: sa.Connection, table: sa.Table, columns: Sequence[
         with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
-        inserted = cursor.rowcount
+        insert = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING"
+        if returning:
+            cursor.execute(insert + f" RETURNING {', '.join(returning)}")
+            inserted = [tuple(row) for row in cursor.fetchall()]
+        else:
+            cursor.execute(insert)
+            inserted = cursor.rowcount
         cursor.execute(f"DELETE FROM {staging}")
     return inserted
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from usertrail.store.database import insert_ignore, insert_rows_ignore, upsert_add, write_transaction
+from usertrail.reports import rollup
+from usertrail.store.database import insert_ignore, insert_rows_ignore, insert_rows_new, upsert_add, write_transaction
 from usertrail.store.pending import mark_pending
 from usertrail.store.schema import drop_counts, events, rejected_events, security_log
 
@@ -21,6 +22,10 @@ DUPLICATE = "duplicate"
 # Event rows travel as tuples in this column order: the hot path hands them to the driver as is.
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
 _USER_KEY, _TS, _ENV = (EVENT_COLUMNS.index(name) for name in ("user_key", "ts", "env"))
+_TYPE, _APP_TYPE, _OBJECT_ID = (EVENT_COLUMNS.index(name) for name in ("type", "app_type", "object_id"))
+_ROLLUP = [EVENT_COLUMNS.index(name) for name in rollup.COLUMNS]
+_KEY = ("project_id", "user_key", "event_id")
+_EVENT_ID = EVENT_COLUMNS.index("event_id")
 
 
 def event_row(**values) -> tuple:
@@ -78,7 +83,7 @@ class EventStore:
         security_rows = [record.security for record in records if record.security is not None]
         with write_transaction(self.engine) as conn:
             for record in records:
-                stored = insert_rows_ignore(conn, events, EVENT_COLUMNS, record.events) if record.events else 0
+                stored = self._insert(conn, record.events) if record.events else 0
                 duplicates = len(record.events) - stored
                 if duplicates:
                     tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
@@ -98,6 +103,22 @@ class EventStore:
             if security_rows:
                 conn.execute(security_log.insert(), security_rows)
         return outcomes
+
+    @staticmethod
+    def _insert(conn: sa.Connection, rows: list[tuple]) -> int:
+        """Insert new rows (skipping re-sent ones) and roll up the new ones the reports count; how many were new."""
+        if not any(rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID]) for r in rows):
+            return insert_rows_ignore(conn, events, EVENT_COLUMNS, rows)
+        new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY))
+        stored, fresh = len(new), []
+        for row in rows:
+            key = (row[0], row[_USER_KEY], row[_EVENT_ID])
+            if key in new:
+                new.discard(key)  # of equal keys only the first was stored
+                if rollup.counted(row[_TYPE], row[_APP_TYPE], row[_OBJECT_ID]):
+                    fresh.append(tuple(row[i] for i in _ROLLUP))
+        rollup.add(conn, fresh)
+        return stored
 
     def user_events(
         self,

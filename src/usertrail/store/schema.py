@@ -908,3 +908,71 @@ playback_recording_assets = sa.Table(
 )
 sa.Index(None, playback_recording_assets.c.status, playback_recording_assets.c.created_at)
 sa.Index(None, playback_recording_assets.c.project_id, playback_recording_assets.c.recording_id)
+# Engagement reports' daily rollup (reports/rollup.py, docs/reports.md): per end-user key, UTC day and
+# WalkMe item (or widget event), how many events, the latest one and the latest name. Written in the
+# ingest transaction for new events only; reports read whole days here and partial days from `events`.
+# `kind`: "play", "done" (a completion; `detail` is its play instance), "open", "search" (`detail`: the
+# term) or "search_unnamed". Widget rows have app_type and object_id "". "play_total" and "done_total"
+# rows (user_key "") sum an item's plays / completion events of the day over every key. The key leads with what reports
+# scan (project, kind, day) and includes user_key (the Citus distribution column); on SQLite the table is
+# clustered on it (WITHOUT ROWID), so a report reads one contiguous range.
+report_days = sa.Table(
+    "report_days",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("day", sa.Integer, nullable=False),  # ts // 86,400,000 (UTC)
+    sa.Column("app_type", sa.Text, nullable=False),
+    sa.Column("object_id", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("last_ts", sa.BigInteger, nullable=False),
+    sa.Column("name_ts", sa.BigInteger, nullable=True),  # the latest event that had a name, and that name
+    sa.Column("name", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "kind", "day", "app_type", "object_id", "detail", "user_key"),
+    sqlite_with_rowid=False,
+)
+# Keys per item in user order: distinct users are counted in one pass, and a key is found by a seek.
+sa.Index(
+    None,
+    report_days.c.project_id,
+    report_days.c.kind,
+    report_days.c.app_type,
+    report_days.c.object_id,
+    report_days.c.user_key,
+    report_days.c.day,
+)
+
+# Every step play of a Walk-Thru or Smart Walk-Thru with its flow (`data.owId`, else the flow in `data.pId`)
+# taken out of the payload at ingest, so a funnel reads one flow's steps by index instead of parsing events.
+report_steps = sa.Table(
+    "report_steps",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("app_type", sa.Text, nullable=False),  # the step's: "step" or "bizFlowStep"
+    sa.Column("flow_id", sa.Text, nullable=False),
+    sa.Column("step_id", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "event_id"),
+)
+sa.Index(None, report_steps.c.project_id, report_steps.c.app_type, report_steps.c.flow_id, report_steps.c.ts)
+
+# Partial days of a report range are read from the events themselves, through an index holding only
+# the events the items and widget reports count (tests/test_report_rollup.py derives the same text from
+# reports.engagement), so page views, clicks and pings cost ingest nothing here. SQLite uses a partial
+# index only for a query whose WHERE repeats its condition as literals; 0020 holds the same text.
+REPORT_EVENTS_WHERE = (
+    "(app_type IN ('bizFlow', 'launcher', 'player', 'resource', 'shoutout', 'survey', 'widgetSearch', 'wt')"
+    " OR type = 'search')"
+)
+sa.Index(
+    "ix_events_report_events",
+    events.c.project_id,
+    events.c.ts,
+    sqlite_where=sa.text(REPORT_EVENTS_WHERE),
+    postgresql_where=sa.text(REPORT_EVENTS_WHERE),
+)

@@ -38,6 +38,8 @@ from usertrail.store.schema import (
     events,
     identity_links,
     pending_users,
+    report_days,
+    report_steps,
     scim_users,
     segment_changes,
     segment_members,
@@ -434,7 +436,7 @@ def _delete_user(conn: sa.Connection, project_id: int, owner: str) -> dict[str, 
     conn.execute(
         pending_users.delete().where(pending_users.c.project_id == project_id, pending_users.c.user_key.in_(keys))
     )
-    for table in (user_attributes, attribute_history, segment_members, segment_changes):
+    for table in (user_attributes, attribute_history, segment_members, segment_changes, report_days, report_steps):
         deleted = conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
         if table is user_attributes:
             counts["attributes"] = deleted.rowcount

@@ -46,6 +46,7 @@ from usertrail.store.users import AuditLog, UserStore, delete_inactive
 from usertrail.web import (
     access_api,
     admin_api,
+    api_docs,
     auth,
     collect_routes,
     import_routes,
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *reports_api.routes,
             *overview_api.routes,
             *retention_api.routes,
+            *api_docs.routes,
             *pages.routes,
         ],
         exception_handlers={ApiError: _api_error},
