@@ -6,9 +6,11 @@ The guard's tests fetch from a real HTTP server on 127.0.0.1 (tests/asset_site.p
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -429,3 +431,31 @@ def test_assets_in_the_s3_engine(make_server, asset_site, s3_endpoint):
         admin.delete(f"/api/projects/{live.project.project.id}/playback/recordings/{rid}")
     live.app.state.playback.assets.delete_unused(live.project.project.id, live.app.state.playback.assets.clock() + 1)
     assert s3.list_objects_v2(Bucket="recordings", Prefix="ut/assets/").get("KeyCount") == 0
+
+
+def test_the_export_embeds_the_stored_copies(make_server, asset_site):
+    font, logo = b"wOF2 font bytes", png((10, 120, 30))
+    asset_site.files["/fonts/f.woff2"] = ("font/woff2", font)
+    asset_site.files["/logo.png"] = ("image/png", logo)
+    asset_site.files["/style.css"] = ("text/css", b'@font-face { font-family: F; src: url("fonts/f.woff2") }')
+    live = asset_server(make_server, asset_site)
+    pid = live.project.project.id
+    rid = record(live, page_with_assets(asset_site), "anon-1")
+    live.app.state.playback.assets.process_pending()
+    with live.admin() as admin:
+        html = admin.get(f"/api/projects/{pid}/playback/recordings/{rid}/export").text
+    events = json.loads(re.search(r'<script type="application/json" id="ut-events">(.*?)</script>', html, re.S)[1])
+    head = events[1]["data"]["node"]["childNodes"][0]["childNodes"][0]["childNodes"]
+    css_uri, logo_uri, tracker, link = (n["attributes"].get("href") or n["attributes"].get("src") for n in head)
+    assert logo_uri == "data:image/png;base64," + base64.b64encode(logo).decode()
+    font_uri = "data:font/woff2;base64," + base64.b64encode(font).decode()
+    css = b'@font-face { font-family: F; src: url("' + font_uri.encode() + b'") }'
+    assert css_uri == "data:text/css;base64," + base64.b64encode(css).decode()
+    # A refused asset keeps its URL (the export's CSP loads nothing from anywhere); links are not assets.
+    assert (tracker, link) == ("https://elsewhere.example/tracker.png", asset_site.url("/next"))
+    assert "<dt>stored assets embedded</dt><dd>2</dd>" in html
+
+    # Over the size limit, assets are left out and the file says how many.
+    assets = live.app.state.playback.assets
+    row = live.app.state.playback.store.find(pid, rid)
+    assert assets.embedded(row, budget=len(logo_uri) - 1) == ({}, 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -50,7 +51,7 @@ def live(make_server) -> LiveServer:
     return server
 
 
-def test_the_replay_uses_the_stored_stylesheet_after_the_site_changed_and_went_away(live, browser):
+def test_the_replay_uses_the_stored_stylesheet_after_the_site_changed_and_went_away(live, browser, tmp_path: Path):
     pid = live.project.project.id
     with PageServer() as site, AssetSite() as cdn:
         cdn.files["/site.css"] = ("text/css", CSS)
@@ -127,3 +128,35 @@ def test_the_replay_uses_the_stored_stylesheet_after_the_site_changed_and_went_a
     assert inner.locator("#logo").get_attribute("src") == f"/api/projects/{pid}/playback/assets/{logo_sha}"
     assert not blocked, blocked
     viewer.close()
+
+    # The export carries the stored copies itself: opened offline from disk it looks the same.
+    with live.admin() as admin:
+        exported = admin.get(f"/api/projects/{pid}/playback/recordings/{rid}/export")
+    assert exported.status_code == 200
+    saved = tmp_path / "export.html"
+    saved.write_bytes(exported.content)
+    offline = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1400, "height": 1000}, offline=True)
+    requests: list[str] = []
+    offline.on("request", lambda r: requests.append(r.url))
+    file_page = offline.new_page()
+    file_page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    file_page.goto(saved.as_uri())
+    file_page.wait_for_selector("html[data-ready]", state="attached")
+    file_page.evaluate("usertrailExport.player.goto(1000, false)")
+    exported_page = file_page.frame_locator(".replayer-wrapper iframe")
+    wait_until(
+        lambda: (
+            exported_page.locator("body").evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(10, 120, 30)"
+        ),
+        "the embedded stylesheet applied in the exported replay",
+        timeout=20,
+    )
+    assert exported_page.locator("#title").evaluate("h => getComputedStyle(h).color") == "rgb(200, 0, 0)"
+    tile = exported_page.locator("#tiles").evaluate("d => getComputedStyle(d).backgroundImage")
+    assert tile.startswith('url("data:image/png;base64,'), tile
+    wait_until(
+        lambda: exported_page.locator("#logo").evaluate("i => i.complete && i.naturalWidth") == 8,
+        "the embedded logo",
+    )
+    assert requests == [saved.as_uri()] and not blocked, (requests, blocked)
+    offline.close()

@@ -23,6 +23,7 @@ serves to anyone, not what an end user saw in private.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -49,6 +50,7 @@ MAX_ASSETS_PER_RECORDING = 500
 MAX_URL_LENGTH = 2048
 MAX_CSS_REFERENCES = 100  # per stylesheet
 MAX_CSS_DEPTH = 2  # a stylesheet's @import's @imports, no further
+EXPORT_BUDGET = 30 * 1024 * 1024  # bytes of embedded assets one export file may carry (as base64)
 OK_REFRESH_MS = 24 * 3_600_000  # a stored URL is fetched again after a day (the site may have changed)
 FAILED_RETRY_MS = 3_600_000
 STYLESHEET = "text/css"
@@ -458,6 +460,59 @@ class AssetStore:
                 )
             ).all()
         return {url: served_path(row.project_id, sha) for url, sha in found}
+
+    def embedded(self, row, budget: int = EXPORT_BUDGET) -> tuple[dict[str, str], int]:
+        """The recording's stored asset URLs → `data:` URIs of the stored bytes, for an export file that
+        loads nothing; a stylesheet's own references are embedded in it too. Assets that would take the
+        file past `budget` bytes are left out (their URLs stay as recorded, which the export's CSP blocks);
+        the second value counts them."""
+        t, a = playback_recording_assets, playback_assets
+        with self.engine.connect() as conn:
+            wanted = conn.execute(
+                sa.select(t.c.url, t.c.sha256)
+                .where(
+                    t.c.project_id == row.project_id,
+                    t.c.user_key == row.user_key,
+                    t.c.recording_id == row.recording_id,
+                    t.c.status == "ok",
+                )
+                .order_by(t.c.created_at, t.c.url)
+            ).all()
+            stored = {
+                r.sha256: r
+                for r in conn.execute(
+                    sa.select(a.c.sha256, a.c.content_type, a.c.refs).where(a.c.project_id == row.project_id)
+                )
+            }
+        uris: dict[str, str | None] = {}
+        left = [budget]
+
+        def uri(sha: str, seen: frozenset[str] = frozenset()) -> str | None:
+            if sha in uris:
+                return uris[sha]
+            asset = stored.get(sha)
+            if asset is None or sha in seen:
+                return None
+            try:
+                body = self.blobs.get(_blob_key(row.project_id, sha))
+            except BlobNotFound:
+                return None
+            if asset.content_type == STYLESHEET:
+                # Its references are named relative to it (`url("<sha256>")`, `@import "<sha256>"`).
+                for ref in msgspec.json.decode(asset.refs):
+                    inner = uri(ref, seen | {sha})
+                    if inner is not None:
+                        body = body.replace(f'"{ref}"'.encode(), f'"{inner}"'.encode())
+            encoded = f"data:{asset.content_type};base64,{base64.b64encode(body).decode()}"
+            if len(encoded) > left[0]:
+                uris[sha] = None
+                return None
+            left[0] -= len(encoded)
+            uris[sha] = encoded
+            return encoded
+
+        out = {url: found for url, sha in wanted if (found := uri(sha)) is not None}
+        return out, len(wanted) - len(out)
 
     def listing(self, row) -> list[dict]:
         """The recording's asset URLs with their status, hash and reason (for the API)."""

@@ -111,7 +111,7 @@ class ExportPage:
                 raise ValueError(f"the {name} script cannot be inlined as it is")
         csp = (
             f"default-src 'none'; script-src {_script_hash(player)} {_script_hash(driver)}; "
-            "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; media-src data: blob:; "
+            "style-src 'unsafe-inline' data:; img-src data: blob:; font-src data:; media-src data: blob:; "
             "base-uri 'none'; form-action 'none'"
         )
         return player, driver, PLAYER_CSS.read_bytes(), csp

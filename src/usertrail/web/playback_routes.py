@@ -258,16 +258,19 @@ EXPORT_PAGE = ExportPage()
 
 
 async def export_recording(request: Request) -> Response:
-    """The recording as one self-contained HTML file (player, styles and events inlined), as an attachment.
+    """The recording as one self-contained HTML file (player, styles, events and the stored copies of the
+    page's assets inlined), as an attachment.
 
     Every export is appended to the activity log before the file is sent.
     """
     principal = require(request, "playback.export")
     row = _recording(request, principal.project_id)
-    store = _service(request).store
+    service = _service(request)
+    store = service.store
     with write_transaction(store.engine) as conn:
         activity_log.append(conn, principal.project_id, principal, "export", row.recording_id, request)
     recording = recording_json(row)
+    embedded, left_out = await asyncio.to_thread(service.assets.embedded, row)
     meta = {
         "recording": row.recording_id,
         "end user": row.user_key,
@@ -277,8 +280,10 @@ async def export_recording(request: Request) -> Response:
         "browser": row.browser,
         "exported (UTC)": _utc(_now()),
         "exported by": principal.actor,
+        "stored assets embedded": len(embedded),
+        "stored assets left out (over the file's size limit)": left_out or None,
     }
-    parts = EXPORT_PAGE.render(meta, store.chunks(row))
+    parts = EXPORT_PAGE.render(meta, (rewrite_chunk(raw, embedded) for raw in store.chunks(row)))
 
     def next_part() -> bytes | None:
         return next(parts, None)
