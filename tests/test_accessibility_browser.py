@@ -28,10 +28,8 @@ FOCUSABLE = """() => Array.from(document.querySelectorAll(
   .filter(el => el.checkVisibility({contentVisibilityAuto: true, visibilityProperty: true}))"""
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The pages read through stores whose API tests run on both engines; one engine suffices here.
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The pages read through stores whose API tests run on both engines; one engine suffices here.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

@@ -17,11 +17,8 @@ from admin_pages import Watcher, light_server, signed_in
 from conftest import LiveServer
 from replay_helpers import store_recording
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The API behind these pages is tested on both engines (test_activity_api.py, test_accounts.py).
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The API behind these pages is tested on both engines (test_activity_api.py, test_accounts.py).
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

@@ -12,11 +12,8 @@ from usertrail.access.permissions import ROLES
 from admin_pages import PAGES, SCREENSHOTS, Watcher, demo_server, signed_in, unlabelled_controls
 from conftest import LiveServer
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The pages read through the same stores the API tests run on both engines; one engine suffices here.
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The pages read through the same stores the API tests run on both engines; one engine suffices here.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

@@ -18,11 +18,8 @@ from usertrail.testing.postgres import free_port
 from admin_pages import Watcher, light_server, signed_in
 from conftest import LiveServer
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The API behind these pages is tested on both engines (test_csv_import.py, test_update_api.py, …).
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The API behind these pages is tested on both engines (test_csv_import.py, test_update_api.py, …).
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

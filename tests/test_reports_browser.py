@@ -14,11 +14,8 @@ from playwright.sync_api import Browser, Page, expect
 from admin_pages import Watcher, demo_server, signed_in
 from conftest import LiveServer
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The page reads through the reports API's own functions, which are tested on both engines.
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The page reads through the reports API's own functions, which are tested on both engines.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def api(live: LiveServer, path: str, **params) -> dict:

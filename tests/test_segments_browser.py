@@ -13,11 +13,8 @@ from playwright.sync_api import Browser, Page, expect
 from admin_pages import SCREENSHOTS, Watcher, demo_server, signed_in
 from conftest import LiveServer
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The pages call the segments API, whose routes are tested on both engines in the API tests.
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The pages call the segments API, whose routes are tested on both engines in the API tests.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def api_count(live: LiveServer, rules: dict) -> int:

@@ -17,11 +17,8 @@ from admin_pages import Watcher, demo_server, signed_in
 from conftest import LiveServer
 from samples import now_ms, walkme_event
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The pages only call the API, which test_overview_api.py and the API tests run on both engines.
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The pages only call the API, which test_overview_api.py and the API tests run on both engines.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

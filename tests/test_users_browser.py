@@ -20,10 +20,8 @@ from samples import now_ms
 MIN = 60_000
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request, tmp_path):
-    # The API behind these pages is tested on both engines (test_users_list_api.py); the browser flow on one.
-    yield f"sqlite:///{tmp_path / 'usertrail.db'}"
+# The API behind these pages is tested on both engines (test_users_list_api.py); the browser flow on one.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def column_texts(page, index: int) -> list[str]:
