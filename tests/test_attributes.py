@@ -74,8 +74,8 @@ def test_attributes_through_the_api(make_server):
     exported = api(live, "/users/u:lena/export").json()
     assert exported["custom_attributes"]["plan"]["value"] == "VIP" and len(exported["attribute_history"]) >= 5
     assert api(live, "/users/u:lena", "DELETE").status_code == 200
-    assert live.scalar("SELECT count(*) FROM user_attributes WHERE user_key = 'u:lena'") == 0
-    assert live.scalar("SELECT count(*) FROM attribute_history WHERE user_key = 'u:lena'") == 0
+    assert live.scalar("SELECT count(*) FROM custom_attributes WHERE user_key = 'u:lena'") == 0
+    assert live.scalar("SELECT count(*) FROM attribute_changes WHERE user_key = 'u:lena'") == 0
 
 
 def test_the_hundred_and_first_name_is_refused_and_the_rest_applies(engine, project_id_factory):
