@@ -15,6 +15,7 @@ serialised by a lock, so nothing changes in between) and writes each user's row 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import Iterable
@@ -314,15 +315,24 @@ class AttributeStore:
                 entry = planned[name] = Registered(name, type_, free_slot((r.slot for r in planned.values()), type_))
                 report.registered.append(name)
             accepted.append((name, entry.slot, values))
-            rows_applied = report.rows_applied
-            for i, v in enumerate(values):
-                if v is not None:
-                    rows_applied[i] = 1
-                    report.applied += 1
+            missing = values.count(None)
+            report.applied += len(values) - missing
+            if not missing:
+                report.rows_applied = bytearray(b"\x01" * len(values))
+            else:
+                rows_applied = report.rows_applied
+                for i, v in enumerate(values):
+                    if v is not None:
+                        rows_applied[i] = 1
         if dry_run:
             return report
         for name in report.registered:
             _register(conn, project_id, registry, name, planned[name].type, source, now)
+        changed = _insert_fresh(conn, project_id, source, keys, accepted, registry, now)
+        if changed is not None:
+            report.changed = changed
+            _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
+            return report
         final: dict[str, dict[str, object]] = {}
         for i, key in enumerate(keys):
             row = None
@@ -407,6 +417,62 @@ def _read_rows(conn: sa.Connection, project_id: int, keys: list[str], slots: lis
         return found
     finally:
         cursor.close()
+
+
+def _insert_fresh(
+    conn: sa.Connection,
+    project_id: int,
+    source: str,
+    keys: list[str],
+    columns: list[tuple[str, str, ColumnValues]],
+    registry: dict[str, Registered],
+    now: int,
+) -> int | None:
+    """The common case of an import, column-wise: distinct keys in ascending order (as exports
+    write them), none of them stored yet, so every value is new. Returns the number of values
+    written, or None (nothing written) when the case does not apply and `_apply` must decide.
+
+    The rows are built by zipping whole columns, and each column's JSON for the history is encoded
+    once per distinct value, so the per-row Python work is a tuple and a string join.
+    """
+    if not columns or any(a >= b for a, b in zip(keys, itertools.islice(keys, 1, None))):
+        return None
+    if _read_rows(conn, project_id, keys, []):
+        return None
+    types = {entry.slot: entry.type for entry in registry.values()}
+    slots = [slot for _, slot, _ in columns]
+    stored_columns = []
+    parts = []  # per column: each row's '"slot":[null,value]' history text, or None
+    for slot, (_, _, values) in zip(slots, columns, strict=True):
+        boolean = types[slot] == "boolean"
+        stored_columns.append([None if v is None else (1.0 if v else 0.0) for v in values] if boolean else values)
+        # Columns repeat values (plans, dates, flags): encode each distinct value once, map in C.
+        texts: dict[object, str | None] = {
+            v: None if v is None else f'"{slot}":[null,{msgspec.json.encode(v).decode()}]' for v in set(values)
+        }
+        column_parts = list(map(texts.__getitem__, values))
+        parts.append(column_parts)
+    complete = not any(None in values for _, _, values in columns)
+    if complete:
+        stamps: list[str] | itertools.repeat[str] = itertools.repeat(encode_stamps(dict.fromkeys(slots, (source, now))))
+        changes = ["{" + ",".join(row) + "}" for row in zip(*parts)]
+    else:
+        stamps, changes = [], []
+        for row in zip(*parts):
+            present = [slots[j] for j, text in enumerate(row) if text is not None]
+            stamps.append(encode_stamps(dict.fromkeys(present, (source, now))) if present else "")  # type: ignore[union-attr]
+            changes.append("{" + ",".join(text for text in row if text is not None) + "}" if present else "")
+    rows = [
+        row for row in zip(itertools.repeat(project_id), keys, *stored_columns, stamps) if row[-1]
+    ]
+    prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
+    history = [
+        (project_id, key, f"{prefix}{n:08d}{suffix}", source, now, text)
+        for n, (key, text) in enumerate((k, c) for k, c in zip(keys, changes, strict=True) if c)
+    ]
+    insert_rows(conn, custom_attributes, ("project_id", "user_key", *slots, "stamps"), rows)
+    insert_rows(conn, attribute_changes, ("project_id", "user_key", "id", "source", "changed_at", "changes"), history)
+    return sum(len(values) - values.count(None) for _, _, values in columns)
 
 
 def _apply(
