@@ -284,7 +284,11 @@ def table_rows(user: User, project_id: int) -> tuple[tuple, tuple | None, list[t
     end_user = (project_id, key, *user.standard, analytics, user.standard[1])
     plan_at = user.history[-1][2]
     others = [SLOTS[name] for name in ATTRIBUTE_ORDER if name != "Plan" and custom.get(name) is not None]
-    groups = [[SOURCE, plan_at, [SLOTS["Plan"]]], [SOURCE, written, others]] if others else [[SOURCE, plan_at, [SLOTS["Plan"]]]]
+    groups = (
+        [[SOURCE, plan_at, [SLOTS["Plan"]]], [SOURCE, written, others]]
+        if others
+        else [[SOURCE, plan_at, [SLOTS["Plan"]]]]
+    )
     if plan_at == written and others:
         groups = [[SOURCE, written, [SLOTS["Plan"], *others]]]
     attributes = (project_id, key, *(stored(custom.get(name)) for name in ATTRIBUTE_ORDER), _encode(groups))  # type: ignore[arg-type]

@@ -375,7 +375,9 @@ def _store(conn: sa.Connection, project_id: int, people: list[dict]) -> None:
             slots = [slot for slot, v in values.items() if v is not None]
             conn.execute(
                 custom_attributes.insert().values(
-                    project_id=project_id, user_key=key, stamps=msgspec.json.encode([["test", NOW, slots]]).decode(),
+                    project_id=project_id,
+                    user_key=key,
+                    stamps=msgspec.json.encode([["test", NOW, slots]]).decode(),
                     **stored,
                 )
             )

@@ -6,7 +6,6 @@ import datetime as dt
 import math
 from typing import Literal
 
-
 AttributeType = Literal["string", "number", "date", "boolean"]
 ATTRIBUTE_TYPES: tuple[str, ...] = ("string", "number", "date", "boolean")
 CAP = 100

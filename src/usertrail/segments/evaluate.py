@@ -314,4 +314,3 @@ def load_facts(conn: sa.Connection, project_id: int, owner: str, trees: Iterable
             )
         ]
     return facts
-

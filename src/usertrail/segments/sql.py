@@ -79,7 +79,9 @@ class Compiler:
             plain, reading = [], [node]
         one = sa.select(sa.literal(1).label("one")).subquery("one")
         inside = [self._condition(child, top=True) for child in sorted(reading, key=_cost)]
-        row_test = sa.exists(sa.select(sa.literal(1)).select_from(one.outerjoin(self.row, self._row_on())).where(*inside))
+        row_test = sa.exists(
+            sa.select(sa.literal(1)).select_from(one.outerjoin(self.row, self._row_on())).where(*inside)
+        )
         return sa.and_(*(self._condition(child, top=True) for child in sorted(plain, key=_cost)), row_test)
 
     def _condition(self, node: Node, top: bool = False) -> sa.ColumnElement[bool]:
@@ -105,7 +107,9 @@ class Compiler:
             if op in ("changed_to", "was"):
                 return self._change(rule, op, top)
             if attribute.slot is None:
-                raise ValueError(f"custom attribute {attribute.name!r} has no slot: build the catalog from the registry")
+                raise ValueError(
+                    f"custom attribute {attribute.name!r} has no slot: build the catalog from the registry"
+                )
             column: sa.ColumnElement = self.row.c[attribute.slot]
         elif attribute.kind == "standard":
             column = STANDARD_COLUMNS[attribute.name]
@@ -118,7 +122,9 @@ class Compiler:
         or away from (`was`) the value."""
         h, slot = attribute_changes, rule.attribute.slot
         if slot is None:
-            raise ValueError(f"custom attribute {rule.attribute.name!r} has no slot: build the catalog from the registry")
+            raise ValueError(
+                f"custom attribute {rule.attribute.name!r} has no slot: build the catalog from the registry"
+            )
         index = 1 if op == "changed_to" else 0
         if self.dialect == "postgresql":
             element = sa.cast(h.c.changes, JSONB)[slot][index]

@@ -435,7 +435,7 @@ def _insert_fresh(
     The rows are built by zipping whole columns, and each column's JSON for the history is encoded
     once per distinct value, so the per-row Python work is a tuple and a string join.
     """
-    if not columns or any(a >= b for a, b in zip(keys, itertools.islice(keys, 1, None))):
+    if not columns or any(a >= b for a, b in itertools.pairwise(keys)):
         return None
     if _read_rows(conn, project_id, keys, []):
         return None
@@ -455,16 +455,14 @@ def _insert_fresh(
     complete = not any(None in values for _, _, values in columns)
     if complete:
         stamps: list[str] | itertools.repeat[str] = itertools.repeat(encode_stamps(dict.fromkeys(slots, (source, now))))
-        changes = ["{" + ",".join(row) + "}" for row in zip(*parts)]
+        changes = ["{" + ",".join(row) + "}" for row in zip(*parts, strict=True)]
     else:
         stamps, changes = [], []
-        for row in zip(*parts):
+        for row in zip(*parts, strict=True):
             present = [slots[j] for j, text in enumerate(row) if text is not None]
             stamps.append(encode_stamps(dict.fromkeys(present, (source, now))) if present else "")  # type: ignore[union-attr]
             changes.append("{" + ",".join(text for text in row if text is not None) + "}" if present else "")
-    rows = [
-        row for row in zip(itertools.repeat(project_id), keys, *stored_columns, stamps) if row[-1]
-    ]
+    rows = [row for row in zip(itertools.repeat(project_id), keys, *stored_columns, stamps, strict=False) if row[-1]]
     prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
     history = [
         (project_id, key, f"{prefix}{n:08d}{suffix}", source, now, text)
@@ -538,7 +536,9 @@ def _apply(
             updates.append((*out, encode_stamps(stamps), project_id, key))
         if changes:
             changed += len(changes)
-            history.append((project_id, key, f"{prefix}{len(history):08d}{suffix}", source, now, encode(changes).decode()))
+            history.append(
+                (project_id, key, f"{prefix}{len(history):08d}{suffix}", source, now, encode(changes).decode())
+            )
     insert_rows(conn, custom_attributes, ("project_id", "user_key", *slots, "stamps"), inserts)
     update_rows(conn, custom_attributes, (*slots, "stamps"), ("project_id", "user_key"), updates)
     insert_rows(conn, attribute_changes, ("project_id", "user_key", "id", "source", "changed_at", "changes"), history)

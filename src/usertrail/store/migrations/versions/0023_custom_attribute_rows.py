@@ -203,7 +203,9 @@ def downgrade() -> None:
         sa.Column("changed_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("project_id", "user_key", "id", name=op.f("pk_attribute_history")),
     )
-    op.create_index("ix_attribute_history_project_id_name_changed_at", "attribute_history", ["project_id", "name", "changed_at"])
+    op.create_index(
+        "ix_attribute_history_project_id_name_changed_at", "attribute_history", ["project_id", "name", "changed_at"]
+    )
     op.create_index(
         "ix_attribute_history_project_id_name_new_value_changed_at_user_key",
         "attribute_history",
