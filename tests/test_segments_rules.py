@@ -434,12 +434,22 @@ def test_sql_and_in_process_evaluators_agree(engine):
         with engine.begin() as conn:
             _store(conn, project_id, people)
         with engine.connect() as conn:
-            in_sql = set(conn.execute(Compiler(project_id, now, dialect).members(parsed)).scalars())
-            count = conn.execute(Compiler(project_id, now, dialect).count(parsed)).scalar()
+            compiler = Compiler(project_id, now, dialect)
+            in_sql = set(conn.execute(compiler.members(parsed)).scalars())
+            count = conn.execute(compiler.count(parsed)).scalar()
+            # The WHERE form the user list, reports and previews use (the row read in a subquery).
+            as_condition = set(
+                conn.execute(
+                    sa.select(end_users.c.user_key).where(
+                        end_users.c.project_id == project_id, compiler.condition(parsed)
+                    )
+                ).scalars()
+            )
             in_process = {
                 p["key"] for p in people if matches(parsed, load_facts(conn, project_id, p["key"], [parsed], now), now)
             }
         assert in_sql == in_process, rules
+        assert as_condition == in_sql, rules
         assert count == len(in_sql)
 
     agree()

@@ -136,7 +136,9 @@ class Compiler:
             where.append(h.c.changed_at >= self.now - rule.days * 86_400_000)  # type: ignore[operator]
         if top:
             return u.c.user_key.in_(sa.select(h.c.user_key).where(*where))
-        return sa.exists().where(h.c.user_key == u.c.user_key, *where)
+        # Correlated with `end_users` explicitly: inside `condition()`'s subquery over the attribute
+        # row, `end_users` is two levels up, where automatic correlation does not look.
+        return sa.exists(sa.select(sa.literal(1)).where(h.c.user_key == u.c.user_key, *where).correlate(u))
 
     def _test(self, value: sa.ColumnElement, rule: AttributeRule, op: str):
         """The positive test of `op` on a non-NULL value (booleans are stored as 1.0 / 0.0)."""
