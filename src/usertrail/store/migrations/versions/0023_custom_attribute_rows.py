@@ -183,9 +183,11 @@ def downgrade() -> None:
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("project_id", "user_key", "name", name=op.f("pk_user_attributes")),
     )
-    op.create_index("ix_user_attributes_project_id_name_value", "user_attributes", ["project_id", "name", "value"])
     op.create_index(
-        "ix_user_attributes_project_id_name_value_num_user_key",
+        op.f("ix_user_attributes_project_id_name_value"), "user_attributes", ["project_id", "name", "value"]
+    )
+    op.create_index(
+        op.f("ix_user_attributes_project_id_name_value_num_user_key"),
         "user_attributes",
         ["project_id", "name", "value_num", "user_key"],
         sqlite_where=sa.text("value_num IS NOT NULL"),
@@ -204,10 +206,12 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("project_id", "user_key", "id", name=op.f("pk_attribute_history")),
     )
     op.create_index(
-        "ix_attribute_history_project_id_name_changed_at", "attribute_history", ["project_id", "name", "changed_at"]
+        op.f("ix_attribute_history_project_id_name_changed_at"),
+        "attribute_history",
+        ["project_id", "name", "changed_at"],
     )
     op.create_index(
-        "ix_attribute_history_project_id_name_new_value_changed_at_user_key",
+        op.f("ix_attribute_history_project_id_name_new_value_changed_at_user_key"),
         "attribute_history",
         ["project_id", "name", "new_value", "changed_at", "user_key"],
     )
