@@ -484,3 +484,13 @@ def test_cli_import(engine, database_url: str, tmp_path: Path):
     store.create("second")
     ambiguous = cli("import", "csv", str(clean), "--id-column", "user_id", data_dir=tmp_path, database_url=database_url)
     assert ambiguous.returncode == 2 and "--project" in ambiguous.stderr
+
+
+def test_a_column_empty_in_every_row_leaves_stored_values_alone(importer, project, tmp_path):
+    """A chunk whose column has no value at all still updates the other columns of stored users."""
+    first = run_import(importer, project, write(tmp_path, "user_id,note,score\nu1,kept,1\nu2,also,2\n"))
+    assert first["values_changed"] == 4
+    second = run_import(importer, project, write(tmp_path, "user_id,note,score\nu2,,20\nu1,,10\n", "g.csv"))
+    assert (second["values_applied"], second["values_changed"]) == (2, 2)
+    assert values(importer, project, "u:u1") == {"note": "kept", "score": 10.0}
+    assert values(importer, project, "u:u2") == {"note": "also", "score": 20.0}

@@ -328,7 +328,10 @@ class AttributeStore:
             return report
         for name in report.registered:
             _register(conn, project_id, registry, name, planned[name].type, source, now)
-        changed = _insert_fresh(conn, project_id, source, keys, accepted, registry, now)
+        # One read of the chunk's stored rows (the columns it writes) serves both paths.
+        read_slots = sorted({slot for _, slot, _ in accepted})
+        current = _read_rows(conn, project_id, sorted(set(keys)), read_slots)
+        changed = None if current else _insert_fresh(conn, project_id, source, keys, accepted, registry, now)
         if changed is not None:
             report.changed = changed
             _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
@@ -344,7 +347,7 @@ class AttributeStore:
                         if row is None:
                             row = final[key] = {}
                     row[slot] = v
-        report.changed = _apply(conn, project_id, source, final, registry, now)
+        report.changed = _apply(conn, project_id, source, final, registry, now, (read_slots, current))
         _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
         return report
 
@@ -429,15 +432,13 @@ def _insert_fresh(
     now: int,
 ) -> int | None:
     """The common case of an import, column-wise: distinct keys in ascending order (as exports
-    write them), none of them stored yet, so every value is new. Returns the number of values
+    write them), none of them stored yet (the caller checked), so every value is new. Returns the number of values
     written, or None (nothing written) when the case does not apply and `_apply` must decide.
 
     The rows are built by zipping whole columns, and each column's JSON for the history is encoded
     once per distinct value, so the per-row Python work is a tuple and a string join.
     """
     if not columns or any(a >= b for a, b in itertools.pairwise(keys)):
-        return None
-    if _read_rows(conn, project_id, keys, []):
         return None
     types = {entry.slot: entry.type for entry in registry.values()}
     slots = [slot for _, slot, _ in columns]
@@ -480,6 +481,7 @@ def _apply(
     final: dict[str, dict[str, object]],
     registry: dict[str, Registered],
     now: int,
+    read: tuple[list[str], dict[str, tuple]] | None = None,
 ) -> int:
     """Write each user's final values of this write (None clears); returns how many values changed.
 
@@ -494,7 +496,12 @@ def _apply(
     types = {entry.slot: entry.type for entry in registry.values()}
     slots = sorted({slot for values in final.values() for slot in values})
     keys = sorted(final)
-    current = _read_rows(conn, project_id, keys, slots)
+    if read is None:
+        current = _read_rows(conn, project_id, keys, slots)
+    else:  # the caller read these users' rows with (at least) these slots: keep them in our order
+        read_slots, rows = read
+        where = [read_slots.index(slot) + 1 for slot in slots]
+        current = {key: (row[0], *(row[i] for i in where)) for key, row in rows.items()}
     stamp = (source, now)
     inserts: list[tuple] = []
     updates: list[tuple] = []
