@@ -8,8 +8,9 @@ types (3 strings, 3 numbers, 2 dates, 1 boolean), seeded, with ids in ascending 
 export writes them. Each engine gets a fresh database and project; the import runs as the real
 command in its own process (`python -m usertrail.cli import csv … --type …`), and the benchmark
 takes its wall time and its peak RSS (`wait4`, so only the import process: for PostgreSQL the
-server's memory is not counted). After each run `user_attributes` and `attribute_history` are
-counted: both must hold rows × 9 values.
+server's memory is not counted). After each run the values in `custom_attributes` (one row per
+end user, one slot per attribute) and the rows of `attribute_changes` (one per user and write) are
+counted: rows × 9 values and one history row per CSV row.
 
 Because the machine is shared, wall time depends on what else runs. The benchmark therefore also
 records CPU seconds, which depend far less on the load: the import process's own (user + system,
@@ -86,7 +87,7 @@ def prepare(url: str) -> int:
 
 
 def counts(url: str) -> tuple[int, int, float]:
-    """(user_attributes rows, attribute_history rows, the job's own seconds from creation to finish)."""
+    """(values stored, history rows, the job's own seconds from creation to finish)."""
     import sqlalchemy as sa
 
     from usertrail.store.database import create_engine
@@ -94,8 +95,10 @@ def counts(url: str) -> tuple[int, int, float]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            values = conn.execute(sa.text("SELECT count(*) FROM user_attributes")).scalar()
-            history = conn.execute(sa.text("SELECT count(*) FROM attribute_history")).scalar()
+            slots = conn.execute(sa.text("SELECT slot FROM attribute_registry")).scalars().all()
+            present = " + ".join(f"count({slot})" for slot in slots) or "0"
+            values = conn.execute(sa.text(f"SELECT {present} FROM custom_attributes")).scalar()
+            history = conn.execute(sa.text("SELECT count(*) FROM attribute_changes")).scalar()
             job = conn.execute(sa.text("SELECT created_at, finished_at FROM import_jobs")).first()
         if job is None or job.finished_at is None:  # the import process failed or was stopped
             return values, history, float("nan")
@@ -161,7 +164,7 @@ def run_import(database: str, url: str, path: Path, rows: int, data_dir: Path, p
     stderr = process.stderr.read().decode() if process.stderr else ""
     values, history, job_seconds = counts(url)
     expected = rows * ATTRIBUTES
-    ok = os.waitstatus_to_exitcode(status) == 0 and values == expected and history == expected
+    ok = os.waitstatus_to_exitcode(status) == 0 and values == expected and history == rows
     check = "ok" if ok else f"FAILED (exit {os.waitstatus_to_exitcode(status)}, {values} values) {stderr[-300:]}"
     return Result(
         database,

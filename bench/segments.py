@@ -7,10 +7,11 @@
 Data. A deterministic generator (one `random.Random(seed)`) makes N end users with all 11
 standard attributes (first seen over the year before `NOW`, skewed session counts, durations,
 locations and browsers from bench/datagen.py's vocabularies, analytics properties role/type/status
-for most), 20 custom attributes of mixed types registered in `attribute_registry` and written to
-`user_attributes` as store/attributes.py writes them (the value as msgspec JSON, `value_num` for
-numbers), and the Plan history in `attribute_history` (the first value, about 10% of users with an
-older change, 5% with a change in the 30 days before `NOW`, a third of those to VIP). The rows are
+for most), 20 custom attributes of mixed types registered in `attribute_registry` (with their slots)
+and written to `custom_attributes` as store/attributes.py writes them (one row per user, each value
+in its attribute's slot, booleans as 1.0 / 0.0, sources and times in `stamps`), and the Plan history
+in `attribute_changes` as one row per change (the first value, about 10% of users with an older
+change, 5% with a change in the 30 days before `NOW`, a third of those to VIP). The rows are
 cached as CSV under bench/results/data/. SQLite is loaded with executemany in large transactions
 (bulk pragmas, secondary indexes rebuilt after), PostgreSQL with COPY (then VACUUM ANALYZE, as
 autovacuum would); both schemas come from the Alembic migrations.
@@ -64,6 +65,7 @@ import ingest
 from usertrail.segments.evaluate import UserFacts, compile_tree, load_facts
 from usertrail.segments.model import DAY_MS, Catalog, Group, attribute_rules_of, parse
 from usertrail.segments.sql import Compiler
+from usertrail.store.attributes import free_slot, stored
 from usertrail.store.users import STANDARD_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +128,10 @@ CUSTOM: dict[str, str] = {
     "Contract end": "date",
     "Department": "string",
 }
-CATALOG = Catalog(custom=CUSTOM)
+SLOTS: dict[str, str] = {}
+for _name, _type in CUSTOM.items():  # registered in this order, as store/attributes.py assigns slots
+    SLOTS[_name] = free_slot(SLOTS.values(), _type)
+CATALOG = Catalog(custom=CUSTOM, slots=SLOTS)
 ANALYTICS_KEYS = ("role", "type", "status")
 
 END_USER_COLUMNS = (
@@ -134,9 +139,10 @@ END_USER_COLUMNS = (
     "total_session_duration_ms", "avg_time_between_sessions_ms", "country", "region", "city", "browser_name",
     "browser_version", "analytics_properties", "updated_at",
 )  # fmt: skip
-ATTRIBUTE_COLUMNS = ("project_id", "user_key", "name", "value", "value_num", "source", "updated_at")
-HISTORY_COLUMNS = ("project_id", "user_key", "id", "name", "old_value", "new_value", "source", "changed_at")
-TABLES = {"end_users": END_USER_COLUMNS, "user_attributes": ATTRIBUTE_COLUMNS, "attribute_history": HISTORY_COLUMNS}
+ATTRIBUTE_ORDER = sorted(CUSTOM, key=lambda name: (SLOTS[name][0], int(SLOTS[name][1:])))  # column order
+ATTRIBUTE_COLUMNS = ("project_id", "user_key", *(SLOTS[name] for name in ATTRIBUTE_ORDER), "stamps")
+HISTORY_COLUMNS = ("project_id", "user_key", "id", "source", "changed_at", "changes")
+TABLES = {"end_users": END_USER_COLUMNS, "custom_attributes": ATTRIBUTE_COLUMNS, "attribute_changes": HISTORY_COLUMNS}
 
 
 @dataclass
@@ -267,43 +273,29 @@ def generate(n: int, seed: int = SEED) -> Iterator[User]:
         yield User(key, standard, analytics, c, history, written)
 
 
-_ENCODED: dict[tuple[str, object], str] = {}
-
-
 def _encode(value: object) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _encode_value(name: str, value: object) -> str:
-    """msgspec JSON of a custom value, cached per (attribute, value): values come from small sets.
-
-    Keyed by the attribute too because True == 1.0 in a dict, and each attribute has one type.
-    """
-    text = _ENCODED.get((name, value))
-    if text is None:
-        text = _ENCODED[(name, value)] = _encode(value)
-    return text
-
-
-ATTRIBUTE_ORDER = sorted(CUSTOM)  # the primary key's order within a user: rows append to the B-tree
-
-
-def table_rows(user: User, project_id: int) -> tuple[tuple, list[tuple], list[tuple]]:
-    """The user's rows of `end_users`, `user_attributes` and `attribute_history`, as the product stores them."""
+def table_rows(user: User, project_id: int) -> tuple[tuple, tuple | None, list[tuple]]:
+    """The user's rows of `end_users`, `custom_attributes` and `attribute_changes`, as the product stores them."""
     key, custom, written = user.key, user.custom, user.written
     analytics = None if user.analytics is None else _encode(user.analytics)
     end_user = (project_id, key, *user.standard, analytics, user.standard[1])
     plan_at = user.history[-1][2]
-    attributes = [
-        (project_id, key, name, _encode_value(name, value), value if CUSTOM[name] == "number" else None,
-         SOURCE, plan_at if name == "Plan" else written)
-        for name in ATTRIBUTE_ORDER if (value := custom.get(name)) is not None
-    ]  # fmt: skip
+    others = [SLOTS[name] for name in ATTRIBUTE_ORDER if name != "Plan" and custom.get(name) is not None]
+    groups = (
+        [[SOURCE, plan_at, [SLOTS["Plan"]]], [SOURCE, written, others]]
+        if others
+        else [[SOURCE, plan_at, [SLOTS["Plan"]]]]
+    )
+    if plan_at == written and others:
+        groups = [[SOURCE, written, [SLOTS["Plan"], *others]]]
+    attributes = (project_id, key, *(stored(custom.get(name)) for name in ATTRIBUTE_ORDER), _encode(groups))  # type: ignore[arg-type]
     history = [
-        (project_id, key, f"{at:013d}-{j:06d}-{SOURCE}", "Plan",
-         None if old is None else _encode_value("Plan", old), _encode_value("Plan", new), SOURCE, at)
+        (project_id, key, f"{at:013d}-{j:06d}-{SOURCE}", SOURCE, at, _encode({SLOTS["Plan"]: [old, new]}))
         for j, (old, new, at) in enumerate(user.history)
-    ]  # fmt: skip
+    ]
     return end_user, attributes, history
 
 
@@ -335,8 +327,8 @@ def data_files(n: int, seed: int, regenerate: bool) -> tuple[dict[str, Path], fl
         for user in generate(n, seed):
             end_user, attributes, history = table_rows(user, 1)
             writers["end_users"].writerow(end_user)
-            writers["user_attributes"].writerows(attributes)
-            writers["attribute_history"].writerows(history)
+            writers["custom_attributes"].writerow(attributes)
+            writers["attribute_changes"].writerows(history)
     finally:
         for f in files.values():
             f.close()
@@ -368,7 +360,7 @@ def register(url: str, project_id: int) -> None:
                 attribute_registry.insert(),
                 [
                     {"project_id": project_id, "name": name, "type": type_, "integrations": _encode([SOURCE]),
-                     "created_at": NOW, "updated_at": NOW}
+                     "created_at": NOW, "updated_at": NOW, "slot": SLOTS[name]}
                     for name, type_ in CUSTOM.items()
                 ],
             )  # fmt: skip
@@ -399,8 +391,8 @@ def load_sqlite(path: str, n: int, seed: int, project_id: int) -> dict[str, int]
             for user in batch:
                 end_user, attributes, history = table_rows(user, project_id)
                 rows["end_users"].append(end_user)
-                rows["user_attributes"].extend(attributes)
-                rows["attribute_history"].extend(history)
+                rows["custom_attributes"].append(attributes)
+                rows["attribute_changes"].extend(history)
             conn.execute("BEGIN")
             for table, values in rows.items():
                 conn.executemany(sql[table], values)
@@ -689,28 +681,28 @@ def build_duckdb(paths: dict[str, Path]) -> tuple[Any, float, int]:
     for table, path in paths.items():
         con.execute(f"CREATE TEMP TABLE x_{table} AS SELECT * FROM read_csv('{path}', header = false, "
                     f"columns = {{{_duck_columns(table)}}})")  # fmt: skip
-    pivots = []
-    for name, type_ in CUSTOM.items():
-        if type_ == "number":
-            expr = "value_num"
-        elif type_ == "string":
-            expr = "json_extract_string(value, '$')"
+    columns = []
+    for name in ATTRIBUTE_ORDER:
+        slot, type_ = SLOTS[name], CUSTOM[name]
+        if type_ == "boolean":
+            columns.append(f'a.{slot} <> 0 AS "{name}"')
+        elif type_ == "date":
+            columns.append(f'CAST(a.{slot} AS DATE) AS "{name}"')
         else:
-            expr = f"CAST(json_extract_string(value, '$') AS {DUCK_TYPES[type_]})"
-        # A CASE, not FILTER: the cast must only see this attribute's values.
-        pivots.append(f"any_value(CASE WHEN name = '{name}' THEN {expr} END) AS \"{name}\"")
+            columns.append(f'a.{slot} AS "{name}"')
     analytics = ", ".join(f"json_extract_string(e.analytics_properties, '$.{k}') AS {k}" for k in ANALYTICS_KEYS)
+    plan = SLOTS["Plan"]
     con.execute(f"""
         CREATE TABLE users AS
         SELECT e.* EXCLUDE (project_id, analytics_properties, updated_at), {analytics},
-               a.* EXCLUDE (user_key), h.plan_changes
+               {", ".join(columns)}, h.plan_changes
         FROM x_end_users e
-        LEFT JOIN (SELECT user_key, {", ".join(pivots)} FROM x_user_attributes GROUP BY user_key) a USING (user_key)
+        LEFT JOIN x_custom_attributes a USING (user_key)
         LEFT JOIN (
-            SELECT user_key, list({{'old': json_extract_string(old_value, '$'),
-                                    'new': json_extract_string(new_value, '$'), 'at': changed_at}} ORDER BY id)
+            SELECT user_key, list({{'old': json_extract_string(changes, '$.{plan}[0]'),
+                                    'new': json_extract_string(changes, '$.{plan}[1]'), 'at': changed_at}} ORDER BY id)
                    AS plan_changes
-            FROM x_attribute_history WHERE name = 'Plan' GROUP BY user_key
+            FROM x_attribute_changes GROUP BY user_key
         ) h USING (user_key)
     """)
     for table in paths:

@@ -10,7 +10,7 @@ per-client rate limit lifted (`USERTRAIL_BENCH_RATE_LIMIT`), because one client 
 50 calls per 10 s = 500 records/s, which would measure the limit, not the server. The load
 generator (this process, httpx over keep-alive connections) builds every body before the clock
 starts; values are random, so most writes change a value and write a history row. After a cell
-the server is stopped and `user_attributes` is checked against the acknowledged records.
+the server is stopped and the rows of `custom_attributes` and `attribute_changes` are counted.
 
 Output: a table on stdout, JSON under bench/results/, and (unless --quick or --no-docs) the
 results block of the "End User Update API (issue 4)" section of docs/benchmarks.md.
@@ -85,7 +85,7 @@ def count_rows(url: str) -> dict[str, int]:
         with engine.connect() as conn:
             return {
                 t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
-                for t in ("user_attributes", "attribute_history", "integration_requests")
+                for t in ("custom_attributes", "attribute_changes", "integration_requests")
             }
     finally:
         engine.dispose()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from test_users_api import api, enable_uuid, send, user_events
 from usertrail.profiles.custom import InvalidValue, convert, infer_type
 from usertrail.store.attributes import AttributeStore
+from usertrail.store.database import create_engine, migrate
 
 from conftest import LiveServer
 from samples import now_ms
@@ -74,8 +76,8 @@ def test_attributes_through_the_api(make_server):
     exported = api(live, "/users/u:lena/export").json()
     assert exported["custom_attributes"]["plan"]["value"] == "VIP" and len(exported["attribute_history"]) >= 5
     assert api(live, "/users/u:lena", "DELETE").status_code == 200
-    assert live.scalar("SELECT count(*) FROM user_attributes WHERE user_key = 'u:lena'") == 0
-    assert live.scalar("SELECT count(*) FROM attribute_history WHERE user_key = 'u:lena'") == 0
+    assert live.scalar("SELECT count(*) FROM custom_attributes WHERE user_key = 'u:lena'") == 0
+    assert live.scalar("SELECT count(*) FROM attribute_changes WHERE user_key = 'u:lena'") == 0
 
 
 def test_the_hundred_and_first_name_is_refused_and_the_rest_applies(engine, project_id_factory):
@@ -142,3 +144,99 @@ def test_analytics_properties_from_events(make_server):
     kai = api(live, "/users/u:kai").json()["custom_attributes"]
     assert {k: v["value"] for k, v in kai.items()} == {"role": "admin"}  # only the five properties
     assert api(live, "/attributes").json()["count"] == 0  # they do not count against the cap
+
+
+def _alembic(engine: sa.Engine, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from usertrail.store.database import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+
+def test_migration_0023_moves_values_and_history_into_one_row_per_user_and_back(empty_database_url):
+    """Rows written in the old form (one per value, one per change) arrive as one row per user and
+    one history row per write, read the same through AttributeStore, and a downgrade restores them."""
+    engine = create_engine(empty_database_url)
+    try:
+        _alembic(engine, "upgrade", "0019")
+        old = [
+            ("Plan", "string", '"VIP"', None, "csv", 2_000),
+            ("Seats", "number", "12.0", 12.0, "csv", 2_000),
+            ("Trial", "boolean", "false", None, "salesforce", 3_000),
+            ("Renewal", "date", '"2027-01-31"', None, "csv", 2_000),
+        ]
+        history = [  # Plan free -> Pro -> VIP in one write at 2_000; Trial set at 3_000
+            ("Plan", None, '"free"', "csv", 1_000, "0000000001000-0"),
+            ("Plan", '"free"', '"Pro"', "csv", 2_000, "0000000002000-0"),
+            ("Seats", None, "12.0", "csv", 2_000, "0000000002000-1"),
+            ("Renewal", None, '"2027-01-31"', "csv", 2_000, "0000000002000-2"),
+            ("Plan", '"Pro"', '"VIP"', "csv", 2_000, "0000000002000-3"),
+            ("Trial", None, "false", "salesforce", 3_000, "0000000003000-0"),
+        ]
+        with engine.begin() as conn:
+            for n, (name, type_, *_rest) in enumerate(old):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO attribute_registry (project_id, name, type, integrations, created_at, updated_at)"
+                        " VALUES (7, :n, :t, '[\"csv\"]', :at, :at)"
+                    ),
+                    {"n": name, "t": type_, "at": n},
+                )
+            for name, _, value, number, source, at in old:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO user_attributes (project_id, user_key, name, value, value_num, source, updated_at)"
+                        " VALUES (7, 'u:lena', :n, :v, :num, :s, :at)"
+                    ),
+                    {"n": name, "v": value, "num": number, "s": source, "at": at},
+                )
+            for name, old_value, new_value, source, at, id_ in history:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO attribute_history (project_id, user_key, id, name, old_value, new_value, source,"
+                        " changed_at) VALUES (7, 'u:lena', :id, :n, :o, :v, :s, :at)"
+                    ),
+                    {"id": id_, "n": name, "o": old_value, "v": new_value, "s": source, "at": at},
+                )
+        migrate(engine)
+        store = AttributeStore(engine)
+        assert store.values(7, ["u:lena"]) == {
+            "Plan": {"value": "VIP", "source": "csv", "updated_at": 2_000},
+            "Seats": {"value": 12.0, "source": "csv", "updated_at": 2_000},
+            "Renewal": {"value": "2027-01-31", "source": "csv", "updated_at": 2_000},
+            "Trial": {"value": False, "source": "salesforce", "updated_at": 3_000},
+        }
+        assert [(h["name"], h["old"], h["new"], h["changed_at"]) for h in store.history(7, ["u:lena"], "Plan")] == [
+            ("Plan", "free", "VIP", 2_000),  # one write: from before it to after it
+            ("Plan", None, "free", 1_000),
+        ]
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM custom_attributes")).scalar() == 1
+            assert conn.execute(sa.text("SELECT count(*) FROM attribute_changes")).scalar() == 3
+            slots = dict(conn.execute(sa.text("SELECT name, slot FROM attribute_registry")).all())
+        assert slots == {"Plan": "t0", "Seats": "n0", "Trial": "n1", "Renewal": "t1"}
+        # Writes after the migration take the next free slots.
+        assert store.write(7, "csv", [("u:lena", {"Team": "core"})]).registered == ["Team"]
+
+        _alembic(engine, "downgrade", "0019")
+        with engine.connect() as conn:
+            values = dict(
+                conn.execute(sa.text("SELECT name, value FROM user_attributes WHERE user_key = 'u:lena'")).all()
+            )
+            changes = conn.execute(sa.text("SELECT count(*) FROM attribute_history")).scalar()
+        assert values == {
+            "Plan": '"VIP"',
+            "Seats": "12.0",
+            "Trial": "false",
+            "Renewal": '"2027-01-31"',
+            "Team": '"core"',
+        }
+        assert changes == 6  # Plan at 1_000; Plan, Seats and Renewal at 2_000; Trial; Team
+    finally:
+        engine.dispose()

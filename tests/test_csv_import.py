@@ -113,10 +113,10 @@ def test_files_that_are_not_utf8_or_empty_are_refused(tmp_path: Path):
 
 
 def test_types_convert_like_the_attribute_store():
-    assert CellConverter("number")("12") == ("12.0", 12.0)
-    assert CellConverter("boolean")(" yes ") == ("true", None)
-    assert CellConverter("date")("2027-01-31") == ('"2027-01-31"', None)
-    assert CellConverter("string")('say "hi"') == ('"say \\"hi\\""', None)
+    assert CellConverter("number")("12") == 12.0
+    assert CellConverter("boolean")(" yes ") is True
+    assert CellConverter("date")("2027-01-31") == "2027-01-31"
+    assert CellConverter("string")('say "hi"') == 'say "hi"'
     convert = CellConverter("date")
     for _ in range(2):  # the remembered failure raises again
         with pytest.raises(InvalidValue, match="YYYY-MM-DD"):
@@ -197,7 +197,7 @@ def history_count(importer: CsvImporter, project: int) -> int:
 
     with importer.engine.connect() as conn:
         return conn.execute(
-            sa.text("SELECT count(*) FROM attribute_history WHERE project_id = :p"), {"p": project}
+            sa.text("SELECT count(*) FROM attribute_changes WHERE project_id = :p"), {"p": project}
         ).scalar()
 
 
@@ -263,7 +263,8 @@ def test_values_with_special_characters_and_a_changed_file_apply_exactly(importe
     # The next file: u2 changes twice within one chunk (3 rows), u0's note changes, u1 is the same, u9 is new.
     changed = write(tmp_path, "user_id,note,score\nu2,a\tb,20\nu2,c,21\nu0,new,0\nu1,back\\slash,1\nu9,x,9\n", "g.csv")
     second = run_import(importer, project, changed, "user_id", [], [], [], force=True)
-    assert (second["values_applied"], second["values_changed"]) == (10, 7)
+    # One history row per user and write: u2's two rows in one chunk are one change from the old value.
+    assert (second["values_applied"], second["values_changed"]) == (10, 5)
     assert values(importer, project, "u:u0") == {"note": "new", "score": 0.0}
     assert values(importer, project, "u:u2") == {"note": "c", "score": 21.0}
     assert values(importer, project, "u:u9") == {"note": "x", "score": 9.0}
@@ -271,14 +272,13 @@ def test_values_with_special_characters_and_a_changed_file_apply_exactly(importe
     assert all(after[k]["updated_at"] >= before[k] for k in before)  # a same value is refreshed, not changed
     store = AttributeStore(importer.engine)
     notes = [(h["old"], h["new"]) for h in store.history(project, ["u:u2"], "note")]
-    assert notes == [("a\tb", "c"), ("\\N", "a\tb"), (None, "\\N")]  # newest first, in the order applied
+    assert notes == [("\\N", "c"), (None, "\\N")]  # newest first
     scores = [(h["old"], h["new"]) for h in store.history(project, ["u:u2"], "score")]
-    assert scores == [(20.0, 21.0), (2.0, 20.0), (None, 2.0)]
+    assert scores == [(2.0, 21.0), (None, 2.0)]
     assert AttributeStore(importer.engine).history(project, ["u:u1"])[0]["new"] == 1.0  # only the first import
     with importer.engine.connect() as conn:
-        numbers = conn.execute(
-            sa.text("SELECT user_key, value_num FROM user_attributes WHERE name = 'score' AND value_num >= 9")
-        ).all()
+        slot = conn.execute(sa.text("SELECT slot FROM attribute_registry WHERE name = 'score'")).scalar_one()
+        numbers = conn.execute(sa.text(f"SELECT user_key, {slot} FROM custom_attributes WHERE {slot} >= 9")).all()
     assert sorted(numbers) == [("u:u2", 21.0), ("u:u9", 9.0)]
 
 
@@ -393,14 +393,14 @@ def test_upload_applies_good_rows_and_reports_bad_ones(live: LiveServer):
     assert log[0]["kind"] == "import" and log[0]["request_id"] == job["id"] and log[0]["error_count"] == 1
 
     # The same file again changes nothing: no new history, the job says why.
-    history_before = live.scalar("SELECT count(*) FROM attribute_history")
+    history_before = live.scalar("SELECT count(*) FROM attribute_changes")
     again = wait_for_job(live, upload(live, CSV_WITH_A_BAD_ROW, id_column="user_id", type="Seats=number").json())
     assert again["status"] == "skipped" and again["duplicate_of"] == job["id"]
     forced = wait_for_job(
         live, upload(live, CSV_WITH_A_BAD_ROW, id_column="user_id", type="Seats=number", force="true").json()
     )
     assert forced["status"] == "done" and forced["values_changed"] == 0
-    assert live.scalar("SELECT count(*) FROM attribute_history") == history_before
+    assert live.scalar("SELECT count(*) FROM attribute_changes") == history_before
 
 
 def test_upload_refusals_name_the_field(live: LiveServer):
@@ -484,3 +484,13 @@ def test_cli_import(engine, database_url: str, tmp_path: Path):
     store.create("second")
     ambiguous = cli("import", "csv", str(clean), "--id-column", "user_id", data_dir=tmp_path, database_url=database_url)
     assert ambiguous.returncode == 2 and "--project" in ambiguous.stderr
+
+
+def test_a_column_empty_in_every_row_leaves_stored_values_alone(importer, project, tmp_path):
+    """A chunk whose column has no value at all still updates the other columns of stored users."""
+    first = run_import(importer, project, write(tmp_path, "user_id,note,score\nu1,kept,1\nu2,also,2\n"))
+    assert first["values_changed"] == 4
+    second = run_import(importer, project, write(tmp_path, "user_id,note,score\nu2,,20\nu1,,10\n", "g.csv"))
+    assert (second["values_applied"], second["values_changed"]) == (2, 2)
+    assert values(importer, project, "u:u1") == {"note": "kept", "score": 10.0}
+    assert values(importer, project, "u:u2") == {"note": "also", "score": 20.0}

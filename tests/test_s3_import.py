@@ -116,10 +116,7 @@ def run_now(live: LiveServer, source_id: str) -> dict:
 
 
 def attributes(live: LiveServer, key: str) -> dict:
-    return {
-        r.name: json.loads(r.value)
-        for r in live.rows("SELECT name, value FROM user_attributes WHERE user_key = :k", k=key)
-    }
+    return {name: v["value"] for name, v in live.app.state.attributes.values(live.project.project.id, [key]).items()}
 
 
 def test_sources_are_validated_and_secrets_never_listed(live: LiveServer, s3: S3Server):
@@ -184,10 +181,10 @@ def test_runs_import_new_and_changed_objects_by_etag(live: LiveServer, s3: S3Ser
         report = admin.get(f"/api/projects/{live.project.project.id}/imports/{job['id']}/errors").text
     assert "3,seats,\"expected a number, got 'many'\"" in report
 
-    history = live.scalar("SELECT count(*) FROM attribute_history")
+    history = live.scalar("SELECT count(*) FROM attribute_changes")
     unchanged = run_now(live, source["id"])
     assert (unchanged["objects_imported"], unchanged["objects_skipped"], unchanged["rows"]) == (0, 1, 0)
-    assert live.scalar("SELECT count(*) FROM attribute_history") == history
+    assert live.scalar("SELECT count(*) FROM attribute_changes") == history
 
     put(Bucket=bucket, Key="exports/users-1.csv", Body=b"user_id,plan,seats\nlena,pro,12\nmax,free,3\n")
     put(Bucket=bucket, Key="exports/users-3.csv", Body=b"user_id,plan\nnoor,free\n")  # no seats column

@@ -88,7 +88,7 @@ def test_scim2_tester_finds_no_failure(make_server):
     # What the checker created went through the attribute store and the log, and was deleted again.
     assert live.scalar("SELECT count(*) FROM scim_users") == 0
     assert live.scalar("SELECT count(*) FROM integration_log WHERE kind = 'user.create'") > 0
-    assert live.scalar("SELECT count(*) FROM user_attributes WHERE source = 'scim'") > 0
+    assert live.scalar("SELECT count(*) FROM custom_attributes WHERE stamps LIKE '%\"scim\"%'") > 0
 
 
 def test_okta_create_then_deactivate(make_server):
@@ -569,7 +569,7 @@ def test_erasing_the_end_user_removes_the_scim_record(make_server):
     assert api(live, "/users/u:omar", "DELETE").status_code == 404
 
     assert live.scalar("SELECT count(*) FROM scim_users WHERE user_key IN ('u:jane', 'u:omar')") == 0
-    assert live.scalar("SELECT count(*) FROM user_attributes WHERE user_key IN ('u:jane', 'u:omar')") == 0
+    assert live.scalar("SELECT count(*) FROM custom_attributes WHERE user_key IN ('u:jane', 'u:omar')") == 0
     assert live.scalar("SELECT count(*) FROM scim_users WHERE user_key = 'u:kim'") == 1
     with scim(live, token) as idp:
         assert idp.get(f"/Users/{jane}").status_code == 404

@@ -20,12 +20,15 @@ from usertrail.segments.evaluate import UserFacts, explain, load_facts, matches
 from usertrail.segments.membership import refresh_segment
 from usertrail.segments.model import DAY_MS, Catalog, InvalidRule, date_string_bound, parse
 from usertrail.segments.sql import Compiler
-from usertrail.store.schema import attribute_history, end_users, events, identity_links, user_attributes
+from usertrail.store.schema import attribute_changes, custom_attributes, end_users, events, identity_links
 from usertrail.store.segments import SegmentStore
 
 NOW = 1_795_000_000_000  # 2026-11-18T…Z, fixed so rules with relative dates are reproducible
 HOUR = 3_600_000
-CATALOG = Catalog(custom={"Plan": "string", "Seats": "number", "Renewal": "date", "Trial": "boolean"})
+CATALOG = Catalog(
+    custom={"Plan": "string", "Seats": "number", "Renewal": "date", "Trial": "boolean"},
+    slots={"Plan": "t0", "Seats": "n0", "Renewal": "t1", "Trial": "n1"},
+)
 
 
 def facts(**standard) -> UserFacts:
@@ -366,35 +369,27 @@ def _store(conn: sa.Connection, project_id: int, people: list[dict]) -> None:
                     updated_at=NOW,
                 )
             )
-        for name, value in (
-            ("Plan", p["plan"]),
-            ("Seats", p["seats"]),
-            ("Renewal", p["renewal"]),
-            ("Trial", p["trial"]),
-        ):
-            if value is not None:
-                conn.execute(
-                    user_attributes.insert().values(
-                        project_id=project_id,
-                        user_key=key,
-                        name=name,
-                        value=msgspec.json.encode(value).decode(),
-                        value_num=value if isinstance(value, float) else None,
-                        source="test",
-                        updated_at=NOW,
-                    )
+        values = {"t0": p["plan"], "n0": p["seats"], "t1": p["renewal"], "n1": p["trial"]}
+        if any(v is not None for v in values.values()):
+            stored = {slot: (float(v) if isinstance(v, bool) else v) for slot, v in values.items()}
+            slots = [slot for slot, v in values.items() if v is not None]
+            conn.execute(
+                custom_attributes.insert().values(
+                    project_id=project_id,
+                    user_key=key,
+                    stamps=msgspec.json.encode([["test", NOW, slots]]).decode(),
+                    **stored,
                 )
+            )
         for j, (old, new, at) in enumerate(p["history"]):
             conn.execute(
-                attribute_history.insert().values(
+                attribute_changes.insert().values(
                     project_id=project_id,
                     user_key=key,
                     id=f"{at:013d}-{j}",
-                    name="Plan",
-                    old_value=None if old is None else msgspec.json.encode(old).decode(),
-                    new_value=msgspec.json.encode(new).decode(),
                     source="test",
                     changed_at=at,
+                    changes=msgspec.json.encode({"t0": [old, new]}).decode(),
                 )
             )
         anon = f"a:anon-of-{key}"
@@ -439,12 +434,22 @@ def test_sql_and_in_process_evaluators_agree(engine):
         with engine.begin() as conn:
             _store(conn, project_id, people)
         with engine.connect() as conn:
-            in_sql = set(conn.execute(Compiler(project_id, now, dialect).members(parsed)).scalars())
-            count = conn.execute(Compiler(project_id, now, dialect).count(parsed)).scalar()
+            compiler = Compiler(project_id, now, dialect)
+            in_sql = set(conn.execute(compiler.members(parsed)).scalars())
+            count = conn.execute(compiler.count(parsed)).scalar()
+            # The WHERE form the user list, reports and previews use (the row read in a subquery).
+            as_condition = set(
+                conn.execute(
+                    sa.select(end_users.c.user_key).where(
+                        end_users.c.project_id == project_id, compiler.condition(parsed)
+                    )
+                ).scalars()
+            )
             in_process = {
                 p["key"] for p in people if matches(parsed, load_facts(conn, project_id, p["key"], [parsed], now), now)
             }
         assert in_sql == in_process, rules
+        assert as_condition == in_sql, rules
         assert count == len(in_sql)
 
     agree()

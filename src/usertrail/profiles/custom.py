@@ -6,8 +6,6 @@ import datetime as dt
 import math
 from typing import Literal
 
-import msgspec
-
 AttributeType = Literal["string", "number", "date", "boolean"]
 ATTRIBUTE_TYPES: tuple[str, ...] = ("string", "number", "date", "boolean")
 CAP = 100
@@ -96,11 +94,11 @@ def check_name(name: object) -> str | None:
 
 
 class CellConverter:
-    """Converts the text cells of one typed column (CSV imports) to the stored form.
+    """Converts the text cells of one typed column (CSV imports) to typed values.
 
-    Returns `(json_text, number_or_None)` exactly as `AttributeStore.write` stores a value, or
-    raises InvalidValue with `convert`'s reason. Columns repeat values (plans, countries, dates),
-    so recent results are remembered; the memory is bounded by clearing it when it fills.
+    Returns the value as `convert` does, or raises InvalidValue with `convert`'s reason. Columns
+    repeat values (plans, countries, dates), so recent results are remembered; the memory is
+    bounded by clearing it when it fills.
     """
 
     MAX_REMEMBERED = 50_000
@@ -109,26 +107,21 @@ class CellConverter:
         if type_ not in ATTRIBUTE_TYPES:
             raise InvalidValue(f"unknown type {type_!r}")
         self.type = type_
-        self._seen: dict[str, tuple[str, float | None] | str] = {}
+        self._seen: dict[str, str | float | bool | InvalidValue] = {}
 
-    def __call__(self, cell: str) -> tuple[str, float | None]:
+    def __call__(self, cell: str) -> str | float | bool:
         hit = self._seen.get(cell)
         if hit is None:
             try:
-                value = convert(cell, self.type)
-                hit = (_json_text(value), value if isinstance(value, float) else None)
+                hit = convert(cell, self.type)  # type: ignore[assignment]
             except InvalidValue as exc:
-                hit = str(exc)
+                hit = exc
             if len(self._seen) >= self.MAX_REMEMBERED:
                 self._seen.clear()
-            self._seen[cell] = hit
-        if isinstance(hit, str):
-            raise InvalidValue(hit)
-        return hit
-
-
-def _json_text(value: object) -> str:
-    return msgspec.json.encode(value).decode()
+            self._seen[cell] = hit  # type: ignore[assignment]
+        if isinstance(hit, InvalidValue):
+            raise InvalidValue(str(hit))
+        return hit  # type: ignore[return-value]
 
 
 def infer_column_type(cells: list[str]) -> str:

@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def catalog_of(conn: sa.Connection, project_id: int) -> Catalog:
-    """The names a project's rules may use, with the registry's types."""
+    """The names a project's rules may use, with the registry's types and slots."""
     rows = conn.execute(
-        sa.select(attribute_registry.c.name, attribute_registry.c.type).where(
+        sa.select(attribute_registry.c.name, attribute_registry.c.type, attribute_registry.c.slot).where(
             attribute_registry.c.project_id == project_id
         )
     ).all()
-    return Catalog(custom={r.name: r.type for r in rows})
+    return Catalog(custom={r.name: r.type for r in rows}, slots={r.name: r.slot for r in rows})
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class Attribute:
     name: str
     kind: Kind
     type: ValueType
+    slot: str | None = None  # custom attributes: the `custom_attributes` column holding the value
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Catalog:
     """What a project's rules may name: the standard attributes, analytics properties, custom attributes."""
 
     custom: Mapping[str, str] = field(default_factory=dict)  # registry name -> type
+    slots: Mapping[str, str] = field(default_factory=dict)  # registry name -> slot (for SQL)
 
     def resolve(self, name: str) -> Attribute | None:
         if name in STANDARD_TYPES:
@@ -124,7 +126,7 @@ class Catalog:
         if name in ANALYTICS_PROPERTIES:
             return Attribute(name, "analytics", "string")
         if name in self.custom:
-            return Attribute(name, "custom", self.custom[name])  # type: ignore[arg-type]
+            return Attribute(name, "custom", self.custom[name], self.slots.get(name))  # type: ignore[arg-type]
         return None
 
     def names(self) -> list[str]:

@@ -3,9 +3,11 @@
 Each rule becomes a definite true/false condition (never NULL), so NOT and OR behave as in the
 in-process evaluator: a positive condition is false for a user without the value, and a negative
 operator is the NOT of its positive. Within each group the tests run cheapest first (the row's
-columns, its analytics JSON, custom attributes, history, behaviour). A custom attribute that every
-member must have becomes a `user_key IN (subquery)` set the planner can drive from (one range of a
-per-type value index); anywhere else it is an `EXISTS` lookup of the user's own row by primary key.
+columns, its analytics JSON, custom attributes, history, behaviour). Custom attributes live in one
+`custom_attributes` row per user, so every custom-attribute rule is a test on a column of that row,
+joined once (outer) for any number of rules. "Changed to" / "was" rules read the history rows
+(`attribute_changes`, one per user and write): a rule every member must pass becomes a
+`user_key IN (subquery)` set over the rows of its time window, anywhere else an `EXISTS` per user.
 Behaviour rules are uncorrelated sets filtered by project. The only dialect differences are JSON
 access and case-sensitive substring tests, both twinned below.
 """
@@ -13,7 +15,6 @@ access and case-sensitive substring tests, both twinned below.
 from __future__ import annotations
 
 import math
-import re
 
 import msgspec
 import sqlalchemy as sa
@@ -31,7 +32,7 @@ from usertrail.segments.model import (
     date_string_bound,
 )
 from usertrail.sessions.rules import PAGE_TYPES
-from usertrail.store.schema import attribute_history, end_users, events, identity_links, user_attributes
+from usertrail.store.schema import attribute_changes, custom_attributes, end_users, events, identity_links
 from usertrail.store.users import STANDARD_COLUMNS
 
 u = end_users
@@ -42,22 +43,50 @@ class Compiler:
 
     def __init__(self, project_id: int, now: int, dialect: str) -> None:
         self.project_id, self.now, self.dialect = project_id, now, dialect
+        self.row = custom_attributes.alias("ca")
 
     def members(self, tree: Group) -> sa.Select:
         """SELECT user_key of every member."""
-        return sa.select(u.c.user_key).where(u.c.project_id == self.project_id, self.condition(tree))
+        query = sa.select(u.c.user_key).select_from(self._joined(tree))
+        return query.where(u.c.project_id == self.project_id, self._condition(tree, top=True))
 
     def count(self, tree: Group) -> sa.Select:
-        return sa.select(sa.func.count()).select_from(u).where(u.c.project_id == self.project_id, self.condition(tree))
+        query = sa.select(sa.func.count()).select_from(self._joined(tree))
+        return query.where(u.c.project_id == self.project_id, self._condition(tree, top=True))
+
+    def _joined(self, tree: Group) -> sa.FromClause:
+        """`end_users`, with the user's custom-attribute row (outer) joined once if any rule reads it."""
+        if not _reads_row(tree):
+            return u
+        return u.outerjoin(self.row, self._row_on())
+
+    def _row_on(self) -> sa.ColumnElement[bool]:
+        return sa.and_(self.row.c.project_id == u.c.project_id, self.row.c.user_key == u.c.user_key)
 
     def condition(self, node: Node) -> sa.ColumnElement[bool]:
-        """The tree as one WHERE condition on `end_users` (correlated with its row)."""
-        return self._condition(node, top=True)
+        """The tree as one WHERE condition on `end_users` (correlated with its row).
+
+        Tests that read the custom-attribute row are evaluated in one correlated subquery that
+        outer-joins the row once; the others stay outside it, so the planner can still use
+        `end_users` indexes for them.
+        """
+        if not _reads_row(node):
+            return self._condition(node, top=True)
+        if isinstance(node, Group) and node.match == "all":
+            plain = [child for child in node.rules if not _reads_row(child)]
+            reading = [child for child in node.rules if _reads_row(child)]
+        else:
+            plain, reading = [], [node]
+        one = sa.select(sa.literal(1).label("one")).subquery("one")
+        inside = [self._condition(child, top=True) for child in sorted(reading, key=_cost)]
+        row_test = sa.exists(
+            sa.select(sa.literal(1)).select_from(one.outerjoin(self.row, self._row_on())).where(*inside)
+        )
+        return sa.and_(*(self._condition(child, top=True) for child in sorted(plain, key=_cost)), row_test)
 
     def _condition(self, node: Node, top: bool = False) -> sa.ColumnElement[bool]:
         if isinstance(node, Group):
-            # Both AND and OR stop at the first deciding operand, so the cheap tests go first:
-            # a custom attribute is only looked up for users the row's own columns have not decided.
+            # Both AND and OR stop at the first deciding operand, so the cheap tests go first.
             children = sorted(node.rules, key=_cost)
             parts = [self._condition(child, top and node.match == "all") for child in children]
             return sa.and_(*parts) if node.match == "all" else sa.or_(*parts)
@@ -68,93 +97,66 @@ class Compiler:
     # --- attribute rules -------------------------------------------------------------------
 
     def _positive(self, rule: AttributeRule | BehaviourRule, op: str, top: bool) -> sa.ColumnElement[bool]:
-        """`top`: the rule must hold for every member (it is ANDed from the root, not negated), so its set
-        may drive the query: a custom attribute becomes a `user_key IN (set)` the planner can start
-        from. Elsewhere it is looked up per user (`EXISTS` on the primary key): under OR a set
-        would be built whole for every count (at 1M users, sets of up to 800,000 keys, and on
-        PostgreSQL a set larger than work_mem rescanned per user), while the lookups run only
-        for the users the cheaper tests before them leave undecided."""
+        """`top`: the rule must hold for every member (it is ANDed from the root, not negated), so a
+        history rule may become a `user_key IN (set)` the planner can start from; elsewhere it is an
+        `EXISTS` per user, run only for the users the cheaper tests before it leave undecided."""
         if isinstance(rule, BehaviourRule):
             return self._behaviour(rule)
         attribute = rule.attribute
         if attribute.kind == "custom":
-            if top:
-                return u.c.user_key.in_(self._custom_set(rule, op))
-            return self._custom_probe(rule, op)
-        if attribute.kind == "standard":
-            column: sa.ColumnElement = STANDARD_COLUMNS[attribute.name]
+            if op in ("changed_to", "was"):
+                return self._change(rule, op, top)
+            if attribute.slot is None:
+                raise ValueError(
+                    f"custom attribute {attribute.name!r} has no slot: build the catalog from the registry"
+                )
+            column: sa.ColumnElement = self.row.c[attribute.slot]
+        elif attribute.kind == "standard":
+            column = STANDARD_COLUMNS[attribute.name]
         else:
             column = self._json_field(u.c.analytics_properties, attribute.name)
-        return sa.and_(column.is_not(None), self._test(column, column, rule, op))
+        return sa.and_(column.is_not(None), self._test(column, rule, op))
 
-    def _custom_set(self, rule: AttributeRule, op: str) -> sa.Select:
-        ua, name = user_attributes, rule.attribute.name
-        if op in ("changed_to", "was"):
-            h = attribute_history
-            wanted = msgspec.json.encode(rule.value).decode()
-            where = [h.c.project_id == self.project_id, h.c.name == name]
-            if op == "changed_to":
-                where += [h.c.new_value == wanted, h.c.changed_at >= self.now - rule.days * 86_400_000]  # type: ignore[operator]
-            else:
-                where.append(h.c.old_value == wanted)
-            return sa.select(h.c.user_key).where(*where)
-        where = [ua.c.project_id == self.project_id, ua.c.name == name]
-        if op != "is_set":
-            type_ = rule.attribute.type
-            if type_ == "number":
-                where.append(self._test(ua.c.value_num, ua.c.value_num, rule, op))
-            else:
-                # Equality on the stored JSON uses the (project, name, value) index; the rest reads the text.
-                where.append(self._test(self._json_text(ua.c.value), ua.c.value, rule, op))
-        return sa.select(ua.c.user_key).where(*where)
+    def _change(self, rule: AttributeRule, op: str, top: bool) -> sa.ColumnElement[bool]:
+        """A history rule: some write changed the attribute to (`changed_to`, within the last N days)
+        or away from (`was`) the value."""
+        h, slot = attribute_changes, rule.attribute.slot
+        if slot is None:
+            raise ValueError(
+                f"custom attribute {rule.attribute.name!r} has no slot: build the catalog from the registry"
+            )
+        index = 1 if op == "changed_to" else 0
+        if self.dialect == "postgresql":
+            element = sa.cast(h.c.changes, JSONB)[slot][index]
+            test = element == sa.cast(sa.literal(_json(rule.value)), JSONB)
+        else:
+            test = sa.func.json_extract(h.c.changes, f"$.{slot}[{index}]") == sa.literal(rule.value)
+        where = [h.c.project_id == self.project_id, test]
+        if op == "changed_to":
+            where.append(h.c.changed_at >= self.now - rule.days * 86_400_000)  # type: ignore[operator]
+        if top:
+            return u.c.user_key.in_(sa.select(h.c.user_key).where(*where))
+        # Correlated with `end_users` explicitly: inside `condition()`'s subquery over the attribute
+        # row, `end_users` is two levels up, where automatic correlation does not look.
+        return sa.exists(sa.select(sa.literal(1)).where(h.c.user_key == u.c.user_key, *where).correlate(u))
 
-    def _custom_probe(self, rule: AttributeRule, op: str) -> sa.ColumnElement[bool]:
-        """Whether this user's value passes: primary-key lookups of the row's own attribute."""
-        ua, name = user_attributes, rule.attribute.name
-        if op in ("changed_to", "was"):
-            h = attribute_history
-            wanted = msgspec.json.encode(rule.value).decode()
-            where = [h.c.project_id == self.project_id, h.c.user_key == u.c.user_key, h.c.name == name]
-            if op == "changed_to":
-                where += [h.c.new_value == wanted, h.c.changed_at >= self.now - rule.days * 86_400_000]  # type: ignore[operator]
-            else:
-                where.append(h.c.old_value == wanted)
-            return sa.exists().where(*where)
-        where = [ua.c.project_id == self.project_id, ua.c.user_key == u.c.user_key, ua.c.name == name]
-        if op != "is_set":
-            if rule.attribute.type == "number":
-                where.append(self._test(ua.c.value_num, ua.c.value_num, rule, op))
-            else:
-                where.append(self._test(self._json_text(ua.c.value), ua.c.value, rule, op))
-        return sa.exists().where(*where)
-
-    def _test(self, value: sa.ColumnElement, stored: sa.ColumnElement, rule: AttributeRule, op: str):
-        """The positive test of `op` on a non-NULL value; `stored` is the raw JSON column for custom values."""
+    def _test(self, value: sa.ColumnElement, rule: AttributeRule, op: str):
+        """The positive test of `op` on a non-NULL value (booleans are stored as 1.0 / 0.0)."""
         v = rule.value
-        custom_json = rule.attribute.kind == "custom" and rule.attribute.type != "number"
         if op == "is_set":
             return sa.true()
         if op == "is":
-            return stored == _json(v) if custom_json else value == v
+            return value == v
         if op == "is_one_of":
-            return stored.in_([_json(x) for x in v]) if custom_json else value.in_(list(v))  # type: ignore[union-attr]
+            return value.in_(list(v))  # type: ignore[arg-type]
         if op in ("is_true", "is_false"):
-            return stored == _json(v)
-        # The raw JSON of a string is '"' + the string with only '"', '\\' and control characters
-        # escaped (msgspec, which writes every value). For a text made only of characters written as
-        # themselves, a test on the raw JSON decides (starts with) or pre-filters (contains, ends
-        # with: a match could start inside an escape such as \n) without decoding every value.
-        plain = custom_json and isinstance(v, str) and _PLAIN_JSON.fullmatch(v) is not None
+            return value == (1.0 if v else 0.0)
         if op == "contains":
-            test = self._contains(value, v)  # type: ignore[arg-type]
-            return sa.and_(self._contains(stored, v), test) if plain else test  # type: ignore[arg-type]
+            return self._contains(value, v)  # type: ignore[arg-type]
         if op == "starts_with":
-            if plain:
-                return sa.func.substr(stored, 1, len(v) + 1) == f'"{v}'  # type: ignore[arg-type]
             return sa.func.substr(value, 1, len(v)) == v  # type: ignore[arg-type]
         if op == "ends_with":
-            test = self._ends_with(value, v)  # type: ignore[arg-type]
-            return sa.and_(self._ends_with(stored, f'{v}"'), test) if plain else test
+            return self._ends_with(value, v)  # type: ignore[arg-type]
         if op == "matches_regex":
             return value.regexp_match(v)
         if rule.attribute.type == "number" and isinstance(value.type, sa.Integer):
@@ -170,12 +172,8 @@ class Compiler:
         if isinstance(v, Interval):
             lo, hi = v.bounds(self.now)
             if rule.attribute.type == "date":
+                # Dates are stored as YYYY-MM-DD text, which orders as the dates do.
                 lo, hi = date_string_bound(lo), date_string_bound(hi)  # type: ignore[assignment]
-                if custom_json:
-                    # A date is stored as '"YYYY-MM-DD"': the quoted bounds order the raw JSON the
-                    # same way, so the rule is one range of the (project, name, value) index.
-                    value = stored
-                    lo, hi = (None if b is None else _json(b) for b in (lo, hi))  # type: ignore[assignment]
             parts = []
             if lo is not None:
                 parts.append(value >= lo)
@@ -215,11 +213,6 @@ class Compiler:
         if self.dialect == "postgresql":
             return sa.cast(column, JSONB).op("->>", return_type=sa.Text)(sa.literal(name))
         return sa.func.json_extract(column, f'$."{name}"')
-
-    def _json_text(self, column: sa.ColumnElement) -> sa.ColumnElement:
-        if self.dialect == "postgresql":
-            return sa.cast(column, JSONB).op("#>>", return_type=sa.Text)(sa.literal_column("'{}'"))
-        return sa.func.json_extract(column, "$")
 
     def _contains(self, value: sa.ColumnElement, text: str) -> sa.ColumnElement[bool]:
         # Case-sensitive on both engines (SQLite's LIKE is not), so no LIKE.
@@ -299,8 +292,16 @@ def _target_where(target: Target) -> list[sa.ColumnElement[bool]]:
     return where
 
 
-_PLAIN_JSON = re.compile(r"[ !#-\[\]-~]+")  # printable ASCII but '"' and '\\': JSON writes them as themselves
-
-
 def _json(value: object) -> str:
     return msgspec.json.encode(value).decode()
+
+
+def _reads_row(node: Node) -> bool:
+    """Whether any rule of the tree tests a value of the custom-attribute row."""
+    if isinstance(node, Group):
+        return any(_reads_row(child) for child in node.rules)
+    return (
+        isinstance(node, AttributeRule)
+        and node.attribute.kind == "custom"
+        and node.operator not in ("changed_to", "was")
+    )

@@ -1,16 +1,24 @@
 """Custom attribute values per end user, the per-project registry under its cap, and change history.
 
-Every integration (End User Update API, CSV, S3, Salesforce, SCIM) writes through `write()`, so
-they share one mapping and error model: a record's bad field is reported and skipped, the rest of
-the record and of the batch still apply, and a new name past the cap is refused with the cap and
-the registry in the error.
+Every integration (End User Update API, CSV, S3, Salesforce, SCIM) writes through `write()` or its
+bulk form `write_columns()`, so they share one mapping and error model: a record's bad field is
+reported and skipped, the rest of the record and of the batch still apply, and a new name past the
+cap is refused with the cap and the registry in the error.
+
+Storage (store/schema.py): one `custom_attributes` row per end user holding every value in the
+slot its attribute owns, with each value's source and time in the row's `stamps`; and one
+`attribute_changes` row per end user and write holding that write's changes. A write reads the
+rows of the users it touches once, decides every change in Python (the project's writes are
+serialised by a lock, so nothing changes in between) and writes each user's row once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -18,7 +26,7 @@ import sqlalchemy as sa
 
 from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
 from usertrail.store.database import insert_rows, lock_key, update_rows, write_transaction
-from usertrail.store.schema import attribute_history, attribute_registry, user_attributes
+from usertrail.store.schema import SLOTS_PER_KIND, attribute_changes, attribute_registry, custom_attributes
 
 
 @dataclass
@@ -62,9 +70,9 @@ def cap_reason(registered: object) -> str:
     )
 
 
-# A column's values for `write_columns`, aligned with the keys: (json_text, number_or_None), or
-# None where the row has no value (the attribute is left unchanged).
-ColumnValues = list[tuple[str, float | None] | None]
+# A column's values for `write_columns`, aligned with the keys: the typed value (as
+# `profiles.custom.convert` returns it), or None where the row has no value (left unchanged).
+ColumnValues = list[str | float | bool | None]
 
 
 @dataclass
@@ -78,10 +86,82 @@ class ColumnsReport:
     rows_applied: bytearray = field(default_factory=bytearray)  # 1 where the row had a value applied
 
 
-def _record_writer(conn: sa.Connection, project_id: int, registry: dict, names, source: str, now: int) -> None:
+def slot_kind(type_: str) -> str:
+    """The slot kind of a type: "t" (text: strings, dates) or "n" (number: numbers, booleans)."""
+    return "n" if type_ in ("number", "boolean") else "t"
+
+
+def free_slot(used: Iterable[str], type_: str) -> str:
+    """The first slot of the type's kind that no attribute of the project owns."""
+    kind, taken = slot_kind(type_), set(used)
+    for i in range(SLOTS_PER_KIND):
+        if f"{kind}{i}" not in taken:
+            return f"{kind}{i}"
+    raise AssertionError("more attributes than slots: the cap is larger than SLOTS_PER_KIND")
+
+
+def stored(value: str | float | bool | None) -> str | float | None:
+    """A typed value as its slot holds it (booleans as 1.0 / 0.0)."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    return value
+
+
+def typed(value: str | float | None, type_: str) -> str | float | bool | None:
+    """A slot's value as the attribute's typed value."""
+    if value is None or type_ != "boolean":
+        return value
+    return value != 0
+
+
+def decode_stamps(text: str | None) -> dict[str, tuple[str, int]]:
+    """`custom_attributes.stamps` as {slot: (source, time)}."""
+    found: dict[str, tuple[str, int]] = {}
+    for source, at, slots in msgspec.json.decode(text) if text else ():
+        for slot in slots:
+            found[slot] = (source, at)
+    return found
+
+
+def encode_stamps(stamps: dict[str, tuple[str, int]]) -> str:
+    """{slot: (source, time)} grouped by (source, time): a row written by one import is one group."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for slot, stamp in stamps.items():
+        groups.setdefault(stamp, []).append(slot)
+    return _encode([[source, at, slots] for (source, at), slots in groups.items()])
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registry entry as writes and reads need it."""
+
+    name: str
+    type: str
+    slot: str
+
+
+def registry_of(conn: sa.Connection, project_id: int) -> dict[str, Registered]:
+    """The project's attributes by name."""
+    rows = conn.execute(
+        sa.select(attribute_registry.c.name, attribute_registry.c.type, attribute_registry.c.slot).where(
+            attribute_registry.c.project_id == project_id
+        )
+    ).all()
+    return {r.name: Registered(r.name, r.type, r.slot) for r in rows}
+
+
+def _record_writer(conn: sa.Connection, project_id: int, names, source: str, now: int) -> None:
     """Add `source` to the integrations that write each name, and mark the names updated."""
+    rows = {
+        r.name: r
+        for r in conn.execute(
+            sa.select(attribute_registry.c.name, attribute_registry.c.integrations).where(
+                attribute_registry.c.project_id == project_id
+            )
+        ).all()
+    }
     for name in names:
-        row = registry.get(name)
+        row = rows.get(name)
         integrations = set(msgspec.json.decode(row.integrations)) if row is not None else {source}
         integrations.add(source)
         conn.execute(
@@ -95,15 +175,23 @@ def _encode(value) -> str:
     return msgspec.json.encode(value).decode()
 
 
-_ATTRIBUTE_COLUMNS = ("project_id", "user_key", "name", "value", "value_num", "source", "updated_at")
-_HISTORY_COLUMNS = ("project_id", "user_key", "id", "name", "old_value", "new_value", "source", "changed_at")
-
-
-_KEY_COLUMNS = ("project_id", "user_key", "name")
-
-
-def _first(item: tuple) -> str:
-    return item[0]
+def _register(
+    conn: sa.Connection, project_id: int, registry: dict[str, Registered], name: str, type_: str, source: str, now: int
+) -> Registered:
+    entry = Registered(name, type_, free_slot((r.slot for r in registry.values()), type_))
+    registry[name] = entry
+    conn.execute(
+        attribute_registry.insert().values(
+            project_id=project_id,
+            name=name,
+            type=type_,
+            integrations=_encode([source]),
+            created_at=now,
+            updated_at=now,
+            slot=entry.slot,
+        )
+    )
+    return entry
 
 
 class AttributeStore:
@@ -150,27 +238,20 @@ class AttributeStore:
         now = _now()
         with contextlib.nullcontext(conn) if conn is not None else write_transaction(self.engine) as conn:
             lock_key(conn, "attribute-registry", project_id)
-            registry = {
-                r.name: r
-                for r in conn.execute(
-                    sa.select(attribute_registry).where(attribute_registry.c.project_id == project_id)
-                ).all()
-            }
-            registered_types = {name: r.type for name, r in registry.items()}
+            registry = registry_of(conn, project_id)
             touched: set[str] = set()
-            accepted: list[tuple[str, str, object]] = []
+            accepted: list[tuple[str, str, object]] = []  # (user_key, slot, typed value or None)
             for index, (user_key, values) in enumerate(records):
                 for name, raw in values.items():
                     problem = check_name(name)
                     if problem:
                         report.errors.append(FieldError(index, str(name), problem))
                         continue
-                    type_ = registered_types.get(name) or types.get(name) or infer_type(raw)
-                    if name in types and name in registered_types and types[name] != registered_types[name]:
+                    entry = registry.get(name)
+                    type_ = entry.type if entry is not None else (types.get(name) or infer_type(raw))
+                    if entry is not None and name in types and types[name] != entry.type:
                         report.errors.append(
-                            FieldError(
-                                index, name, f"mapped as {types[name]} but registered as {registered_types[name]}"
-                            )
+                            FieldError(index, name, f"mapped as {types[name]} but registered as {entry.type}")
                         )
                         continue
                     try:
@@ -178,27 +259,20 @@ class AttributeStore:
                     except InvalidValue as exc:
                         report.errors.append(FieldError(index, name, str(exc)))
                         continue
-                    if name not in registered_types:
-                        if len(registered_types) >= CAP:
-                            report.errors.append(FieldError(index, name, cap_reason(registered_types)))
+                    if entry is None:
+                        if len(registry) >= CAP:
+                            report.errors.append(FieldError(index, name, cap_reason(registry)))
                             continue
-                        registered_types[name] = type_
-                        conn.execute(
-                            attribute_registry.insert().values(
-                                project_id=project_id,
-                                name=name,
-                                type=type_,
-                                integrations=_encode([source]),
-                                created_at=now,
-                                updated_at=now,
-                            )
-                        )
+                        entry = _register(conn, project_id, registry, name, type_, source, now)
                         report.registered.append(name)
                     touched.add(name)
                     report.applied += 1
-                    accepted.append((user_key, name, value))
-            report.changed = self._apply(conn, project_id, source, accepted, now)
-            _record_writer(conn, project_id, registry, touched, source, now)
+                    accepted.append((user_key, entry.slot, value))
+            final: dict[str, dict[str, object]] = {}
+            for user_key, slot, value in accepted:
+                final.setdefault(user_key, {})[slot] = value
+            report.changed = _apply(conn, project_id, source, final, registry, now)
+            _record_writer(conn, project_id, touched, source, now)
         return report
 
     def write_columns(
@@ -216,232 +290,263 @@ class AttributeStore:
         `columns` holds `(name, type, values)` with values already converted by
         `profiles.custom.CellConverter` for that type. The rules are `write`'s, decided once per
         column: a bad name, a type that clashes with the registry, or a new name past the cap refuses
-        the column (`column_errors`); the other columns apply. Most recent write wins, rows apply in
-        order, and each change goes to the history. `dry_run` checks everything and writes nothing.
+        the column (`column_errors`); the other columns apply. Most recent write wins (rows apply in
+        order: a key repeated in one call ends with its last value), and each user's changes go to
+        the history as one row. `dry_run` checks everything and writes nothing.
         """
         now = now if now is not None else _now()
         report = ColumnsReport(rows_applied=bytearray(len(keys)))
         if not dry_run:
             lock_key(conn, "attribute-registry", project_id)
-        registry = {
-            r.name: r
-            for r in conn.execute(
-                sa.select(attribute_registry).where(attribute_registry.c.project_id == project_id)
-            ).all()
-        }
-        registered_types = {name: r.type for name, r in registry.items()}
-        accepted: list[tuple[str, ColumnValues]] = []
+        registry = registry_of(conn, project_id)
+        planned = dict(registry)
+        accepted: list[tuple[str, str, ColumnValues]] = []  # (name, slot, values)
         for name, type_, values in columns:
             problem = check_name(name)
-            if problem is None and name in registered_types and registered_types[name] != type_:
-                problem = f"mapped as {type_} but registered as {registered_types[name]}"
-            if problem is None and name not in registered_types and len(registered_types) >= CAP:
-                problem = cap_reason(registered_types)
+            entry = planned.get(name)
+            if problem is None and entry is not None and entry.type != type_:
+                problem = f"mapped as {type_} but registered as {entry.type}"
+            if problem is None and entry is None and len(planned) >= CAP:
+                problem = cap_reason(planned)
             if problem is not None:
                 report.column_errors.append((name, problem))
                 continue
-            if name not in registered_types:
-                registered_types[name] = type_
+            if entry is None:
+                entry = planned[name] = Registered(name, type_, free_slot((r.slot for r in planned.values()), type_))
                 report.registered.append(name)
-            accepted.append((name, values))
-            rows_applied = report.rows_applied
-            for i, v in enumerate(values):
-                if v is not None:
-                    rows_applied[i] = 1
-                    report.applied += 1
+            accepted.append((name, entry.slot, values))
+            missing = values.count(None)
+            report.applied += len(values) - missing
+            if not missing:
+                report.rows_applied = bytearray(b"\x01" * len(values))
+            else:
+                rows_applied = report.rows_applied
+                for i, v in enumerate(values):
+                    if v is not None:
+                        rows_applied[i] = 1
         if dry_run:
             return report
         for name in report.registered:
-            conn.execute(
-                attribute_registry.insert().values(
-                    project_id=project_id,
-                    name=name,
-                    type=registered_types[name],
-                    integrations=_encode([source]),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-        report.changed = self._apply_columns(conn, project_id, source, keys, accepted, now)
-        _record_writer(conn, project_id, registry, [name for name, _ in accepted], source, now)
+            _register(conn, project_id, registry, name, planned[name].type, source, now)
+        # One read of the chunk's stored rows (the columns it writes) serves both paths.
+        read_slots = sorted({slot for _, slot, _ in accepted})
+        current = _read_rows(conn, project_id, sorted(set(keys)), read_slots)
+        changed = None if current else _insert_fresh(conn, project_id, source, keys, accepted, registry, now)
+        if changed is not None:
+            report.changed = changed
+            _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
+            return report
+        final: dict[str, dict[str, object]] = {}
+        for i, key in enumerate(keys):
+            row = None
+            for _, slot, values in accepted:
+                v = values[i]
+                if v is not None:
+                    if row is None:
+                        row = final.get(key)
+                        if row is None:
+                            row = final[key] = {}
+                    row[slot] = v
+        report.changed = _apply(conn, project_id, source, final, registry, now, (read_slots, current))
+        _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
         return report
-
-    @staticmethod
-    def _current(conn: sa.Connection, project_id: int, keys: list[str]) -> dict[tuple[str, str], str]:
-        """The stored values of these users, read in a few driver-level queries."""
-        found: dict[tuple[str, str], str] = {}
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            if conn.dialect.name == "postgresql":
-                sql = "SELECT user_key, name, value FROM user_attributes WHERE project_id = %s AND user_key = ANY(%s)"
-                cursor.execute(sql, (project_id, keys))
-                for user_key, name, value in cursor.fetchall():
-                    found[(user_key, name)] = value
-                return found
-            step = 5000
-            for i in range(0, len(keys), step):
-                part = keys[i : i + step]
-                sql = (
-                    "SELECT user_key, name, value FROM user_attributes WHERE project_id = ? "
-                    f"AND user_key IN ({', '.join('?' * len(part))})"
-                )
-                for user_key, name, value in cursor.execute(sql, (project_id, *part)):
-                    found[(user_key, name)] = value
-            return found
-        finally:
-            cursor.close()
-
-    @staticmethod
-    def _apply_columns(
-        conn: sa.Connection,
-        project_id: int,
-        source: str,
-        keys: list[str],
-        columns: list[tuple[str, ColumnValues]],
-        now: int,
-    ) -> int:
-        """`_apply` for columns: one read of the current values, then bulk inserts and set-wise updates.
-
-        Rows are visited in primary-key order (user key, then name; a key's repeated rows in file
-        order), so the rows to insert come out sorted: the B-tree inserts sweep each index once
-        instead of landing at random, and nothing has to be sorted afterwards. History ids count up
-        in that order, so a (user, name)'s changes keep the order in which they were applied.
-        """
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        by_name = sorted(columns, key=_first)
-        distinct = sorted(set(keys))
-        original = AttributeStore._current(conn, project_id, distinct)
-        prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
-        history: list[tuple] = []
-        inserts: list[tuple] = []
-        if not original and len(distinct) == len(keys):
-            # A fresh import of distinct users (the common case): every value is new.
-            for i in order:
-                key = keys[i]
-                for name, values in by_name:
-                    v = values[i]
-                    if v is not None:
-                        inserts.append((project_id, key, name, v[0], v[1], source, now))
-                        history.append(
-                            (project_id, key, f"{prefix}{len(history):08d}{suffix}", name, None, v[0], source, now)
-                        )
-        else:
-            current = dict(original)
-            final: dict[tuple[str, str], tuple[str, float | None]] = {}
-            for i in order:
-                key = keys[i]
-                for name, values in by_name:
-                    v = values[i]
-                    if v is None:
-                        continue
-                    k = (key, name)
-                    old = current.get(k)
-                    if old != v[0]:
-                        history.append(
-                            (project_id, key, f"{prefix}{len(history):08d}{suffix}", name, old, v[0], source, now)
-                        )
-                        current[k] = v[0]
-                    final[k] = v
-            updates, refreshes = [], []
-            for (key, name), (new, number) in final.items():
-                old = original.get((key, name))
-                if old is None:
-                    inserts.append((project_id, key, name, new, number, source, now))
-                elif old == new:
-                    refreshes.append((source, now, project_id, key, name))
-                else:
-                    updates.append((new, number, source, now, project_id, key, name))
-            update_rows(conn, user_attributes, ("value", "value_num", "source", "updated_at"), _KEY_COLUMNS, updates)
-            update_rows(conn, user_attributes, ("source", "updated_at"), _KEY_COLUMNS, refreshes)
-        insert_rows(conn, user_attributes, _ATTRIBUTE_COLUMNS, inserts)
-        insert_rows(conn, attribute_history, _HISTORY_COLUMNS, history)
-        return len(history)
-
-    @staticmethod
-    def _apply(conn: sa.Connection, project_id: int, source: str, accepted: list, now: int) -> int:
-        """Write accepted values with a few set-wise statements; returns how many values changed.
-
-        One read of the current values; every change in order goes to the history; then each
-        (user, name) gets one final insert, update, delete or refresh (same value, newer time).
-        """
-        original: dict[tuple[str, str], str] = {}
-        keys = sorted({key for key, _, _ in accepted})
-        for i in range(0, len(keys), 500):
-            rows = conn.execute(
-                sa.select(user_attributes.c.user_key, user_attributes.c.name, user_attributes.c.value).where(
-                    user_attributes.c.project_id == project_id, user_attributes.c.user_key.in_(keys[i : i + 500])
-                )
-            ).all()
-            original.update({(r.user_key, r.name): r.value for r in rows})
-        current = dict(original)
-        final: dict[tuple[str, str], tuple[str | None, object]] = {}
-        history: list[tuple] = []
-        suffix = "-" + secrets.token_hex(4)
-        for user_key, name, value in accepted:
-            k = (user_key, name)
-            new = None if value is None else _encode(value)
-            final[k] = (new, value)
-            old = current.get(k)
-            if old != new:
-                history.append(
-                    (project_id, user_key, f"{now:013d}-{len(history):06d}{suffix}", name, old, new, source, now)
-                )
-                current[k] = new
-        inserts, updates, deletes, refreshes = [], [], [], []
-        for (user_key, name), (new, value) in final.items():
-            numeric = value if isinstance(value, float) else None
-            if new is None:
-                if (user_key, name) in original:
-                    deletes.append({"k_user": user_key, "k_name": name})
-            elif (user_key, name) not in original:
-                inserts.append((project_id, user_key, name, new, numeric, source, now))
-            elif original[(user_key, name)] == new:
-                refreshes.append((source, now, project_id, user_key, name))
-            else:
-                updates.append((new, numeric, source, now, project_id, user_key, name))
-        if deletes:
-            conn.execute(
-                user_attributes.delete().where(
-                    user_attributes.c.project_id == project_id,
-                    user_attributes.c.user_key == sa.bindparam("k_user"),
-                    user_attributes.c.name == sa.bindparam("k_name"),
-                ),
-                deletes,
-            )
-        update_rows(conn, user_attributes, ("value", "value_num", "source", "updated_at"), _KEY_COLUMNS, updates)
-        update_rows(conn, user_attributes, ("source", "updated_at"), _KEY_COLUMNS, refreshes)
-        insert_rows(conn, user_attributes, _ATTRIBUTE_COLUMNS, inserts)
-        insert_rows(conn, attribute_history, _HISTORY_COLUMNS, history)
-        return len(history)
 
     def values(self, project_id: int, keys: list[str]) -> dict[str, dict]:
         """The custom attributes of an end user (all their keys; the most recent write wins)."""
         with self.engine.connect() as conn:
+            registry = registry_of(conn, project_id)
             rows = conn.execute(
-                sa.select(user_attributes)
-                .where(user_attributes.c.project_id == project_id, user_attributes.c.user_key.in_(keys))
-                .order_by(user_attributes.c.updated_at)
+                sa.select(custom_attributes).where(
+                    custom_attributes.c.project_id == project_id, custom_attributes.c.user_key.in_(keys)
+                )
             ).all()
-        return {
-            r.name: {"value": msgspec.json.decode(r.value), "source": r.source, "updated_at": r.updated_at}
-            for r in rows
-        }
+        found: dict[str, dict] = {}
+        for row in rows:
+            stamps = decode_stamps(row.stamps)
+            for entry in registry.values():
+                value = getattr(row, entry.slot)
+                if value is None:
+                    continue
+                source, at = stamps.get(entry.slot, ("", 0))
+                if entry.name not in found or at >= found[entry.name]["updated_at"]:
+                    found[entry.name] = {"value": typed(value, entry.type), "source": source, "updated_at": at}
+        return dict(sorted(found.items(), key=lambda item: item[1]["updated_at"]))
 
     def history(self, project_id: int, keys: list[str], name: str | None = None, limit: int = 100) -> list[dict]:
-        query = sa.select(attribute_history).where(
-            attribute_history.c.project_id == project_id, attribute_history.c.user_key.in_(keys)
+        """The changes of an end user's attributes (of `name` only, if given), newest first."""
+        h = attribute_changes
+        query = (
+            sa.select(h.c.source, h.c.changed_at, h.c.changes)
+            .where(h.c.project_id == project_id, h.c.user_key.in_(keys))
+            .order_by(h.c.id.desc())
         )
-        if name is not None:
-            query = query.where(attribute_history.c.name == name)
+        found: list[dict] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(attribute_history.c.id.desc()).limit(limit)).all()
-        return [
-            {
-                "name": r.name,
-                "old": None if r.old_value is None else msgspec.json.decode(r.old_value),
-                "new": None if r.new_value is None else msgspec.json.decode(r.new_value),
-                "source": r.source,
-                "changed_at": r.changed_at,
-            }
-            for r in rows
-        ]
+            names = {entry.slot: entry.name for entry in registry_of(conn, project_id).values()}
+            for row in conn.execute(query):
+                for slot, (old, new) in reversed(msgspec.json.decode(row.changes).items()):
+                    if name is not None and names.get(slot) != name:
+                        continue
+                    found.append(
+                        {"name": names.get(slot, slot), "old": old, "new": new, "source": row.source,
+                         "changed_at": row.changed_at}
+                    )  # fmt: skip
+                    if len(found) >= limit:
+                        return found
+        return found
+
+
+def _read_rows(conn: sa.Connection, project_id: int, keys: list[str], slots: list[str]) -> dict[str, tuple]:
+    """The stored rows of these users: {user_key: (stamps, *slot values)}, read in a few driver-level queries."""
+    found: dict[str, tuple] = {}
+    cursor = conn.connection.dbapi_connection.cursor()
+    columns = ", ".join(["user_key", "stamps", *slots])
+    try:
+        if conn.dialect.name == "postgresql":
+            sql = f"SELECT {columns} FROM custom_attributes WHERE project_id = %s AND user_key = ANY(%s)"
+            cursor.execute(sql, (project_id, keys))
+            for row in cursor.fetchall():
+                found[row[0]] = row[1:]
+            return found
+        step = 5000
+        for i in range(0, len(keys), step):
+            part = keys[i : i + step]
+            sql = (
+                f"SELECT {columns} FROM custom_attributes WHERE project_id = ? "
+                f"AND user_key IN ({', '.join('?' * len(part))})"
+            )
+            for row in cursor.execute(sql, (project_id, *part)):
+                found[row[0]] = row[1:]
+        return found
+    finally:
+        cursor.close()
+
+
+def _insert_fresh(
+    conn: sa.Connection,
+    project_id: int,
+    source: str,
+    keys: list[str],
+    columns: list[tuple[str, str, ColumnValues]],
+    registry: dict[str, Registered],
+    now: int,
+) -> int | None:
+    """The common case of an import, column-wise: distinct keys in ascending order (as exports
+    write them), none of them stored yet (the caller checked), so every value is new. Returns the number of values
+    written, or None (nothing written) when the case does not apply and `_apply` must decide.
+
+    The rows are built by zipping whole columns, and each column's JSON for the history is encoded
+    once per distinct value, so the per-row Python work is a tuple and a string join.
+    """
+    if not columns or any(a >= b for a, b in itertools.pairwise(keys)):
+        return None
+    types = {entry.slot: entry.type for entry in registry.values()}
+    slots = [slot for _, slot, _ in columns]
+    stored_columns = []
+    parts = []  # per column: each row's '"slot":[null,value]' history text, or None
+    for slot, (_, _, values) in zip(slots, columns, strict=True):
+        boolean = types[slot] == "boolean"
+        stored_columns.append([None if v is None else (1.0 if v else 0.0) for v in values] if boolean else values)
+        # Columns repeat values (plans, dates, flags): encode each distinct value once, map in C.
+        texts: dict[object, str | None] = {
+            v: None if v is None else f'"{slot}":[null,{msgspec.json.encode(v).decode()}]' for v in set(values)
+        }
+        column_parts = list(map(texts.__getitem__, values))
+        parts.append(column_parts)
+    complete = not any(None in values for _, _, values in columns)
+    if complete:
+        stamps: list[str] | itertools.repeat[str] = itertools.repeat(encode_stamps(dict.fromkeys(slots, (source, now))))
+        changes = ["{" + ",".join(row) + "}" for row in zip(*parts, strict=True)]
+    else:
+        stamps, changes = [], []
+        for row in zip(*parts, strict=True):
+            present = [slots[j] for j, text in enumerate(row) if text is not None]
+            stamps.append(encode_stamps(dict.fromkeys(present, (source, now))) if present else "")  # type: ignore[union-attr]
+            changes.append("{" + ",".join(text for text in row if text is not None) + "}" if present else "")
+    rows = [row for row in zip(itertools.repeat(project_id), keys, *stored_columns, stamps, strict=False) if row[-1]]
+    prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
+    history = [
+        (project_id, key, f"{prefix}{n:08d}{suffix}", source, now, text)
+        for n, (key, text) in enumerate((k, c) for k, c in zip(keys, changes, strict=True) if c)
+    ]
+    insert_rows(conn, custom_attributes, ("project_id", "user_key", *slots, "stamps"), rows)
+    insert_rows(conn, attribute_changes, ("project_id", "user_key", "id", "source", "changed_at", "changes"), history)
+    return sum(len(values) - values.count(None) for _, _, values in columns)
+
+
+def _apply(
+    conn: sa.Connection,
+    project_id: int,
+    source: str,
+    final: dict[str, dict[str, object]],
+    registry: dict[str, Registered],
+    now: int,
+    read: tuple[list[str], dict[str, tuple]] | None = None,
+) -> int:
+    """Write each user's final values of this write (None clears); returns how many values changed.
+
+    One read of the users' current rows, then one bulk insert of the new rows, one set-wise update
+    of the others, and one history row per user whose values changed ({slot: [old, new]}). A value
+    written again unchanged keeps its value and takes the new source and time (no history).
+    Users are visited in key order, so inserts sweep the primary key once and history ids count
+    up in that order.
+    """
+    if not final:
+        return 0
+    types = {entry.slot: entry.type for entry in registry.values()}
+    slots = sorted({slot for values in final.values() for slot in values})
+    keys = sorted(final)
+    if read is None:
+        current = _read_rows(conn, project_id, keys, slots)
+    else:  # the caller read these users' rows with (at least) these slots: keep them in our order
+        read_slots, rows = read
+        where = [read_slots.index(slot) + 1 for slot in slots]
+        current = {key: (row[0], *(row[i] for i in where)) for key, row in rows.items()}
+    stamp = (source, now)
+    inserts: list[tuple] = []
+    updates: list[tuple] = []
+    history: list[tuple] = []
+    changed = 0
+    prefix, suffix = f"{now:013d}-", "-" + secrets.token_hex(4)
+    encode = msgspec.json.encode
+    for key in keys:
+        values = final[key]
+        row = current.get(key)
+        changes: dict[str, list] = {}
+        if row is None:
+            new_slots = {slot: v for slot, v in values.items() if v is not None}
+            if not new_slots:
+                continue
+            for slot, v in new_slots.items():
+                changes[slot] = [None, v]
+            inserts.append(
+                (project_id, key, *(stored(new_slots.get(slot)) for slot in slots),
+                 encode([[source, now, list(new_slots)]]).decode())
+            )  # fmt: skip
+        else:
+            stamps = decode_stamps(row[0])
+            out = []
+            for j, slot in enumerate(slots):
+                old_stored = row[j + 1]
+                if slot not in values:
+                    out.append(old_stored)
+                    continue
+                v = values[slot]
+                old = typed(old_stored, types[slot])
+                if old != v:
+                    changes[slot] = [old, v]
+                if v is None:
+                    stamps.pop(slot, None)
+                else:
+                    stamps[slot] = stamp
+                out.append(stored(v))  # type: ignore[arg-type]
+            updates.append((*out, encode_stamps(stamps), project_id, key))
+        if changes:
+            changed += len(changes)
+            history.append(
+                (project_id, key, f"{prefix}{len(history):08d}{suffix}", source, now, encode(changes).decode())
+            )
+    insert_rows(conn, custom_attributes, ("project_id", "user_key", *slots, "stamps"), inserts)
+    update_rows(conn, custom_attributes, (*slots, "stamps"), ("project_id", "user_key"), updates)
+    insert_rows(conn, attribute_changes, ("project_id", "user_key", "id", "source", "changed_at", "changes"), history)
+    return changed

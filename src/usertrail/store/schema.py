@@ -279,67 +279,45 @@ attribute_registry = sa.Table(
     sa.Column("integrations", sa.Text, nullable=False),  # JSON list of the sources that write it
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("slot", sa.Text, nullable=False),  # its column in `custom_attributes`: tN (string, date) or nN
     sa.PrimaryKeyConstraint("project_id", "name"),
+    sa.UniqueConstraint("project_id", "slot"),
 )
 
-user_attributes = sa.Table(
-    "user_attributes",
+# One row per end user with a value in any slot (values of users not seen yet wait here too:
+# pre-provisioning). Each registered attribute owns one slot of its kind for good (attributes are
+# never removed): strings and dates (`YYYY-MM-DD`, which orders as text) in a text slot `tN`,
+# numbers and booleans (1.0 / 0.0) in a number slot `nN`. The cap of 100 attributes bounds each
+# kind to 100 slots. A CSV row is one row here (and one history row) instead of one per value, and
+# any number of segment rules on custom attributes read one row per user.
+SLOTS_PER_KIND = 100
+custom_attributes = sa.Table(
+    "custom_attributes",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
     sa.Column("user_key", sa.Text, nullable=False),
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("value", sa.Text, nullable=False),  # JSON of the typed value
-    sa.Column("value_num", sa.Float, nullable=True),  # numbers, for comparisons in SQL
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("updated_at", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("project_id", "user_key", "name"),
-)
-# A custom-attribute rule's member set is one range of a value index. On PostgreSQL it carries
-# user_key (INCLUDE), so the set needs no row lookups; on SQLite it does not, because there,
-# without statistics, a covering index that starts with project_id looks cheaper than the primary
-# key to every (project_id, user_key IN …) read: it turned a 1 ms read of one user's attributes
-# into a 2 s scan of the project (measured at 1M users). The number index is partial, so only a
-# value_num test can use it.
-sa.Index(
-    None,
-    user_attributes.c.project_id,
-    user_attributes.c.name,
-    user_attributes.c.value,
-    postgresql_include=["user_key"],
-)
-sa.Index(
-    None,
-    user_attributes.c.project_id,
-    user_attributes.c.name,
-    user_attributes.c.value_num,
-    user_attributes.c.user_key,
-    sqlite_where=user_attributes.c.value_num.is_not(None),
-    postgresql_where=user_attributes.c.value_num.is_not(None),
+    *(sa.Column(f"t{i}", sa.Text, nullable=True) for i in range(SLOTS_PER_KIND)),
+    *(sa.Column(f"n{i}", sa.Float, nullable=True) for i in range(SLOTS_PER_KIND)),
+    # Each value's source and time, grouped by write: JSON [[source, time, [slot, …]], …].
+    sa.Column("stamps", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key"),
 )
 
-attribute_history = sa.Table(
-    "attribute_history",
+# The change history: one row per end user and write, holding that write's changes as JSON
+# {slot: [old, new]} (typed JSON values; null = not set).
+attribute_changes = sa.Table(
+    "attribute_changes",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
     sa.Column("user_key", sa.Text, nullable=False),
     sa.Column("id", sa.Text, nullable=False),  # time-ordered
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("old_value", sa.Text, nullable=True),
-    sa.Column("new_value", sa.Text, nullable=True),
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("changed_at", sa.BigInteger, nullable=False),
+    sa.Column("changes", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "id"),
 )
-sa.Index(None, attribute_history.c.project_id, attribute_history.c.name, attribute_history.c.changed_at)
-# "Changed to V within the last N days": one covering range per (name, new value).
-sa.Index(
-    None,
-    attribute_history.c.project_id,
-    attribute_history.c.name,
-    attribute_history.c.new_value,
-    attribute_history.c.changed_at,
-    attribute_history.c.user_key,
-)
+# "Changed to V within the last N days": the rows of the last N days of the project.
+sa.Index(None, attribute_changes.c.project_id, attribute_changes.c.changed_at)
 
 # --- incoming integrations: the End User Update API and the integration log (issue 4) ---------
 # Credentials carry their project id (`uc_<project>_…`, `uat_<project>_…`), so every lookup is by

@@ -32,8 +32,9 @@ from usertrail.segments.model import Attribute, Catalog
 from usertrail.store.database import write_transaction
 from usertrail.store.identity import members_of, owner_of
 from usertrail.store.schema import (
-    attribute_history,
+    attribute_changes,
     audit_log,
+    custom_attributes,
     end_users,
     events,
     identity_links,
@@ -45,7 +46,6 @@ from usertrail.store.schema import (
     segment_members,
     session_hints,
     sessions,
-    user_attributes,
 )
 
 # Standard attribute name -> column of `end_users`.
@@ -167,8 +167,8 @@ def _resolve(catalog: Catalog, name: str, path: str) -> Attribute:
 
 
 def _shown_value(attribute: Attribute, raw: object) -> object:
-    if attribute.kind == "custom" and raw is not None:
-        return msgspec.json.decode(raw)  # type: ignore[arg-type]
+    if attribute.kind == "custom" and attribute.type == "boolean" and raw is not None:
+        return raw != 0  # stored as 1.0 / 0.0
     return raw
 
 
@@ -255,7 +255,7 @@ class UserStore:
         catalog = catalog or Catalog()
         attributes = [_resolve(catalog, name, "column") for name in columns]
         key = _resolve(catalog, sort, "sort")
-        numeric = key.name in NUMERIC or (key.kind == "custom" and key.type == "number")
+        numeric = key.name in NUMERIC or (key.kind == "custom" and key.type in ("number", "boolean"))
         if after is not None and after.value is not None and isinstance(after.value, str) == numeric:
             raise BadQuery("after", f"the cursor is not from a list sorted by {sort!r}")
         where = [end_users.c.project_id == project_id, *(f.clause() for f in filters), *conditions]
@@ -278,35 +278,35 @@ class UserStore:
                 else (lambda c: c.ilike(pattern, escape="\\"))
             )
             where.append(sa.or_(*(matches(c) for c in searched)))
-        joined: dict[str, sa.Table] = {}
+        row = custom_attributes.alias("ca")
+        reads_row = False
 
-        def value_of(attribute: Attribute, for_sort: bool) -> sa.ColumnElement:
+        def value_of(attribute: Attribute) -> sa.ColumnElement:
+            nonlocal reads_row
             if attribute.kind == "standard":
                 return STANDARD_COLUMNS[attribute.name]
             if attribute.kind == "analytics":
                 return json_field(end_users.c.analytics_properties, attribute.name, dialect)
-            alias = joined.setdefault(attribute.name, user_attributes.alias(f"ua{len(joined)}"))
-            # Numbers sort by their number, other types by their JSON text (strings, YYYY-MM-DD dates, booleans).
-            return alias.c.value_num if for_sort and attribute.type == "number" else alias.c.value
+            if attribute.slot is None:
+                raise ValueError(f"custom attribute {attribute.name!r} has no slot: pass the registry's catalog")
+            reads_row = True
+            # Slots are typed: numbers and booleans sort as numbers, strings and YYYY-MM-DD dates as text.
+            return row.c[attribute.slot]
 
         def source(inner_sort: bool) -> sa.FromClause:
-            """`end_users` with each custom attribute joined; the sort's inner-joined for the first pass, so
-            the planner can walk its (project, name, value, key) index instead of sorting every user."""
-            joins: sa.FromClause = end_users
-            for name, alias in joined.items():
-                on = sa.and_(
-                    alias.c.project_id == end_users.c.project_id,
-                    alias.c.user_key == end_users.c.user_key,
-                    alias.c.name == name,
-                )
-                inner = inner_sort and name == key.name and key.kind == "custom"
-                joins = joins.join(alias, on) if inner else joins.outerjoin(alias, on)
-            return joins
+            """`end_users` with the custom-attribute row joined once if any column reads it; inner-joined
+            for the first pass of a custom sort (only users with a value are listed there)."""
+            if not reads_row:
+                return end_users
+            on = sa.and_(row.c.project_id == end_users.c.project_id, row.c.user_key == end_users.c.user_key)
+            if inner_sort and key.kind == "custom":
+                return end_users.join(row, on)
+            return end_users.outerjoin(row, on)
 
-        sort_value = value_of(key, True)
-        shown = [value_of(a, False).label(f"column_{i}") for i, a in enumerate(attributes)]
+        sort_value = value_of(key)
+        shown = [value_of(a).label(f"column_{i}") for i, a in enumerate(attributes)]
         columns_selected = (end_users, sort_value.label("sort_value"), *shown)
-        tie = joined[key.name].c.user_key if key.kind == "custom" else end_users.c.user_key
+        tie = end_users.c.user_key
         direction = (lambda c: c.desc()) if descending else (lambda c: c.asc())
         later = (lambda a, b: a < b) if descending else (lambda a, b: a > b)
         nullable = key.kind != "standard" or STANDARD_COLUMNS[key.name].nullable
@@ -436,9 +436,9 @@ def _delete_user(conn: sa.Connection, project_id: int, owner: str) -> dict[str, 
     conn.execute(
         pending_users.delete().where(pending_users.c.project_id == project_id, pending_users.c.user_key.in_(keys))
     )
-    for table in (user_attributes, attribute_history, segment_members, segment_changes, report_days, report_steps):
+    for table in (custom_attributes, attribute_changes, segment_members, segment_changes, report_days, report_steps):
         deleted = conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
-        if table is user_attributes:
+        if table is custom_attributes:
             counts["attributes"] = deleted.rowcount
     return counts
 
