@@ -127,11 +127,12 @@ def _starts_sql(dialect: str, scoped: bool) -> str:
     """Where runs of activity start (a gap of 30 minutes or more), and equal times inside a key.
 
     Each event looks at the one before it (LAG in time order, which the (project, user, time)
-    index delivers without sorting and without reading the table).
+    index delivers without sorting and without reading the table). With a scope, its keys drive
+    the join (CROSS JOIN fixes that order on SQLite).
     """
     p = "%s" if dialect == "postgresql" else "?"
     source = (
-        f"events e JOIN {SCOPE} s ON e.user_key = s.user_key AND e.ts >= s.since WHERE e.project_id = {p}"
+        f"{SCOPE} s CROSS JOIN events e WHERE e.project_id = {p} AND e.user_key = s.user_key AND e.ts >= s.since"
         if scoped
         else f"events e WHERE e.project_id = {p}"
     )
@@ -186,11 +187,14 @@ def _values_sql(dialect: str) -> str:
     """
     p = "%s" if dialect == "postgresql" else "?"
     times = ", ".join(f"a.{c}" for c in _AT)
+    # PostgreSQL uses the index for `= ANY(array)` (not for an IN list of columns).
+    match = f"e.ts = ANY(ARRAY[{times}])" if dialect == "postgresql" else f"e.ts IN ({times})"
     return f"""
 SELECT a.id, e.ts, e.event_id, e.session_hint, e.url_path, e.country, e.region, e.city, e.browser,
        e.browser_version, e.os, e.device_type, e.anon_id
 FROM {AGGREGATES} a CROSS JOIN events e
-WHERE e.project_id = {p} AND e.user_key = a.k AND e.ts IN ({times}) AND a.end_ts - a.start_ts < {MAX_SESSION_MS} AND a.hints_low IS NOT DISTINCT FROM a.hints_high
+WHERE e.project_id = {p} AND e.user_key = a.k AND {match}
+  AND a.end_ts - a.start_ts < {MAX_SESSION_MS} AND a.hints_low IS NOT DISTINCT FROM a.hints_high
   AND a.vars_low IS NOT DISTINCT FROM a.vars_high AND a.anon_low IS NOT DISTINCT FROM a.anon_high
 """
 
@@ -259,10 +263,15 @@ def sessionize_keys(conn: sa.Connection, project_id: int, scoped: bool) -> KeySe
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         cursor.execute(_sql(dialect, "starts_scoped" if scoped else "starts"), (project_id,))
-        cursor.executemany(
-            f"INSERT INTO {RUNS} (id, k, start_ts, next_ts, python) VALUES ({', '.join([marker] * 5)})",
-            _runs(cursor.fetchall()),
-        )
+        runs = _runs(cursor.fetchall())
+        if dialect == "postgresql":
+            with cursor.copy(f"COPY {RUNS} (id, k, start_ts, next_ts, python) FROM STDIN") as copy:
+                for run in runs:
+                    copy.write_row(run)
+            # The GROUP BY hashes one row per run: in memory rather than spilled to disk.
+            cursor.execute("SET LOCAL work_mem = '256MB'")
+        else:
+            cursor.executemany(f"INSERT INTO {RUNS} (id, k, start_ts, next_ts, python) VALUES (?, ?, ?, ?, ?)", runs)
         cursor.execute(_sql(dialect, "aggregates"), (project_id,))
         cursor.execute(f"SELECT * FROM {AGGREGATES}")
         aggregates = cursor.fetchall()
@@ -349,24 +358,16 @@ def _from_aggregates(row: tuple, at: dict[int, tuple], found: KeySessions) -> bo
 _NONE = (None,) * 13
 
 
-_POINTS_SQL: dict[str, str] = {}
-
-
 def fetch_points(conn: sa.Connection, project_id: int, keys: Sequence[str], since: int, until: int) -> list[EventPoint]:
     """Events of these keys in [since, until], as the Python rule reads them (raw driver)."""
-    dialect = conn.dialect.name
-    sql = _POINTS_SQL.get(dialect)
-    if sql is None:
-        m = "%s" if dialect == "postgresql" else "?"
-        keys_sql = f"user_key = ANY({m})" if dialect == "postgresql" else "user_key IN (SELECT value FROM json_each(?))"
-        sql = _POINTS_SQL[dialect] = (
-            f"SELECT {', '.join(EVENT_POINT_COLUMNS)} FROM events "
-            f"WHERE project_id = {m} AND {keys_sql} AND ts >= {m} AND ts <= {m}"
-        )
-    keys_param = list(keys) if dialect == "postgresql" else msgspec.json.encode(list(keys)).decode()
+    m = "%s" if conn.dialect.name == "postgresql" else "?"
+    sql = (
+        f"SELECT {', '.join(EVENT_POINT_COLUMNS)} FROM events "
+        f"WHERE project_id = {m} AND user_key IN ({', '.join([m] * len(keys))}) AND ts >= {m} AND ts <= {m}"
+    )
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.execute(sql, (project_id, keys_param, since, until))
+        cursor.execute(sql, (project_id, *keys, since, until))
         return [EventPoint(*row) for row in cursor.fetchall()]
     finally:
         cursor.close()

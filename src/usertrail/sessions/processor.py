@@ -39,7 +39,7 @@ from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
 from usertrail.store.database import execute_many, insert_rows, lock_keys, update_rows, write_transaction
 from usertrail.store.identity import is_identified
 from usertrail.store.pending import mark_pending
-from usertrail.store.schema import end_users, identity_links, pending_users, session_hints, sessions
+from usertrail.store.schema import end_users, events, identity_links, pending_users, session_hints, sessions
 
 CLAIM_MS = 120_000
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _owners(conn: sa.Connection, project_id: int, keys: Iterable[str]) -> dict[s
 
 
 def _members(conn: sa.Connection, project_id: int, owners: Iterable[str]) -> dict[str, list[str]]:
-    """Owners that hold anonymous keys -> [owner, *its anonymous keys (sorted)]."""
+    """Owners that hold anonymous keys with events -> [owner, *those keys (sorted)]."""
     identified = sorted(o for o in owners if is_identified(o))
     linked: dict[str, set[str]] = defaultdict(set)
     for chunk in _chunks(identified):
@@ -140,9 +140,19 @@ def _members(conn: sa.Connection, project_id: int, owners: Iterable[str]) -> dic
     if not linked:
         return {}
     owner_of_anon = _owners(conn, project_id, {a for anons in linked.values() for a in anons})
+    # Only keys with events change the owner's sessions (a link alone, as after identify(), does not).
+    active: set[str] = set()
+    for chunk in _chunks(sorted(owner_of_anon)):
+        active.update(
+            conn.execute(
+                sa.select(events.c.user_key)
+                .where(events.c.project_id == project_id, events.c.user_key.in_(chunk))
+                .distinct()
+            ).scalars()
+        )
     members = {}
     for person, anons in linked.items():
-        own = sorted(a for a in anons if owner_of_anon[a] == person)
+        own = sorted(a for a in anons if owner_of_anon[a] == person and a in active)
         if own:
             members[person] = [person, *own]
     return members
@@ -282,9 +292,9 @@ class SessionProcessor:
         fill_scope(conn, since_of)
         fresh = conn.execute(
             sa.text(
-                f"SELECT e.user_key, e.ts, e.event_id, e.session_hint, e.anon_id FROM events e "
-                f"JOIN {SCOPE} s ON e.user_key = s.user_key AND e.ts >= s.since "
-                "WHERE e.project_id = :p AND (e.session_hint <> '' OR e.anon_id <> '')"
+                f"SELECT e.user_key, e.ts, e.event_id, e.session_hint, e.anon_id FROM {SCOPE} s CROSS JOIN events e "
+                "WHERE e.project_id = :p AND e.user_key = s.user_key AND e.ts >= s.since "
+                "AND (e.session_hint <> '' OR e.anon_id <> '')"
             ),
             {"p": project_id},
         ).all()
