@@ -36,7 +36,14 @@ from usertrail.sessions.derive import (
     sessionize_keys,
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
-from usertrail.store.database import execute_many, insert_rows, lock_keys, update_rows, write_transaction
+from usertrail.store.database import (
+    execute_many,
+    insert_rows,
+    insert_rows_ignore,
+    lock_keys,
+    update_rows,
+    write_transaction,
+)
 from usertrail.store.identity import is_identified
 from usertrail.store.pending import mark_pending
 from usertrail.store.schema import end_users, events, identity_links, pending_users, session_hints, sessions
@@ -341,7 +348,9 @@ class SessionProcessor:
                 ):
                     stored[(hint, key)] = (ts, event_id)
             new, earlier = _merge_earliest(stored, links.hints)
-            insert_rows(conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *at) for (h, k), at in new])
+            # Ignore, not fail, if another worker stored the same row meanwhile (it was claimed for another key).
+            if new:
+                insert_rows_ignore(conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *at) for (h, k), at in new])
             update_rows(
                 conn,
                 session_hints,
@@ -375,7 +384,8 @@ class SessionProcessor:
                 existing[(anon, person)] = (ts, event_id)
         before = _earliest_owner(existing)
         new, earlier = _merge_earliest(existing, links.candidates)
-        insert_rows(conn, identity_links, _LINK_COLUMNS, [(project_id, a, p, *at) for (a, p), at in new])
+        if new:
+            insert_rows_ignore(conn, identity_links, _LINK_COLUMNS, [(project_id, a, p, *at) for (a, p), at in new])
         update_rows(
             conn,
             identity_links,
