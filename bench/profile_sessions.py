@@ -5,11 +5,9 @@
     .venv/bin/python bench/profile_sessions.py --events 5000000 --users 200000 --skip-incremental
 
 1. Rebuild. The workload of bench/datagen.py is loaded into a fresh database, then
-   `SessionProcessor.rebuild` is timed against its parts: the streaming read of the events alone,
-   and the read plus `sessionize` per user (the product's functions, in the product's loop), as
-   the product does it (SQLAlchemy rows) and with each row first made an `EventPoint` by position.
-   The rest of the rebuild is building and inserting the rows. Then one more rebuild runs under
-   cProfile.
+   `SessionProcessor.rebuild` is timed against its main part, the set-based sessionization of
+   every key (`sessions.derive.sessionize_keys`). The rest of the rebuild is links, End User
+   Objects and writing the rows. Then one more rebuild runs under cProfile.
 2. Incremental. New users' events are written as ingest writes them (`EventStore.write_many`,
    which marks each user pending), then `SessionProcessor.run` processes them: once when the events
    are fresh (the session opens) and once 31 minutes later (the session closes). Both are timed,
@@ -21,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import io
-import itertools
-import operator
 import pstats
 import shutil
 import sys
 import tempfile
 import time
-import timeit
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/datagen.py, ru
 import sqlalchemy as sa
 
 import datagen
-from usertrail.sessions.processor import _EVENT_COLUMNS, SessionProcessor, _collect_links, _Links
-from usertrail.sessions.rules import IDLE_MS, EventPoint, sessionize
+from usertrail.sessions.derive import sessionize_keys
+from usertrail.sessions.processor import SessionProcessor
+from usertrail.sessions.rules import IDLE_MS
 from usertrail.store.database import create_engine
 from usertrail.store.events import EventStore, IngestRecord, event_row
-from usertrail.store.schema import events, sessions
+from usertrail.store.schema import sessions
 
 
 def _profile(fn, top: int, pattern: str | None = None) -> str:
@@ -60,61 +55,28 @@ def _profile(fn, top: int, pattern: str | None = None) -> str:
 
 
 def rebuild_parts(engine: sa.Engine, project_id: int, now: int, top: int) -> None:
-    """Time the read, the read plus sessionize, and the whole rebuild; then profile the rebuild."""
-    query = sa.select(*_EVENT_COLUMNS).where(events.c.project_id == project_id).order_by(events.c.user_key, events.c.ts)
+    """Time the set-based sessionization alone and the whole rebuild; then profile the rebuild."""
 
-    def read() -> int:
+    def sessionize_all() -> int:
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(query)
-            return sum(1 for _ in result)
+            found = sessionize_keys(conn, project_id, scoped=False)
+            conn.rollback()
+        return sum(len(s) for s in found.sessions.values())
 
-    def read_and_sessionize() -> int:
-        links, count = _Links(), 0
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(query)
-            for _, group in itertools.groupby(result, key=operator.attrgetter("user_key")):
-                rows = list(group)
-                _collect_links(rows, links)
-                count += len(sessionize(rows))
-        return count
-
-    # The same, but each row made into an EventPoint by position first: what the rule reads then
-    # costs a plain attribute access instead of a SQLAlchemy Row attribute lookup.
-    names = [c.name for c in _EVENT_COLUMNS]
-    positions = operator.itemgetter(*(names.index(f.name) for f in dataclasses.fields(EventPoint)))
-
-    def read_and_sessionize_points() -> int:
-        links, count = _Links(), 0
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(query)
-            for _, group in itertools.groupby(result, key=operator.itemgetter(0)):
-                rows = list(group)
-                _collect_links(rows, links)
-                count += len(sessionize([EventPoint(*positions(r)) for r in rows]))
-        return count
-
-    with engine.connect() as conn:
-        row = conn.execute(query.limit(1)).one()
-    n = 200_000
-    by_name = timeit.timeit("row.ts; row.type; row.country", globals={"row": row}, number=n) / n / 3
-    by_index = timeit.timeit("row[1]; row[3]; row[6]", globals={"row": row}, number=n) / n / 3
-    print(f"    one Row attribute by name: {by_name * 1e9:.0f} ns; by index: {by_index * 1e9:.0f} ns")
     timings = {}
     for name, fn in (
-        ("read the events (streamed, SQLAlchemy rows)", read),
-        ("read + group by user + sessionize", read_and_sessionize),
-        ("read + group by user + sessionize, rows made EventPoints by position first", read_and_sessionize_points),
-        ("whole rebuild (also builds and writes sessions, links, End User Objects)", None),
+        ("sessionize every key (sessions.derive.sessionize_keys: the set-based statements)", sessionize_all),
+        ("whole rebuild (also links, End User Objects, and writing every row)", None),
     ):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         if fn is None:
             SessionProcessor(engine).rebuild(project_id, now=now)
         else:
             fn()
         timings[name] = time.perf_counter() - began
-        print(f"    {timings[name]:7.1f} s  {name}", flush=True)
+        print(f"    {timings[name]:7.1f} s ({time.process_time() - cpu:.1f} s CPU in this process)  {name}", flush=True)
     print("\ncProfile of one more rebuild:")
-    print(_profile(lambda: SessionProcessor(engine).rebuild(project_id, now=now), top, r"processor|rules|standard"))
+    print(_profile(lambda: SessionProcessor(engine).rebuild(project_id, now=now), top, r"processor|derive|rules"))
 
 
 def _new_users(project_id: int, first_user: int, users: int, at: int) -> list[IngestRecord]:
@@ -179,7 +141,7 @@ def incremental(engine: sa.Engine, project_id: int, users: int, top: int) -> Non
             if phase == "timed":
                 done = 0
                 while True:
-                    stats = processor.run(at, batch=200, max_rounds=50)
+                    stats = processor.run(at, max_rounds=50)
                     if not stats.users:
                         break
                     done += stats.users
@@ -187,12 +149,12 @@ def incremental(engine: sa.Engine, project_id: int, users: int, top: int) -> Non
                 print(
                     f"    {label}: {done:,} users in {elapsed:.1f} s = {done / elapsed:,.0f} users/s; "
                     f"{(counter.statements - statements) / max(1, done):.1f} SQL statements per user "
-                    "(each user is one write transaction)",
+                    "(users are processed in batches, one transaction each)",
                     flush=True,
                 )
             else:
                 print(f"\ncProfile, {label}:")
-                print(_profile(lambda at=at: processor.run(at, batch=200, max_rounds=50), top, r"processor|identity"))
+                print(_profile(lambda at=at: processor.run(at, max_rounds=50), top, r"processor|identity"))
 
 
 def closable_query_plan(engine: sa.Engine) -> None:

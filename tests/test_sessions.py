@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -13,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usertrail.profiles.standard import ClosedSession, compute
+from usertrail.sessions.derive import SESSION_COLUMNS, profiles, session_row, sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
-from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, sessionize
-from usertrail.store.database import create_engine, insert_ignore, migrate, write_transaction
+from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, is_closable, sessionize
+from usertrail.store.database import create_engine, insert_ignore, insert_rows, migrate, write_transaction
 from usertrail.store.pending import mark_pending
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import end_users, events, identity_links, sessions
@@ -318,3 +320,96 @@ def test_processor_waits_for_a_burst_to_settle_but_not_forever_and_never_for_due
         mark_pending(conn, [(pid, "u:ana", t0)], marked_at=t0 + 59_000)
     assert processor.run(t0 + 59_999).users == 0
     assert processor.run(t0 + 60_000).users == 1
+
+
+# --- the set-based SQL gives exactly what the Python rule gives ----------------------------------
+
+sql_event_strategy = st.builds(
+    Ev,
+    key=st.sampled_from(KEYS),
+    # Minutes, with whole-hour steps now and then, so events share times and runs pass 12 hours.
+    ts=st.integers(0, 2 * 24 * 60).map(lambda m: T0 + m * MIN),
+    type=st.sampled_from(TYPES),
+    hint=st.sampled_from(HINTS),
+    anon=st.sampled_from([None, None, "d1", "d2"]),
+    country=st.sampled_from([None, "FR", "US"]),
+    browser=st.sampled_from([None, "Chrome", "Firefox"]),
+    vars=st.sampled_from([None, None, '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    singles=st.lists(sql_event_strategy, max_size=40),
+    bursts=st.lists(burst_strategy, max_size=3),
+    seed=st.integers(0, 2**32),
+)
+def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
+    """Sessions and End User Objects from the SQL statements equal the Python rule's, on both engines."""
+    rng = random.Random(seed)
+    evs = set(singles)
+    for key, start, count, step in bursts:
+        for i in range(count):
+            evs.add(Ev(key, T0 + (start + i * step) * MIN, rng.choice(TYPES), hint=rng.choice(HINTS)))
+    # One event per (key, event id), as the store keeps them.
+    evs = list({(e.key, e.event_id): e for e in sorted(evs, key=repr)}.values())
+    project = ProjectStore(engine).create(f"sql-{seed}-{len(evs)}").project.id
+    if evs:
+        with write_transaction(engine) as conn:
+            conn.execute(insert_ignore(events, conn.dialect.name), [e.row(project) for e in evs])
+    now = T0 + rng.choice([0, 24 * 60, 3 * 24 * 60]) * MIN
+    with engine.connect() as conn:
+        found = sessionize_keys(conn, project, scoped=False)
+    by_key: dict[str, list[Ev]] = {}
+    for e in evs:
+        by_key.setdefault(e.key, []).append(e)
+    expected, expected_profiles = [], []
+    for key in sorted(by_key):
+        points = [
+            EventPoint(
+                e.ts, e.event_id, e.type, e.hint, None, e.country, None, None, e.browser, None, None, None, e.vars
+            )
+            for e in by_key[key]
+        ]
+        made = sessionize(points)
+        rows = [session_row(project, key, s, "closed" if is_closable(s, i == len(made) - 1, now) else "open", None)
+                for i, s in enumerate(made)]  # fmt: skip
+        expected += rows
+        closed = [
+            ClosedSession(s.start, s.end, s.country, s.region, s.city, s.browser, s.browser_version, s.user_vars)
+            for s, row in zip(made, rows, strict=True)
+            if row[8] == "closed" and not s.is_empty
+        ]
+        attrs = compute(closed)
+        if attrs is not None:
+            expected_profiles.append(
+                (key, attrs.first_seen, attrs.last_seen, attrs.total_sessions, attrs.average_session_duration,
+                 attrs.total_session_duration, attrs.average_time_between_sessions, attrs.country, attrs.browser_name,
+                 json.dumps(attrs.analytics_properties, separators=(",", ":")) if attrs.analytics_properties else None)
+            )  # fmt: skip
+    got = []
+    for key in sorted(found.sessions):
+        made = found.sessions[key]
+        got += [session_row(project, key, s, "closed" if is_closable(s, i == len(made) - 1, now) else "open", None)
+                for i, s in enumerate(made)]  # fmt: skip
+    assert got == expected
+    # The links the pass found: the first event of each (client session id, key), as the rule sees it.
+    first_hint: dict[tuple[str, str], tuple[int, str]] = {}
+    for e in evs:
+        if e.hint:
+            k = (e.hint, e.key)
+            first_hint[k] = min(first_hint.get(k, (e.ts, e.event_id)), (e.ts, e.event_id))
+    seen: dict[tuple[str, str], tuple[int, str]] = {}
+    for hint, key, at in found.hints:
+        seen[(hint, key)] = min(seen.get((hint, key), at), at)
+    assert seen == first_hint
+    with write_transaction(engine) as conn:
+        insert_rows(
+            conn, sessions, SESSION_COLUMNS, [(*r[:9], now if r[8] == "closed" else None, *r[10:]) for r in got]
+        )
+        rows = profiles(conn, project, scoped=False, now=now)
+    assert [(r[1], *r[2:9], r[11], r[13]) for r in rows] == expected_profiles

@@ -15,80 +15,55 @@ anonymous key it owns.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
-import operator
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import sqlalchemy as sa
 
-from usertrail.profiles.standard import ClosedSession, compute
 from usertrail.segments.membership import SavedSegments, refresh_all, refresh_users
-from usertrail.sessions.rules import IDLE_MS, EventPoint, Session, is_closable, sessionize
-from usertrail.store.database import insert_ignore, lock_key, write_transaction
-from usertrail.store.identity import is_identified, members_of, owner_of
+from usertrail.sessions.derive import (
+    PROFILE_COLUMNS,
+    SCOPE,
+    SESSION_COLUMNS,
+    fetch_points,
+    fill_scope,
+    profiles,
+    session_row,
+    sessionize_keys,
+)
+from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
+from usertrail.store.database import (
+    execute_many,
+    insert_rows,
+    insert_rows_ignore,
+    lock_keys,
+    update_rows,
+    write_transaction,
+)
+from usertrail.store.identity import is_identified
 from usertrail.store.pending import mark_pending
 from usertrail.store.schema import end_users, events, identity_links, pending_users, session_hints, sessions
 
 CLAIM_MS = 120_000
 log = logging.getLogger(__name__)
 EVERYTHING = -(2**62)
+FOREVER = 2**62
+CHUNK = 500  # keys per IN list
 
-_EVENT_COLUMNS = (
-    events.c.user_key,
-    events.c.ts,
-    events.c.event_id,
-    events.c.type,
-    events.c.session_hint,
-    events.c.url_path,
-    events.c.country,
-    events.c.region,
-    events.c.city,
-    events.c.browser,
-    events.c.browser_version,
-    events.c.os,
-    events.c.device_type,
-    events.c.user_vars,
-    events.c.anon_id,
-    events.c.user_id,
-)
-
-
-# Statements built once: building SQLAlchemy expressions per call cost more than running them.
-_P, _K = sa.bindparam("p"), sa.bindparam("k")
-_EVENTS_SINCE = (
-    sa.select(*_EVENT_COLUMNS)
-    .where(
-        events.c.project_id == _P,
-        events.c.user_key.in_(sa.bindparam("keys", expanding=True)),
-        events.c.ts >= sa.bindparam("since"),
-    )
-    .order_by(events.c.ts, events.c.event_id)
-)
-_SESSIONS_OF = (
-    sa.select(sessions).where(sessions.c.project_id == _P, sessions.c.user_key == _K).order_by(sessions.c.start_ts)
-)
-_DROP_SESSIONS_FROM = sessions.delete().where(
-    sessions.c.project_id == _P, sessions.c.user_key == _K, sessions.c.start_ts >= sa.bindparam("window")
-)
 _UNCLAIMED = sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < sa.bindparam("now"))
-_CLAIM = (
-    pending_users.update()
-    .where(pending_users.c.project_id == _P, pending_users.c.user_key == _K, _UNCLAIMED)
-    .values(claimed_until=sa.bindparam("until"), claim=sa.bindparam("worker"))
-)
 _MINE = (
-    pending_users.c.project_id == _P,
-    pending_users.c.user_key == _K,
+    pending_users.c.project_id == sa.bindparam("p"),
+    pending_users.c.user_key == sa.bindparam("k"),
     pending_users.c.claim == sa.bindparam("worker"),
 )
 _DONE = pending_users.delete().where(*_MINE, pending_users.c.version == sa.bindparam("version"))
 _RELEASE = pending_users.update().where(*_MINE).values(claimed_until=None, claim=None)
+_DROP_SESSIONS_FROM = "DELETE FROM sessions WHERE project_id = ? AND user_key = ? AND start_ts >= ?"
+_DROP_PROFILE = "DELETE FROM end_users WHERE project_id = ? AND user_key = ?"
 
 
 @dataclass
@@ -96,6 +71,11 @@ class ProcessStats:
     users: int = 0
     sessions_closed: int = 0
     profiles_updated: int = 0
+
+    def add(self, other: ProcessStats) -> None:
+        self.users += other.users
+        self.sessions_closed += other.sessions_closed
+        self.profiles_updated += other.profiles_updated
 
 
 @dataclass
@@ -116,95 +96,88 @@ class _Links:
             self.hints[k] = at
 
 
-def _point(row) -> EventPoint:
-    return EventPoint(
-        row.ts,
-        row.event_id,
-        row.type,
-        row.session_hint,
-        row.url_path,
-        row.country,
-        row.region,
-        row.city,
-        row.browser,
-        row.browser_version,
-        row.os,
-        row.device_type,
-        row.user_vars,
-    )
+def _collect_links(rows: Iterable[tuple], links: _Links) -> None:
+    """Rows are (user_key, ts, event_id, session_hint, anon_id)."""
+    for key, ts, event_id, hint, anon_id in rows:
+        at = (ts, event_id)
+        if hint:
+            links.see_hint(hint, key, at)
+        if anon_id and is_identified(key):
+            links.offer("a:" + anon_id, key, at)
 
 
-def _collect_links(rows: Iterable, links: _Links) -> None:
-    for r in rows:
-        at = (r.ts, r.event_id)
-        if r.session_hint:
-            links.see_hint(r.session_hint, r.user_key, at)
-        if is_identified(r.user_key) and r.anon_id:
-            links.offer("a:" + r.anon_id, r.user_key, at)
+def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
-def _session_row(project_id: int, owner: str, s: Session, status: str, closed_at: int | None) -> dict:
-    return {
-        "project_id": project_id,
-        "user_key": owner,
-        "start_ts": s.start,
-        "end_ts": s.end,
-        "event_count": s.events,
-        "interaction_count": s.interactions,
-        "page_views": s.page_views,
-        "is_empty": s.is_empty,
-        "status": status,
-        "closed_at": closed_at,
-        "client_session_ids": msgspec.json.encode(s.hints).decode(),
-        "entry_path": s.entry_path,
-        "exit_path": s.exit_path,
-        "country": s.country,
-        "region": s.region,
-        "city": s.city,
-        "browser": s.browser,
-        "browser_version": s.browser_version,
-        "os": s.os,
-        "device_type": s.device_type,
-        "user_vars": msgspec.json.encode(s.user_vars).decode() if s.user_vars else None,
-    }
+def _owners(conn: sa.Connection, project_id: int, keys: Iterable[str]) -> dict[str, str]:
+    """The owner of each key: an identified key owns itself, an anonymous one goes to its earliest link."""
+    owners = {k: k for k in keys}
+    anons = sorted(k for k in owners if not is_identified(k))
+    for chunk in _chunks(anons):
+        best: dict[str, tuple] = {}
+        for anon, person, ts, event_id in conn.execute(
+            sa.select(
+                identity_links.c.user_key,
+                identity_links.c.person_key,
+                identity_links.c.link_ts,
+                identity_links.c.link_event_id,
+            ).where(identity_links.c.project_id == project_id, identity_links.c.user_key.in_(chunk))
+        ):
+            rank = (ts, event_id, person)
+            if anon not in best or rank < best[anon]:
+                best[anon] = rank
+        for anon, rank in best.items():
+            owners[anon] = rank[2]
+    return owners
 
 
-def _profile_row(project_id: int, owner: str, closed: Sequence[ClosedSession], now: int) -> dict | None:
-    attrs = compute(closed)
-    if attrs is None:
-        return None
-    return {
-        "project_id": project_id,
-        "user_key": owner,
-        "first_seen": attrs.first_seen,
-        "last_seen": attrs.last_seen,
-        "total_sessions": attrs.total_sessions,
-        "avg_session_duration_ms": attrs.average_session_duration,
-        "total_session_duration_ms": attrs.total_session_duration,
-        "avg_time_between_sessions_ms": attrs.average_time_between_sessions,
-        "country": attrs.country,
-        "region": attrs.region,
-        "city": attrs.city,
-        "browser_name": attrs.browser_name,
-        "browser_version": attrs.browser_version,
-        "analytics_properties": (
-            msgspec.json.encode(attrs.analytics_properties).decode() if attrs.analytics_properties else None
-        ),
-        "updated_at": now,
-    }
+def _members(conn: sa.Connection, project_id: int, owners: Iterable[str]) -> dict[str, list[str]]:
+    """Owners that hold anonymous keys with events -> [owner, *those keys (sorted)]."""
+    identified = sorted(o for o in owners if is_identified(o))
+    linked: dict[str, set[str]] = defaultdict(set)
+    for chunk in _chunks(identified):
+        for anon, person in conn.execute(
+            sa.select(identity_links.c.user_key, identity_links.c.person_key).where(
+                identity_links.c.project_id == project_id, identity_links.c.person_key.in_(chunk)
+            )
+        ):
+            linked[person].add(anon)
+    if not linked:
+        return {}
+    owner_of_anon = _owners(conn, project_id, {a for anons in linked.values() for a in anons})
+    # Only keys with events change the owner's sessions (a link alone, as after identify(), does not).
+    active: set[str] = set()
+    for chunk in _chunks(sorted(owner_of_anon)):
+        active.update(
+            conn.execute(
+                sa.select(events.c.user_key)
+                .where(events.c.project_id == project_id, events.c.user_key.in_(chunk))
+                .distinct()
+            ).scalars()
+        )
+    members = {}
+    for person, anons in linked.items():
+        own = sorted(a for a in anons if owner_of_anon[a] == person and a in active)
+        if own:
+            members[person] = [person, *own]
+    return members
 
 
-def _closed_view(row) -> ClosedSession:
-    return ClosedSession(
-        row.start_ts,
-        row.end_ts,
-        row.country,
-        row.region,
-        row.city,
-        row.browser,
-        row.browser_version,
-        msgspec.json.decode(row.user_vars) if row.user_vars else None,
-    )
+def _sessions_of(
+    conn: sa.Connection, project_id: int, targets: dict[str, int], members: dict[str, list[str]]
+) -> dict[str, list[Session]]:
+    """New sessions of each target from its window on: set-based SQL, the Python rule where needed."""
+    simple = {t: since for t, since in targets.items() if t not in members}
+    made: dict[str, list[Session]] = {}
+    if simple:
+        fill_scope(conn, simple)
+        made.update(sessionize_keys(conn, project_id, scoped=True).sessions)
+    for owner, keys in members.items():
+        if owner in targets:
+            made[owner] = sessionize(fetch_points(conn, project_id, keys, targets[owner], FOREVER))
+    return made
 
 
 class SessionProcessor:
@@ -217,38 +190,47 @@ class SessionProcessor:
         """
         self.engine = engine
         self.worker = secrets.token_hex(6)
+        self._rounds = itertools.count()
         self.segments = SavedSegments()
         self.settle_ms, self.max_defer_ms = settle_ms, max_defer_ms
 
     # --- the incremental path --------------------------------------------------------------
 
-    def run(self, now: int, batch: int = 200, max_rounds: int = 50) -> ProcessStats:
+    def run(self, now: int, batch: int = 1000, max_rounds: int = 50) -> ProcessStats:
         """Process pending users (and sessions that became closable) as of `now`.
 
-        Bounded by `max_rounds` claims so a caller under continuous ingest gets control back.
+        Each round claims up to `batch` users and recomputes them together, a few statements for
+        the whole batch. Bounded by `max_rounds` claims so a caller under continuous ingest gets
+        control back.
         """
         total = ProcessStats()
         self.enqueue_due_closes(now)
         for _ in range(max_rounds):
-            claimed = self._claim(now, batch)
+            token, claimed = self._claim(now, batch)
             if not claimed:
                 break
-            # SQLite has one writer anyway, so several users share a transaction (one commit);
-            # on PostgreSQL each user has its own, so advisory locks are never held across users.
-            per_transaction = 25 if self.engine.dialect.name == "sqlite" else 1
-            for i in range(0, len(claimed), per_transaction):
-                with write_transaction(self.engine) as conn:
-                    for project_id, key, since, version in claimed[i : i + per_transaction]:
-                        try:
-                            with conn.begin_nested():
-                                stats = self._process_one(conn, project_id, key, since, version, now)
-                        except sa.exc.SQLAlchemyError:
-                            # Left claimed: retried when the claim lapses; the others go on.
-                            log.exception("processing end user %s of project %d failed", key, project_id)
-                            continue
-                        total.users += 1
-                        total.sessions_closed += stats.sessions_closed
-                        total.profiles_updated += stats.profiles_updated
+            by_project: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+            for project_id, key, since, version in claimed:
+                by_project[project_id].append((key, since, version))
+            for project_id, items in by_project.items():
+                total.add(self._process_guarded(project_id, items, token, now))
+        return total
+
+    def _process_guarded(
+        self, project_id: int, items: list[tuple[str, int, int]], token: str, now: int
+    ) -> ProcessStats:
+        """The batch in one transaction; if it fails, each user alone, so one bad user holds up no other."""
+        try:
+            with write_transaction(self.engine) as conn:
+                return self._process_batch(conn, project_id, items, token, now)
+        except sa.exc.SQLAlchemyError:
+            if len(items) == 1:
+                # Left claimed: retried when the claim lapses.
+                log.exception("processing end user %s of project %d failed", items[0][0], project_id)
+                return ProcessStats()
+        total = ProcessStats()
+        for item in items:
+            total.add(self._process_guarded(project_id, [item], token, now))
         return total
 
     def enqueue_due_closes(self, now: int) -> int:
@@ -264,14 +246,10 @@ class SessionProcessor:
                 mark_pending(conn, [(p, k, s) for p, k, s in due], marked_at=0)
         return len(due)
 
-    def _claim(self, now: int, batch: int) -> list[tuple[int, str, int, int]]:
+    def _claim(self, now: int, batch: int) -> tuple[str, list[tuple[int, str, int, int]]]:
+        """Claim up to `batch` pending users (oldest work first) with a token of this round."""
         query = (
-            sa.select(
-                pending_users.c.project_id,
-                pending_users.c.user_key,
-                pending_users.c.since_ts,
-                pending_users.c.version,
-            )
+            sa.select(pending_users.c.project_id, pending_users.c.user_key)
             .where(sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < now))
             .order_by(pending_users.c.since_ts)
             .limit(batch)
@@ -286,266 +264,326 @@ class SessionProcessor:
             )
         with self.engine.connect() as conn:
             candidates = conn.execute(query).all()
-        claimed = []
+        token = f"{self.worker}-{next(self._rounds)}"
         if not candidates:
-            return claimed
+            return token, []
+        by_project: dict[int, list[str]] = defaultdict(list)
+        for project_id, key in candidates:
+            by_project[project_id].append(key)
+        claimed = []
         with write_transaction(self.engine) as conn:
-            for project_id, key, since, version in candidates:
-                got = conn.execute(
-                    _CLAIM, {"p": project_id, "k": key, "now": now, "until": now + CLAIM_MS, "worker": self.worker}
-                ).rowcount
-                if got:
-                    claimed.append((project_id, key, since, version))
-        return claimed
+            for project_id, keys in by_project.items():
+                for chunk in _chunks(sorted(keys)):
+                    where = (pending_users.c.project_id == project_id, pending_users.c.user_key.in_(chunk))
+                    # Conditional: a key another worker claimed meanwhile is not taken.
+                    conn.execute(
+                        pending_users.update()
+                        .where(*where, _UNCLAIMED)
+                        .values(claimed_until=now + CLAIM_MS, claim=token),
+                        {"now": now},
+                    )
+                    claimed += conn.execute(
+                        sa.select(
+                            pending_users.c.project_id,
+                            pending_users.c.user_key,
+                            pending_users.c.since_ts,
+                            pending_users.c.version,
+                        ).where(*where, pending_users.c.claim == token)
+                    ).all()
+        return token, [tuple(r) for r in claimed]
 
-    def _process_one(
-        self, conn: sa.Connection, project_id: int, key: str, since: int, version: int, now: int
+    def _process_batch(
+        self, conn: sa.Connection, project_id: int, items: list[tuple[str, int, int]], token: str, now: int
     ) -> ProcessStats:
-        stats = ProcessStats()
-        fresh = self._events_of(conn, project_id, [key], since)
+        since_of = {key: since for key, since, _ in items}
+        fill_scope(conn, since_of)
+        fresh = conn.execute(
+            sa.text(
+                f"SELECT e.user_key, e.ts, e.event_id, e.session_hint, e.anon_id FROM {SCOPE} s CROSS JOIN events e "
+                "WHERE e.project_id = :p AND e.user_key = s.user_key AND e.ts >= s.since "
+                "AND (e.session_hint <> '' OR e.anon_id <> '')"
+            ),
+            {"p": project_id},
+        ).all()
         links = _Links()
         _collect_links(fresh, links)
         affected = self._apply_links(conn, project_id, links)
-        owner = owner_of(conn, project_id, key)
-        targets = {owner: since}
-        if owner != key:
-            self._forget(conn, project_id, key, now)
-        for k in affected:
-            targets[k] = EVERYTHING
-        for target in sorted(targets):  # one lock order everywhere, so two workers never deadlock
-            lock_key(conn, "sessions", project_id, target)
-        for target, target_since in sorted(targets.items()):
-            if owner_of(conn, project_id, target) != target:
-                self._forget(conn, project_id, target, now)
-                continue
-            closed, updated = self._recompute(conn, project_id, target, target_since, now)
-            stats.sessions_closed += closed
-            stats.profiles_updated += updated
-        marks = {"p": project_id, "k": key, "version": version, "worker": self.worker}
+        owners = _owners(conn, project_id, since_of)
+        forget = {key for key, owner in owners.items() if owner != key}
+        targets: dict[str, int] = {}
+        for key, owner in owners.items():
+            targets[owner] = min(targets.get(owner, since_of[key]), since_of[key])
+        for key in affected:
+            targets[key] = EVERYTHING
+        lock_keys(conn, [("sessions", project_id, t) for t in sorted(targets)])  # one order: no deadlocks
+        for target, owner in _owners(conn, project_id, list(targets)).items():
+            if owner != target:
+                forget.add(target)
+                del targets[target]
+        if forget:
+            self._forget(conn, project_id, sorted(forget), now)
+        stats = self._recompute(conn, project_id, targets, now)
+        stats.users = len(items)
+        marks = [{"p": project_id, "k": key, "version": version, "worker": token} for key, _, version in items]
         conn.execute(_DONE, marks)
         conn.execute(_RELEASE, marks)  # newer events arrived meanwhile: the row stays for the next round
         return stats
 
-    def _events_of(self, conn: sa.Connection, project_id: int, keys: Sequence[str], since: int) -> list:
-        return conn.execute(_EVENTS_SINCE, {"p": project_id, "keys": list(keys), "since": since}).all()
-
     def _apply_links(self, conn: sa.Connection, project_id: int, links: _Links) -> set[str]:
-        """Store link candidates (including ones found through shared session ids).
+        """Store link candidates (including ones found through shared session ids), earliest first.
 
         Returns the keys whose sessions must be recomputed in full because ownership moved.
         """
-        for (hint, key), at in list(links.hints.items()):
-            ts, event_id = _keep_earliest(
+        if links.hints:
+            names = sorted({hint for hint, _ in links.hints})
+            stored: dict[tuple[str, str], tuple[int, str]] = {}
+            for chunk in _chunks(names):
+                for hint, key, ts, event_id in conn.execute(
+                    sa.select(
+                        session_hints.c.session_hint,
+                        session_hints.c.user_key,
+                        session_hints.c.first_ts,
+                        session_hints.c.first_event_id,
+                    ).where(session_hints.c.project_id == project_id, session_hints.c.session_hint.in_(chunk))
+                ):
+                    stored[(hint, key)] = (ts, event_id)
+            new, earlier = _merge_earliest(stored, links.hints)
+            # Ignore, not fail, if another worker stored the same row meanwhile (it was claimed for another key).
+            if new:
+                insert_rows_ignore(conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *at) for (h, k), at in new])
+            update_rows(
                 conn,
                 session_hints,
-                {"project_id": project_id, "session_hint": hint, "user_key": key},
-                "first_ts",
-                "first_event_id",
-                at,
+                ("first_ts", "first_event_id"),
+                ("project_id", "session_hint", "user_key"),
+                [(*at, project_id, h, k) for (h, k), at in earlier],
             )
-            for other in conn.execute(
-                sa.select(session_hints).where(
-                    session_hints.c.project_id == project_id,
-                    session_hints.c.session_hint == hint,
-                    session_hints.c.user_key != key,
-                )
-            ).all():
-                mine_identified, other_identified = is_identified(key), is_identified(other.user_key)
-                if mine_identified == other_identified:
-                    continue
-                person, anon = (key, other.user_key) if mine_identified else (other.user_key, key)
-                person_first = (ts, event_id) if mine_identified else (other.first_ts, other.first_event_id)
-                links.offer(anon, person, person_first)
+            by_hint: dict[str, list[str]] = defaultdict(list)
+            for hint, key in stored:
+                by_hint[hint].append(key)
+            for hint, key in links.hints:
+                mine = is_identified(key)
+                for other in by_hint[hint]:
+                    if other == key or is_identified(other) == mine:
+                        continue
+                    person, anon = (key, other) if mine else (other, key)
+                    links.offer(anon, person, stored[(hint, person)])
+        if not links.candidates:
+            return set()
+        anons = sorted({anon for anon, _ in links.candidates})
+        existing: dict[tuple[str, str], tuple[int, str]] = {}
+        for chunk in _chunks(anons):
+            for anon, person, ts, event_id in conn.execute(
+                sa.select(
+                    identity_links.c.user_key,
+                    identity_links.c.person_key,
+                    identity_links.c.link_ts,
+                    identity_links.c.link_event_id,
+                ).where(identity_links.c.project_id == project_id, identity_links.c.user_key.in_(chunk))
+            ):
+                existing[(anon, person)] = (ts, event_id)
+        before = _earliest_owner(existing)
+        new, earlier = _merge_earliest(existing, links.candidates)
+        if new:
+            insert_rows_ignore(conn, identity_links, _LINK_COLUMNS, [(project_id, a, p, *at) for (a, p), at in new])
+        update_rows(
+            conn,
+            identity_links,
+            ("link_ts", "link_event_id"),
+            ("project_id", "user_key", "person_key"),
+            [(*at, project_id, a, p) for (a, p), at in earlier],
+        )
+        after = _earliest_owner(existing)
         affected: set[str] = set()
-        for (anon, person), at in links.candidates.items():
-            before = owner_of(conn, project_id, anon)
-            _keep_earliest(
-                conn,
-                identity_links,
-                {"project_id": project_id, "user_key": anon, "person_key": person},
-                "link_ts",
-                "link_event_id",
-                at,
-            )
-            after = owner_of(conn, project_id, anon)
-            if after != before:
-                affected.update({before, after, anon})
+        for anon in anons:
+            was, now_owner = before.get(anon, anon), after.get(anon, anon)
+            if was != now_owner:
+                affected.update({was, now_owner, anon})
         return affected
 
-    def _forget(self, conn: sa.Connection, project_id: int, key: str, now: int) -> None:
-        """A key owned by someone else has no sessions, profile or segment membership of its own."""
-        conn.execute(sessions.delete().where(sessions.c.project_id == project_id, sessions.c.user_key == key))
-        conn.execute(end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key == key))
-        refresh_users(conn, project_id, [key], now, self.segments)
+    def _forget(self, conn: sa.Connection, project_id: int, keys: list[str], now: int) -> None:
+        """Keys owned by someone else have no sessions, profile or segment membership of their own."""
+        for chunk in _chunks(keys):
+            conn.execute(sessions.delete().where(sessions.c.project_id == project_id, sessions.c.user_key.in_(chunk)))
+            conn.execute(
+                end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key.in_(chunk))
+            )
+        refresh_users(conn, project_id, keys, now, self.segments)
 
-    def _recompute(self, conn: sa.Connection, project_id: int, owner: str, since: int, now: int) -> tuple[int, int]:
-        """Recompute the owner's sessions from the run of activity that holds `since`; apply closes."""
-        lock_key(conn, "sessions", project_id, owner)
-        old = conn.execute(_SESSIONS_OF, {"p": project_id, "k": owner}).all()
-        window = _window_start(old, since)
-        members = members_of(conn, project_id, owner)
-        points = [_point(r) for r in self._events_of(conn, project_id, members, window)]
-        new = sessionize(points)
-        kept = [r for r in old if r.start_ts < window]
-        previous = {r.start_ts: r for r in old if r.start_ts >= window}
-        conn.execute(_DROP_SESSIONS_FROM, {"p": project_id, "k": owner, "window": window})
-        rows, closed_now = [], 0
-        for i, s in enumerate(new):
-            closable = is_closable(s, i == len(new) - 1, now)
-            before = previous.get(s.start)
-            if closable and before is not None and before.status == "closed":
-                closed_at = before.closed_at
-            elif closable:
-                closed_at = now
-                closed_now += 1
-            else:
-                closed_at = None
-            rows.append(_session_row(project_id, owner, s, "closed" if closable else "open", closed_at))
-        if rows:
-            conn.execute(sessions.insert(), rows)
-        closed_before = {(r.start_ts, r.end_ts, r.is_empty) for r in previous.values() if r.status == "closed"}
-        closed_after = {(r["start_ts"], r["end_ts"], r["is_empty"]) for r in rows if r["status"] == "closed"}
-        if closed_before == closed_after and not any(
-            _closed_differs(previous.get(r["start_ts"]), r) for r in rows if r["status"] == "closed"
-        ):
-            return closed_now, 0
-        closed_sessions = [_closed_view(r) for r in kept if r.status == "closed" and not r.is_empty]
-        closed_sessions += [_closed_view(_AsRow(r)) for r in rows if r["status"] == "closed" and not r["is_empty"]]
-        self._store_profile(conn, project_id, owner, _profile_row(project_id, owner, closed_sessions, now))
-        # A changed End User Object may move the user in or out of saved segments.
-        refresh_users(conn, project_id, [owner], now, self.segments)
-        return closed_now, 1
+    def _recompute(self, conn: sa.Connection, project_id: int, targets: dict[str, int], now: int) -> ProcessStats:
+        """Recompute the owners' sessions from the run of activity that holds each one's `since`; apply closes."""
+        stats = ProcessStats()
+        if not targets:
+            return stats
+        old: dict[str, list] = defaultdict(list)
+        for chunk in _chunks(sorted(targets)):
+            for row in conn.execute(
+                sa.select(*_OLD_COLUMNS)
+                .where(sessions.c.project_id == project_id, sessions.c.user_key.in_(chunk))
+                .order_by(sessions.c.user_key, sessions.c.start_ts)
+            ):
+                old[row.user_key].append(row)
+        windows = {t: _window_start(old[t], since) for t, since in targets.items()}
+        made = _sessions_of(conn, project_id, windows, _members(conn, project_id, targets))
+        drops, rows, changed = [], [], []
+        for owner in sorted(targets):
+            window = windows[owner]
+            previous = {r.start_ts: r for r in old[owner] if r.start_ts >= window}
+            new = made.get(owner, [])
+            drops.append((project_id, owner, window))
+            mine = []
+            for i, s in enumerate(new):
+                closable = is_closable(s, i == len(new) - 1, now)
+                before = previous.get(s.start)
+                if closable and before is not None and before.status == "closed":
+                    closed_at = before.closed_at
+                elif closable:
+                    closed_at = now
+                    stats.sessions_closed += 1
+                else:
+                    closed_at = None
+                mine.append(session_row(project_id, owner, s, "closed" if closable else "open", closed_at))
+            rows += mine
+            closed_before = {_closed_facts(r) for r in previous.values() if r.status == "closed"}
+            closed_after = {_closed_facts_of_row(r) for r in mine if r[_STATUS] == "closed"}
+            if closed_before != closed_after:
+                changed.append(owner)
+        execute_many(conn, _DROP_SESSIONS_FROM, drops)
+        insert_rows(conn, sessions, SESSION_COLUMNS, rows)
+        if changed:
+            self._store_profiles(conn, project_id, changed, now)
+            # A changed End User Object may move the user in or out of saved segments.
+            refresh_users(conn, project_id, changed, now, self.segments)
+        stats.profiles_updated = len(changed)
+        return stats
 
-    def _store_profile(self, conn: sa.Connection, project_id: int, owner: str, row: dict | None) -> None:
-        conn.execute(end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key == owner))
-        if row is not None:
-            conn.execute(end_users.insert(), [row])
+    def _store_profiles(self, conn: sa.Connection, project_id: int, owners: list[str], now: int) -> None:
+        """Recompute the End User Objects of these owners from their closed sessions (one GROUP BY)."""
+        fill_scope(conn, dict.fromkeys(owners, 0))
+        rows = profiles(conn, project_id, scoped=True, now=now)
+        execute_many(conn, _DROP_PROFILE, [(project_id, owner) for owner in owners])
+        insert_rows(conn, end_users, PROFILE_COLUMNS, rows)
 
     # --- the full rebuild ------------------------------------------------------------------
 
     def rebuild(self, project_id: int, now: int) -> ProcessStats:
         """Recompute every session, link and End User Object of a project from its events.
 
-        One streaming pass over the events in (user, time) order sessionizes each key and gathers
-        identity links; only owners of stitched anonymous keys are read a second time, merged.
+        The same set-based statements as the incremental path, over the whole project: one
+        windowed pass sessionizes every key; links come from two grouped reads; only owners of
+        stitched anonymous keys are read a second time, merged.
         """
         links = _Links()
-        own_sessions: dict[str, list[Session]] = {}
+        session_rows, closed_count, owners = [], 0, 0
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=20_000).execute(
-                sa.select(*_EVENT_COLUMNS)
-                .where(events.c.project_id == project_id)
-                .order_by(events.c.user_key, events.c.ts)
-            )
-            for key, group in itertools.groupby(result, key=operator.attrgetter("user_key")):
-                rows = list(group)
-                _collect_links(rows, links)
-                own_sessions[key] = sessionize(rows)
-        by_hint: dict[str, list[tuple[str, tuple[int, str]]]] = defaultdict(list)
-        for (hint, key), at in links.hints.items():
-            by_hint[hint].append((key, at))
-        for users in by_hint.values():
-            for person, person_at in users:
-                if is_identified(person):
-                    for anon, _ in users:
-                        if not is_identified(anon):
-                            links.offer(anon, person, person_at)
-        owner_rank: dict[str, tuple[int, str, str]] = {}
-        for (anon, person), at in links.candidates.items():
-            rank = (at[0], at[1], person)
-            if anon not in owner_rank or rank < owner_rank[anon]:
-                owner_rank[anon] = rank
-        members: dict[str, list[str]] = defaultdict(list)
-        for anon, rank in owner_rank.items():
-            if anon in own_sessions:
-                members[rank[2]].append(anon)
-        session_rows, profile_rows, closed_count, owners = [], [], 0, 0
-        with self.engine.connect() as conn:
-            for owner in own_sessions.keys() | members.keys():
-                if owner in owner_rank:
+            found = sessionize_keys(conn, project_id, scoped=False)
+            for hint, key, at in found.hints:
+                links.see_hint(hint, key, at)
+            for anon_id, key, at in found.anon_ids:
+                if is_identified(key):
+                    links.offer("a:" + anon_id, key, at)
+            by_hint: dict[str, list[tuple[str, tuple[int, str]]]] = defaultdict(list)
+            for (hint, key), at in links.hints.items():
+                by_hint[hint].append((key, at))
+            for users in by_hint.values():
+                for person, person_at in users:
+                    if is_identified(person):
+                        for anon, _ in users:
+                            if not is_identified(anon):
+                                links.offer(anon, person, person_at)
+            owner_of_anon = _earliest_owner(links.candidates)
+            own = found.sessions
+            members: dict[str, list[str]] = defaultdict(list)
+            for anon, person in owner_of_anon.items():
+                if anon in own:
+                    members[person].append(anon)
+            for owner in sorted(own.keys() | members.keys()):
+                if owner in owner_of_anon:
                     continue  # an anonymous key that belongs to an identified user
                 owners += 1
                 if owner in members:
-                    keys = [owner, *members[owner]]
-                    new = sessionize(_point(r) for r in self._events_of(conn, project_id, keys, EVERYTHING))
+                    keys = [owner, *sorted(members[owner])]
+                    new = sessionize(fetch_points(conn, project_id, keys, EVERYTHING, FOREVER))
                 else:
-                    new = own_sessions[owner]
-                closed_views = []
+                    new = own[owner]
                 for i, s in enumerate(new):
                     closable = is_closable(s, i == len(new) - 1, now)
                     closed_count += closable
-                    row = _session_row(
-                        project_id, owner, s, "closed" if closable else "open", now if closable else None
+                    session_rows.append(
+                        session_row(project_id, owner, s, "closed" if closable else "open", now if closable else None)
                     )
-                    session_rows.append(row)
-                    if closable and not s.is_empty:
-                        closed_views.append(_closed_view(_AsRow(row)))
-                profile = _profile_row(project_id, owner, closed_views, now)
-                if profile is not None:
-                    profile_rows.append(profile)
-        hint_rows = [
-            {"project_id": project_id, "session_hint": h, "user_key": k, "first_ts": at[0], "first_event_id": at[1]}
-            for (h, k), at in links.hints.items()
-        ]
-        link_rows = [
-            {"project_id": project_id, "user_key": a, "person_key": p, "link_ts": at[0], "link_event_id": at[1]}
-            for (a, p), at in links.candidates.items()
-        ]
         with write_transaction(self.engine) as conn:
             for table in (sessions, end_users, identity_links, session_hints, pending_users):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
-            for table, rows in (
-                (sessions, session_rows),
-                (end_users, profile_rows),
-                (identity_links, link_rows),
-                (session_hints, hint_rows),
-            ):
-                for i in range(0, len(rows), 5_000):
-                    conn.execute(table.insert(), rows[i : i + 5_000])
+            insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
+            profile_rows = profiles(conn, project_id, scoped=False, now=now)
+            insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
+            insert_rows(
+                conn,
+                identity_links,
+                _LINK_COLUMNS,
+                [(project_id, a, p, *at) for (a, p), at in links.candidates.items()],
+            )
+            insert_rows(
+                conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *at) for (h, k), at in links.hints.items()]
+            )
         refresh_all(self.engine, now, [project_id])
         return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
 
 
-def _keep_earliest(
-    conn: sa.Connection, table: sa.Table, key: dict, ts_column: str, id_column: str, at: tuple[int, str]
-) -> tuple[int, str]:
-    """Store `at` under `key` unless an earlier (time, event id) is stored; returns the earliest."""
-    select, insert, update = _earliest_statements(table, tuple(key), ts_column, id_column, conn.dialect.name)
-    params = {f"k_{name}": value for name, value in key.items()}
-    row = conn.execute(select, params).first()
-    if row is None:
-        conn.execute(insert, {**key, ts_column: at[0], id_column: at[1]})
-        return at
-    if at < (row[0], row[1]):
-        conn.execute(update, {**params, "new_ts": at[0], "new_id": at[1]})
-        return at
-    return (row[0], row[1])
+_HINT_COLUMNS = ("project_id", "session_hint", "user_key", "first_ts", "first_event_id")
+_LINK_COLUMNS = ("project_id", "user_key", "person_key", "link_ts", "link_event_id")
+_OLD_COLUMNS = (
+    sessions.c.user_key,
+    sessions.c.start_ts,
+    sessions.c.end_ts,
+    sessions.c.status,
+    sessions.c.closed_at,
+    sessions.c.is_empty,
+    sessions.c.country,
+    sessions.c.region,
+    sessions.c.city,
+    sessions.c.browser,
+    sessions.c.browser_version,
+    sessions.c.user_vars,
+)
+_STATUS = SESSION_COLUMNS.index("status")
+# What a closed session contributes to the End User Object: if none of it changed, neither did the object.
+_FACTS = ("start_ts", "end_ts", "is_empty", "country", "region", "city", "browser", "browser_version", "user_vars")
+_FACT_INDEXES = tuple(SESSION_COLUMNS.index(c) for c in _FACTS)
 
 
-@functools.cache
-def _earliest_statements(
-    table: sa.Table, names: tuple[str, ...], ts_column: str, id_column: str, dialect: str
-) -> tuple:
-    where = [table.c[name] == sa.bindparam(f"k_{name}") for name in names]
-    return (
-        sa.select(table.c[ts_column], table.c[id_column]).where(*where),
-        insert_ignore(table, dialect),
-        table.update().where(*where).values({ts_column: sa.bindparam("new_ts"), id_column: sa.bindparam("new_id")}),
-    )
+def _closed_facts(row) -> tuple:
+    return tuple(getattr(row, c) for c in _FACTS)
 
 
-class _AsRow:
-    """Attribute access over a session row dict (so one function reads stored and new rows)."""
-
-    def __init__(self, row: dict) -> None:
-        self.__dict__.update(row)
+def _closed_facts_of_row(row: tuple) -> tuple:
+    return tuple(row[i] for i in _FACT_INDEXES)
 
 
-def _closed_differs(before, row: dict) -> bool:
-    if before is None or before.status != "closed":
-        return True
-    fields = ("end_ts", "is_empty", "country", "region", "city", "browser", "browser_version", "user_vars")
-    return any(getattr(before, f) != row[f] for f in fields)
+def _merge_earliest(
+    stored: dict[tuple[str, str], tuple[int, str]], found: dict[tuple[str, str], tuple[int, str]]
+) -> tuple[list, list]:
+    """Fold `found` into `stored` keeping the earliest of each; returns (new items, items made earlier)."""
+    new, earlier = [], []
+    for key, at in sorted(found.items()):
+        if key not in stored:
+            stored[key] = at
+            new.append((key, at))
+        elif at < stored[key]:
+            stored[key] = at
+            earlier.append((key, at))
+    return new, earlier
+
+
+def _earliest_owner(links: dict[tuple[str, str], tuple[int, str]]) -> dict[str, str]:
+    """Anonymous key -> the person of its earliest link (time, event id, then person key)."""
+    best: dict[str, tuple[int, str, str]] = {}
+    for (anon, person), (ts, event_id) in links.items():
+        rank = (ts, event_id, person)
+        if anon not in best or rank < best[anon]:
+            best[anon] = rank
+    return {anon: rank[2] for anon, rank in best.items()}
 
 
 def _window_start(old: Sequence, since: int) -> int:

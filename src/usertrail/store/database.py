@@ -227,6 +227,15 @@ def lock_key(conn: sa.Connection, *parts: object) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest, "big", signed=True),))
 
 
+def lock_keys(conn: sa.Connection, keys: Sequence[tuple]) -> None:
+    """`lock_key` for many keys in one statement, taken in the order given (pass them sorted)."""
+    if conn.dialect.name == "postgresql" and keys:
+        ids = [
+            int.from_bytes(hashlib.blake2b(repr(k).encode(), digest_size=8).digest(), "big", signed=True) for k in keys
+        ]
+        conn.exec_driver_sql("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", (ids,))
+
+
 def _insert_for(dialect_name: str):
     if dialect_name == "sqlite":
         return sqlite.insert
