@@ -293,6 +293,6 @@ def to_row(w: Working, ctx: RequestContext) -> tuple:
         agent.device_type,
         agent.is_mobile,
         ctx.ip_masked or None,
-        msgspec.json.encode(ev.user_vars).decode() if ev.user_vars else None,
+        ev.user_vars_json,
         payload,
     )
