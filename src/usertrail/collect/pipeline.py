@@ -135,15 +135,21 @@ DXA_TYPES = frozenset(
 )
 
 
+# Module-level names and plain ints: on Python 3.11 reading an enum member off its class, or a
+# property of it, costs as much as the rest of this step.
+_ENGAGEMENT, _DXA = TrackingLevel.ENGAGEMENT, TrackingLevel.DXA
+_RANK = {level: level.rank for level in TrackingLevel}
+
+
 def event_level(event: Incoming) -> TrackingLevel:
     """The lowest tracking level at which this event is collected."""
     if event.source == "native":
-        return TrackingLevel.DXA if event.type == "page" else TrackingLevel.ENGAGEMENT
-    return TrackingLevel.DXA if event.type in DXA_TYPES else TrackingLevel.ENGAGEMENT
+        return _DXA if event.type == "page" else _ENGAGEMENT
+    return _DXA if event.type in DXA_TYPES else _ENGAGEMENT
 
 
 def check_tracking_level(w: Working, ctx: RequestContext) -> Drop | None:
-    if event_level(w.event).rank > w.settings.tracking_level.rank:
+    if _RANK[event_level(w.event)] > _RANK[w.settings.tracking_level]:
         return Drop(DropReason.ABOVE_TRACKING_LEVEL)
     return None
 
