@@ -29,7 +29,6 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[IPN
     return address
 
 
-@lru_cache(maxsize=4_096)
 def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
