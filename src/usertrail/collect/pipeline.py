@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -35,6 +35,8 @@ class RequestContext:
     location: Location
     agent: Agent
     user_agent: str
+    # Outcomes of REQUEST_STEPS by (environment, event's own user agent): computed once per request.
+    shared: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Reject:
     message: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Working:
     """An event while it moves through the steps."""
 
@@ -83,14 +85,16 @@ def resolve_environment(w: Working, ctx: RequestContext) -> Reject | None:
 def exclude_ip(w: Working, ctx: RequestContext) -> Drop | None:
     # On re-processing only the masked IP is known: wildcard and range rules still apply to it.
     address = ctx.ip if ctx.ip is not None else ctx.ip_masked
-    if any(ip_matches(address, p) for p in w.settings.traffic.excluded_ips):
+    patterns = w.settings.traffic.excluded_ips
+    if patterns and any(ip_matches(address, p) for p in patterns):
         return Drop(DropReason.EXCLUDED_IP)
     return None
 
 
 def exclude_user_agent(w: Working, ctx: RequestContext) -> Drop | None:
     ua = w.event.user_agent or ctx.user_agent
-    if any(user_agent_matches(ua, p) for p in w.settings.traffic.excluded_user_agents):
+    patterns = w.settings.traffic.excluded_user_agents
+    if patterns and any(user_agent_matches(ua, p) for p in patterns):
         return Drop(DropReason.EXCLUDED_USER_AGENT)
     return None
 
@@ -107,8 +111,8 @@ def drop_bot(w: Working, ctx: RequestContext) -> Drop | None:
 
 
 def exclude_domain(w: Working, ctx: RequestContext) -> Drop | None:
-    host = w.event.url_host
-    if host and any(domain_matches(host, p) for p in w.settings.traffic.excluded_domains):
+    host, patterns = w.event.url_host, w.settings.traffic.excluded_domains
+    if host and patterns and any(domain_matches(host, p) for p in patterns):
         return Drop(DropReason.EXCLUDED_DOMAIN)
     return None
 
@@ -131,15 +135,21 @@ DXA_TYPES = frozenset(
 )
 
 
+# Module-level names and plain ints: on Python 3.11 reading an enum member off its class, or a
+# property of it, costs as much as the rest of this step.
+_ENGAGEMENT, _DXA = TrackingLevel.ENGAGEMENT, TrackingLevel.DXA
+_RANK = {level: level.rank for level in TrackingLevel}
+
+
 def event_level(event: Incoming) -> TrackingLevel:
     """The lowest tracking level at which this event is collected."""
     if event.source == "native":
-        return TrackingLevel.DXA if event.type == "page" else TrackingLevel.ENGAGEMENT
-    return TrackingLevel.DXA if event.type in DXA_TYPES else TrackingLevel.ENGAGEMENT
+        return _DXA if event.type == "page" else _ENGAGEMENT
+    return _DXA if event.type in DXA_TYPES else _ENGAGEMENT
 
 
 def check_tracking_level(w: Working, ctx: RequestContext) -> Drop | None:
-    if event_level(w.event).rank > w.settings.tracking_level.rank:
+    if _RANK[event_level(w.event)] > _RANK[w.settings.tracking_level]:
         return Drop(DropReason.ABOVE_TRACKING_LEVEL)
     return None
 
@@ -234,11 +244,15 @@ def place_in_time(w: Working, ctx: RequestContext) -> None:
     w.ts = ctx.received_at if client < 0 else min(client + ctx.skew_ms, ctx.received_at)
 
 
-STEPS: tuple[Step, ...] = (
-    resolve_environment,
+# Steps that read only the request, the event's environment and the event's own user agent (a
+# server-side sender may name one): every event of a request that shares those gets the same
+# outcome, so they run once per request and environment, not once per event.
+REQUEST_STEPS: tuple[Step, ...] = (
     exclude_ip,
     exclude_user_agent,
     drop_bot,
+)
+EVENT_STEPS: tuple[Step, ...] = (
     exclude_domain,
     check_tracking_level,
     assign_event_id,
@@ -246,16 +260,33 @@ STEPS: tuple[Step, ...] = (
     identify_user,
     place_in_time,
 )
+STEPS: tuple[Step, ...] = (resolve_environment, *REQUEST_STEPS, *EVENT_STEPS)
+
+_NOT_YET = object()
 
 
 def run_steps(event: Incoming, ctx: RequestContext) -> Working | Drop | Reject:
     """Run every step; the event comes out ready to store, dropped, or rejected."""
     w = Working(event)
-    for step in STEPS:
+    rejected = resolve_environment(w, ctx)
+    if rejected is not None:
+        return rejected
+    key = (w.env, event.user_agent)
+    shared = ctx.shared.get(key, _NOT_YET)
+    if shared is _NOT_YET:
+        shared = ctx.shared[key] = _first_outcome(REQUEST_STEPS, w, ctx)
+    if shared is not None:
+        return shared
+    outcome = _first_outcome(EVENT_STEPS, w, ctx)
+    return w if outcome is None else outcome
+
+
+def _first_outcome(steps: tuple[Step, ...], w: Working, ctx: RequestContext) -> Drop | Reject | None:
+    for step in steps:
         outcome = step(w, ctx)
         if outcome is not None:
             return outcome
-    return w
+    return None
 
 
 def to_row(w: Working, ctx: RequestContext) -> tuple:
@@ -293,6 +324,6 @@ def to_row(w: Working, ctx: RequestContext) -> tuple:
         agent.device_type,
         agent.is_mobile,
         ctx.ip_masked or None,
-        msgspec.json.encode(ev.user_vars).decode() if ev.user_vars else None,
+        ev.user_vars_json,
         payload,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,8 +37,9 @@ def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in net for net in trusted)
 
 
+@lru_cache(maxsize=65_536)
 def mask_ip(address: str) -> str:
-    """IPv4 with the last octet zeroed (/24); IPv6 cut to its /48 (the site prefix)."""
+    """IPv4 with the last octet zeroed (/24); IPv6 cut to its /48 (the site prefix). Cached: clients repeat."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -19,6 +19,13 @@ from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+# sqlite3 binds None and bool through its adapter protocol, and when no adapter is registered the
+# lookup fails slowly (about 1 µs per value, several times the cost of binding a string; an event
+# row holds a few of each). Registered adapters bind exactly what the fallback bound (NULL, 0/1),
+# found by one dictionary lookup; `{}.get` is a C function that maps None to None.
+sqlite3.register_adapter(type(None), {}.get)
+sqlite3.register_adapter(bool, int)
+
 
 def create_engine(url: str, durable: bool = True) -> sa.Engine:
     """An engine for `url` with the settings usertrail relies on.
@@ -204,7 +211,16 @@ def upsert_add(table: sa.Table, dialect_name: str, key: Iterable[str], counter: 
 
 def upsert_pending(table: sa.Table, dialect_name: str, key: Iterable[str]) -> sa.Insert:
     """INSERT of a pending mark that, on an existing key, keeps the earliest `since_ts` and the first
-    mark's time, bumps `version` and records the latest mark's time."""
+    mark's time, bumps `version` and records the latest mark's time.
+
+    Built once per table, dialect and key: every ingest commit runs it, and building it anew
+    (and finding its compiled form again) cost more than executing it.
+    """
+    return _upsert_pending(table, dialect_name, tuple(key))
+
+
+@functools.cache
+def _upsert_pending(table: sa.Table, dialect_name: str, key: tuple[str, ...]) -> sa.Insert:
     stmt = _insert_for(dialect_name)(table)
     least = sa.func.min if dialect_name == "sqlite" else sa.func.least  # two-argument min in each dialect
     return stmt.on_conflict_do_update(
