@@ -79,15 +79,22 @@ def database_url(request, tmp_path: Path) -> Iterator[str]:
     per run (migrating every test's database from nothing cost a third of a second or more per test).
     The migrations themselves still run from an empty database on both engines, to build the templates."""
     if request.param == "sqlite":
-        path = tmp_path / "usertrail.db"
-        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
-        yield f"sqlite:///{path}"
+        yield request.getfixturevalue("sqlite_database_url")
         return
     server = request.getfixturevalue("postgres_url")
     name = "t_" + uuid.uuid4().hex[:16]
     _create_database(server, name, template=request.getfixturevalue("postgres_template"))
     yield server.rsplit("/", 1)[0] + "/" + name
     _drop_database(server, name)
+
+
+@pytest.fixture
+def sqlite_database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh SQLite database at the latest schema (a copy of the template), for modules that run on
+    SQLite only."""
+    path = tmp_path / "usertrail.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -17,8 +17,11 @@ from admin_pages import Watcher, demo_server, signed_in
 from conftest import LiveServer
 from samples import now_ms, walkme_event
 
-# The pages only call the API, which test_overview_api.py and the API tests run on both engines.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+@pytest.fixture
+def database_url(sqlite_database_url: str) -> str:
+    # The pages only call the API, which test_overview_api.py and the API tests run on both engines.
+    return sqlite_database_url
 
 
 @pytest.fixture

@@ -335,29 +335,8 @@ class SessionProcessor:
         Returns the keys whose sessions must be recomputed in full because ownership moved.
         """
         if links.hints:
-            names = sorted({hint for hint, _ in links.hints})
-            stored: dict[tuple[str, str], tuple[int, str]] = {}
-            for chunk in _chunks(names):
-                for hint, key, ts, event_id in conn.execute(
-                    sa.select(
-                        session_hints.c.session_hint,
-                        session_hints.c.user_key,
-                        session_hints.c.first_ts,
-                        session_hints.c.first_event_id,
-                    ).where(session_hints.c.project_id == project_id, session_hints.c.session_hint.in_(chunk))
-                ):
-                    stored[(hint, key)] = (ts, event_id)
-            new, earlier = _merge_earliest(stored, links.hints)
-            # Ignore, not fail, if another worker stored the same row meanwhile (it was claimed for another key).
-            if new:
-                insert_rows_ignore(conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *at) for (h, k), at in new])
-            update_rows(
-                conn,
-                session_hints,
-                ("first_ts", "first_event_id"),
-                ("project_id", "session_hint", "user_key"),
-                [(*at, project_id, h, k) for (h, k), at in earlier],
-            )
+            stored = _read_pairs(conn, session_hints, _HINT_COLUMNS, project_id, {hint for hint, _ in links.hints})
+            _write_earliest(conn, session_hints, _HINT_COLUMNS, project_id, stored, links.hints)
             by_hint: dict[str, list[str]] = defaultdict(list)
             for hint, key in stored:
                 by_hint[hint].append(key)
@@ -371,28 +350,9 @@ class SessionProcessor:
         if not links.candidates:
             return set()
         anons = sorted({anon for anon, _ in links.candidates})
-        existing: dict[tuple[str, str], tuple[int, str]] = {}
-        for chunk in _chunks(anons):
-            for anon, person, ts, event_id in conn.execute(
-                sa.select(
-                    identity_links.c.user_key,
-                    identity_links.c.person_key,
-                    identity_links.c.link_ts,
-                    identity_links.c.link_event_id,
-                ).where(identity_links.c.project_id == project_id, identity_links.c.user_key.in_(chunk))
-            ):
-                existing[(anon, person)] = (ts, event_id)
+        existing = _read_pairs(conn, identity_links, _LINK_COLUMNS, project_id, anons)
         before = _earliest_owner(existing)
-        new, earlier = _merge_earliest(existing, links.candidates)
-        if new:
-            insert_rows_ignore(conn, identity_links, _LINK_COLUMNS, [(project_id, a, p, *at) for (a, p), at in new])
-        update_rows(
-            conn,
-            identity_links,
-            ("link_ts", "link_event_id"),
-            ("project_id", "user_key", "person_key"),
-            [(*at, project_id, a, p) for (a, p), at in earlier],
-        )
+        _write_earliest(conn, identity_links, _LINK_COLUMNS, project_id, existing, links.candidates)
         after = _earliest_owner(existing)
         affected: set[str] = set()
         for anon in anons:
@@ -559,6 +519,36 @@ def _closed_facts(row) -> tuple:
 
 def _closed_facts_of_row(row: tuple) -> tuple:
     return tuple(row[i] for i in _FACT_INDEXES)
+
+
+def _read_pairs(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], project_id: int, firsts: Iterable[str]
+) -> dict[tuple[str, str], tuple[int, str]]:
+    """The stored rows of a pair table (`columns`: project, first key, second key, time, event id) whose
+    first key is one of `firsts`, as (first, second) -> (time, event id)."""
+    first, second, ts, event_id = (table.c[name] for name in columns[1:])
+    stored: dict[tuple[str, str], tuple[int, str]] = {}
+    for chunk in _chunks(sorted(set(firsts))):
+        query = sa.select(first, second, ts, event_id).where(table.c.project_id == project_id, first.in_(chunk))
+        for a, b, at_ts, at_event in conn.execute(query):
+            stored[(a, b)] = (at_ts, at_event)
+    return stored
+
+
+def _write_earliest(
+    conn: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    project_id: int,
+    stored: dict[tuple[str, str], tuple[int, str]],
+    found: dict[tuple[str, str], tuple[int, str]],
+) -> None:
+    """Fold `found` into `stored` (the earliest of each pair wins) and write the new and the earlier rows."""
+    new, earlier = _merge_earliest(stored, found)
+    # Ignore, not fail, if another worker stored the same row meanwhile (it was claimed for another key).
+    if new:
+        insert_rows_ignore(conn, table, columns, [(project_id, a, b, *at) for (a, b), at in new])
+    update_rows(conn, table, columns[3:], columns[:3], [(*at, project_id, a, b) for (a, b), at in earlier])
 
 
 def _merge_earliest(

@@ -107,18 +107,21 @@ class EventStore:
     @staticmethod
     def _insert(conn: sa.Connection, rows: list[tuple]) -> int:
         """Insert new rows (skipping re-sent ones) and roll up the new ones the reports count; how many were new."""
-        if not any(rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID]) for r in rows):
+        counted = [r for r in rows if rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID])]
+        if not counted:
             return insert_rows_ignore(conn, events, EVENT_COLUMNS, rows)
-        new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY))
-        stored, fresh = len(new), []
-        for row in rows:
+        # Only the counted rows need to be told apart one by one (new or re-sent); the rest go in bulk.
+        others = [r for r in rows if not rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID])]
+        stored = insert_rows_ignore(conn, events, EVENT_COLUMNS, others) if others else 0
+        new = set(insert_rows_new(conn, events, EVENT_COLUMNS, counted, _KEY))
+        fresh = []
+        for row in counted:
             key = (row[0], row[_USER_KEY], row[_EVENT_ID])
             if key in new:
                 new.discard(key)  # of equal keys only the first was stored
-                if rollup.counted(row[_TYPE], row[_APP_TYPE], row[_OBJECT_ID]):
-                    fresh.append(tuple(row[i] for i in _ROLLUP))
+                fresh.append(tuple(row[i] for i in _ROLLUP))
         rollup.add(conn, fresh)
-        return stored
+        return stored + len(fresh)
 
     def user_events(
         self,
