@@ -107,11 +107,12 @@ class EventStore:
     @staticmethod
     def _insert(conn: sa.Connection, rows: list[tuple]) -> int:
         """Insert new rows (skipping re-sent ones) and roll up the new ones the reports count; how many were new."""
-        counted = [r for r in rows if rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID])]
+        counted, others = [], []
+        for r in rows:
+            (counted if rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID]) else others).append(r)
         if not counted:
             return insert_rows_ignore(conn, events, EVENT_COLUMNS, rows)
         # Only the counted rows need to be told apart one by one (new or re-sent); the rest go in bulk.
-        others = [r for r in rows if not rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID])]
         stored = insert_rows_ignore(conn, events, EVENT_COLUMNS, others) if others else 0
         new = set(insert_rows_new(conn, events, EVENT_COLUMNS, counted, _KEY))
         fresh = []
