@@ -62,7 +62,7 @@ PAGES: list[AppPage] = [
     AppPage("rejected", "rejected", "settings.manage", "#rejected", nav=False),
     AppPage("recordings", "recordings", "playback.view", "#recordings"),
     AppPage("segments", "segments", "users.view", "#segments"),
-    AppPage("segment-new", "segments/new", "segments.manage", "#rule-builder .rb-rule", nav=False),
+    AppPage("segment-new", "segments/new", "segments.manage", "#segment-editor[data-preview-state=counted]", nav=False),
     AppPage("segment", "segments/{id}", "users.view", "#members tbody tr", nav=False, locate=first_segment),
     AppPage("reports", "reports", "users.view", "#items"),
     AppPage("integrations", "integrations", "integrations.manage", "body[data-ready] #jobs"),
@@ -105,8 +105,12 @@ class Watcher:
     """Collects what must not happen on an app page: console errors, page errors, failed requests."""
 
     problems: list[str] = field(default_factory=list)
+    in_flight: set[object] = field(default_factory=set)
 
     def attach(self, page: Page) -> Page:
+        page.on("request", lambda r: self.in_flight.add(r))
+        page.on("requestfinished", lambda r: self.in_flight.discard(r))
+        page.on("requestfailed", lambda r: self.in_flight.discard(r))
         page.on("console", lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
@@ -115,6 +119,15 @@ class Watcher:
             lambda r: self.problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
         )
         return page
+
+    def settle(self, page: Page, timeout_s: float = 30.0) -> None:
+        """Wait for the page's load event and until none of its requests is still open: what
+        `networkidle` checks, without its fixed 500 ms of silence per page."""
+        page.wait_for_load_state("load")
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight:
+            assert time.monotonic() < deadline, f"requests still open: {[r.url for r in self.in_flight]}"
+            page.wait_for_timeout(10)
 
 
 def signed_in(browser: Browser, live: LiveServer, role: str) -> BrowserContext:

@@ -112,7 +112,7 @@ def test_every_page_passes_axe_and_the_keyboard_reaches_every_control(live: Live
     for spec in PAGES:
         page.goto(f"{live.base_url}/app/projects/{pid}/{spec.path_on(live)}")
         page.wait_for_selector(spec.ready, state="attached")
-        page.wait_for_load_state("networkidle")
+        watcher.settle(page)
         found = axe_violations(page)
         missing, unseen_focus, out_of_order = tab_walk(page)
         found += [f"not reached by Tab: {html}" for html in missing]

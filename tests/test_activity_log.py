@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from cli_runner import Ran, run_cli
 from usertrail.access import activity_log
 from usertrail.access.activity_log import GENESIS, Entry, RequestFacts, canonical, decode_canonical, entry_hash
 from usertrail.access.principal import Principal
@@ -158,17 +156,10 @@ def test_cli_verify(tmp_path: Path):
     pid = ProjectStore(engine).create("p").project.id
     for i in range(3):
         append(engine, pid, ANN, "view", f"rec-{i}", T0 + i)
-    env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "COLUMNS": "200"}
-    env.pop("USERTRAIL_DATABASE_URL", None)
+    env = {"USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": None}
 
-    def verify_cli() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "usertrail.cli", "activity-log", "verify"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    def verify_cli() -> Ran:
+        return run_cli("activity-log", "verify", env=env)
 
     good = verify_cli()
     assert good.returncode == 0 and "3 entries, chain intact" in good.stdout

@@ -46,7 +46,7 @@ def test_every_page_for_every_role(live: LiveServer, browser: Browser):
             answer = page.goto(url)
             assert answer is not None and answer.status == 200, (role, spec.key, answer and answer.status)
             page.wait_for_selector(spec.ready, state="attached")
-            page.wait_for_load_state("networkidle")
+            watcher.settle(page)
             assert watcher.problems == [], (role, spec.key, watcher.problems)
             assert unlabelled_controls(page) == [], (role, spec.key)
             if role == "admin" and spec.screenshot:

@@ -1,4 +1,5 @@
-"""The `usertrail` command, run as a real process."""
+"""The `usertrail` command: as a real process (the entry point, exit codes, `serve --demo`), and in the
+test process for the longer command sequences (tests/cli_runner.py)."""
 
 from __future__ import annotations
 
@@ -12,34 +13,35 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli_runner import Ran, run_cli
 from usertrail.testing.postgres import free_port
 
 
-def run(*args: str, data_dir: Path, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+def real_process(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+    """`python -m usertrail.cli ARGS…` as its own process."""
     env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     env.pop("USERTRAIL_DATABASE_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "usertrail.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        input=stdin if stdin is not None else "",
+    return subprocess.run(
+        [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
+
+
+def run(*args: str, data_dir: Path, check: bool = True, stdin: str = "") -> Ran:
+    """The command in the test process, on the SQLite file under `data_dir`."""
+    env = {"USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": None}
+    return run_cli(*args, env=env, stdin=stdin, check=check)
 
 
 def test_projects_and_keys(tmp_path: Path):
-    created = run("projects", "create", "Shop", data_dir=tmp_path).stdout
-    write_key = re.search(r"wk_[\w-]+", created).group(0)
-    assert re.search(r"adm_[\w-]+", created) and "<script" in created
+    created = real_process("projects", "create", "Shop", data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    write_key = re.search(r"wk_[\w-]+", created.stdout).group(0)
+    assert re.search(r"adm_[\w-]+", created.stdout) and "<script" in created.stdout
     listing = run("projects", "list", data_dir=tmp_path).stdout
     assert "Shop" in listing and write_key in listing and "production, test" in listing
     rotated = run("keys", "rotate", "1", "--kind", "write", "--grace-seconds", "0", data_dir=tmp_path).stdout
     assert "wk_" in rotated and write_key not in run("projects", "list", data_dir=tmp_path).stdout
-    missing = run("keys", "rotate", "99", data_dir=tmp_path, check=False)
+    missing = real_process("keys", "rotate", "99", data_dir=tmp_path)
     assert missing.returncode == 2 and "no project 99" in missing.stderr
     bad_kind = run("keys", "rotate", "1", "--kind", "root", data_dir=tmp_path, check=False)
     assert bad_kind.returncode == 2 and "--kind" in bad_kind.stderr

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli_runner import Ran, run_cli
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.csv_import import (
     SAMPLE_ROWS,
@@ -450,11 +448,8 @@ def test_upload_cap_through_http(live: LiveServer):
 # --- the command line ----------------------------------------------------------------------------
 
 
-def cli(*args: str, data_dir: Path, database_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
+def cli(*args: str, data_dir: Path, database_url: str) -> Ran:
+    return run_cli(*args, env={"USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url})
 
 
 def test_cli_import(engine, database_url: str, tmp_path: Path):

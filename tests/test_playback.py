@@ -5,9 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cli_runner import Ran, run_cli
 from usertrail.playback.quota import next_reset, period_start
 from usertrail.testing.postgres import free_port
 
@@ -332,14 +330,9 @@ def test_admin_api_needs_an_admin_token_of_the_project(live):
         assert client.get(f"/api/projects/{live.project.project.id}/playback/recordings").status_code == 401
 
 
-def cli(*args: str, data_dir: Path, database_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url, "COLUMNS": "200"}
-    env.pop("USERTRAIL_MASTER_KEY", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result
+def cli(*args: str, data_dir: Path, database_url: str) -> Ran:
+    env = {"USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url, "USERTRAIL_MASTER_KEY": None}
+    return run_cli(*args, env=env, check=True)
 
 
 def test_key_rotation_keeps_recordings_readable(make_server, database_url, tmp_path: Path):

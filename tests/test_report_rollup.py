@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import sqlalchemy as sa
 
+from cli_runner import run_cli
 from test_reports_api import WT, item, report, tell
 from test_users_api import enable_uuid
 from usertrail.reports import rollup
@@ -75,11 +74,8 @@ def test_ingest_rolls_up_new_events_once_and_equals_a_rebuild(make_server):
     # `usertrail rebuild` recomputes it too (after it is lost here).
     with live.engine.begin() as conn:
         conn.execute(report_days.delete())
-    cli = subprocess.run(
-        [sys.executable, "-m", "usertrail.cli", "rebuild", "--project", str(pid),
-         "--database-url", live.settings.database_url, "--data-dir", str(live.settings.data_dir)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    cli = run_cli("rebuild", "--project", str(pid), "--database-url", live.settings.database_url,
+                  "--data-dir", str(live.settings.data_dir), env={})  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert f"reports' rollup of {len(sent)} events" in cli.stdout
     assert (_table(live, report_days), _table(live, report_steps)) == by_ingest

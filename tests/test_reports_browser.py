@@ -51,7 +51,7 @@ def test_report_numbers_funnel_filters_and_csv(make_server, browser: Browser, tm
     watcher = Watcher()
     page = watcher.attach(context.new_page())
     page.goto(f"{live.base_url}/app/projects/{pid}/reports")
-    page.wait_for_load_state("networkidle")
+    watcher.settle(page)
 
     # The demo's three Walk-Thrus, with the API's plays and completion rates for the default range.
     walkthrus = expected_items(live, "wt", **month)

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+from cli_runner import run_cli
 from test_users_api import api, enable_uuid, send, user_events
 
 from conftest import LiveServer
@@ -78,18 +75,10 @@ def test_retention_command_uses_the_projects_own_period(make_server):
     send(live, user_events("month-ago", now_ms() - 40 * DAY, 3))
     send(live, user_events("recent", now_ms() - 2 * DAY, 3))
     live.app.state.sessions.run(now_ms())
-    env = {**os.environ, "USERTRAIL_DATABASE_URL": live.settings.resolved_database_url, "COLUMNS": "200"}
+    env = {"USERTRAIL_DATABASE_URL": live.settings.resolved_database_url}
 
     def run(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "usertrail.cli", "retention", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return run_cli("retention", *args, env=env, check=True).stdout
 
     assert "0 end users would be deleted" in run("--dry-run")  # the default: 183 days
     assert retention(live, {"user_days": 30}).status_code == 200

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
+from cli_runner import Ran, run_cli
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.csv_import import CsvImporter
 from usertrail.integrations.s3_import import S3Imports
@@ -261,11 +260,10 @@ def test_cli_runs_due_sources(engine, database_url: str, s3: S3Server, tmp_path:
     bucket = new_bucket(s3)
     s3.client.put_object(Bucket=bucket, Key="exports/users-1.csv", Body=b"user_id,plan,seats\nlena,VIP,1\n")
     source = imports.create(project, source_body(s3, bucket))
-    env = {**os.environ, "USERTRAIL_DATA_DIR": str(tmp_path), "USERTRAIL_DATABASE_URL": database_url, "COLUMNS": "200"}
+    env = {"USERTRAIL_DATA_DIR": str(tmp_path), "USERTRAIL_DATABASE_URL": database_url}
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "usertrail.cli", "import", "s3", *args], env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    def cli(*args: str) -> Ran:
+        return run_cli("import", "s3", *args, env=env)
 
     listed = cli("list")
     assert (

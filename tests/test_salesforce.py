@@ -6,10 +6,7 @@ login and query errors, expired sessions, the JWT bearer flow, the cap, and inte
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cli_runner import Ran, run_cli
 from salesforce_fake import FakeSalesforce, RunningFake, make_tls
 from test_users_api import enable_uuid
 from usertrail.integrations.salesforce import MASK, build_importer, parse_source
@@ -540,12 +538,11 @@ def test_cli_runs_a_source(tmp_path: Path, tls, org):
     source, _ = importer.create(project.id, parse_source(source_body(org)))
     engine.dispose()
 
-    env = {**os.environ, "USERTRAIL_DATA_DIR": str(tmp_path), "REQUESTS_CA_BUNDLE": str(tls.ca), "COLUMNS": "250"}
-    env.pop("USERTRAIL_DATABASE_URL", None)
+    env = {"USERTRAIL_DATA_DIR": str(tmp_path), "REQUESTS_CA_BUNDLE": str(tls.ca), "COLUMNS": "250",
+           "USERTRAIL_DATABASE_URL": None}  # fmt: skip
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "usertrail.cli", "import", "salesforce", *args], env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    def cli(*args: str) -> Ran:
+        return run_cli("import", "salesforce", *args, env=env)
 
     done = cli("run", "--source", source.source_id)
     assert done.returncode == 0, done.stderr + done.stdout

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from urllib.parse import quote
 
 import msgspec
+
+from cli_runner import run_cli
 
 from conftest import LiveServer
 from samples import now_ms, walkme_body, walkme_event
@@ -176,14 +176,12 @@ def test_retention_deletes_inactive_users(make_server):
     send(live, user_events("gone", old, 3))
     send(live, user_events("active", now_ms() - 2 * 60 * MIN, 3))
     live.app.state.sessions.run(now_ms())
-    env = {"USERTRAIL_DATABASE_URL": live.settings.resolved_database_url, "COLUMNS": "200"}
-    dry = subprocess.run([sys.executable, "-m", "usertrail.cli", "retention", "--dry-run"], env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    env = {"USERTRAIL_DATABASE_URL": live.settings.resolved_database_url}
+    dry = run_cli("retention", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     assert "u:gone" in dry.stdout and "u:active" not in dry.stdout and "would be deleted" in dry.stdout
     assert api(live, "/users/u:gone").status_code == 200
-    real = subprocess.run([sys.executable, "-m", "usertrail.cli", "retention"], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    real = run_cli("retention", env=env)
     assert re.search(r"1 end users were deleted", real.stdout), real.stdout
     assert api(live, "/users/u:gone").status_code == 404
     assert live.scalar("SELECT count(*) FROM events WHERE user_key = 'u:gone'") == 0
