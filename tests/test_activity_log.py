@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import threading
 from pathlib import Path
 
@@ -237,11 +238,12 @@ def test_changing_any_field_changes_the_hash(entry: Entry, field: str, data):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(activity_log.ACTIONS), texts), min_size=1, max_size=8), st.data())
-def test_any_single_edit_breaks_the_chain_at_that_entry(tmp_path_factory, actions, data):
-    from usertrail.store.database import create_engine, migrate
+def test_any_single_edit_breaks_the_chain_at_that_entry(tmp_path_factory, sqlite_template, actions, data):
+    from usertrail.store.database import create_engine
 
-    engine = create_engine(f"sqlite:///{tmp_path_factory.mktemp('chain') / 'db.sqlite'}")
-    migrate(engine)
+    path = tmp_path_factory.mktemp("chain") / "db.sqlite"
+    shutil.copyfile(sqlite_template, path)  # a migrated database, as `database_url` makes them
+    engine = create_engine(f"sqlite:///{path}")
     pid = ProjectStore(engine).create("p").project.id
     for i, (action, recording) in enumerate(actions):
         append(engine, pid, ANN, action, recording, T0 + i)

@@ -524,7 +524,7 @@ def test_parse_source_defaults():
 
 
 def test_cli_runs_a_source(tmp_path: Path, tls, org):
-    """`usertrail import salesforce run` in its own process, trusting the fake's CA via REQUESTS_CA_BUNDLE."""
+    """`usertrail import salesforce run`, trusting the fake's CA via REQUESTS_CA_BUNDLE."""
     engine = create_engine(f"sqlite:///{tmp_path / 'usertrail.db'}")
     migrate(engine)
     store = ProjectStore(engine)

@@ -156,7 +156,7 @@ def test_login_stitches_anonymous_events_through_native_api(make_server):
 
 
 def test_background_worker_closes_sessions(make_server):
-    live = make_server()  # the server's own session loop runs
+    live = make_server(session_interval_s=0.2)  # the server's own session loop runs, every 0.2 s when idle
     enable_uuid(live)
     send(live, user_events("ravi", now_ms() - 40 * MIN, 3))
     deadline = time.monotonic() + 30

@@ -45,6 +45,9 @@ class Settings:
     # The session processor recomputes a user once their events have paused this long (ms), or at
     # the latest a minute after the first new event; 0 recomputes at once (tests drive it by hand).
     session_settle_ms: int = 5_000
+    # How long the session loop rests when a round found nothing to do: with the settle time and a
+    # round's own work, sessions close well within the minute the spec allows.
+    session_interval_s: float = 10.0
     # Session Playback (docs/playback.md). Master key(s): base64, comma-separated, the first is
     # current; empty = the `master.key` file in the data folder, made on first start.
     master_key: str = ""
@@ -115,6 +118,7 @@ class Settings:
             ingest_mode=env.get("USERTRAIL_INGEST_MODE", "full"),
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
             session_settle_ms=int(env.get("USERTRAIL_SESSION_SETTLE_MS", "5000")),
+            session_interval_s=float(env.get("USERTRAIL_SESSION_INTERVAL_S", "10")),
             master_key=env.get("USERTRAIL_MASTER_KEY", ""),
             playback_store=env.get("USERTRAIL_PLAYBACK_STORE", ""),
             s3_endpoint_url=env.get("USERTRAIL_S3_ENDPOINT_URL", ""),
@@ -156,6 +160,7 @@ class Settings:
             "USERTRAIL_INGEST_MODE": self.ingest_mode,
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
             "USERTRAIL_SESSION_SETTLE_MS": str(self.session_settle_ms),
+            "USERTRAIL_SESSION_INTERVAL_S": str(self.session_interval_s),
             "USERTRAIL_MASTER_KEY": self.master_key,
             "USERTRAIL_PLAYBACK_STORE": self.playback_store,
             "USERTRAIL_S3_ENDPOINT_URL": self.s3_endpoint_url,

@@ -68,7 +68,6 @@ from usertrail.web.errors import ApiError, error_response
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 3600
-SESSIONS_INTERVAL_S = 10
 DAY_MS = 86_400_000
 
 
@@ -150,7 +149,7 @@ async def _assets_loop(assets: AssetStore, interval_s: float) -> None:
         await asyncio.sleep(0 if done else interval_s)
 
 
-async def _sessions_loop(processor: SessionProcessor) -> None:
+async def _sessions_loop(processor: SessionProcessor, interval_s: float) -> None:
     """Every few seconds: sessionize new events, close idle sessions, update End User Objects.
 
     Every server process runs this loop; claims on pending users keep them from doing the same
@@ -163,7 +162,7 @@ async def _sessions_loop(processor: SessionProcessor) -> None:
         except Exception:  # e.g. a deadlock victim on PostgreSQL: its work is retried next round
             log.exception("session processing failed")
             busy = False
-        await asyncio.sleep(0.5 if busy else SESSIONS_INTERVAL_S)
+        await asyncio.sleep(min(0.5, interval_s) if busy else interval_s)
 
 
 async def _salesforce_loop(importer: SalesforceImporter, tick_s: float) -> None:
@@ -201,7 +200,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(_maintenance(collector, playback.store, playback.assets))]
         tasks.append(asyncio.create_task(_assets_loop(playback.assets, settings.playback_asset_interval_s)))
         if settings.process_sessions:
-            tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions)))
+            tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions, settings.session_interval_s)))
         tasks.append(asyncio.create_task(_salesforce_loop(app.state.salesforce, settings.salesforce_tick_s)))
         tasks.append(asyncio.create_task(_s3_loop(app.state.s3_imports, settings.s3_poll_interval_s)))
         try:
