@@ -334,7 +334,7 @@ def test_speed_skipping_and_walkme_markers(live, browser):
         page.click("#play")
         page.wait_for_function("() => document.getElementById('replay').dataset.state === 'playing'")
         first = page.evaluate("[Number(document.getElementById('replay').dataset.offset), performance.now()]")
-        page.wait_for_function(f"() => Number(document.getElementById('replay').dataset.offset) > {first[0] + 4000}")
+        page.wait_for_function(f"() => Number(document.getElementById('replay').dataset.offset) > {first[0] + 2000}")
         last = page.evaluate("[Number(document.getElementById('replay').dataset.offset), performance.now()]")
         # While the replay runs fast, a real click once waited 30 s for the busy renderer (2 loaded cores):
         # pausing sends the same click event to the button without waiting for input to be processed.
@@ -349,7 +349,7 @@ def test_speed_skipping_and_walkme_markers(live, browser):
     # Skipping inactivity: played into the idle stretch, the replay jumps over it.
     page.check("#skip")
     page.click("[data-speed='1']")
-    seek(page, 55_000)
+    seek(page, 58_000)  # two seconds before the idle stretch
     page.click("#play")
     page.wait_for_function("() => document.getElementById('replay').dataset.skipping === '1'", timeout=20_000)
     page.wait_for_function("() => Number(document.getElementById('replay').dataset.offset) > 300000", timeout=30_000)
