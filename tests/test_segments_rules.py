@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from usertrail.segments.evaluate import UserFacts, explain, load_facts, matches
 from usertrail.segments.membership import refresh_segment
 from usertrail.segments.model import DAY_MS, Catalog, InvalidRule, date_string_bound, parse
-from usertrail.segments.sql import Compiler
+from usertrail.segments.sql import Compiler, _json_needles
 from usertrail.store.schema import attribute_changes, custom_attributes, end_users, events, identity_links
 from usertrail.store.segments import SegmentStore
 
@@ -523,3 +523,65 @@ def test_text_tests_on_stored_json_with_escapes(engine):
             }
         assert in_sql == expected, (op, needle)
     assert expected  # the cases are not all empty
+
+
+def test_analytics_tests_on_stored_json_with_escapes(engine):
+    """Analytics rules first search the JSON text for the value's spelling; values whose spelling an
+    encoder may escape (quotes, slashes, non-ASCII) skip that search, so no member is missed."""
+    dialect = engine.dialect.name
+    project_id = next(_projects)
+    roles = ["admin", 'say "hi"', "a/b", "Ünï", "line\nbreak", "x<y", "owner", "admins"]
+    people = [
+        {
+            "key": f"u:{i}", "has_object": True, "first_seen": NOW - DAY_MS, "last_seen": NOW, "total_sessions": 1,
+            "avg": 0.0, "between": None, "country": None, "city": None, "role": role, "plan": None, "seats": None,
+            "renewal": None, "trial": None, "history": [], "anon": False, "events": [],
+        }
+        for i, role in enumerate(roles)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        _store(conn, project_id, people)
+    cases = [
+        ("is", "admin"),  # not "admins"
+        ("is", 'say "hi"'),
+        ("is", "a/b"),
+        ("is_not", "a/b"),
+        ("is", "Ünï"),
+        ("is", "x<y"),
+        ("is_one_of", ["owner", "line\nbreak", "a/b"]),
+        ("is_one_of", ["admin", "owner"]),
+        ("contains", "min"),
+        ("contains", "/"),
+        ("does_not_contain", "min"),
+        ("starts_with", 'say "'),
+        ("ends_with", "nï"),
+        ("is_set", None),
+    ]
+    for op, value in cases:
+        rule = {"attribute": "role", "operator": op} | ({} if value is None else {"value": value})
+        parsed = parse(tree(rule), CATALOG)
+        with engine.connect() as conn:
+            in_sql = set(conn.execute(Compiler(project_id, NOW, dialect).members(parsed)).scalars())
+            expected = {
+                p["key"] for p in people if matches(parsed, load_facts(conn, project_id, p["key"], [parsed], NOW), NOW)
+            }
+        assert in_sql == expected, (op, value)
+        assert expected, (op, value)
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "needles"),
+    [
+        ("is", "admin", ['"admin"']),
+        ("is_one_of", ["admin", "owner"], ['"admin"', '"owner"']),
+        ("contains", "dm", ["dm"]),
+        ("is", "a/b", None),  # some encoders write "a\/b"
+        ("is", 'a"b', None),
+        ("is", "Ünï", None),  # some encoders write \u00dc
+        ("is_one_of", [f"r{i}" for i in range(9)], None),  # too many substring searches to pay off
+        ("matches_regex", "^a", None),
+    ],
+)
+def test_analytics_prefilter_only_for_certain_spellings(op, value, needles):
+    rule = parse(tree({"attribute": "role", "operator": op, "value": value}), CATALOG).rules[0]
+    assert _json_needles(rule, op) == needles
