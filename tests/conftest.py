@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from usertrail.config import Settings
+from usertrail.config import UVICORN_OPTIONS, Settings
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.projects import NewProject, ProjectStore
 from usertrail.testing.postgres import TemporaryPostgres, free_port
@@ -148,7 +148,9 @@ class LiveServer:
 def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, object]:
     app = create_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **UVICORN_OPTIONS)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

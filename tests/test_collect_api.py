@@ -282,6 +282,15 @@ def test_identified_ids_follow_uuid_settings(live):
     assert fallback.id_source == "anonymous_fallback"
 
 
+def test_forwarded_for_is_not_believed_without_trusted_proxies(live):
+    """The server's own uvicorn options (config.UVICORN_OPTIONS) leave the client address to
+    enrich/ip.py: a local client cannot claim another address, country or security-log entry."""
+    assert tell(live, [walkme_event()], headers={"X-Forwarded-For": "8.8.8.8"}).status_code == 200
+    [row] = live.rows("SELECT ip_masked, country FROM events")
+    assert (row.ip_masked, row.country) == ("127.0.0.0", None)
+    assert live.scalar("SELECT count(*) FROM security_log WHERE ip = '8.8.8.8'") == 0
+
+
 def test_traffic_rules(make_server):
     live = make_server(trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),))
     patch_env(

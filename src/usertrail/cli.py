@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from usertrail.config import Settings
+from usertrail.config import UVICORN_OPTIONS, Settings
 from usertrail.project_settings import UuidSettings
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
@@ -136,6 +136,7 @@ def serve(
         workers=workers,
         log_level="warning" if demo else "info",
         timeout_graceful_shutdown=5,
+        **UVICORN_OPTIONS,
     )
 
 

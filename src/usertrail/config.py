@@ -11,6 +11,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# How uvicorn must serve the app. The client address comes from enrich/ip.py, which believes
+# X-Forwarded-For only from the configured trusted proxies; uvicorn's own rewrite (on by default)
+# would believe it from any local process, faking IPs and geolocation. Its access log would print
+# every full client IP, which usertrail keeps only in the security log.
+UVICORN_OPTIONS = {"proxy_headers": False, "access_log": False}
+
 
 @dataclass(frozen=True)
 class Limits:
