@@ -151,6 +151,18 @@ def test_native_batch():
     assert page.client_ts == 1700000000000
 
 
+def test_native_send_time_in_either_spelling():
+    message = {"type": "track", "event": "x", "anonymousId": "a"}
+    for envelope in ({"sentAt": "2026-11-20T10:00:00Z"}, {"sent_at": "2026-11-20T10:00:00Z"}):
+        assert decode_native(msgspec.json.encode({"batch": [message], **envelope}), LIMITS).sent_at == parse_time(
+            "2026-11-20T10:00:00Z"
+        )
+    for envelope, path in (({"sent_at": "yesterday"}, "$.sent_at"), ({"sentAt": 1, "sent_at": 1}, "$.sent_at")):
+        with pytest.raises(WireError) as caught:
+            decode_native(msgspec.json.encode({"batch": [message], **envelope}), LIMITS)
+        assert caught.value.path == path
+
+
 @pytest.mark.parametrize(
     ("message", "path"),
     [

@@ -153,6 +153,7 @@ class NativeMessage(msgspec.Struct, forbid_unknown_fields=True):
 class NativeBatch(msgspec.Struct, forbid_unknown_fields=True):
     batch: list[msgspec.Raw]
     sentAt: IsoOrMs | None = None
+    sent_at: IsoOrMs | None = None  # PostHog's spelling of the same
     environment: str | None = None
     writeKey: str | None = None
 
@@ -372,10 +373,13 @@ def decode_native(body: bytes, limits: Limits) -> DecodedBatch:
             f"{len(envelope.batch)} events exceed the limit of {limits.max_events_per_batch} per batch",
         )
     sent_at = None
-    if envelope.sentAt is not None:
-        sent_at = parse_time(envelope.sentAt)
-        if sent_at is None:
-            raise WireError("$.sentAt", "expected milliseconds since the epoch or an ISO 8601 time")
+    if envelope.sentAt is not None and envelope.sent_at is not None:
+        raise WireError("$.sent_at", "give the send time once, as sentAt or sent_at")
+    for field_name, given in (("sentAt", envelope.sentAt), ("sent_at", envelope.sent_at)):
+        if given is not None:
+            sent_at = parse_time(given)
+            if sent_at is None:
+                raise WireError(f"$.{field_name}", "expected milliseconds since the epoch or an ISO 8601 time")
     events = [_native_event(i, bytes(raw), limits) for i, raw in enumerate(envelope.batch)]
     return DecodedBatch(events, sent_at, envelope.environment, envelope.writeKey)
 
