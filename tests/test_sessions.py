@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usertrail.profiles.standard import ClosedSession, compute
+from usertrail.sessions import processor as processor_module
 from usertrail.sessions.derive import SESSION_COLUMNS, profiles, session_row, sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, is_closable, sessionize
@@ -176,6 +177,30 @@ def test_stitching_login_inside_a_session(engine, project):
     with engine.connect() as conn:
         owners = dict(conn.execute(sa.select(sessions.c.user_key, sessions.c.event_count)).all())
     assert owners == {"u:jane": 3, "u:john": 1}
+
+
+def test_events_that_arrive_during_a_rebuild_are_not_lost(engine, project, monkeypatch):
+    """The rebuild reads the events, then replaces the derived tables: an event stored in between
+    (the server keeps ingesting) is applied by the next round of the loop."""
+    processor = SessionProcessor(engine)
+    ingest(engine, project, [Ev("u:x", T0), Ev("u:x", T0 + 10 * MIN)])
+    read = processor_module.sessionize_keys
+
+    def read_then_ingest(*args, **kwargs):
+        found = read(*args, **kwargs)
+        ingest(engine, project, [Ev("u:y", T0 + 5 * MIN), Ev("u:x", T0 + 20 * MIN)])
+        return found
+
+    monkeypatch.setattr(processor_module, "sessionize_keys", read_then_ingest)
+    processor.rebuild(project, now=T0 + 120 * MIN)
+    monkeypatch.undo()
+    processor.run(now=T0 + 120 * MIN)
+    after_the_loop = snapshot(engine, project)
+    processor.rebuild(project, now=T0 + 120 * MIN)
+    assert after_the_loop == snapshot(engine, project)
+    with engine.connect() as conn:
+        users = dict(conn.execute(sa.select(end_users.c.user_key, end_users.c.total_session_duration_ms)).all())
+    assert users == {"u:x": 20 * MIN, "u:y": 0}
 
 
 def test_late_event_corrects_a_closed_session(engine, project):

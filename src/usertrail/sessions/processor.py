@@ -473,7 +473,9 @@ class SessionProcessor:
                         session_row(project_id, owner, s, "closed" if closable else "open", now if closable else None)
                     )
         with write_transaction(self.engine) as conn:
-            for table in (sessions, end_users, identity_links, session_hints, pending_users):
+            # Pending marks stay: events that arrived after the read above marked their users, and
+            # the loop recomputes those users from all their events (the rest cost one recompute).
+            for table in (sessions, end_users, identity_links, session_hints):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
             insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
             profile_rows = profiles(conn, project_id, scoped=False, now=now)
