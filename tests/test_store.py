@@ -19,14 +19,25 @@ def test_migrations_match_the_schema_and_rerun_cleanly(engine):
     assert diff == []
 
 
+# Tables with a user_key column that are distributed by project_id instead: SCIM addresses its
+# resources by id and userName across the project, and the user_key there only points at the end user.
+PER_PROJECT_WITH_USER_KEY = {"scim_users"}
+
+
 def test_every_per_user_key_includes_the_distribution_column(engine):
     """Citus rule: every primary key and unique index on per-user tables includes user_key."""
     inspector = sa.inspect(engine)
-    for table in ("events",):
-        assert "user_key" in inspector.get_pk_constraint(table)["constrained_columns"]
+    per_user = [t for t in metadata.tables if "user_key" in metadata.tables[t].c]
+    assert {"events", "sessions", "end_users", "custom_attributes"} <= set(per_user)
+    for table in per_user:
+        if table in PER_PROJECT_WITH_USER_KEY:
+            continue
+        assert "user_key" in inspector.get_pk_constraint(table)["constrained_columns"], table
         for index in inspector.get_indexes(table):
             if index["unique"]:
-                assert "user_key" in index["column_names"]
+                assert "user_key" in index["column_names"], (table, index["name"])
+        for constraint in inspector.get_unique_constraints(table):
+            assert "user_key" in constraint["column_names"], (table, constraint["name"])
     for table in metadata.tables:
         assert "project_id" in metadata.tables[table].c or table in INSTALLATION_TABLES
 
