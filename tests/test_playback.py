@@ -207,6 +207,120 @@ def test_bad_chunks_are_refused_with_path_and_reason(live):
     assert live.scalar("SELECT count(*) FROM playback_chunks") == 0
 
 
+def page_with(*nodes: dict, ts: int = 1_800_000_000_000) -> list[dict]:
+    """Meta and a full snapshot whose document holds `nodes` (element nodes with ids from 10)."""
+    return [
+        {"type": 4, "data": {"href": "https://app.example.com/home", "width": 1280, "height": 720}, "timestamp": ts},
+        {"type": 2, "data": {"node": {"type": 0, "id": 1, "childNodes": list(nodes)}}, "timestamp": ts + 1},
+    ]
+
+
+def element(node_id: int, tag: str, children: list | None = None, **attributes) -> dict:
+    return {"type": 2, "id": node_id, "tagName": tag, "attributes": attributes, "childNodes": children or []}
+
+
+def mutation(ts: int = 1_800_000_000_100, **data) -> dict:
+    return {
+        "type": 3,
+        "data": {"source": 0, "texts": [], "attributes": [], "removes": [], "adds": [], **data},
+        "timestamp": ts,
+    }
+
+
+def typed(node_id: int, text: str) -> dict:
+    return {
+        "type": 3,
+        "data": {"source": 5, "id": node_id, "text": text, "isChecked": False},
+        "timestamp": 1_800_000_000_200,
+    }
+
+
+def test_the_server_refuses_private_values_and_blocked_content(live):
+    # With an allow-list the server cannot tell which inputs it allows, but passwords and blocked elements it can.
+    enable_playback(live, allowed_input_selectors=["#name"], blocked_selectors=["#card", "div.secret"])
+    token = start(live)["token"]
+    password = element(10, "input", type="password", value="hunter2")
+    shown = element(10, "input", type="text", value="hunter2", **{"data-rr-is-password": "true"})
+    masked_password = element(10, "input", type="password", value="*******")
+    iban = {"type": 3, "textContent": "DE89 3704"}
+    refused = [
+        (page_with(password), "$[1].data.node.childNodes[0].attributes.value"),
+        (page_with(shown), "$[1].data.node.childNodes[0].attributes.value"),
+        (
+            [*page_with(masked_password), mutation(attributes=[{"id": 10, "attributes": {"value": "hunter2"}}])],
+            "$[2].data.attributes[0].attributes.value",
+        ),
+        ([*page_with(masked_password), typed(10, "hunter2")], "$[2].data.text"),
+        # rrweb keeps a blocked element's class and size only; anything more was not blocked by the recorder.
+        (page_with(element(11, "div", [iban], **{"class": "wm-hide"})), "$[1].data.node.childNodes[0].childNodes"),
+        (page_with(element(11, "div", [iban], id="card")), "$[1].data.node.childNodes[0].childNodes"),
+        (page_with(element(11, "div", [iban], **{"class": "secret big"})), "$[1].data.node.childNodes[0].childNodes"),
+        (
+            page_with(element(11, "div", **{"class": "wm-hide", "rr_width": "10px", "title": "DE89 3704"})),
+            "$[1].data.node.childNodes[0].attributes.title",
+        ),
+        (
+            [
+                *page_with(element(11, "div", **{"class": "x", "rr_width": "10px", "rr_height": "5px"})),
+                mutation(adds=[{"parentId": 11, "nextId": None, "node": {"type": 3, "id": 12, "textContent": "DE89"}}]),
+            ],
+            "$[2].data.adds[0].parentId",
+        ),
+        (
+            [*page_with(element(11, "div", **{"class": "wm-hide"})), mutation(texts=[{"id": 11, "value": "DE89"}])],
+            "$[2].data.texts[0]",
+        ),
+        (
+            mutation(adds=[{"parentId": 1, "nextId": None, "node": element(20, "input", type="password", value="pw")}]),
+            "$[0].data.adds[0].node.attributes.value",
+        ),
+    ]
+    for events, path in refused:
+        chunk = events if isinstance(events, list) else [events]
+        response = send_chunk(live, token, 0, chunk)
+        assert (response.status_code, response.json()["path"]) == (400, path), (json.dumps(chunk), response.json())
+    assert live.scalar("SELECT count(*) FROM playback_chunks") == 0
+    accepted = [
+        page_with(element(10, "input", type="text", value="Ada Lovelace", id="name"), masked_password),
+        [
+            *page_with(masked_password),
+            typed(10, "*******"),
+            mutation(attributes=[{"id": 10, "attributes": {"value": "**"}}]),
+        ],
+        page_with(element(11, "div", **{"class": "wm-hide secret", "rr_width": "300px", "rr_height": "40px"})),
+        page_with(element(11, "div", [iban], id="cards")),  # not `#card`
+        # A value the page sets on an element that is no input (a progress bar) is not typed text.
+        [
+            *page_with(element(12, "progress", value="3")),
+            mutation(attributes=[{"id": 12, "attributes": {"value": "4"}}]),
+        ],
+    ]
+    for seq, events in enumerate(accepted):
+        response = send_chunk(live, token, seq, events)
+        assert response.status_code == 200, (json.dumps(events), response.json())
+
+
+def test_without_an_allow_list_every_typed_value_must_be_masked(live):
+    enable_playback(live)
+    token = start(live)["token"]
+    name = element(10, "input", type="email", value="*****")
+    box = element(11, "input", type="checkbox", value="on")
+    cases = [
+        ([*page_with(name), typed(10, "ada@x")], "$[2].data.text"),
+        (
+            [*page_with(name), mutation(attributes=[{"id": 10, "attributes": {"value": "ada@x"}}])],
+            "$[2].data.attributes[0].attributes.value",
+        ),
+        (page_with(element(10, "textarea", value="dear diary")), "$[1].data.node.childNodes[0].attributes.value"),
+    ]
+    for events, path in cases:
+        response = send_chunk(live, token, 0, events)
+        assert (response.status_code, response.json()["path"]) == (400, path), response.json()
+    # A checkbox's value is not typed text; an input event about a node of another chunk is the recorder's job.
+    assert send_chunk(live, token, 0, [*page_with(name, box), typed(11, "on")]).status_code == 200
+    assert send_chunk(live, token, 1, [typed(10, "*****")]).status_code == 200
+
+
 def test_oversized_chunks_are_refused(make_server):
     live = make_server(playback_max_chunk_bytes=1000, playback_max_chunk_raw_bytes=5000)
     enable_playback(live)
