@@ -6,7 +6,10 @@ Chunks leave the page only when the test says so (`usertrail.flush()`) or when t
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ HOUR_MS = 3_600_000
 SECRET = "hunter2-typed-secret"
 PASSWORD = "pw-Sup3rS3cret"
 BLOCKED_TEXT = "IBAN DE89 3704 0044 0532 0130 00"
+CARD_TEXT = "Card 4111 1111 1111 1111"
 RECORDING = "window.rrwebRecord && sessionStorage.getItem('ut_pb')"
 
 
@@ -61,6 +65,17 @@ def page_html(live: LiveServer, title: str, body: str) -> str:
     )
 
 
+def silent_wav() -> str:
+    """A data URI of half a second of silence: media the page can play without any network."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(8000)
+        w.writeframes(b"\x80" * 4000)
+    return "data:audio/wav;base64," + base64.b64encode(out.getvalue()).decode()
+
+
 FORM = f"""
 <h1>Checkout</h1>
 <input id="name" type="text" placeholder="Name">
@@ -69,6 +84,9 @@ FORM = f"""
 <button id="buy" onclick="document.getElementById('status').textContent = 'Bought'">Buy</button>
 <p id="status">Not bought</p>
 <div class="wm-hide" id="iban">{BLOCKED_TEXT}</div>
+<div class="card-box" id="card" style="width: 320px; height: 48px">{CARD_TEXT}</div>
+<p id="quote">A sentence to select</p>
+<audio id="audio" src="{silent_wav()}"></audio>
 <iframe id="frame" src="/frame" width="400" height="120"></iframe>
 <a id="next" href="/second">Next</a>
 <div class="tall"></div>
@@ -87,11 +105,11 @@ def start_answer(page: Page, url: str) -> dict:
 
 
 def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live, site, browser, tmp_path: Path):
-    playback_on(live, site)
+    playback_on(live, site, blocked_selectors=["#card"])
     site.pages["/form"] = page_html(live, "Form", FORM)
     site.pages["/frame"] = FRAME
     site.pages["/second"] = page_html(live, "Second", '<p>Thanks</p><div class="tall"></div>')
-    context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 700})
+    context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 700}, has_touch=True)
     page = context.new_page()
     chunk_bodies: list[tuple[str, bytes]] = []
     context.on(
@@ -108,6 +126,11 @@ def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live,
     page.fill("#password", PASSWORD)
     page.fill("#note", SECRET + " in a textarea")
     page.click("#buy")
+    page.tap("#status")  # touch start and end
+    page.click("#quote", click_count=3)  # selects the paragraph's text
+    # The clicks above are the user activation that lets the page play media.
+    page.evaluate("() => { const a = document.getElementById('audio'); return a.play().then(() => a.pause()); }")
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
     page.frame_locator("#frame").locator("#inner").click()
     page.mouse.wheel(0, 600)
     page.wait_for_function("window.scrollY > 0")
@@ -137,18 +160,33 @@ def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live,
     assert [e["data"]["href"] for e in events if e["type"] == 4] == [site.url("/form"), site.url("/second")]
     assert sum(1 for e in events if e["type"] == 2) == 2  # one full snapshot per page
     sources = {e["data"]["source"] for e in events if e["type"] == 3}
-    # mouse move, mouse interaction (click, focus), scroll, viewport resize, input
-    assert {1, 2, 3, 4, 5} <= sources, sources
+    # mouse move, mouse interaction, scroll, viewport resize, input, media, text selection
+    assert {1, 2, 3, 4, 5, 7, 14} <= sources, sources
+    interactions = {e["data"]["type"] for e in events if e["type"] == 3 and e["data"]["source"] == 2}
+    # click 2, focus 5, blur 6, touch start 7, touch end 9 (rrweb's MouseInteractions)
+    assert {2, 5, 6, 7, 9} <= interactions, interactions
+    media = {e["data"]["type"] for e in events if e["type"] == 3 and e["data"]["source"] == 7}
+    assert {0, 1} <= media, media  # play, pause
+    selected = [e["data"]["ranges"] for e in events if e["type"] == 3 and e["data"]["source"] == 14]
+    assert any(ranges for ranges in selected), selected
+    custom = [e["data"] for e in events if e["type"] == 5 and e["data"]["tag"] == "visibility"]
+    assert custom and custom[0]["payload"] == {"state": "visible"}, custom
     assert "Inside the frame" in text  # the same-origin iframe's document is in the recording
     assert "Bought" in text  # the DOM change the click made
     # Typed text is masked, the password too, the wm-hide element is a placeholder.
     inputs = [e["data"]["text"] for e in events if e["type"] == 3 and e["data"]["source"] == 5]
     assert inputs and all(set(t) <= {"*"} for t in inputs), inputs
-    for secret in (SECRET, PASSWORD, BLOCKED_TEXT, "hunter2"):
+    for secret in (SECRET, PASSWORD, BLOCKED_TEXT, CARD_TEXT, "hunter2", "4111"):
         assert secret not in text
-    # rrweb keeps only a blocked element's class and size: the replay shows a box of that size.
-    blocked = [n for n in _nodes(events) if n.get("attributes", {}).get("class") == "wm-hide"]
-    assert blocked and all(n["attributes"].get("rr_width") and not n.get("childNodes") for n in blocked)
+    # rrweb keeps only a blocked element's class and size, for `wm-hide` and the configured selector alike:
+    # the replay shows a box of that size.
+    for name in ("wm-hide", "card-box"):
+        blocked = [n for n in _nodes(events) if n.get("attributes", {}).get("class") == name]
+        assert len(blocked) == 1 and not blocked[0].get("childNodes"), blocked
+        assert set(blocked[0]["attributes"]) == {"class", "rr_width", "rr_height"}, blocked
+    assert [
+        n["attributes"]["rr_width"] for n in _nodes(events) if n.get("attributes", {}).get("class") == "card-box"
+    ] == ["320px"]
 
     # Nothing typed is anywhere on disk either (database, WAL, blobs, key file).
     for path in tmp_path.rglob("*"):
