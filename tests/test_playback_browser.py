@@ -1,7 +1,8 @@
 """Session Playback in a real Chromium: the snippet records with rrweb, the server stores what it may.
 
 Chunks leave the page only when the test says so (`usertrail.flush()`) or when the page goes away
-(sendBeacon): the chunk timer is set to an hour, so no test depends on the machine's speed.
+(sendBeacon): the chunk timer is set to an hour, so no test depends on the machine's speed. One test
+runs the timer fast instead, and waits for what it sends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ from conftest import CHROME_UA, LiveServer
 from playback_helpers import IPHONE_UA, SAFARI_7_UA, configure, recording_events
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -315,4 +317,60 @@ def test_manual_recording_starts_when_the_page_asks(live, site, browser):
     wait_until(lambda: chunk_rows(live), "a chunk of the manual recording")
     with live.admin() as admin:
         assert admin.get(f"/api/projects/{live.project.project.id}/playback/usage").json()["used"] == 1
+    context.close()
+
+
+def test_chunks_leave_on_the_timer_and_are_retried_dropped_or_stop_the_recording(make_server, site, browser):
+    live = make_server(playback_chunk_interval_ms=300)
+    playback_on(live, site)
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    context = browser.new_context(user_agent=CHROME_UA)
+    sent: list[tuple[int, str, int]] = []  # every chunk request: seq, enc, the status it got
+
+    def answer(route: Route) -> None:
+        query = parse_qs(urlsplit(route.request.url).query)
+        seq = int(query["seq"][0])
+        first_try = all(s != seq for s, _, _ in sent)
+        # seq 0 fails once (503: retried), seq 1 is refused for good (400: dropped), seq 3 is forbidden (403: stop).
+        status = {0: 503 if first_try else 0, 1: 400, 3: 403}.get(seq, 0)
+        sent.append((seq, query["enc"][0], status or 200))
+        if status:
+            cors = {"Access-Control-Allow-Origin": site.origin}
+            route.fulfill(status=status, headers=cors, json={"error": "test", "path": "$", "reason": "test"})
+        else:
+            route.continue_()
+
+    context.route("**/v1/playback/chunks*", answer)
+    page = context.new_page()
+    assert start_answer(page, site.url("/form"))["record"] is True
+    page.wait_for_function(RECORDING)
+    moves = iter(range(10**6))
+
+    def busy_until(check, what: str):
+        """Move the mouse (events for the next chunk) until `check` holds; only the timer sends chunks."""
+
+        def step():
+            i = next(moves)
+            page.mouse.move(20 + i % 300, 20 + (7 * i) % 300)
+            return check()
+
+        return wait_until(step, what, timeout=30, interval=0.1, sleep=lambda s: page.wait_for_timeout(s * 1000))
+
+    busy_until(
+        lambda: page.evaluate("JSON.parse(sessionStorage.getItem('ut_pb')) === null"), "the 403 to stop the recording"
+    )
+    stopped_at = len(sent)
+    for _ in range(5):  # five timer periods of activity: a recorder still running would send seq 4
+        page.mouse.move(100, 100)
+        page.mouse.move(200, 150)
+        page.wait_for_timeout(300)
+    assert len(sent) == stopped_at and max(s for s, _, _ in sent) == 3, sent
+    seqs = [s for s, _, _ in sent]
+    assert [s for i, s in enumerate(seqs) if s not in seqs[:i]] == [0, 1, 2, 3]  # numbered without gaps
+    assert [st for s, _, st in sent if s == 0][:2] == [503, 200]  # the failed chunk went again, same number
+    assert seqs.count(1) == 1 and seqs.count(3) == 1  # refused for good: never sent again
+    assert {enc for _, enc, _ in sent} == {"gzip"}
+    # Stored without a single usertrail.flush(): the timer's chunks, less the refused one.
+    assert [r.seq for r in chunk_rows(live)] == [0, 2]
     context.close()
