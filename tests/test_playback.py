@@ -15,9 +15,12 @@ import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
+from usertrail.playback import quota
+from usertrail.playback.crypto import CryptoError, KeyRing, new_master_key, open_chunk, parse_master_keys
 from usertrail.playback.quota import next_reset, period_start
 from usertrail.testing.postgres import free_port
 
@@ -363,6 +366,68 @@ def test_quota_counts_sessions_and_resets_on_update(live):
     assert start(live, anonymousId="d", sessionId="s-d")["reason"] == "quota_reached"
 
 
+def test_quota_overshoot_is_bounded_by_the_recordings_already_running(live):
+    enable_playback(live)
+    assert api(live, "PUT", "/playback/quota", json={"quota": 1}).status_code == 200
+    running = start(live, anonymousId="a", sessionId="s-a")
+    assert start(live, anonymousId="b", sessionId="s-b")["reason"] == "quota_reached"
+    # The running recording continues on its next pages, and is not counted again.
+    resumed = start(live, anonymousId="a", sessionId="s-a", resume=running["token"], url="https://app.example.com/2")
+    assert (resumed["record"], resumed["resumed"], resumed["recording_id"]) == (True, True, running["recording_id"])
+    assert send_chunk(live, resumed["token"], 0, events_at(1_800_000_000_000)).status_code == 200
+    assert api(live, "GET", "/playback/usage").json()["used"] == 1
+    assert live.scalar("SELECT count(*) FROM playback_recordings WHERE counted") == 1
+    with live.engine.begin() as conn:  # as if it had started 13 hours ago: past the longest session
+        conn.execute(sa.text("UPDATE playback_recordings SET started_at = started_at - :h"), {"h": 13 * 3_600_000})
+    late = send_chunk(live, running["token"], 1, events_at(1_800_000_000_000))
+    assert (late.status_code, late.json()["error"]) == (409, "recording_closed")
+    # The tab's next page falls to a new decision, which the quota refuses.
+    again = start(live, anonymousId="a", sessionId="s-a-next", resume=running["token"])
+    assert again == {"record": False, "reason": "quota_reached", "method": "automatic"}
+    assert live.scalar("SELECT count(*) FROM playback_recordings") == 1
+
+
+def test_quota_period_rolls_over_in_take_and_usage(live):
+    pid = live.project.project.id
+    with live.engine.begin() as conn:
+        quota.set_quota(conn, pid, 2, ms("2026-01-31T10:00:00"))
+        assert quota.take(conn, pid, ms("2026-01-31T11:00:00"))
+        assert quota.take(conn, pid, ms("2026-02-27T12:00:00"))
+        assert not quota.take(conn, pid, ms("2026-02-27T23:59:59"))
+        full = quota.usage(conn, pid, ms("2026-02-27T23:59:59"))
+        assert (full.used, full.period_start, full.next_reset) == (
+            2,
+            ms("2026-01-31T10:00:00"),
+            ms("2026-02-28T00:00:00"),
+        )
+        # 28 February: the 31st clamped to the month's end starts a new period, before and after a take.
+        assert quota.usage(conn, pid, ms("2026-02-28T00:00:00")).used == 0
+        assert quota.take(conn, pid, ms("2026-02-28T08:00:00"))
+        feb = quota.usage(conn, pid, ms("2026-02-28T09:00:00"))
+        assert (feb.used, feb.period_start, feb.next_reset) == (1, ms("2026-02-28T00:00:00"), ms("2026-03-31T00:00:00"))
+        assert quota.take(conn, pid, ms("2026-03-30T09:00:00"))
+        assert not quota.take(conn, pid, ms("2026-03-30T10:00:00"))
+        assert quota.take(conn, pid, ms("2026-03-31T00:00:00"))
+
+
+def test_a_quota_update_makes_its_date_the_new_start(live):
+    assert api(live, "PUT", "/playback/quota", json={"quota": 5}).status_code == 200
+    day = 86_400_000
+    with live.engine.begin() as conn:  # activated 40 days ago: the period has rolled over since
+        conn.execute(
+            sa.text("UPDATE playback_projects SET quota_anchor = quota_anchor - :d, period_start = period_start - :d"),
+            {"d": 40 * day},
+        )
+    before = api(live, "GET", "/playback/usage").json()
+    assert before["period_start"] > before["activated_at"] + 9 * day
+    t0 = now_ms()
+    after = api(live, "PUT", "/playback/quota", json={"quota": 7}).json()
+    t1 = now_ms()
+    assert t0 <= after["activated_at"] <= t1 and after["period_start"] == after["activated_at"]
+    assert after["next_reset"] == next_reset(after["activated_at"], after["activated_at"])
+    assert (after["quota"], after["used"]) == (7, 0)
+
+
 def test_quota_period_resets_on_the_activation_day():
     anchor = ms("2026-01-31T15:00:00")
     assert period_start(anchor, ms("2026-01-31T20:00:00")) == anchor
@@ -395,6 +460,65 @@ def _days_in(moment: dt.datetime) -> int:
     import calendar
 
     return calendar.monthrange(moment.year, moment.month)[1]
+
+
+def test_each_recording_has_its_own_key_bound_to_its_place(live, tmp_path: Path):
+    enable_playback(live)
+    one, two = start(live, anonymousId="one", sessionId="s-1"), start(live, anonymousId="two", sessionId="s-2")
+    events = [*events_at(1_800_000_000_000), *(events_at(1_800_000_001_000) * 20)]
+    for answer in (one, two):
+        assert send_chunk(live, answer["token"], 0, events).status_code == 200
+    assert send_chunk(live, one["token"], 1, events).status_code == 200
+    pid = live.project.project.id
+    ring = KeyRing(parse_master_keys((tmp_path / "master.key").read_text()))
+    rows = {
+        r.recording_id: r
+        for r in live.rows("SELECT recording_id, key_version, wrapped_key, raw_bytes FROM playback_recordings")
+    }
+    keys = {rid: ring.unwrap(pid, r.key_version, rid, bytes(r.wrapped_key)) for rid, r in rows.items()}
+    assert keys[one["recording_id"]] != keys[two["recording_id"]] and all(len(k) == 32 for k in keys.values())
+    row = rows[one["recording_id"]]
+    for project, version, rid in [
+        (pid + 1, row.key_version, row.recording_id),
+        (pid, row.key_version + 1, row.recording_id),
+    ]:
+        with pytest.raises(CryptoError):
+            ring.unwrap(project, version, rid, bytes(row.wrapped_key))
+    with pytest.raises(CryptoError):  # the wrapped key names its recording
+        ring.unwrap(pid, row.key_version, two["recording_id"], bytes(row.wrapped_key))
+    with pytest.raises(CryptoError):
+        KeyRing(parse_master_keys(new_master_key())).unwrap(
+            pid, row.key_version, row.recording_id, bytes(row.wrapped_key)
+        )
+
+    folder = tmp_path / "playback" / "recordings" / str(pid) / one["recording_id"]
+    blobs = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert len(blobs) == 2
+    key, sealed = keys[one["recording_id"]], blobs[0].read_bytes()
+    seq = next(s for s in (0, 1) if _opens(key, pid, one["recording_id"], s, sealed))
+    compressed = open_chunk(key, pid, one["recording_id"], seq, sealed)
+    raw = json.dumps(events).encode()
+    assert compressed[:4] == bytes.fromhex("28B52FFD")  # zstd's magic number: compressed, then encrypted
+    assert len(compressed) < len(raw) / 3
+    assert json.loads(zstandard.ZstdDecompressor().decompress(compressed)) == events
+    # The associated data binds a blob to its recording and sequence number.
+    for other in [
+        (pid, one["recording_id"], 1 - seq),
+        (pid, two["recording_id"], seq),
+        (pid + 1, one["recording_id"], seq),
+    ]:
+        with pytest.raises(CryptoError):
+            open_chunk(key, *other, sealed)
+    with pytest.raises(CryptoError):
+        open_chunk(keys[two["recording_id"]], pid, one["recording_id"], seq, sealed)
+
+
+def _opens(key: bytes, project_id: int, recording_id: str, seq: int, blob: bytes) -> bool:
+    try:
+        open_chunk(key, project_id, recording_id, seq, blob)
+    except CryptoError:
+        return False
+    return True
 
 
 def test_list_filter_and_delete(live, tmp_path: Path):
