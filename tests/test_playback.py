@@ -23,6 +23,7 @@ from usertrail.playback import quota
 from usertrail.playback.crypto import CryptoError, KeyRing, new_master_key, open_chunk, parse_master_keys
 from usertrail.playback.quota import next_reset, period_start
 from usertrail.testing.postgres import free_port
+from usertrail.web.app import run_daily_retention
 
 from conftest import CHROME_UA, LiveServer
 from playback_helpers import (
@@ -585,9 +586,11 @@ def test_admin_api_needs_an_admin_token_of_the_project(live):
         assert client.get(f"/api/projects/{live.project.project.id}/playback/recordings").status_code == 401
 
 
-def cli(*args: str, data_dir: Path, database_url: str) -> subprocess.CompletedProcess:
+def cli(*args: str, data_dir: Path, database_url: str, **extra_env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "USERTRAIL_DATA_DIR": str(data_dir), "USERTRAIL_DATABASE_URL": database_url, "COLUMNS": "200"}
     env.pop("USERTRAIL_MASTER_KEY", None)
+    env.pop("USERTRAIL_PLAYBACK_RETENTION_DAYS", None)
+    env.update(extra_env)
     result = subprocess.run(
         [sys.executable, "-m", "usertrail.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
@@ -644,6 +647,73 @@ def test_retention_deletes_old_recordings_with_their_blobs(live, database_url, t
     assert [r[0] for r in live.rows("SELECT recording_id FROM playback_recordings")] == [recent["recording_id"]]
     folder = tmp_path / "playback" / "recordings" / str(live.project.project.id)
     assert sorted(p.name for p in folder.iterdir()) == [recent["recording_id"]]
+
+
+def test_retention_periods_from_flag_environment_and_project(live, database_url, tmp_path: Path):
+    enable_playback(live)
+    assert configure(live, {"uuid": {"provider": "variable", "source": "currentUser.id"}}).status_code == 200
+    ids = {}
+    for name in ("a", "b", "c"):
+        answer = start(live, anonymousId=name, sessionId="s-" + name)
+        assert send_chunk(live, answer["token"], 0, events_at(1_800_000_000_000)).status_code == 200
+        ids[name] = answer["recording_id"]
+    jane = start(live, anonymousId="anon-j", userId="jane", sessionId="s-j")
+    assert send_chunk(live, jane["token"], 0, events_at(1_800_000_000_000)).status_code == 200
+    for rid in [*ids.values(), jane["recording_id"]]:
+        recording_events(live, rid)  # four views in the activity log
+
+    def age(name: str) -> None:  # as if it had started 40 days ago
+        with live.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE playback_recordings SET started_at = started_at - :age WHERE recording_id = :r"),
+                {"age": 40 * 86_400_000, "r": ids[name]},
+            )
+
+    def left() -> set[str]:
+        return {r[0] for r in live.rows("SELECT recording_id FROM playback_recordings")}
+
+    age("a")
+    assert (
+        "1 recordings were deleted"
+        in cli("retention", "--playback-days", "30", data_dir=tmp_path, database_url=database_url).stdout
+    )
+    assert left() == {ids["b"], ids["c"], jane["recording_id"]}
+    age("b")
+    out = cli("retention", data_dir=tmp_path, database_url=database_url, USERTRAIL_PLAYBACK_RETENTION_DAYS="30")
+    assert "1 recordings were deleted (started over 30 days ago)" in out.stdout
+    assert left() == {ids["c"], jane["recording_id"]}
+    # The server's daily run: the installation keeps recordings 365 days, until the project says 30.
+    age("c")
+    app = live.app.state
+    run_daily_retention(app.collector, app.playback.store, app.playback.assets, now_ms())
+    assert ids["c"] in left()
+    assert api(live, "PUT", "/retention", json={"playback_days": 30}).status_code == 200
+    run_daily_retention(app.collector, app.playback.store, app.playback.assets, now_ms())
+    assert left() == {jane["recording_id"]}
+    # Erasing an end user deletes their recording too; none of this touches the activity log.
+    assert api(live, "DELETE", "/users/u:jane").json()["recordings"] == 1
+    log = api(live, "GET", "/activity-log").json()["entries"]
+    assert sorted(e["recording_id"] for e in log) == sorted([*ids.values(), jane["recording_id"]])
+    assert {e["action"] for e in log} == {"view"}
+    assert api(live, "GET", "/activity-log/verify").json()["ok"] is True
+
+
+def test_the_activity_log_has_no_route_that_changes_it(live):
+    def paths(routes, prefix: str = ""):
+        for route in routes:
+            inner = getattr(route, "routes", None)
+            if inner is not None:
+                yield from paths(inner, prefix + getattr(route, "path", ""))
+            else:
+                yield prefix + route.path, getattr(route, "methods", None) or set()
+
+    logged = [(path, methods) for path, methods in paths(live.app.routes) if "activity-log" in path]
+    assert len(logged) >= 3 and all(methods <= {"GET", "HEAD"} for _, methods in logged), logged
+    base = f"/api/projects/{live.project.project.id}/activity-log"
+    for path in (base, base + ".csv", base + "/verify", base + "/1"):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            response = api(live, method, path.removeprefix(f"/api/projects/{live.project.project.id}"))
+            assert response.status_code in (404, 405), (method, path, response.status_code)
 
 
 @pytest.fixture
