@@ -341,7 +341,12 @@ def test_without_an_allow_list_every_typed_value_must_be_masked(live):
 
 
 def test_oversized_chunks_are_refused(make_server):
-    live = make_server(playback_max_chunk_bytes=1000, playback_max_chunk_raw_bytes=5000)
+    raw = len(json.dumps(events_at(1_800_000_000_000)).encode())  # one small chunk
+    live = make_server(
+        playback_max_chunk_bytes=1000,
+        playback_max_chunk_raw_bytes=5000,
+        playback_max_recording_bytes=2 * raw + raw // 2,
+    )
     enable_playback(live)
     token = start(live)["token"]
     big = [{"type": 5, "data": {"tag": "x", "payload": {"pad": "a" * 800}}, "timestamp": 1}] * 10
@@ -349,6 +354,15 @@ def test_oversized_chunks_are_refused(make_server):
     # Compressed it fits the body limit, but not the limit after inflating.
     response = send_chunk(live, token, 0, big, enc="gzip")
     assert (response.status_code, response.json()["path"]) == (413, "$")
+    # The recording as a whole: two small chunks fit, the third would pass the limit.
+    for seq in (0, 1):
+        assert send_chunk(live, token, seq, events_at(1_800_000_000_000 + seq)).status_code == 200
+    third = send_chunk(live, token, 2, events_at(1_800_000_000_002))
+    assert (third.status_code, third.json()["error"], third.json()["path"]) == (413, "invalid_chunk", "$")
+    assert "would exceed" in third.json()["reason"]
+    assert send_chunk(live, token, 0, events_at(1_800_000_000_000)).json()["duplicate"] is True  # no new bytes
+    assert live.scalar("SELECT raw_bytes FROM playback_recordings") == 2 * raw
+    assert live.scalar("SELECT count(*) FROM playback_chunks") == 2
 
 
 def test_excluded_after_start_stops_the_upload(live):
