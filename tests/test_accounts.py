@@ -4,6 +4,7 @@ one-time passwords, the role × permission matrix over the API, admin tokens unc
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import argon2
@@ -262,7 +263,26 @@ ENDPOINTS = [
     ("GET", "/playback/recordings", None, "playback.view"),
     ("GET", "/playback/recordings/rec_nope/events", None, "playback.view"),
     ("DELETE", "/playback/recordings/rec_nope", None, "playback.delete"),
+    ("GET", "/playback/recordings/rec_nope", None, "playback.view"),
+    ("GET", "/playback/recordings/rec_nope/assets", None, "playback.view"),
+    ("GET", "/playback/recordings/rec_nope/export", None, "playback.export"),
+    ("GET", "/playback/assets/" + "0" * 64, None, "playback.view"),
 ]
+
+
+def test_every_playback_route_is_in_the_permission_matrix(live):
+    """A new playback route cannot go without its permission check being tested above."""
+    prefix = "/api/projects/{project_id}"
+    routes = [
+        (method, route.path.removeprefix(prefix))
+        for route in live.app.routes
+        if getattr(route, "path", "").startswith(prefix + "/playback")
+        for method in (route.methods or set()) - {"HEAD"}
+    ]
+    assert len(routes) >= 9, routes
+    for method, template in routes:
+        pattern = re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)) + "$")
+        assert any(m == method and pattern.match(path) for m, path, _, _ in ENDPOINTS), (method, template)
 
 
 def test_role_matrix_over_the_api(live):
@@ -287,8 +307,8 @@ def test_role_matrix_over_the_api(live):
                     assert response.json()["error"] == "permission_denied", where
                     assert response.json()["permission"] == permission, where
                 checked.add(permission)
-    # The table covers every permission; playback export comes with the replay page.
-    assert checked == set(PERMISSIONS) - {"playback.export"}
+    # The table covers every permission.
+    assert checked == set(PERMISSIONS)
 
 
 def test_viewer_cannot_change_settings_and_no_role_means_no_access(live):

@@ -1,15 +1,20 @@
 """Session Playback in a real Chromium: the snippet records with rrweb, the server stores what it may.
 
 Chunks leave the page only when the test says so (`usertrail.flush()`) or when the page goes away
-(sendBeacon): the chunk timer is set to an hour, so no test depends on the machine's speed.
+(sendBeacon): the chunk timer is set to an hour, so no test depends on the machine's speed. One test
+runs the timer fast instead, and waits for what it sends.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -21,7 +26,7 @@ from conftest import CHROME_UA, LiveServer
 from playback_helpers import IPHONE_UA, SAFARI_7_UA, configure, recording_events
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, Route
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -29,6 +34,7 @@ HOUR_MS = 3_600_000
 SECRET = "hunter2-typed-secret"
 PASSWORD = "pw-Sup3rS3cret"
 BLOCKED_TEXT = "IBAN DE89 3704 0044 0532 0130 00"
+CARD_TEXT = "Card 4111 1111 1111 1111"
 RECORDING = "window.rrwebRecord && sessionStorage.getItem('ut_pb')"
 
 
@@ -61,6 +67,17 @@ def page_html(live: LiveServer, title: str, body: str) -> str:
     )
 
 
+def silent_wav() -> str:
+    """A data URI of half a second of silence: media the page can play without any network."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(8000)
+        w.writeframes(b"\x80" * 4000)
+    return "data:audio/wav;base64," + base64.b64encode(out.getvalue()).decode()
+
+
 FORM = f"""
 <h1>Checkout</h1>
 <input id="name" type="text" placeholder="Name">
@@ -69,6 +86,9 @@ FORM = f"""
 <button id="buy" onclick="document.getElementById('status').textContent = 'Bought'">Buy</button>
 <p id="status">Not bought</p>
 <div class="wm-hide" id="iban">{BLOCKED_TEXT}</div>
+<div class="card-box" id="card" style="width: 320px; height: 48px">{CARD_TEXT}</div>
+<p id="quote">A sentence to select</p>
+<audio id="audio" src="{silent_wav()}"></audio>
 <iframe id="frame" src="/frame" width="400" height="120"></iframe>
 <a id="next" href="/second">Next</a>
 <div class="tall"></div>
@@ -87,11 +107,11 @@ def start_answer(page: Page, url: str) -> dict:
 
 
 def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live, site, browser, tmp_path: Path):
-    playback_on(live, site)
+    playback_on(live, site, blocked_selectors=["#card"])
     site.pages["/form"] = page_html(live, "Form", FORM)
     site.pages["/frame"] = FRAME
     site.pages["/second"] = page_html(live, "Second", '<p>Thanks</p><div class="tall"></div>')
-    context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 700})
+    context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1000, "height": 700}, has_touch=True)
     page = context.new_page()
     chunk_bodies: list[tuple[str, bytes]] = []
     context.on(
@@ -108,6 +128,11 @@ def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live,
     page.fill("#password", PASSWORD)
     page.fill("#note", SECRET + " in a textarea")
     page.click("#buy")
+    page.tap("#status")  # touch start and end
+    page.click("#quote", click_count=3)  # selects the paragraph's text
+    # The clicks above are the user activation that lets the page play media.
+    page.evaluate("() => { const a = document.getElementById('audio'); return a.play().then(() => a.pause()); }")
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
     page.frame_locator("#frame").locator("#inner").click()
     page.mouse.wheel(0, 600)
     page.wait_for_function("window.scrollY > 0")
@@ -137,18 +162,33 @@ def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live,
     assert [e["data"]["href"] for e in events if e["type"] == 4] == [site.url("/form"), site.url("/second")]
     assert sum(1 for e in events if e["type"] == 2) == 2  # one full snapshot per page
     sources = {e["data"]["source"] for e in events if e["type"] == 3}
-    # mouse move, mouse interaction (click, focus), scroll, viewport resize, input
-    assert {1, 2, 3, 4, 5} <= sources, sources
+    # mouse move, mouse interaction, scroll, viewport resize, input, media, text selection
+    assert {1, 2, 3, 4, 5, 7, 14} <= sources, sources
+    interactions = {e["data"]["type"] for e in events if e["type"] == 3 and e["data"]["source"] == 2}
+    # click 2, focus 5, blur 6, touch start 7, touch end 9 (rrweb's MouseInteractions)
+    assert {2, 5, 6, 7, 9} <= interactions, interactions
+    media = {e["data"]["type"] for e in events if e["type"] == 3 and e["data"]["source"] == 7}
+    assert {0, 1} <= media, media  # play, pause
+    selected = [e["data"]["ranges"] for e in events if e["type"] == 3 and e["data"]["source"] == 14]
+    assert any(ranges for ranges in selected), selected
+    custom = [e["data"] for e in events if e["type"] == 5 and e["data"]["tag"] == "visibility"]
+    assert custom and custom[0]["payload"] == {"state": "visible"}, custom
     assert "Inside the frame" in text  # the same-origin iframe's document is in the recording
     assert "Bought" in text  # the DOM change the click made
     # Typed text is masked, the password too, the wm-hide element is a placeholder.
     inputs = [e["data"]["text"] for e in events if e["type"] == 3 and e["data"]["source"] == 5]
     assert inputs and all(set(t) <= {"*"} for t in inputs), inputs
-    for secret in (SECRET, PASSWORD, BLOCKED_TEXT, "hunter2"):
+    for secret in (SECRET, PASSWORD, BLOCKED_TEXT, CARD_TEXT, "hunter2", "4111"):
         assert secret not in text
-    # rrweb keeps only a blocked element's class and size: the replay shows a box of that size.
-    blocked = [n for n in _nodes(events) if n.get("attributes", {}).get("class") == "wm-hide"]
-    assert blocked and all(n["attributes"].get("rr_width") and not n.get("childNodes") for n in blocked)
+    # rrweb keeps only a blocked element's class and size, for `wm-hide` and the configured selector alike:
+    # the replay shows a box of that size.
+    for name in ("wm-hide", "card-box"):
+        blocked = [n for n in _nodes(events) if n.get("attributes", {}).get("class") == name]
+        assert len(blocked) == 1 and not blocked[0].get("childNodes"), blocked
+        assert set(blocked[0]["attributes"]) == {"class", "rr_width", "rr_height"}, blocked
+    assert [
+        n["attributes"]["rr_width"] for n in _nodes(events) if n.get("attributes", {}).get("class") == "card-box"
+    ] == ["320px"]
 
     # Nothing typed is anywhere on disk either (database, WAL, blobs, key file).
     for path in tmp_path.rglob("*"):
@@ -277,4 +317,60 @@ def test_manual_recording_starts_when_the_page_asks(live, site, browser):
     wait_until(lambda: chunk_rows(live), "a chunk of the manual recording")
     with live.admin() as admin:
         assert admin.get(f"/api/projects/{live.project.project.id}/playback/usage").json()["used"] == 1
+    context.close()
+
+
+def test_chunks_leave_on_the_timer_and_are_retried_dropped_or_stop_the_recording(make_server, site, browser):
+    live = make_server(playback_chunk_interval_ms=300)
+    playback_on(live, site)
+    site.pages["/form"] = page_html(live, "Form", FORM)
+    site.pages["/frame"] = FRAME
+    context = browser.new_context(user_agent=CHROME_UA)
+    sent: list[tuple[int, str, int]] = []  # every chunk request: seq, enc, the status it got
+
+    def answer(route: Route) -> None:
+        query = parse_qs(urlsplit(route.request.url).query)
+        seq = int(query["seq"][0])
+        first_try = all(s != seq for s, _, _ in sent)
+        # seq 0 fails once (503: retried), seq 1 is refused for good (400: dropped), seq 3 is forbidden (403: stop).
+        status = {0: 503 if first_try else 0, 1: 400, 3: 403}.get(seq, 0)
+        sent.append((seq, query["enc"][0], status or 200))
+        if status:
+            cors = {"Access-Control-Allow-Origin": site.origin}
+            route.fulfill(status=status, headers=cors, json={"error": "test", "path": "$", "reason": "test"})
+        else:
+            route.continue_()
+
+    context.route("**/v1/playback/chunks*", answer)
+    page = context.new_page()
+    assert start_answer(page, site.url("/form"))["record"] is True
+    page.wait_for_function(RECORDING)
+    moves = iter(range(10**6))
+
+    def busy_until(check, what: str):
+        """Move the mouse (events for the next chunk) until `check` holds; only the timer sends chunks."""
+
+        def step():
+            i = next(moves)
+            page.mouse.move(20 + i % 300, 20 + (7 * i) % 300)
+            return check()
+
+        return wait_until(step, what, timeout=30, interval=0.1, sleep=lambda s: page.wait_for_timeout(s * 1000))
+
+    busy_until(
+        lambda: page.evaluate("JSON.parse(sessionStorage.getItem('ut_pb')) === null"), "the 403 to stop the recording"
+    )
+    stopped_at = len(sent)
+    for _ in range(5):  # five timer periods of activity: a recorder still running would send seq 4
+        page.mouse.move(100, 100)
+        page.mouse.move(200, 150)
+        page.wait_for_timeout(300)
+    assert len(sent) == stopped_at and max(s for s, _, _ in sent) == 3, sent
+    seqs = [s for s, _, _ in sent]
+    assert [s for i, s in enumerate(seqs) if s not in seqs[:i]] == [0, 1, 2, 3]  # numbered without gaps
+    assert [st for s, _, st in sent if s == 0][:2] == [503, 200]  # the failed chunk went again, same number
+    assert seqs.count(1) == 1 and seqs.count(3) == 1  # refused for good: never sent again
+    assert {enc for _, enc, _ in sent} == {"gzip"}
+    # Stored without a single usertrail.flush(): the timer's chunks, less the refused one.
+    assert [r.seq for r in chunk_rows(live)] == [0, 2]
     context.close()

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+import usertrail.web
 from usertrail.playback.replay import FRAME_CSP, PAGE_CSP, escape_json_for_script
 from usertrail.store.database import write_transaction
 from usertrail.store.schema import identity_links, segment_members
@@ -131,6 +134,61 @@ def test_the_list_filters_by_user_url_duration_segment_and_walkme_events(live):
         other = vic.get(f"/app/projects/{pid}/recordings/{short}")
         assert "data-label=" not in other.text
         assert vic.get(f"/app/projects/{pid}/recordings/rec_gone").status_code == 404
+
+
+def test_the_list_filters_by_start_time_and_the_page_by_whole_days(live):
+    pid = live.project.project.id
+    now = int(time.time() * 1000)
+    early = recording(live, "anon-1", now - 10 * MINUTE, 1, "https://shop.example.com/a")
+    late = recording(live, "anon-2", now - 5 * MINUTE, 1, "https://shop.example.com/b")
+    starts = {early: "2026-03-10T12:00:00+00:00", late: "2026-03-12T18:30:00+00:00"}
+    with write_transaction(live.engine) as conn:
+        for rid, at in starts.items():
+            conn.execute(
+                sa.text("UPDATE playback_recordings SET started_at = :at WHERE recording_id = :r"),
+                {"at": int(dt.datetime.fromisoformat(at).timestamp() * 1000), "r": rid},
+            )
+
+    def ids(**params) -> list[str]:
+        with live.admin() as admin:
+            answer = admin.get(f"/api/projects/{pid}/playback/recordings", params=params)
+        assert answer.status_code == 200, answer.text
+        return [r["recording_id"] for r in answer.json()["items"]]
+
+    between = int(dt.datetime(2026, 3, 11, tzinfo=dt.UTC).timestamp() * 1000)
+    assert ids(since="2026-03-11") == [late] and ids(until="2026-03-11") == [early]
+    assert ids(since=str(between)) == [late] and ids(until=str(between)) == [early]
+    # `since` is inclusive, `until` exclusive.
+    assert ids(since="2026-03-10T12:00:00Z", until="2026-03-12T18:30:00.001Z") == [late, early]
+    assert ids(since="2026-03-10T12:00:00Z", until="2026-03-12T18:30:00Z") == [early]
+    assert ids(since="2026-03-12T19:00:00+01:00") == [late]  # a zone counts: 18:00 UTC
+    with signed_in(live, "vic@example.com") as vic:
+
+        def listed(**params) -> list[str]:
+            page = vic.get(f"/app/projects/{pid}/recordings", params=params)
+            assert page.status_code == 200, page.text
+            return re.findall(r'data-recording="([^"]+)"', page.text)
+
+        # `to` is inclusive: the whole of 12 March, 18:30 too.
+        assert listed(**{"from": "2026-03-12", "to": "2026-03-12"}) == [late]
+        assert listed(**{"from": "2026-03-10", "to": "2026-03-11"}) == [early]
+        assert listed(to="2026-03-09") == [] and listed(**{"from": "2026-03-13"}) == []
+
+
+def test_the_player_frame_is_sandboxed_and_the_vendored_bundles_carry_version_and_licence(live):
+    pid = live.project.project.id
+    rid = recording(live, "anon-1", int(time.time() * 1000), 1, "https://shop.example.com/a")
+    with signed_in(live, "vic@example.com") as vic:
+        page = vic.get(f"/app/projects/{pid}/recordings/{rid}").text
+    frames = re.findall(r"<iframe [^>]*>", page)
+    assert len(frames) == 1 and 'id="replay-frame"' in frames[0], frames
+    assert re.search(r'\ssandbox="allow-scripts allow-same-origin"', frames[0]), frames[0]
+    vendor = Path(usertrail.web.__file__).parent / "static" / "vendor"
+    for folder, bundle in (("rrweb", "record.min.js"), ("rrweb-player", "rrweb-player.min.js")):
+        assert (vendor / folder / "VERSION").read_text().strip() == "2.1.6", folder
+        licence = (vendor / folder / "LICENSE").read_text()
+        assert "MIT" in licence or "Permission is hereby granted" in licence, folder
+        assert (vendor / folder / bundle).stat().st_size > 10_000, folder
 
 
 def test_pages_need_a_sign_in_and_playback_view(live):

@@ -112,6 +112,7 @@ def differing(a: Image.Image, b: Image.Image) -> float:
 
 # --- a real page, recorded by the real snippet, replayed --------------------------------------------
 
+IBAN, CARD = "IBAN DE89 3704 0044 0532 0130 00", "Card 4111 1111 1111 1111"
 ROWS = "".join(f'<div class="row r{i % 4}">Row {i}: {"lorem ipsum dolor " * (1 + i % 3)}</div>' for i in range(60))
 
 
@@ -129,7 +130,10 @@ def recorded_page(live: LiveServer, site: PageServer) -> str:
         f"<script>new Image().src = '{site.origin}/beacon?from=' + encodeURIComponent(location.href);"
         "var n = 0; document.getElementById('buy').addEventListener('click', function () {"
         " n += 1; document.getElementById('status').textContent = 'Bought ' + n + ' time(s)'; });</script>"
-        f'{ROWS}<a id="next" href="/second">Next page</a></body></html>'
+        # Below both compared moments: blocked elements, replayed as empty boxes of their size.
+        f'{ROWS}<div class="wm-hide" style="width: 300px; height: 40px">{IBAN}</div>'
+        f'<div class="card-box" id="card" style="width: 320px; height: 48px">{CARD}</div>'
+        '<a id="next" href="/second">Next page</a></body></html>'
     )
 
 
@@ -140,7 +144,11 @@ def test_the_replay_shows_what_the_page_showed(live, site, browser):
         {
             "allowed_origins": [site.origin],
             "tracking_level": "playback",
-            "playback": {"global_capture": True, "allowed_input_selectors": ["#name"]},
+            "playback": {
+                "global_capture": True,
+                "allowed_input_selectors": ["#name"],
+                "blocked_selectors": ["#card"],
+            },
         },
     )
     assert response.status_code == 200, response.text
@@ -223,6 +231,15 @@ def test_the_replay_shows_what_the_page_showed(live, site, browser):
     inner = app.frame_locator("#replay-frame").frame_locator(".replayer-wrapper iframe")
     assert inner.locator("#status").text_content() == "Bought 2 time(s)"
     assert inner.locator("#name").input_value() == "Ada Lovelace"
+    # The wm-hide element and the one of the configured selector: a box of the same size, without its text.
+    # rrweb sizes the box from the recorded size. (Nothing is measured by script in that frame: its sandbox
+    # blocks scripts, and Chromium logs each attempt, which Playwright's bounding_box() makes.)
+    for selector, (width, height) in ((".wm-hide", (300, 40)), (".card-box", (320, 48))):
+        box = inner.locator(selector)
+        assert box.get_attribute("style") == f"width: {width}px; height: {height}px;", selector
+        assert box.inner_html() == "", selector
+    assert inner.locator("#card").count() == 0  # not even its id is kept
+    assert IBAN not in app.content() and CARD not in inner.locator("body").inner_html()
 
     # The timeline: two page starts, the clicks, each a button that seeks there.
     kinds = app.eval_on_selector_all("#markers .marker", "els => els.map(e => e.dataset.kind)")

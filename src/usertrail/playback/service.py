@@ -14,6 +14,7 @@ from usertrail.enrich.ip import client_ip
 from usertrail.enrich.useragent import parse_agent
 from usertrail.playback import chunks, quota
 from usertrail.playback.assets import AssetStore, asset_urls
+from usertrail.playback.chunks import BLOCK_CLASS
 from usertrail.playback.crypto import BadToken, UploadGrant
 from usertrail.playback.eligibility import NotRecorded, Visit, chosen, excluded, user_key_for
 from usertrail.playback.store import RecordingGone, RecordingStore
@@ -24,7 +25,6 @@ from usertrail.store.projects import ADMIN, WRITE
 # A recording lasts at most one session (12 hours, docs/sessions.md); chunks may trail by a while.
 RECORDING_MAX_MS = 12 * 3_600_000
 CHUNK_GRACE_MS = 30 * 60_000
-BLOCK_CLASS = "wm-hide"
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -198,6 +198,7 @@ class PlaybackService:
             chunk = chunks.parse(
                 chunks.decompress(body, encoding, self.settings.playback_max_chunk_raw_bytes),
                 inputs_allowed=bool(settings.playback.allowed_input_selectors),
+                blocked_selectors=settings.playback.blocked_selectors,
             )
         except chunks.ChunkError as exc:
             raise PlaybackError(exc.status, "invalid_chunk", exc.path, exc.reason) from None

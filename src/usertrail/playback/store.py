@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -368,10 +368,23 @@ class RecordingStore:
 
     # --- deletion and key rotation --------------------------------------------------------------
 
-    def delete(self, project_id: int, user_key: str, recording_id: str) -> bool:
-        """Delete the metadata and the wrapped key (the blobs become unreadable at once), then the blobs."""
+    def delete(
+        self,
+        project_id: int,
+        user_key: str,
+        recording_id: str,
+        audit: Callable[[sa.Connection], None] | None = None,
+    ) -> bool:
+        """Delete the metadata and the wrapped key (the blobs become unreadable at once), then the blobs.
+
+        `audit` runs first in the same transaction (the activity log's entry): the recording is deleted
+        only with its entry, and with `audit` a recording that is already gone raises RecordingGone,
+        rolling the entry back.
+        """
         t, c = playback_recordings, playback_chunks
         with write_transaction(self.engine) as conn:
+            if audit is not None:
+                audit(conn)
             c_where = (c.c.project_id == project_id, c.c.user_key == user_key, c.c.recording_id == recording_id)
             conn.execute(c.delete().where(*c_where))
             a = playback_recording_assets
@@ -385,6 +398,8 @@ class RecordingStore:
                     t.c.project_id == project_id, t.c.user_key == user_key, t.c.recording_id == recording_id
                 )
             ).rowcount
+            if audit is not None and not gone:
+                raise RecordingGone(recording_id)
         self.blobs.delete_prefix(_prefix(project_id, recording_id))
         return bool(gone)
 

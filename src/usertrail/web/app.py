@@ -97,10 +97,30 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
+def run_daily_retention(collector: Collector, recordings: RecordingStore, assets: AssetStore, now_ms: int) -> None:
+    """The daily retention run of the maintenance loop: per project (its own periods win over the
+    installation's), delete end users inactive past retention, recordings older than the playback
+    retention, and assets no recording uses any more."""
+    settings = collector.settings
+    periods = RetentionStore(collector.events.engine)
+    for project in collector.projects.list():
+        user_days, playback_days = periods.get(project.id).effective(
+            settings.user_retention_days, settings.playback_retention_days
+        )
+        deleted = delete_inactive(collector.events.engine, project.id, now_ms - user_days * DAY_MS)
+        if deleted:
+            log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
+        expired = recordings.delete_started_before(project.id, now_ms - playback_days * DAY_MS)
+        if expired:
+            log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
+        unused = assets.delete_unused(project.id, now_ms - DAY_MS)
+        if unused:
+            log.info("retention: deleted %d unused assets of project %d", unused, project.id)
+
+
 async def _maintenance(collector: Collector, recordings: RecordingStore, assets: AssetStore) -> None:
     """Hourly: purge security-log entries (full IPs) and recompute saved segments (relative dates
-    move with time); daily: delete end users inactive past retention and recordings older than the
-    playback retention."""
+    move with time); daily: run_daily_retention."""
     last_retention = 0.0
     while True:
         settings = collector.settings
@@ -110,24 +130,7 @@ async def _maintenance(collector: Collector, recordings: RecordingStore, assets:
             )
             await asyncio.to_thread(refresh_all, collector.events.engine, _now())
             if time.monotonic() - last_retention >= 86_400 or not last_retention:
-                periods = RetentionStore(collector.events.engine)
-                for project in await asyncio.to_thread(collector.projects.list):
-                    own = await asyncio.to_thread(periods.get, project.id)
-                    user_days, playback_days = own.effective(
-                        settings.user_retention_days, settings.playback_retention_days
-                    )
-                    cutoff = _now() - user_days * DAY_MS
-                    deleted = await asyncio.to_thread(delete_inactive, collector.events.engine, project.id, cutoff)
-                    if deleted:
-                        log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
-                    expired = await asyncio.to_thread(
-                        recordings.delete_started_before, project.id, _now() - playback_days * DAY_MS
-                    )
-                    if expired:
-                        log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
-                    unused = await asyncio.to_thread(assets.delete_unused, project.id, _now() - DAY_MS)
-                    if unused:
-                        log.info("retention: deleted %d unused assets of project %d", unused, project.id)
+                await asyncio.to_thread(run_daily_retention, collector, recordings, assets, _now())
                 last_retention = time.monotonic()
         except Exception:  # a failed run must not stop the loop; the next one retries
             log.exception("maintenance failed")

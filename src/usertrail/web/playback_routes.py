@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 
 import msgspec
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -314,9 +315,16 @@ async def delete_recording(request: Request) -> Response:
     """Delete a recording: its key (its chunks are unreadable from then on), metadata and blobs."""
     principal = require(request, "playback.delete")
     row = _recording(request, principal.project_id)
-    await asyncio.to_thread(_service(request).store.delete, principal.project_id, row.user_key, row.recording_id)
-    with write_transaction(_service(request).store.engine) as conn:
+
+    def audit(conn: sa.Connection) -> None:
         activity_log.append(conn, principal.project_id, principal, "delete", row.recording_id, request)
+
+    try:
+        await asyncio.to_thread(
+            _service(request).store.delete, principal.project_id, row.user_key, row.recording_id, audit
+        )
+    except RecordingGone:  # deleted meanwhile by another request: that one logged it
+        raise ApiError(404, "not_found", "no such recording", "recording_id") from None
     return JSONResponse({"deleted": row.recording_id})
 
 

@@ -235,7 +235,8 @@
     } catch (e) { playback = null; return; }
     playback.timer = setInterval(function () { flushPlayback(false); }, options.chunk_interval_ms);
     document.addEventListener("visibilitychange", function () {
-      if (playback && rrwebRecord.addCustomEvent) rrwebRecord.addCustomEvent("visibility", { state: document.visibilityState });
+      // The UMD global is the module: record() and its addCustomEvent hang off `rrwebRecord.record`.
+      if (playback) rrwebRecord.record.addCustomEvent("visibility", { state: document.visibilityState });
     });
   }
 
