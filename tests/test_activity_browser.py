@@ -35,6 +35,7 @@ def test_watch_a_recording_and_find_the_view_in_the_activity_log(live: LiveServe
     player = analyst.new_page()
     player.goto(f"{live.base_url}/app/projects/{pid}/recordings/{watched}")
     player.wait_for_selector("#replay[data-first-frame-ms]", state="attached", timeout=20_000)
+    assert player.locator("#delete-recording").count() == 0  # analysts lack playback.delete
     analyst.close()
 
     admin = signed_in(browser, live, "admin")
@@ -74,6 +75,27 @@ def test_watch_a_recording_and_find_the_view_in_the_activity_log(live: LiveServe
     assert [(e["action"], e["actor_email"], e["recording_id"]) for e in entries] == [
         ("view", "ann@example.com", watched)
     ]
+    assert watcher.problems == [], watcher.problems
+
+    # The admin deletes the other recording from its player page; the log shows who deleted it.
+    page.goto(f"{live.base_url}/app/projects/{pid}/recordings/{other}")
+    page.click("#delete-recording")
+    page.click("#delete-cancel")
+    assert live.scalar(f"SELECT count(*) FROM playback_recordings WHERE recording_id = '{other}'") == 1
+    page.click("#delete-recording")
+    page.click("#delete-confirm")
+    page.wait_for_url(f"**/app/projects/{pid}/recordings?deleted=1")
+    assert live.scalar(f"SELECT count(*) FROM playback_recordings WHERE recording_id = '{other}'") == 0
+    page.goto(f"{live.base_url}/app/projects/{pid}/activity?recording={other}")
+    page.wait_for_selector("#activity tbody tr[data-seq]")
+    rows = page.eval_on_selector_all(
+        "#activity tbody tr[data-seq]", "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))"
+    )
+    # Newest first: opening the player page was a view, then the deletion.
+    assert [(r[2], r[3], r[4]) for r in rows] == [
+        ("ada@example.com", "delete", other),
+        ("ada@example.com", "view", other),
+    ], rows
     assert watcher.problems == [], watcher.problems
 
     # Someone edits the entry in the database: the page says where the chain breaks.

@@ -766,13 +766,16 @@ def test_s3_engine_round_trip(make_server, s3_endpoint, tmp_path: Path):
     assert s3.list_objects_v2(Bucket="recordings", Prefix="usertrail/").get("KeyCount") == 0
 
 
-def test_erasing_an_end_user_deletes_their_recordings(live, tmp_path: Path):
+def test_exporting_and_erasing_an_end_user_covers_their_recordings(live, tmp_path: Path):
     enable_playback(live)
     assert configure(live, {"uuid": {"provider": "variable", "source": "currentUser.id"}}).status_code == 200
     jane = start(live, anonymousId="anon-j", userId="jane")
     other = start(live, anonymousId="anon-o", sessionId="s-o")
     for answer in (jane, other):
         assert send_chunk(live, answer["token"], 0, events_at(1_800_000_000_000)).status_code == 200
+    exported = api(live, "GET", "/users/u:jane/export")
+    assert exported.status_code == 200, exported.text
+    assert [r["recording_id"] for r in exported.json()["recordings"]] == [jane["recording_id"]]
     erased = api(live, "DELETE", "/users/u:jane")
     assert erased.status_code == 200 and erased.json()["recordings"] == 1
     assert [r[0] for r in live.rows("SELECT recording_id FROM playback_recordings")] == [other["recording_id"]]

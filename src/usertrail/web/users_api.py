@@ -316,7 +316,9 @@ async def export_user(request: Request) -> Response:
     profile = store.profile(grant.project_id, owner)
     rows = store.events_between(grant.project_id, members, -(2**62), None, 10**9)
     sessions = store.sessions(grant.project_id, owner, limit=10**9)
-    if profile is None and not rows and not sessions:
+    # What was recorded, and when; the replayable content is a recording's own export (playback.export).
+    recordings = recordings_of(request, grant.project_id, members, limit=10**6)
+    if profile is None and not rows and not sessions and not recordings:
         raise ApiError(404, "not_found", "no such end user", "user_key")
     request.app.state.audit.append(
         grant.project_id, grant.actor, "end_user.export", owner, {"keys": members, "events": len(rows)}
@@ -331,6 +333,7 @@ async def export_user(request: Request) -> Response:
         "attribute_history": request.app.state.attributes.history(grant.project_id, members, limit=10**9),
         "sessions": [session_json(s) for s in sessions],
         "events": [event_json(r) for r in rows],
+        "recordings": recordings,
     }
     return Response(
         msgspec.json.encode(document),

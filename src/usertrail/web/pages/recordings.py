@@ -145,6 +145,7 @@ async def player_page(request: Request) -> Response:
         recording=recording_json(row),
         walkme=walkme,
         can_export=principal.can("playback.export"),
+        can_delete=principal.can("playback.delete"),
     )
 
 
