@@ -10,13 +10,14 @@ import ua_parser
 
 # Device families and agent families that ua-parser's rules give to automated clients.
 _BOT_DEVICE_FAMILIES = {"Spider"}
+# HTTP client libraries: a server sending events, not a browser. They count as bots too.
+_HTTP_LIBRARIES = r"curl/|wget/|python-requests|httpx|go-http-client"
+_HTTP_LIBRARY = re.compile(_HTTP_LIBRARIES, re.IGNORECASE)
 _HEADLESS = re.compile(
     r"headless|phantomjs|selenium|webdriver|puppeteer|playwright|electron.*automation|"
-    r"\b(bot|crawler|spider|crawl|slurp|scraper)\b|curl/|wget/|python-requests|httpx|go-http-client",
+    r"\b(bot|crawler|spider|crawl|slurp|scraper)\b|" + _HTTP_LIBRARIES,
     re.IGNORECASE,
 )
-# HTTP client libraries: a server forwarding events, not a browser (they also count as bots above).
-_HTTP_LIBRARY = re.compile(r"curl/|wget/|python-requests|httpx|go-http-client", re.IGNORECASE)
 _MOBILE_OS = {"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS", "Symbian OS"}
 _TABLETS = re.compile(r"ipad|tablet|kindle|silk|playbook|sm-t\d", re.IGNORECASE)
 
