@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from cli_runner import Ran, run_cli
 from usertrail.testing.postgres import free_port
@@ -147,3 +148,103 @@ def test_accounts_commands(tmp_path: Path):
     assert ann.password_change_required
     assert store.check_password(store.by_email("bo@example.com").id, "a long enough password")
     engine.dispose()
+
+
+def _on(database_url: str, tmp_path: Path) -> dict[str, str | None]:
+    """The environment that points the command at the test's database."""
+    return {"USERTRAIL_DATA_DIR": str(tmp_path), "USERTRAIL_DATABASE_URL": database_url}
+
+
+def test_purge_security_log_keeps_the_given_days(database_url: str, tmp_path: Path):
+    from usertrail.store.database import create_engine, write_transaction
+    from usertrail.store.projects import ProjectStore
+    from usertrail.store.schema import security_log
+
+    engine = create_engine(database_url)
+    pid = ProjectStore(engine).create("p").project.id
+    now = int(time.time() * 1000)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            security_log.insert(),
+            [
+                {"project_id": pid, "id": f"e{days}", "ts": now - days * 86_400_000 + 60_000, "ip": "81.2.69.160",
+                 "user_agent": "x", "path": "/event/tell", "events": 1, "status": 200}
+                for days in (1, 6, 8)
+            ],
+        )  # fmt: skip
+
+    def left() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(sa.select(security_log.c.id)).scalars())
+
+    default = {**_on(database_url, tmp_path), "USERTRAIL_SECURITY_LOG_RETENTION_DAYS": None}
+    assert "removed 1 security-log entries" in run_cli("purge-security-log", env=default).stdout
+    assert left() == ["e1", "e6"]  # the default keeps 7 days
+    in_env = {**_on(database_url, tmp_path), "USERTRAIL_SECURITY_LOG_RETENTION_DAYS": "3"}  # the server's setting
+    ran = run_cli("purge-security-log", env=in_env, check=True)
+    assert "removed 1 " in ran.stdout and left() == ["e1"]
+    assert run_cli("purge-security-log", "--days", "-1", env=_on(database_url, tmp_path)).returncode == 2
+    assert "removed 1 " in run_cli("purge-security-log", "--days", "0", env=_on(database_url, tmp_path)).stdout
+    assert left() == []
+    engine.dispose()
+
+
+def test_serve_refuses_an_unusable_geoip_db(tmp_path: Path):
+    bad = tmp_path / "GeoLite2-City.mmdb"
+    bad.write_text("not a database")
+    ran = run_cli("serve", "--data-dir", str(tmp_path / "data"), env={"USERTRAIL_GEOIP_DB": str(bad),
+                  "USERTRAIL_DATABASE_URL": None})  # fmt: skip
+    assert ran.returncode == 2
+    assert "USERTRAIL_GEOIP_DB: cannot open" in ran.stderr and str(bad) in ran.stderr.replace("\n", "")
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_demo_then_sessions_process_then_rebuild(make_server, tmp_path: Path):
+    """`usertrail demo` fills a running server through HTTP; `sessions process` closes the sessions and
+    makes the End User Objects; `rebuild` makes the same again from the events alone."""
+    from usertrail.store.database import write_transaction
+
+    live = make_server(process_sessions=False)
+    env = _on(live.settings.database_url, tmp_path)
+    ran = run_cli("demo", "--url", live.base_url, "--key", live.project.write_key, "--users", "6", "--weeks", "1",
+                  env=env, check=True)  # fmt: skip
+    found = re.search(r"demo: (\d+) events from 6 users in (\d+) requests", ran.stdout)
+    assert found and "failed" not in ran.stdout, ran.stdout
+    assert live.scalar("SELECT count(*) FROM events") == int(found.group(1))
+    kinds = {tuple(r) for r in live.rows("SELECT DISTINCT type, app_type FROM events WHERE source = 'walkme'")}
+    assert {("play", "wt"), ("complete", "wt"), ("open", "player"), ("play", "shoutout")} <= kinds, kinds
+    assert {("click", "shoutout"), ("close", "shoutout")} & kinds, kinds
+    assert live.scalar("SELECT count(*) FROM events WHERE source = 'native' AND type = 'identify'") > 0
+    unreachable = run_cli("demo", "--url", f"http://127.0.0.1:{free_port()}", "--key", "wk_x", "--users", "1",
+                          env=env)  # fmt: skip
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+    assert live.scalar("SELECT count(*) FROM sessions") == 0
+    processed = run_cli("sessions", "process", env=env, check=True).stdout
+    closed = re.search(r"processed (\d+) users: (\d+) sessions closed, (\d+) End User Objects updated", processed)
+    assert closed, processed
+    # Every demo session ended over an hour ago: all are closed, and every user with a non-empty one has an object.
+    assert live.scalar("SELECT count(*) FROM sessions WHERE status = 'open'") == 0
+    assert int(closed.group(2)) == live.scalar("SELECT count(*) FROM sessions") > 0
+    users_with_data = live.scalar("SELECT count(DISTINCT user_key) FROM sessions WHERE NOT is_empty")
+    assert int(closed.group(3)) == live.scalar("SELECT count(*) FROM end_users") == users_with_data > 0
+    before = derived(live)
+    with write_transaction(live.engine) as conn:
+        for table in ("sessions", "end_users", "identity_links"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    assert live.scalar("SELECT count(*) FROM end_users") == 0
+    rebuilt = run_cli("rebuild", env=env, check=True).stdout
+    pid, sessions_closed, profiles = live.project.project.id, closed.group(2), closed.group(3)
+    counts = rf"project {pid}: \d+ end users, {sessions_closed} closed sessions, {profiles} End User Objects"
+    assert re.search(counts, rebuilt), rebuilt
+    assert derived(live) == before
+
+
+def derived(live) -> dict:
+    """Sessions and End User Objects, without the processing times (which differ by design)."""
+    sessions = live.rows("SELECT * FROM sessions ORDER BY user_key, start_ts")
+    users = live.rows("SELECT * FROM end_users ORDER BY user_key")
+    return {
+        "sessions": [{k: v for k, v in r._mapping.items() if k != "closed_at"} for r in sessions],
+        "users": [{k: v for k, v in r._mapping.items() if k != "updated_at"} for r in users],
+    }

@@ -10,7 +10,7 @@ import msgspec
 from usertrail.collect.pipeline import hash_identifier
 from usertrail.store.events import EventStore
 
-from conftest import LiveServer
+from conftest import CHROME_UA, LiveServer
 from samples import SPEC_EVENT, now_ms, walkme_body, walkme_event
 
 
@@ -384,3 +384,155 @@ def test_snippet_and_config(live):
         config = client.get(f"/v1/config?key={live.project.write_key}&env=test").json()
         assert config["uuid"]["provider"] == "walkme_id" and config["environment"] == "test"
         assert client.get("/v1/config?key=nope").status_code == 401
+
+
+PYTHON_REQUESTS = "python-requests/2.31.0"
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def test_walkme_env_names_the_browser_when_a_server_forwards_the_events(live):
+    """No browser sent the request (an HTTP library's User-Agent, or none): the WalkMe event's own
+    `env.*` give browser, version, OS and device. A browser's request keeps its parsed User-Agent, and
+    an event without `env` from an HTTP library is a bot."""
+    t = now_ms()
+    phone_env = {
+        "browser": {"name": "Mobile Safari", "version": "17.4"},
+        "os": {"name": "iOS"},
+        "mobile": True,
+        "screen": {"height": 844, "width": 390},
+        "timezone": -60,
+    }
+    phone = walkme_event(time=t - 50, wm_euId="phone", env=phone_env)
+    bare = {k: v for k, v in walkme_event(time=t - 40, wm_euId="bare").items() if k != "env"}
+    server = {"headers": {"User-Agent": PYTHON_REQUESTS}}
+    forwarded = tell(live, [walkme_event(time=t - 60), phone, bare], client=server)
+    assert forwarded.status_code == 200 and forwarded.text == "ok"
+    assert tell(live, [walkme_event(time=t - 30, wm_euId="no-ua")], client={"headers": {"User-Agent": ""}}).text == "ok"
+    assert tell(live, [walkme_event(time=t - 20, wm_euId="browser")]).text == "ok"  # Chrome 124 sent it
+    assert tell(live, [walkme_event(time=t - 10, wm_euId="crawler")], client={"headers": {"User-Agent": GOOGLEBOT}})
+    rows = {r.user_key[2:]: r for r in live.rows("SELECT * FROM events")}
+    columns = {k: (r.browser, r.browser_version, r.os, r.device_type, bool(r.is_mobile)) for k, r in rows.items()}
+    spec_browser = ("Chrome", "72.0.3626.121", "Windows", "desktop", False)
+    assert columns == {
+        SPEC_EVENT["wm"]["euId"]: spec_browser,
+        "phone": ("Mobile Safari", "17.4", "iOS", "mobile", True),
+        "no-ua": spec_browser,
+        "browser": ("Chrome", "124.0.0", "Windows", "desktop", False),
+    }
+    # Screen, time zone, iframe flag and library version are kept only in the payload.
+    assert json.loads(rows["phone"].payload)["env"] == phone_env
+    with live.admin() as admin:
+        drops = admin.get(f"/api/projects/{live.project.project.id}/drops").json()["by_reason"]
+    assert drops == {"bot": 2}  # the event without `env` from python-requests, and Googlebot's
+
+
+def test_walkme_env_ctx_and_version_are_type_checked(live):
+    t = now_ms()
+    wrong = [
+        walkme_event(time=t - 4, version={"lib": 20190306, "pe": "5.0.0"}),
+        walkme_event(time=t - 3, version="5.0.0"),
+        walkme_event(time=t - 2, ctx_isIframe="no"),
+        walkme_event(time=t - 1, env={**SPEC_EVENT["env"], "timezone": "CET"}),
+    ]
+    response = tell(live, [*wrong, walkme_event(time=t)])
+    assert response.status_code == 400
+    assert [(e["index"], e["path"]) for e in response.json()["errors"]] == [
+        (1, "$.version.lib"),
+        (2, "$.version"),
+        (3, "$.ctx.isIframe"),
+        (4, "$.env.timezone"),
+    ]
+    assert response.json()["stored"] == 1
+
+
+def test_bots_are_stored_when_drop_bots_is_off(live):
+    """HTTP libraries count as bots (server-side senders name the browser: native `context.userAgent`,
+    WalkMe `env`); with `traffic.drop_bots` off, Googlebot's and curl's events are stored."""
+    curl = {"headers": {"User-Agent": "curl/8.5.0"}}
+    batch = [{"type": "track", "event": "Signed up", "anonymousId": "server-side"}]
+    assert tell(live, [walkme_event(time=now_ms() - 9)], client={"headers": {"User-Agent": GOOGLEBOT}}).text == "ok"
+    with live.client(**curl) as client:
+        url = f"/v1/batch?key={live.project.write_key}"
+        assert client.post(url, json={"batch": batch}).json()["dropped"] == {"bot": 1}
+        named = [{**batch[0], "messageId": "m2", "context": {"userAgent": CHROME_UA}}]
+        assert client.post(url, json={"batch": named}).json()["stored"] == 1
+    assert [r.browser for r in live.rows("SELECT browser FROM events")] == ["Chrome"]
+    patch_env(live, {"traffic": {"drop_bots": False}})
+    live.app.state.collector.forget_cached_settings()
+    assert tell(live, [walkme_event(time=now_ms() - 5)], client={"headers": {"User-Agent": GOOGLEBOT}}).text == "ok"
+    with live.client(**curl) as client:
+        assert client.post(f"/v1/batch?key={live.project.write_key}", json={"batch": batch}).json()["stored"] == 1
+    stored = {(r.browser, r.device_type) for r in live.rows("SELECT browser, device_type FROM events")}
+    assert stored == {("Chrome", "desktop"), ("Googlebot", "bot"), ("curl", "bot")}
+
+
+def test_a_body_over_the_byte_limit_is_refused_whole(make_server):
+    """413 before the body is read to its end: nothing of it is stored or kept (the sender still has it)."""
+    from usertrail.config import Limits
+
+    live = make_server(limits=Limits(max_body_bytes=4_000))
+    pid = live.project.project.id
+    fits = walkme_body([walkme_event(time=now_ms() - 2)])
+    assert len(fits) < 4_000
+    padded = fits + b"\n" + b" " * (4_000 - len(fits) - 1)
+    assert len(padded) == 4_000 and tell_raw(live, padded).status_code == 200  # exactly at the limit
+    too_big = walkme_body([walkme_event(time=now_ms() - 1)] * 6)
+    assert len(too_big) > 4_000
+    over = tell_raw(live, too_big)
+    assert over.status_code == 413
+    assert over.json()["path"] == "$" and "exceeds 4000" in over.json()["reason"]
+    native_over = tell_raw(live, msgspec.json.encode({"batch": [{"type": "track", "event": "x" * 5_000}]}), "/v1/batch")
+    assert native_over.status_code == 413
+    assert live.scalar("SELECT count(*) FROM events") == 1
+    with live.admin() as admin:
+        assert admin.get(f"/api/projects/{pid}/rejected?status=all").json()["items"] == []
+
+
+def tell_raw(live: LiveServer, body: bytes, path: str = "/event/tell"):
+    with live.client() as client:
+        return client.post(f"{path}?key={live.project.write_key}", content=body, headers={"Content-Type": "text/plain"})
+
+
+def test_another_projects_admin_token_changes_nothing(live):
+    """A foreign project's admin token cannot change settings, rotate keys or re-process rejected events."""
+    mine, other = live.project, live.projects.create("other project")
+    pid = mine.project.id
+    assert tell(live, [walkme_event(time=now_ms(), wm_env=5)]).status_code == 400  # a rejected event of mine
+    with live.admin() as admin:
+        before = admin.get(f"/api/projects/{pid}").json()
+        [rejected] = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
+    keys_before = live.rows("SELECT * FROM api_keys ORDER BY project_id, key_id")
+    with live.admin(other.admin_token) as foreign:
+        attempts = [
+            foreign.patch(f"/api/projects/{pid}/environments/production", json={"tracking_level": "engagement"}),
+            foreign.put(f"/api/projects/{pid}/environments/stage", json={"walkme_env": 5}),
+            foreign.post(f"/api/projects/{pid}/keys/rotate", json={"kind": "write", "grace_seconds": 0}),
+            foreign.post(f"/api/projects/{pid}/keys/rotate", json={"kind": "admin"}),
+            foreign.post(f"/api/projects/{pid}/rejected/reprocess", json={"ids": [rejected["id"]]}),
+            foreign.post(f"/api/projects/{pid}/rejected/discard", json={"ids": [rejected["id"]]}),
+            # Its own project's routes with my rejected event's id: not found there.
+            foreign.post(f"/api/projects/{other.project.id}/rejected/reprocess", json={"ids": [rejected["id"]]}),
+            foreign.post(f"/api/projects/{other.project.id}/rejected/discard", json={"ids": [rejected["id"]]}),
+        ]
+    assert [a.status_code for a in attempts[:6]] == [403] * 6
+    assert attempts[6].json()["results"] == [{"id": rejected["id"], "status": "not_found"}]
+    live.app.state.collector.forget_cached_settings()
+    with live.admin() as admin:
+        assert admin.get(f"/api/projects/{pid}").json() == before
+        assert admin.get(f"/api/projects/{pid}/rejected").json()["items"] == [rejected]
+    assert live.rows("SELECT * FROM api_keys ORDER BY project_id, key_id") == keys_before
+    assert tell(live, [walkme_event(time=now_ms())]).status_code == 200  # my write key still works
+
+
+def test_the_hourly_maintenance_purges_the_security_log_after_its_retention(make_server):
+    """`run_hourly` is the maintenance loop's hourly body; the retention is USERTRAIL_SECURITY_LOG_RETENTION_DAYS."""
+    from usertrail.web.app import run_hourly
+
+    live = make_server(security_log_retention_days=2)
+    assert tell(live, [walkme_event(time=now_ms())]).status_code == 200
+    [logged] = live.rows("SELECT ts, ip FROM security_log")
+    assert logged.ip == "127.0.0.1"
+    collector = live.app.state.collector
+    assert run_hourly(collector, logged.ts + 2 * 86_400_000) == 0  # exactly two days old: kept
+    assert run_hourly(collector, logged.ts + 2 * 86_400_000 + 1) == 1
+    assert live.scalar("SELECT count(*) FROM security_log") == 0

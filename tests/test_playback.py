@@ -21,7 +21,7 @@ from usertrail.playback import quota
 from usertrail.playback.crypto import CryptoError, KeyRing, new_master_key, open_chunk, parse_master_keys
 from usertrail.playback.quota import next_reset, period_start
 from usertrail.testing.postgres import free_port
-from usertrail.web.app import run_daily_retention
+from usertrail.web.app import run_retention
 
 from conftest import CHROME_UA, LiveServer
 from playback_helpers import (
@@ -696,10 +696,10 @@ def test_retention_periods_from_flag_environment_and_project(live, database_url,
     # The server's daily run: the installation keeps recordings 365 days, until the project says 30.
     age("c")
     app = live.app.state
-    run_daily_retention(app.collector, app.playback.store, app.playback.assets, now_ms())
+    run_retention(app.collector, app.playback.store, app.playback.assets, now_ms())
     assert ids["c"] in left()
     assert api(live, "PUT", "/retention", json={"playback_days": 30}).status_code == 200
-    run_daily_retention(app.collector, app.playback.store, app.playback.assets, now_ms())
+    run_retention(app.collector, app.playback.store, app.playback.assets, now_ms())
     assert left() == {jane["recording_id"]}
     # Erasing an end user deletes their recording too; none of this touches the activity log.
     assert api(live, "DELETE", "/users/u:jane").json()["recordings"] == 1

@@ -7,7 +7,7 @@ import os
 import random
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import sqlalchemy as sa
@@ -83,6 +83,9 @@ class Ev:
     country: str | None = None
     browser: str | None = None
     vars: str | None = None  # analytics properties, JSON
+    region: str | None = None
+    city: str | None = None
+    browser_version: str | None = None
 
     @property
     def event_id(self) -> str:
@@ -105,7 +108,10 @@ class Ev:
             "anon_id": self.anon if self.key.startswith("u:") else self.key[2:],
             "user_id": self.key[2:] if self.key.startswith("u:") else None,
             "country": self.country,
+            "region": self.region,
+            "city": self.city,
             "browser": self.browser,
+            "browser_version": self.browser_version,
             "user_vars": self.vars,
         }
 
@@ -232,10 +238,35 @@ def test_empty_sessions_are_listed_but_do_not_count(engine, project):
     assert (user.total_sessions, user.first_seen) == (1, T0 + 120 * MIN)
 
 
-def test_two_processors_close_each_session_once(engine, project):
-    """Two processors (as in two server processes) run at once; every session closes exactly once."""
-    ingest(engine, project, [Ev(f"u:{i}", T0 + i) for i in range(60)])
-    processors = [SessionProcessor(engine), SessionProcessor(engine)]
+def test_two_processors_close_each_session_once(engine, project, database_url):
+    """Two processors, each with its own engine (as two server processes), work at once: every user is
+    claimed by exactly one of them and every session closes exactly once.
+
+    The first claims of the two are ordered (one, then the other) and both then process their batches
+    at the same time, so both take part on every run; later rounds race freely."""
+    n = 60
+    ingest(engine, project, [Ev(f"u:{i}", T0 + i) for i in range(n)])
+    second_engine = create_engine(database_url)
+    processors = [SessionProcessor(engine), SessionProcessor(second_engine)]
+    first_claimed, both_claimed = threading.Event(), threading.Barrier(2, timeout=60)
+
+    def ordered_first_claim(processor: SessionProcessor, leader: bool) -> None:
+        claim, calls = processor._claim, []
+
+        def first_then_free(now: int, batch: int):
+            calls.append(1)
+            if len(calls) == 1 and not leader:
+                assert first_claimed.wait(60)
+            found = claim(now, batch)
+            if len(calls) == 1:
+                first_claimed.set()
+                both_claimed.wait()  # both hold a claimed batch: they now process at the same time
+            return found
+
+        processor._claim = first_then_free  # type: ignore[method-assign]
+
+    ordered_first_claim(processors[0], leader=True)
+    ordered_first_claim(processors[1], leader=False)
     results: list = [None, None]
 
     def work(i: int) -> None:
@@ -246,10 +277,15 @@ def test_two_processors_close_each_session_once(engine, project):
         t.start()
     for t in threads:
         t.join()
-    assert results[0].sessions_closed + results[1].sessions_closed == 60
+    assert results[0].users >= 7 and results[1].users >= 7  # both worked
+    assert results[0].users + results[1].users == n  # each user claimed and processed once
+    assert results[0].sessions_closed + results[1].sessions_closed == n
     assert processors[0].run(now=T0 + 2 * IDLE_MS).sessions_closed == 0
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(end_users)).scalar() == 60
+        assert conn.execute(sa.select(sa.func.count()).select_from(end_users)).scalar() == n
+        assert conn.execute(sa.select(sa.func.count()).select_from(sessions)).scalar() == n
+        assert conn.execute(sa.text("SELECT count(*) FROM pending_users")).scalar() == 0
+    second_engine.dispose()
 
 
 # --- incremental processing gives exactly what the rebuild gives --------------------------------
@@ -258,16 +294,31 @@ KEYS = ["u:ann", "u:bob", "a:d1", "a:d2", "a:d3"]
 HINTS = ["s1", "s2", "s3", None]
 TYPES = ["pageChange", "click", "play", "sessionPing", "complete"]
 
+# Places and browsers that share a country or a browser name, so that region, city and version must
+# come from the same event as country and browser name.
+PLACES = [(None, None, None), ("FR", "Île-de-France", "Paris"), ("FR", "Auvergne-Rhône-Alpes", "Lyon"),
+          ("US", "California", "San Jose"), ("US", None, None)]  # fmt: skip
+BROWSERS = [(None, None), ("Chrome", "124.0.0"), ("Chrome", "125.0.1"), ("Firefox", "125.0"), ("Firefox", None)]
+
+
+def placed(ev: Ev, place: tuple, browser: tuple) -> Ev:
+    """The event seen from `place` (country, region, city) in `browser` (name, version)."""
+    return replace(ev, country=place[0], region=place[1], city=place[2], browser=browser[0], browser_version=browser[1])
+
+
 event_strategy = st.builds(
-    Ev,
-    key=st.sampled_from(KEYS),
-    ts=st.integers(0, 3 * 24 * 60).map(lambda m: T0 + m * MIN),
-    type=st.sampled_from(TYPES),
-    hint=st.sampled_from(HINTS),
-    anon=st.sampled_from([None, None, "d1", "d2", "d3"]),
-    country=st.sampled_from([None, "FR", "US"]),
-    browser=st.sampled_from([None, "Chrome", "Firefox"]),
-    vars=st.sampled_from([None, None, '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
+    placed,
+    st.builds(
+        Ev,
+        key=st.sampled_from(KEYS),
+        ts=st.integers(0, 3 * 24 * 60).map(lambda m: T0 + m * MIN),
+        type=st.sampled_from(TYPES),
+        hint=st.sampled_from(HINTS),
+        anon=st.sampled_from([None, None, "d1", "d2", "d3"]),
+        vars=st.sampled_from([None, None, '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
+    ),
+    st.sampled_from(PLACES),
+    st.sampled_from(BROWSERS),
 )
 # Bursts of activity so sessions have several events, and a long busy stretch for the 12-hour cap.
 burst_strategy = st.tuples(
@@ -290,7 +341,8 @@ def test_incremental_equals_rebuild(tmp_path_factory, sqlite_template, singles, 
     evs = set(singles)
     for key, start, count, step in bursts:
         for i in range(count):
-            evs.add(Ev(key, T0 + (start + i * step) * MIN, rng.choice(TYPES), hint=rng.choice(HINTS)))
+            burst = Ev(key, T0 + (start + i * step) * MIN, rng.choice(TYPES), hint=rng.choice(HINTS))
+            evs.add(placed(burst, rng.choice(PLACES), rng.choice(BROWSERS)))
     evs = sorted(evs, key=lambda e: e.event_id)
     path = tmp_path_factory.mktemp("inc") / "db.sqlite"
     shutil.copyfile(sqlite_template, path)  # a migrated database (migrating each example's costs ~0.3 s)
@@ -352,16 +404,19 @@ def test_processor_waits_for_a_burst_to_settle_but_not_forever_and_never_for_due
 # --- the set-based SQL gives exactly what the Python rule gives ----------------------------------
 
 sql_event_strategy = st.builds(
-    Ev,
-    key=st.sampled_from(KEYS),
-    # Minutes, with whole-hour steps now and then, so events share times and runs pass 12 hours.
-    ts=st.integers(0, 2 * 24 * 60).map(lambda m: T0 + m * MIN),
-    type=st.sampled_from(TYPES),
-    hint=st.sampled_from(HINTS),
-    anon=st.sampled_from([None, None, "d1", "d2"]),
-    country=st.sampled_from([None, "FR", "US"]),
-    browser=st.sampled_from([None, "Chrome", "Firefox"]),
-    vars=st.sampled_from([None, None, '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
+    placed,
+    st.builds(
+        Ev,
+        key=st.sampled_from(KEYS),
+        # Minutes, with whole-hour steps now and then, so events share times and runs pass 12 hours.
+        ts=st.integers(0, 2 * 24 * 60).map(lambda m: T0 + m * MIN),
+        type=st.sampled_from(TYPES),
+        hint=st.sampled_from(HINTS),
+        anon=st.sampled_from([None, None, "d1", "d2"]),
+        vars=st.sampled_from([None, None, '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
+    ),
+    st.sampled_from(PLACES),
+    st.sampled_from(BROWSERS),
 )
 
 
@@ -381,7 +436,8 @@ def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
     evs = set(singles)
     for key, start, count, step in bursts:
         for i in range(count):
-            evs.add(Ev(key, T0 + (start + i * step) * MIN, rng.choice(TYPES), hint=rng.choice(HINTS)))
+            burst = Ev(key, T0 + (start + i * step) * MIN, rng.choice(TYPES), hint=rng.choice(HINTS))
+            evs.add(placed(burst, rng.choice(PLACES), rng.choice(BROWSERS)))
     # One event per (key, event id), as the store keeps them.
     evs = list({(e.key, e.event_id): e for e in sorted(evs, key=repr)}.values())
     project = ProjectStore(engine).create(f"sql-{seed}-{len(evs)}").project.id
@@ -398,7 +454,19 @@ def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
     for key in sorted(by_key):
         points = [
             EventPoint(
-                e.ts, e.event_id, e.type, e.hint, None, e.country, None, None, e.browser, None, None, None, e.vars
+                e.ts,
+                e.event_id,
+                e.type,
+                e.hint,
+                None,
+                e.country,
+                e.region,
+                e.city,
+                e.browser,
+                e.browser_version,
+                None,
+                None,
+                e.vars,
             )
             for e in by_key[key]
         ]
@@ -414,9 +482,11 @@ def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
         attrs = compute(closed)
         if attrs is not None:
             expected_profiles.append(
-                (key, attrs.first_seen, attrs.last_seen, attrs.total_sessions, attrs.average_session_duration,
-                 attrs.total_session_duration, attrs.average_time_between_sessions, attrs.country, attrs.browser_name,
-                 json.dumps(attrs.analytics_properties, separators=(",", ":")) if attrs.analytics_properties else None)
+                (project, key, attrs.first_seen, attrs.last_seen, attrs.total_sessions, attrs.average_session_duration,
+                 attrs.total_session_duration, attrs.average_time_between_sessions, attrs.country, attrs.region,
+                 attrs.city, attrs.browser_name, attrs.browser_version,
+                 json.dumps(attrs.analytics_properties, separators=(",", ":")) if attrs.analytics_properties else None,
+                 now)
             )  # fmt: skip
     got = []
     for key in sorted(found.sessions):
@@ -439,4 +509,4 @@ def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
             conn, sessions, SESSION_COLUMNS, [(*r[:9], now if r[8] == "closed" else None, *r[10:]) for r in got]
         )
         rows = profiles(conn, project, scoped=False, now=now)
-    assert [(r[1], *r[2:9], r[11], r[13]) for r in rows] == expected_profiles
+    assert rows == expected_profiles  # whole End User Object rows, in PROFILE_COLUMNS order

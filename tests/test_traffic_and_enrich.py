@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -17,9 +19,11 @@ from usertrail.collect.traffic import (
     user_agent_matches,
     validate_ip_pattern,
 )
-from usertrail.enrich.geo import GeoLocator
+from usertrail.config import Settings
+from usertrail.enrich.geo import GeoDatabaseError, GeoLocator, default_database_path
 from usertrail.enrich.ip import client_ip, mask_ip
-from usertrail.enrich.useragent import parse_agent
+from usertrail.enrich.useragent import agent_from_fields, parse_agent
+from usertrail.web.app import build_collector
 
 
 @pytest.mark.parametrize(
@@ -138,3 +142,45 @@ def test_user_agents():
 def test_hashing_matches_walkme_documented_example():
     assert hash_identifier("adam.br", "") == "LxhaMQBuA3cjHQqujqUmW/YDuHkWuCFjsT2uXs7lDQY"
     assert hash_identifier("adam.br", "pepper") != hash_identifier("adam.br", "")
+
+
+def test_http_libraries_and_no_user_agent_are_browserless():
+    for sender in ("", "curl/8.5.0", "python-requests/2.31.0", "python-httpx/0.27.0", "Go-http-client/1.1"):
+        assert parse_agent(sender).browserless, sender
+    for browser in (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",  # a bot, but a browser's UA
+    ):
+        assert not parse_agent(browser).browserless, browser
+    described = agent_from_fields("Chrome", "72.0.3626.121", "Windows", False)
+    assert (described.browser, described.browser_version, described.os, described.device_type) == (
+        "Chrome", "72.0.3626.121", "Windows", "desktop"
+    )  # fmt: skip
+    assert agent_from_fields("Mobile Safari", None, "iOS", True).device_type == "mobile"
+    assert agent_from_fields("HeadlessChrome", "120", "Linux", False).is_bot
+
+
+def test_geoip_db_setting_reads_the_named_file(tmp_path: Path, sqlite_database_url: str):
+    """USERTRAIL_GEOIP_DB: a copy of the shipped database is used; an unusable file stops the start with
+    a message naming the setting and the file."""
+    copy = tmp_path / "newer-city.mmdb"
+    shutil.copyfile(default_database_path(), copy)
+    settings = Settings.from_env({"USERTRAIL_GEOIP_DB": str(copy), "USERTRAIL_DATABASE_URL": sqlite_database_url})
+    collector = build_collector(settings)
+    try:
+        assert collector.geo.path == str(copy)
+        assert (collector.geo.lookup("81.2.69.160").country, collector.geo.lookup("81.2.69.160").city) == (
+            "GB", "London"
+        )  # fmt: skip
+    finally:
+        collector.writer.close()
+        collector.events.engine.dispose()
+    not_a_database = tmp_path / "city.mmdb.txt"
+    not_a_database.write_text("not a MaxMind database")
+    truncated = tmp_path / "truncated.mmdb"
+    truncated.write_bytes(copy.read_bytes()[:4096])
+    for bad in (tmp_path / "missing.mmdb", not_a_database, truncated, tmp_path):
+        settings = Settings.from_env({"USERTRAIL_GEOIP_DB": str(bad), "USERTRAIL_DATABASE_URL": sqlite_database_url})
+        with pytest.raises(GeoDatabaseError, match=r"USERTRAIL_GEOIP_DB: cannot open .* as a MaxMind-format") as exc:
+            build_collector(settings)
+        assert str(bad) in str(exc.value)

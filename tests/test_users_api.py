@@ -66,6 +66,9 @@ def test_end_user_objects_through_the_api(make_server):
     send(live, user_events("jane", t, 5))  # 8 minutes
     send(live, user_events("jane", t + 60 * MIN, 3), ip="8.8.8.8", ua=UA_FIREFOX)  # 4 minutes, later, elsewhere
     send(live, user_events("omar", now_ms() - 5 * MIN, 2))  # still open
+    # Eve only loaded a page and stayed idle: an empty session.
+    send(live, [walkme_event(time=t + i * MIN, type=kind, wm_euId="eve", wm_euIdSource="Identifier", data={})
+                for i, kind in enumerate(["pageChange", "sessionPing", "idle"])])  # fmt: skip
     before = api(live, "/users/u:jane")
     assert before.status_code == 404 and "no such end user" in before.json()["reason"]
     live.app.state.sessions.run(now_ms())
@@ -90,7 +93,9 @@ def test_end_user_objects_through_the_api(make_server):
     assert attrs["Total sessions"] == 2 and attrs["Total session duration"] == 12 * MIN
     assert attrs["Average session duration"] == 6 * MIN
     assert abs(attrs["Average time between sessions"] - 52 * MIN) < 2000
-    assert (attrs["Country"], attrs["Browser Name"]) == ("US", "Firefox")  # from the most recent session
+    # Location and browser come from the most recent session (the first was London, Chrome 124).
+    assert (attrs["Country"], attrs["Region/State"], attrs["City"]) == ("US", "California", "Mountain View")
+    assert (attrs["Browser Name"], attrs["Browser Version"]) == ("Firefox", "125.0")
     assert all(v["source"] == "sessions" and v["updated_at"] for v in jane["attributes"].values())
 
     omar = api(live, "/users/u:omar")
@@ -109,6 +114,14 @@ def test_end_user_objects_through_the_api(make_server):
     stream = api(live, f"/users/u:jane/sessions/{sessions[1]['id']}/events").json()
     assert "events" in stream, stream
     assert [e["client_ts"] for e in stream["events"]] == [t + i * 2 * MIN for i in range(5)]
+    # An empty session is listed, with its time and status but no data (docs/sessions.md).
+    [empty] = api(live, "/users/u:eve/sessions").json()["sessions"]
+    assert (empty["status"], empty["empty"], empty["duration_ms"]) == ("closed", True, 2 * MIN)
+    assert abs(empty["start"] - t) < 2000  # skew-corrected
+    no_data = ("events", "interactions", "page_views", "entry_path", "exit_path", "country", "region", "city",
+               "browser", "browser_version", "os", "device_type")  # fmt: skip
+    assert {k: empty[k] for k in no_data} == dict.fromkeys(no_data) and empty["client_session_ids"] == []
+    assert "first session has not closed" in api(live, "/users/u:eve").json()["reason"]
     live_session = api(live, "/users/u:omar/sessions").json()["sessions"][0]
     assert live_session["status"] == "open"
     assert len(api(live, f"/users/u:omar/sessions/{live_session['id']}/events").json()["events"]) == 2
@@ -184,9 +197,52 @@ def test_retention_deletes_inactive_users(make_server):
     real = run_cli("retention", env=env)
     assert re.search(r"1 end users were deleted", real.stdout), real.stdout
     assert api(live, "/users/u:gone").status_code == 404
+    [audited] = api(live, "/audit-log?action=end_user.retention_delete").json()["entries"]
+    assert (audited["actor"], audited["target"], audited["details"]["days"]) == ("retention", "u:gone", 183)
     assert live.scalar("SELECT count(*) FROM events WHERE user_key = 'u:gone'") == 0
     # The user comes back: a new object whose first seen is the return.
     back = now_ms() - 60 * MIN
     send(live, user_events("gone", back, 2))
     live.app.state.sessions.run(now_ms())
     assert abs(api(live, "/users/u:gone").json()["attributes"]["First seen"]["value"] - back) < 2000
+
+
+def test_the_daily_retention_job_uses_each_projects_period_and_audits(make_server):
+    """`run_retention` is the maintenance loop's daily body: each project's own period, else the
+    installation's; every deletion is in the project's audit log."""
+    from usertrail.web.app import run_retention
+
+    live = make_server(process_sessions=False, user_retention_days=90)
+    enable_uuid(live)
+    short = live.projects.create("short retention")
+    with live.admin(short.admin_token) as admin:
+        pid = short.project.id
+        uuid = {"uuid": {"provider": "variable", "source": "currentUser.id"}}
+        assert admin.patch(f"/api/projects/{pid}/environments/production", json=uuid).status_code == 200
+        assert admin.put(f"/api/projects/{pid}/retention", json={"user_days": 30}).status_code == 200
+    t = now_ms() - 2 * 60 * MIN
+    send(live, user_events("kept-longer", t, 3))
+    with live.client() as client:
+        body = walkme_body(user_events("short-lived", t, 3))
+        assert client.post(f"/event/tell?key={short.write_key}", content=body).status_code == 200
+    live.app.state.sessions.run(now_ms())
+    last_end = t + 4 * MIN
+    day = 24 * 60 * MIN
+    state = live.app.state
+
+    def job(now: int) -> dict:
+        return run_retention(state.collector, state.playback.store, state.playback.assets, now)
+
+    mine = live.project.project.id
+    assert job(last_end + 30 * day - 10_000)[pid]["end_users"] == []  # not yet 30 days (times are skew-corrected)
+    done = job(last_end + 31 * day)
+    assert (done[pid]["end_users"], done[mine]["end_users"]) == (["u:short-lived"], [])
+    assert job(last_end + 91 * day)[mine]["end_users"] == ["u:kept-longer"]
+    assert live.scalar("SELECT count(*) FROM end_users") == 0 and live.scalar("SELECT count(*) FROM events") == 0
+    with live.admin(short.admin_token) as admin:
+        [entry] = admin.get(f"/api/projects/{pid}/audit-log").json()["entries"]
+    assert (entry["actor"], entry["action"], entry["target"]) == ("retention", "end_user.retention_delete",
+                                                                  "u:short-lived")  # fmt: skip
+    assert entry["details"]["days"] == 30 and abs(entry["details"]["last_session_end"] - last_end) < 2000
+    [other] = api(live, "/audit-log").json()["entries"]
+    assert (other["target"], other["details"]["days"]) == ("u:kept-longer", 90)

@@ -103,6 +103,7 @@ def serve(
 
         overrides["trusted_proxies"] = (ipaddress.ip_network("127.0.0.1/32"),)
     settings = _settings(data_dir, database_url, **overrides)
+    _check_geoip_db(settings)
     store = _projects(settings)
     base_url = f"http://{host}:{port}"
     existing = store.list()
@@ -138,6 +139,16 @@ def serve(
         timeout_graceful_shutdown=5,
         **UVICORN_OPTIONS,
     )
+
+
+def _check_geoip_db(settings: Settings) -> None:
+    """Refuse to start with an unusable USERTRAIL_GEOIP_DB, before any worker starts and fails the same way."""
+    from usertrail.enrich.geo import GeoDatabaseError, GeoLocator
+
+    try:
+        GeoLocator(settings.geoip_db)
+    except GeoDatabaseError as exc:
+        _fail(str(exc))
 
 
 def _first_admin(store: ProjectStore, project_id: int, email: str) -> None:
@@ -223,9 +234,11 @@ def migrate_command(data_dir: Path = DataDir, database_url: str = DatabaseUrl) -
 def purge_security_log(
     data_dir: Path = DataDir,
     database_url: str = DatabaseUrl,
-    days: int = typer.Option(7, min=0, help="Keep this many days of entries."),
+    days: int = typer.Option(
+        7, min=0, envvar="USERTRAIL_SECURITY_LOG_RETENTION_DAYS", help="Keep this many days of entries."
+    ),
 ) -> None:
-    """Delete security-log entries (the only place full IPs are kept) older than `days`."""
+    """Delete security-log entries (the only place full IPs are kept) older than `days` (the server does it hourly)."""
     store = _projects(_settings(data_dir, database_url))
     removed = EventStore(store.engine).purge_security_log(int(time.time() * 1000) - days * 86_400_000)
     console.print(f"removed {removed} security-log entries")
@@ -304,8 +317,8 @@ def retention(
     A project's own retention periods (settings page, `PUT /api/projects/{id}/retention`) win over
     `--days` and `--playback-days`, which are the installation's defaults.
     """
-    from usertrail.store.retention import RetentionStore
-    from usertrail.store.users import UserStore, delete_inactive
+    from usertrail.store.retention import RetentionStore, delete_inactive_users
+    from usertrail.store.users import UserStore
 
     store = _projects(_settings(data_dir, database_url))
     periods = RetentionStore(store.engine)
@@ -315,11 +328,11 @@ def retention(
         own = periods.get(project_id).user_days
         if own is not None:
             console.print(f"project {project_id}: end users are kept {own} days without a session (its own period)")
-        cutoff = _now_ms() - (own if own is not None else days) * 86_400_000
+        now, period = _now_ms(), own if own is not None else days
         found = (
-            UserStore(store.engine).inactive(project_id, cutoff)
+            UserStore(store.engine).inactive(project_id, now - period * 86_400_000)
             if dry_run
-            else delete_inactive(store.engine, project_id, cutoff)
+            else delete_inactive_users(store.engine, project_id, period, now)
         )
         for key, last in found:
             table.add_row(str(project_id), key, time.strftime("%Y-%m-%d %H:%M", time.gmtime(last / 1000)))

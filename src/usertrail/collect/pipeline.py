@@ -18,7 +18,7 @@ from usertrail.collect.drops import DropReason, RejectReason
 from usertrail.collect.traffic import domain_matches, ip_matches, user_agent_matches
 from usertrail.collect.wire import Incoming
 from usertrail.enrich.geo import Location
-from usertrail.enrich.useragent import Agent, parse_agent
+from usertrail.enrich.useragent import Agent, agent_from_fields, parse_agent
 from usertrail.project_settings import EnvironmentSettings, TrackingLevel, UuidSettings
 
 
@@ -100,8 +100,28 @@ def exclude_user_agent(w: Working, ctx: RequestContext) -> Drop | None:
 
 
 def agent_of(event: Incoming, ctx: RequestContext) -> Agent:
-    """The browser that produced the event: a server-side sender may name it in the event."""
-    return parse_agent(event.user_agent) if event.user_agent else ctx.agent
+    """The browser that produced the event.
+
+    A server-side sender may name it in the event (native `context.userAgent`); a WalkMe event
+    describes its browser in `env.*`, which counts when no browser sent the request (no
+    User-Agent, or an HTTP library's: a server forwarding the recorder's events).
+    """
+    if event.user_agent:
+        return parse_agent(event.user_agent)
+    if ctx.agent.browserless:
+        return described_agent(event) or ctx.agent
+    return ctx.agent
+
+
+def described_agent(event: Incoming) -> Agent | None:
+    """The browser named by a WalkMe event's `env.browser`, `env.os` and `env.mobile`, if any."""
+    env = event.client_env
+    if env is None or (env.browser is None and env.os is None):
+        return None
+    browser, os_ = env.browser, env.os
+    return agent_from_fields(
+        browser.name if browser else None, browser.version if browser else None, os_.name if os_ else None, env.mobile
+    )
 
 
 def drop_bot(w: Working, ctx: RequestContext) -> Drop | None:
@@ -245,7 +265,7 @@ def place_in_time(w: Working, ctx: RequestContext) -> None:
 
 
 # Steps that read only the request, the event's environment and the event's own user agent (a
-# server-side sender may name one): every event of a request that shares those gets the same
+# server-side sender may name one, see `agent_of`): every event of a request that shares those gets the same
 # outcome, so they run once per request and environment, not once per event.
 REQUEST_STEPS: tuple[Step, ...] = (
     exclude_ip,
@@ -271,7 +291,8 @@ def run_steps(event: Incoming, ctx: RequestContext) -> Working | Drop | Reject:
     rejected = resolve_environment(w, ctx)
     if rejected is not None:
         return rejected
-    key = (w.env, event.user_agent)
+    # The agent a browserless request's WalkMe event describes decides `drop_bot` too.
+    key = (w.env, event.user_agent, described_agent(event) if ctx.agent.browserless else None)
     shared = ctx.shared.get(key, _NOT_YET)
     if shared is _NOT_YET:
         shared = ctx.shared[key] = _first_outcome(REQUEST_STEPS, w, ctx)

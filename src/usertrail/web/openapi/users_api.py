@@ -55,7 +55,8 @@ class UserRecordings(msgspec.Struct):
 
 
 class Session(msgspec.Struct):
-    """One session (docs/sessions.md); `id` is its start."""
+    """One session (docs/sessions.md); `id` is its start. An empty session has no data: its counts,
+    paths, location and browser are null and `client_session_ids` is empty."""
 
     id: int
     start: int
@@ -64,9 +65,9 @@ class Session(msgspec.Struct):
     status: str
     empty: bool
     closed_at: int | None
-    events: int
-    interactions: int
-    page_views: int
+    events: int | None
+    interactions: int | None
+    page_views: int | None
     client_session_ids: list[str]
     entry_path: str | None
     exit_path: str | None
