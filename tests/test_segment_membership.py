@@ -12,7 +12,7 @@ from usertrail.segments.membership import refresh_all
 from usertrail.web.segments_api import client_cache
 
 from conftest import LiveServer
-from samples import now_ms
+from samples import now_ms, walkme_event
 
 MIN = 60_000
 DAY = 86_400_000
@@ -123,7 +123,9 @@ def test_the_snippets_answer_is_cached_until_it_expires(make_server):
     now = now_ms()
     send(live, session("pia", now - 2 * DAY))
     for days_ago in (3, 2):  # an anonymous visitor (WalkMe's cached id) with two sessions
-        send(live, user_events("visitor-7", now - days_ago * DAY, 3, wm_euIdSource="Cache"))
+        start = now - days_ago * DAY
+        send(live, [walkme_event(time=start + i * MIN, wm_euId="visitor-7", wm_euIdSource="Cache",
+                                 sId=f"visit-{days_ago}") for i in range(3)])  # fmt: skip
     live.app.state.sessions.run(now_ms())
     segment = create_segment(
         live, "Two sessions", [{"attribute": "Total sessions", "operator": "gte", "value": 2}], client_visible=True
