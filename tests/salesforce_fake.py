@@ -4,7 +4,9 @@ simple-salesforce uses, with Salesforce's error bodies.
 - `POST /services/Soap/u/{version}`: SOAP `login` (username + password + security token) →
   `sessionId`, `serverUrl`; a wrong login is a 500 SOAP fault `INVALID_LOGIN`.
 - `POST /services/oauth2/token`: the OAuth 2.0 JWT bearer grant; the RS256 assertion is checked
-  against the connected app's public key (`iss`), `aud` and `exp` → `access_token`, `instance_url`.
+  against the connected app's public key (`iss`), `aud` and `exp` → `access_token`, `instance_url`;
+  and the username-password grant (`grant_type=password`: consumer key and secret, then the password
+  plus security token), refused as `invalid_client_id`, `invalid_client` or `invalid_grant`.
 - `GET /services/data/v{version}/query?q=<SOQL>` and `GET /services/data/v{version}/query/{locator}`:
   the SOQL is parsed for real — the SELECT list (known fields only, relationship fields such as
   `Account.Type`, no repeats), `FROM`, `WHERE` conditions on dateTime fields joined by `AND`,
@@ -139,6 +141,7 @@ class FakeSalesforce:
         self.lock = threading.Lock()
         self.users: dict[str, str] = {}  # username → password + security token
         self.apps: dict[str, bytes] = {}  # consumer key → the certificate's public key (PEM)
+        self.secrets: dict[str, str] = {}  # consumer key → consumer secret (the OAuth username-password flow)
         self.objects: dict[str, FakeObject] = {}
         self.sessions: dict[str, str] = {}  # session id → username
         self.cursors: dict[str, tuple[str, list[dict]]] = {}
@@ -166,6 +169,10 @@ class FakeSalesforce:
     def add_app(self, consumer_key: str, public_key_pem: bytes) -> None:
         with self.lock:
             self.apps[consumer_key] = public_key_pem
+
+    def add_secret_app(self, consumer_key: str, consumer_secret: str) -> None:
+        with self.lock:
+            self.secrets[consumer_key] = consumer_secret
 
     def define(self, name: str, fields: list[str]) -> None:
         base = ["Id", "SystemModstamp", "CreatedDate", "LastModifiedDate", *fields]
@@ -211,10 +218,12 @@ class FakeSalesforce:
 </result></loginResponse></soapenv:Body></soapenv:Envelope>"""
         return Response(body, 200, media_type="text/xml")
 
-    # OAuth 2.0 JWT bearer
+    # OAuth 2.0: the JWT bearer and username-password grants
 
     async def oauth_token(self, request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if form.get("grant_type") == "password":
+            return self._password_grant(form)
         if form.get("grant_type") != JWT_GRANT:
             return _oauth_error("unsupported_grant_type", "grant type not supported")
         assertion = form.get("assertion", "")
@@ -253,6 +262,30 @@ class FakeSalesforce:
                 "instance_url": self.base_url,
                 "id": f"{self.base_url}/id/00D000000000001/005000000000001AAA",
                 "token_type": "Bearer",
+            }
+        )
+
+    def _password_grant(self, form: dict[str, str]) -> Response:
+        """`grant_type=password`: the connected app's key and secret, then the password plus security token."""
+        with self.lock:
+            secret = self.secrets.get(form.get("client_id", ""))
+            if secret is None:
+                return _oauth_error("invalid_client_id", "client identifier invalid")
+            if not secrets.compare_digest(secret, form.get("client_secret", "")):
+                return _oauth_error("invalid_client", "invalid client credentials")
+            username = form.get("username", "")
+            if self.users.get(username) != form.get("password"):
+                return _oauth_error("invalid_grant", "authentication failure")
+            session_id = "00D000000000001!" + secrets.token_urlsafe(24)
+            self.sessions[session_id] = username
+            self.logins.append(("oauth_password", username))
+        return JSONResponse(
+            {
+                "access_token": session_id,
+                "instance_url": self.base_url,
+                "id": f"{self.base_url}/id/00D000000000001/005000000000001AAA",
+                "token_type": "Bearer",
+                "signature": "not-checked",
             }
         )
 

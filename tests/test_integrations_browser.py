@@ -310,6 +310,10 @@ def test_a_salesforce_source_is_created_run_and_edited(live: LiveServer, browser
     assert page.is_visible("#sf-secrets-note")
     page.select_option(f"{form} select[name='flow']", "jwt")
     assert page.is_visible(f"{form} textarea[name='private_key']") and page.is_hidden(f"{form} input[name='password']")
+    page.select_option(f"{form} select[name='flow']", "oauth_password")
+    for shown in ("input[name='consumer_secret']", "input[name='consumer_key']", "input[name='password']"):
+        assert page.is_visible(f"{form} {shown}"), shown
+    assert page.is_hidden(f"{form} textarea[name='private_key']")
     page.select_option(f"{form} select[name='flow']", "password")
     page.fill(f"{form} input[name='interval_minutes']", "30")
     page.click("#sf-submit")  # the password is left empty: the stored one is kept

@@ -279,3 +279,24 @@ def test_cli_runs_due_sources(engine, database_url: str, s3: S3Server, tmp_path:
     assert imports.runs(project, source.id)[0]["trigger"] == "cli"
     missing = cli("run", "--source", "s3_nope")
     assert missing.returncode == 2 and "no S3 source s3_nope" in missing.stderr
+
+
+def test_a_source_without_keys_uses_the_default_credential_chain(live: LiveServer, s3: S3Server, monkeypatch):
+    bucket = new_bucket(s3)
+    s3.client.put_object(Bucket=bucket, Key="exports/users-1.csv", Body=b"user_id,plan,seats\nlena,VIP,3\n")
+    body = source_body(s3, bucket)
+    del body["access_key_id"], body["secret_access_key"]
+    source = create_source(live, body)
+    assert source["credentials"] == "default_chain" and source["access_key_id"] is None
+    # boto3's chain reads the AWS_* variables of the server process first; no shared files are consulted.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(Path(os.devnull)))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(Path(os.devnull)))
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    refused = run_now(live, source["id"])
+    assert refused["status"] == "failed" and refused["message"].startswith("SignatureDoesNotMatch")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_access_key)
+    done = run_now(live, source["id"])
+    assert done["status"] == "done" and done["objects_imported"] == 1, done
+    assert attributes(live, "u:lena") == {"Plan": "VIP", "seats": 3.0}

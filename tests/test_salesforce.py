@@ -555,3 +555,74 @@ def test_cli_runs_a_source(tmp_path: Path, tls, org):
     org.add_user("api@acme.example", "changed")
     failing = cli("run")
     assert failing.returncode == 1 and "INVALID_LOGIN" in failing.stdout
+
+
+def test_oauth_username_password_flow(make_server, tls, org):
+    live, clock = start(make_server, tls)
+    org.add_secret_app("3MVG9-secret-app", "consumer-s3cret")
+    org.put("Contact", contact(1, "lena", T0 - 50 * MIN, Plan__c="VIP"))
+    auth = {"flow": "oauth_password", "username": "api@acme.example", "password": "s3cret-pass",
+            "security_token": "TOKEN123", "consumer_key": "3MVG9-secret-app",
+            "consumer_secret": "consumer-s3cret"}  # fmt: skip
+    bad = [
+        ({**auth, "consumer_secret": None}, "$.auth.consumer_secret"),
+        ({k: v for k, v in auth.items() if k != "consumer_key"}, "$.auth.consumer_key"),
+        ({**auth, "password": ""}, "$.auth.password"),
+        ({**auth, "private_key": "k"}, "$.auth.private_key"),
+    ]
+    for body, path in bad:
+        refused = call(live, "POST", json=source_body(org, auth={k: v for k, v in body.items() if v is not None}))
+        assert refused.status_code == 400 and refused.json()["path"] == path, (path, refused.text)
+
+    source = create(live, org, auth=auth)
+    assert source["auth"] == {"flow": "oauth_password", "username": "api@acme.example", "password": MASK,
+                              "security_token": MASK, "consumer_key": "3MVG9-secret-app",
+                              "consumer_secret": MASK}  # fmt: skip
+    sid = source["source_id"]
+    stored = live.scalar("SELECT secrets FROM salesforce_sources WHERE source_id = :s", s=sid)
+    assert "consumer-s3cret" not in stored and "s3cret-pass" not in stored
+    clock.now += 1000
+    done = run(live, source)
+    assert done["status"] == "done" and values(live, "lena") == {"Plan": "VIP"}
+    assert org.logins == [("oauth_password", "api@acme.example")]
+
+    # Salesforce's refusals of the grant fail the run at login, with its code.
+    for change, code in (
+        ({"consumer_secret": "wrong"}, "invalid_client"),
+        ({"consumer_secret": "consumer-s3cret", "consumer_key": "3MVG9-unknown"}, "invalid_client_id"),
+        ({"consumer_key": "3MVG9-secret-app", "security_token": ""}, "invalid_grant"),  # no token: wrong password
+    ):
+        assert call(live, "PATCH", f"/{sid}", json={"auth": change}).status_code == 200
+        clock.now += 1000
+        failed = run(live, source)
+        assert failed["status"] == "failed" and failed["error"]["stage"] == "login", failed
+        assert failed["error"]["code"] == code, failed["error"]
+    # Secrets left out of a PATCH are kept: putting the token back logs in again.
+    assert call(live, "PATCH", f"/{sid}", json={"auth": {"security_token": "TOKEN123"}}).status_code == 200
+    clock.now += 1000
+    assert run(live, source)["status"] == "done"
+
+
+def test_lead_and_custom_objects_are_imported(make_server, tls, org):
+    live, clock = start(make_server, tls)
+    org.define("Lead", ["Email", "Usertrail_Id__c", "Status", "Rating"])
+    org.define("Subscription__c", ["User_Ref__c", "Tier__c", "Seats__c"])
+    org.put("Lead", {"Id": "00Q000000000000001", "SystemModstamp": T0 - 50 * MIN, "Usertrail_Id__c": "lena",
+                     "Status": "Working", "Rating": "Hot"})  # fmt: skip
+    org.put("Subscription__c", {"Id": "a01000000000000001", "SystemModstamp": T0 - 40 * MIN, "User_Ref__c": "max",
+                                "Tier__c": "Gold", "Seats__c": 7})  # fmt: skip
+    lead = create(live, org, name="Leads", object="Lead",
+                  fields=[{"field": "Status", "name": "Lead status", "type": "string"},
+                          {"field": "Rating", "name": "Lead rating", "type": "string"}])  # fmt: skip
+    subscription = create(live, org, name="Subscriptions", object="Subscription__c", match_field="User_Ref__c",
+                          fields=[{"field": "Tier__c", "name": "Tier", "type": "string"},
+                                  {"field": "Seats__c", "name": "Seats", "type": "number"}])  # fmt: skip
+    clock.now += 1000
+    leads = run(live, lead)
+    assert leads["status"] == "done" and leads["records_applied"] == 1, leads
+    assert leads["query"].startswith("SELECT Id, SystemModstamp, Usertrail_Id__c, Status, Rating FROM Lead WHERE")
+    subscriptions = run(live, subscription)
+    assert subscriptions["status"] == "done" and subscriptions["records_applied"] == 1, subscriptions
+    assert " FROM Subscription__c WHERE " in subscriptions["query"]
+    assert values(live, "lena") == {"Lead status": "Working", "Lead rating": "Hot"}
+    assert values(live, "max") == {"Tier": "Gold", "Seats": 7.0}

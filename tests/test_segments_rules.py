@@ -20,6 +20,7 @@ from usertrail.segments.evaluate import UserFacts, explain, load_facts, matches
 from usertrail.segments.membership import refresh_segment
 from usertrail.segments.model import DAY_MS, Catalog, InvalidRule, date_string_bound, parse
 from usertrail.segments.sql import Compiler, _json_needles
+from usertrail.store.attributes import stored as slot_value
 from usertrail.store.schema import attribute_changes, custom_attributes, end_users, events, identity_links
 from usertrail.store.segments import SegmentStore
 
@@ -182,6 +183,21 @@ times = st.integers(min_value=0, max_value=24 * 90).map(lambda h: NOW - h * HOUR
 dates = st.integers(min_value=-40, max_value=40).map(lambda d: date_string_bound(NOW + d * DAY_MS))
 
 
+# Changes of each custom attribute: (attribute, old value, new value, when), values of its type.
+CHANGE_VALUES: dict[str, tuple[list, list]] = {
+    "Plan": (["VIP", "Free", "Pro", None], ["VIP", "Free"]),
+    "Seats": ([None, 1.0, 2.5], [1.0, 10.0]),
+    "Renewal": ([None, date_string_bound(NOW - 3 * DAY_MS)], [date_string_bound(NOW - 3 * DAY_MS),
+                                                              date_string_bound(NOW + 30 * DAY_MS)]),
+    "Trial": ([None, True, False], [True, False]),
+}  # fmt: skip
+history_entries = st.sampled_from(sorted(CHANGE_VALUES)).flatmap(
+    lambda name: st.tuples(
+        st.just(name), st.sampled_from(CHANGE_VALUES[name][0]), st.sampled_from(CHANGE_VALUES[name][1]), times
+    )
+)
+
+
 @st.composite
 def users(draw):
     n = draw(st.integers(min_value=1, max_value=6))
@@ -206,14 +222,7 @@ def users(draw):
                 "seats": draw(st.none() | st.sampled_from([0.0, 1.0, 2.5, 10.0])),
                 "renewal": draw(st.none() | dates),
                 "trial": draw(st.none() | st.booleans()),
-                "history": draw(
-                    st.lists(
-                        st.tuples(
-                            st.sampled_from(["VIP", "Free", "Pro", None]), st.sampled_from(["VIP", "Free"]), times
-                        ),
-                        max_size=3,
-                    )
-                ),
+                "history": draw(st.lists(history_entries, max_size=4)),
                 "anon": identified and draw(st.booleans()),
                 "events": draw(
                     st.lists(
@@ -304,15 +313,25 @@ def _attribute_rules():
             }
         ),
         st.fixed_dictionaries({"attribute": s(["Trial"]), "operator": s(["is_true", "is_false"])}),
-        st.fixed_dictionaries(
-            {
-                "attribute": s(["Plan"]),
-                "operator": s(["changed_to"]),
-                "value": s(["VIP", "Free"]),
-                "days": st.integers(1, 60),
-            }
+        s(sorted(CHANGE_VALUES)).flatmap(
+            lambda name: st.fixed_dictionaries(
+                {
+                    "attribute": st.just(name),
+                    "operator": s(["changed_to"]),
+                    "value": s(CHANGE_VALUES[name][1]),
+                    "days": st.integers(1, 60),
+                }
+            )
         ),
-        st.fixed_dictionaries({"attribute": s(["Plan"]), "operator": s(["was"]), "value": s(["VIP", "Free", "Pro"])}),
+        s(sorted(CHANGE_VALUES)).flatmap(
+            lambda name: st.fixed_dictionaries(
+                {
+                    "attribute": st.just(name),
+                    "operator": s(["was"]),
+                    "value": s([v for v in CHANGE_VALUES[name][0] if v is not None] + CHANGE_VALUES[name][1][:1]),
+                }
+            )
+        ),
     )
 
 
@@ -381,7 +400,7 @@ def _store(conn: sa.Connection, project_id: int, people: list[dict]) -> None:
                     **stored,
                 )
             )
-        for j, (old, new, at) in enumerate(p["history"]):
+        for j, (name, old, new, at) in enumerate(p["history"]):
             conn.execute(
                 attribute_changes.insert().values(
                     project_id=project_id,
@@ -389,7 +408,7 @@ def _store(conn: sa.Connection, project_id: int, people: list[dict]) -> None:
                     id=f"{at:013d}-{j}",
                     source="test",
                     changed_at=at,
-                    changes=msgspec.json.encode({"t0": [old, new]}).decode(),
+                    changes=msgspec.json.encode({CATALOG.slots[name]: [slot_value(old), slot_value(new)]}).decode(),
                 )
             )
         anon = f"a:anon-of-{key}"
@@ -453,6 +472,37 @@ def test_sql_and_in_process_evaluators_agree(engine):
         assert count == len(in_sql)
 
     agree()
+
+
+def test_change_rules_on_numbers_booleans_and_dates(engine):
+    """`changed_to` / `was` on each typed slot, in SQL and in process (booleans are stored as 1.0 / 0.0)."""
+    project_id = next(_projects)
+    renewal = date_string_bound(NOW + 30 * DAY_MS)
+    person = {
+        "key": "u:0", "has_object": True, "first_seen": NOW - 40 * DAY_MS, "last_seen": NOW, "total_sessions": 2,
+        "avg": 0.0, "between": None, "country": None, "city": None, "role": None, "plan": None, "seats": 10.0,
+        "renewal": renewal, "trial": False, "anon": False, "events": [],
+        "history": [("Seats", 2.5, 10.0, NOW - 2 * DAY_MS), ("Trial", True, False, NOW - 2 * DAY_MS),
+                    ("Renewal", None, renewal, NOW - 20 * DAY_MS)],
+    }  # fmt: skip
+    with engine.begin() as conn:
+        _store(conn, project_id, [person])
+    expected = [
+        ({"attribute": "Seats", "operator": "changed_to", "value": 10, "days": 7}, True),
+        ({"attribute": "Seats", "operator": "was", "value": 2.5}, True),
+        ({"attribute": "Seats", "operator": "was", "value": 10}, False),
+        ({"attribute": "Trial", "operator": "changed_to", "value": False, "days": 7}, True),
+        ({"attribute": "Trial", "operator": "changed_to", "value": True, "days": 7}, False),
+        ({"attribute": "Trial", "operator": "was", "value": True}, True),
+        ({"attribute": "Renewal", "operator": "changed_to", "value": renewal, "days": 30}, True),
+        ({"attribute": "Renewal", "operator": "changed_to", "value": renewal, "days": 7}, False),
+    ]
+    with engine.connect() as conn:
+        for rule, member in expected:
+            parsed = parse(tree(rule), CATALOG)
+            in_sql = set(conn.execute(Compiler(project_id, NOW, engine.dialect.name).members(parsed)).scalars())
+            in_process = matches(parsed, load_facts(conn, project_id, "u:0", [parsed], NOW), NOW)
+            assert (in_sql == {"u:0"}, in_process) == (member, member), rule
 
 
 def test_saved_counts_from_member_lists_equal_fresh_counts(engine):

@@ -88,6 +88,8 @@ class Settings:
     oidc_default_role: str = ""  # role given to new single sign-on accounts on oidc_default_project
     oidc_default_project: int = 0
     oidc_redirect_url: str = ""  # default: <server>/api/auth/oidc/callback
+    # How long each server process keeps the snippet's answer to "which client-visible segments am I in?".
+    client_segments_cache_s: float = 60.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -151,6 +153,7 @@ class Settings:
             oidc_default_role=env.get("USERTRAIL_OIDC_DEFAULT_ROLE", ""),
             oidc_default_project=int(env.get("USERTRAIL_OIDC_DEFAULT_PROJECT", "0")),
             oidc_redirect_url=env.get("USERTRAIL_OIDC_REDIRECT_URL", ""),
+            client_segments_cache_s=float(env.get("USERTRAIL_CLIENT_SEGMENTS_CACHE_S", "60")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -191,6 +194,7 @@ class Settings:
             "USERTRAIL_OIDC_DEFAULT_ROLE": self.oidc_default_role,
             "USERTRAIL_OIDC_DEFAULT_PROJECT": str(self.oidc_default_project),
             "USERTRAIL_OIDC_REDIRECT_URL": self.oidc_redirect_url,
+            "USERTRAIL_CLIENT_SEGMENTS_CACHE_S": str(self.client_segments_cache_s),
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

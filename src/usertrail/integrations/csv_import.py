@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import user_id_text
+from usertrail.integrations.user_keys import user_key_function
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, InvalidValue, check_name, infer_column_type
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import insert_rows, write_transaction
@@ -343,6 +344,9 @@ def mapping_from_json(body: object, path: str = "$") -> MappingSpec:
         name = item.get("name")
         if name is not None and not isinstance(name, str):
             raise MappingError("expected an attribute name", f"{where}.name")
+        problem = check_name(column.strip() if name is None else name)
+        if problem:
+            raise MappingError(problem, f"{where}.name")
         type_ = item.get("type")
         if type_ is not None and type_ not in ATTRIBUTE_TYPES:
             raise MappingError(f"type must be one of {', '.join(ATTRIBUTE_TYPES)}", f"{where}.type")
@@ -724,6 +728,7 @@ class CsvImporter:
         plan = job.plan
         width = len(plan.header)
         id_index = plan.id_index
+        user_key = user_key_function(self.engine, job.project_id)  # hashed as events are, if the settings say so
         with open(path, "rb") as raw:
             reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
             try:
@@ -739,7 +744,7 @@ class CsvImporter:
                         problem = (start, None, f"expected {width} fields as in the header, got {len(row)}")
                     else:
                         try:
-                            key = "u:" + user_id_text(row[id_index].strip())
+                            key = user_key(user_id_text(row[id_index].strip()))
                         except ValueError as exc:
                             problem = (start, plan.id_column, str(exc))
                     if problem is not None:

@@ -2,10 +2,12 @@
 
 A source names a Salesforce org (login URL, API version, credentials), an object (Contact, Lead,
 User, Account or a custom `__c` object), the field holding the end-user id as usertrail knows it
-(values go to the user key `u:<id>`), and field mappings onto custom attributes. A run:
+(values go to the user key `u:<id>`, hashed as events are when the UUID settings hash ids), and
+field mappings onto custom attributes. A run:
 
 1. claims the source (a lease in the database, so two processes never run one source at once);
-2. logs in with `simple-salesforce` (SOAP username-password, or the OAuth JWT bearer flow), or
+2. logs in with `simple-salesforce` (SOAP username-password, the OAuth username-password flow, or the
+   OAuth JWT bearer flow), or
    reuses this process's session from an earlier run; an expired session (401) logs in again;
 3. sends one SOQL query — the mapped fields of records with
    `watermark < SystemModstamp <= now - SETTLE_S`, in SystemModstamp order — and follows
@@ -117,10 +119,11 @@ class RunFailed(Exception):
 
 @dataclass(frozen=True)
 class Auth:
-    flow: str  # "password" (SOAP login) or "jwt" (OAuth 2.0 JWT bearer)
+    flow: str  # "password" (SOAP login), "oauth_password" (OAuth 2.0 password grant) or "jwt" (JWT bearer)
     username: str
-    secrets: dict[str, str]  # password [+ security_token], or private_key: sealed at rest
-    consumer_key: str | None = None  # jwt: the connected app's consumer key (not a secret)
+    # password [+ security_token] (+ consumer_secret for oauth_password), or private_key: sealed at rest
+    secrets: dict[str, str]
+    consumer_key: str | None = None  # jwt, oauth_password: the connected app's consumer key (not a secret)
     audience: str | None = None  # jwt: the assertion's `aud`; the login URL when None
 
 
@@ -159,9 +162,11 @@ class Source:
         """The source as the API shows it: credentials masked, never in plain text."""
         spec = self.spec
         auth: dict = {"flow": spec.auth.flow, "username": spec.auth.username}
-        if spec.auth.flow == "password":
+        if spec.auth.flow in ("password", "oauth_password"):
             auth["password"] = MASK
             auth["security_token"] = MASK if spec.auth.secrets.get("security_token") else None
+            if spec.auth.flow == "oauth_password":
+                auth.update(consumer_key=spec.auth.consumer_key, consumer_secret=MASK)
         else:
             auth.update(consumer_key=spec.auth.consumer_key, private_key=MASK, audience=spec.auth.audience)
         return {
@@ -254,6 +259,7 @@ def _check_private_key(value: object) -> str:
 
 _AUTH_KEYS = {
     "password": ("flow", "username", "password", "security_token"),
+    "oauth_password": ("flow", "username", "password", "security_token", "consumer_key", "consumer_secret"),
     "jwt": ("flow", "username", "consumer_key", "private_key", "audience"),
 }
 
@@ -261,11 +267,15 @@ _AUTH_KEYS = {
 def _parse_auth(raw: object, current: Auth | None) -> Auth:
     """Credentials; on update, a secret left out (or sent back as the mask) keeps its stored value."""
     if not isinstance(raw, dict):
-        raise InvalidRequest('expected an object {"flow": "password" or "jwt", "username": …, …}', "$.auth")
+        raise InvalidRequest(
+            'expected an object {"flow": "password", "oauth_password" or "jwt", "username": …, …}', "$.auth"
+        )
     flow = raw.get("flow", current.flow if current else None)
     if flow not in _AUTH_KEYS:
         raise InvalidRequest(
-            "flow must be `password` (SOAP login) or `jwt` (JWT bearer with a private key)", "$.auth.flow"
+            "flow must be `password` (SOAP login), `oauth_password` (OAuth username-password with a connected "
+            "app's consumer key and secret) or `jwt` (JWT bearer with a private key)",
+            "$.auth.flow",
         )
     for key in raw:
         if key not in _AUTH_KEYS[flow]:
@@ -280,7 +290,7 @@ def _parse_auth(raw: object, current: Auth | None) -> Auth:
 
     username = _check_text(raw.get("username", same.username if same else None), "$.auth.username", "username")
     sealed: dict[str, str] = {}
-    if flow == "password":
+    if flow in ("password", "oauth_password"):
         _, password = given("password")
         if not isinstance(password, str) or not password:
             raise InvalidRequest("the Salesforce user's password is required", "$.auth.password")
@@ -290,7 +300,16 @@ def _parse_auth(raw: object, current: Auth | None) -> Auth:
             if not isinstance(token, str):
                 raise InvalidRequest("the security token must be a string", "$.auth.security_token")
             sealed["security_token"] = token
-        return Auth("password", username, sealed)
+        if flow == "password":
+            return Auth("password", username, sealed)
+        consumer_key = _check_text(
+            raw.get("consumer_key", same.consumer_key if same else None), "$.auth.consumer_key", "consumer_key"
+        )
+        _, consumer_secret = given("consumer_secret")
+        if not isinstance(consumer_secret, str) or not consumer_secret:
+            raise InvalidRequest("the connected app's consumer secret is required", "$.auth.consumer_secret")
+        sealed["consumer_secret"] = consumer_secret
+        return Auth("oauth_password", username, sealed, consumer_key)
     consumer_key = _check_text(
         raw.get("consumer_key", same.consumer_key if same else None), "$.auth.consumer_key", "consumer_key"
     )
@@ -536,6 +555,23 @@ class _Connection:
                 sf_version=spec.api_version,
                 session=self.http,
                 scratch_url=spec.login_url,  # the SOAP endpoint is <login URL>/services/Soap/u/<version>
+            )
+        if spec.auth.flow == "oauth_password":
+            # The OAuth username-password flow: the security token, if any, is appended to the password.
+            return token_login(
+                f"{spec.login_url}/services/oauth2/token",
+                {
+                    "grant_type": "password",
+                    "client_id": spec.auth.consumer_key,
+                    "client_secret": self.secret["consumer_secret"],
+                    "username": spec.auth.username,
+                    "password": self.secret["password"] + self.secret.get("security_token", ""),
+                },
+                "login",
+                spec.auth.consumer_key,
+                None,
+                None,
+                self.http,
             )
         now_s = int(time.time())  # a protocol timestamp, checked against Salesforce's clock: not the run clock
         assertion = jwt.encode(

@@ -29,6 +29,7 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
+from usertrail.integrations.user_keys import UserKey, plain_key, user_key_function
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CAP, check_name
 from usertrail.store.attributes import AttributeStore, WriteReport
 from usertrail.store.database import insert_ignore, lock_key, upsert_add, write_transaction
@@ -366,8 +367,11 @@ def record_error(index: int, reason: str, field_path: str | None = None, attribu
     return {"record": index, "field": field_path, "attribute": attribute, "path": path, "reason": reason}
 
 
-def map_records(data: list, client: RecordMapping) -> MappedRecords:
-    """Take each record's id and allow-listed fields (renamed); refuse records without a usable id."""
+def map_records(data: list, client: RecordMapping, user_key: UserKey = plain_key) -> MappedRecords:
+    """Take each record's id and allow-listed fields (renamed); refuse records without a usable id.
+
+    `user_key` turns the id into the end-user key (hashed when the UUID settings hash ids).
+    """
     out = MappedRecords()
     known = {client.user_id_property, *(f.payload for f in client.fields)}
     for index, record in enumerate(data):
@@ -395,7 +399,7 @@ def map_records(data: list, client: RecordMapping) -> MappedRecords:
             payloads = ", ".join(f.payload for f in client.fields)
             out.errors.append(record_error(index, f"the record holds none of the mapped fields ({payloads})"))
             continue
-        out.records.append(("u:" + user_id, values))
+        out.records.append((user_key(user_id), values))
         out.positions.append(index)
     return out
 
@@ -413,12 +417,13 @@ class AppliedRecords:
 def apply_records(
     attributes: AttributeStore, project_id: int, source: str, data: list, mapping: RecordMapping
 ) -> AppliedRecords:
-    """Map records (`map_records`) and write them as `source` in one `AttributeStore.write`.
+    """Map records (`map_records`, ids keyed as collection keys them) and write them as `source` in one
+    `AttributeStore.write`.
 
     Mapping errors and the store's per-field errors (types, the cap) come back together, in
     record order, each naming the record's index in `data` and the mapped source path.
     """
-    mapped = map_records(data, mapping)
+    mapped = map_records(data, mapping, user_key_function(attributes.engine, project_id))
     types = {f.name: f.type for f in mapping.fields}
     payload_of = {f.name: f.payload for f in mapping.fields}
     report = attributes.write(project_id, source, mapped.records, types)

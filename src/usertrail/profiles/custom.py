@@ -6,6 +6,9 @@ import datetime as dt
 import math
 from typing import Literal
 
+from usertrail.collect.wire import ANALYTICS_PROPERTIES
+from usertrail.profiles.standard import STANDARD_ATTRIBUTES
+
 AttributeType = Literal["string", "number", "date", "boolean"]
 ATTRIBUTE_TYPES: tuple[str, ...] = ("string", "number", "date", "boolean")
 CAP = 100
@@ -84,12 +87,22 @@ def infer_type(value: object) -> str:
     return "string"
 
 
+# The built-in names of every End User Object. Segment rules resolve a name to the built-in first,
+# so a custom attribute under one of these names could never be used (docs/attributes.md).
+RESERVED_NAMES: frozenset[str] = frozenset((*STANDARD_ATTRIBUTES, *ANALYTICS_PROPERTIES))
+
+
 def check_name(name: object) -> str | None:
     """Why a name cannot be an attribute name, or None."""
     if not isinstance(name, str) or not name.strip():
         return "an attribute name must be a non-empty string"
     if len(name) > MAX_NAME_LENGTH:
         return f"attribute names are at most {MAX_NAME_LENGTH} characters"
+    if name in RESERVED_NAMES:
+        return (
+            f"{name!r} is a built-in attribute of every end user; choose another name "
+            f"(reserved: {', '.join(STANDARD_ATTRIBUTES)}, {', '.join(ANALYTICS_PROPERTIES)})"
+        )
     return None
 
 

@@ -33,6 +33,7 @@ from usertrail.segments.model import (
     date_string_bound,
 )
 from usertrail.sessions.rules import PAGE_TYPES
+from usertrail.store.attributes import stored
 from usertrail.store.schema import attribute_changes, custom_attributes, end_users, events, identity_links
 from usertrail.store.users import STANDARD_COLUMNS
 
@@ -146,11 +147,12 @@ class Compiler:
                 f"custom attribute {rule.attribute.name!r} has no slot: build the catalog from the registry"
             )
         index = 1 if op == "changed_to" else 0
+        value = stored(rule.value)  # as the history holds it: booleans as 1.0 / 0.0 (JSONB's true is not 1.0)
         if self.dialect == "postgresql":
             element = sa.cast(h.c.changes, JSONB)[slot][index]
-            test = element == sa.cast(sa.literal(_json(rule.value)), JSONB)
+            test = element == sa.cast(sa.literal(_json(value)), JSONB)
         else:
-            test = sa.func.json_extract(h.c.changes, f"$.{slot}[{index}]") == sa.literal(rule.value)
+            test = sa.func.json_extract(h.c.changes, f"$.{slot}[{index}]") == sa.literal(value)
         where = [h.c.project_id == self.project_id, test]
         if op == "changed_to":
             where.append(h.c.changed_at >= self.now - rule.days * 86_400_000)  # type: ignore[operator]

@@ -9,7 +9,6 @@ import threading
 import time
 
 import sqlalchemy as sa
-from cachetools import TTLCache
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -259,7 +258,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         create_engine(settings.resolved_database_url, durable=False), settle_ms=settings.session_settle_ms
     )
     app.state.segments = SegmentStore(collector.events.engine)
-    app.state.client_segments = TTLCache(maxsize=100_000, ttl=segments_api.CLIENT_CACHE_SECONDS)
+    app.state.client_segments = segments_api.client_cache(settings.client_segments_cache_s)
     app.state.salesforce = SalesforceImporter(
         collector.events.engine,
         app.state.attributes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import sqlalchemy as sa
@@ -55,7 +55,12 @@ DURATIONS = (
     standard.TOTAL_SESSION_DURATION,
     standard.AVERAGE_TIME_BETWEEN_SESSIONS,
 )
-CLIENT_CACHE_SECONDS = 60
+CLIENT_CACHE_SIZE = 100_000
+
+
+def client_cache(ttl_s: float, timer: Callable[[], float] = time.monotonic) -> TTLCache:
+    """The snippet's answers per (project, end-user key), each kept `ttl_s` seconds by `timer`'s clock."""
+    return TTLCache(maxsize=CLIENT_CACHE_SIZE, ttl=ttl_s, timer=timer)
 
 
 def _manage(request: Request) -> int:
@@ -354,7 +359,7 @@ async def user_segment_history(request: Request) -> Response:
 
 async def client_segments(request: Request) -> Response:
     """`GET /v1/segments?key=<write key>&env=&user_id=&anonymous_id=` → the client-visible segments the
-    end user is in, from their stored End User Object (cached for a minute)."""
+    end user is in, from their stored End User Object (cached: `Settings.client_segments_cache_s`)."""
     collector = request.app.state.collector
     params = request.query_params
     key = params.get("key", "")

@@ -23,6 +23,8 @@ from usertrail.profiles.custom import CAP
 from usertrail.segments.membership import catalog_of
 from usertrail.segments.model import Catalog, InvalidRule, parse
 from usertrail.segments.sql import Compiler
+from usertrail.store.attributes import WriteReport
+from usertrail.store.database import write_transaction
 from usertrail.store.users import (
     AuditQuery,
     BadQuery,
@@ -371,9 +373,31 @@ async def update_attributes(request: Request) -> Response:
     _require_uuid(request, grant.project_id)
     body = await _json_body(request)
     owner, _ = _owner(request, grant.project_id)
-    report = request.app.state.attributes.write(grant.project_id, "admin_api", [(owner, body)])
+    report = await asyncio.to_thread(_write_logged, request.app.state, grant, owner, body)
     status = 200 if not report.errors else 400
     return JSONResponse(report.as_json(), status_code=status)
+
+
+def _write_logged(state, grant, owner: str, values: dict) -> WriteReport:
+    """Write an admin's values and their integration-log entry (integration `admin_api`) in one transaction."""
+    with write_transaction(state.attributes.engine) as conn:
+        report = state.attributes.write(grant.project_id, "admin_api", [(owner, values)], conn=conn)
+        state.integration_log.append(
+            grant.project_id,
+            "admin_api",
+            "update",
+            records=1,
+            applied=1 if report.applied else 0,
+            errors=[e.as_json() for e in report.errors],
+            details={
+                "actor": grant.actor,
+                "user_key": owner,
+                "values_applied": report.applied,
+                "values_changed": report.changed,
+            },
+            conn=conn,
+        )
+    return report
 
 
 async def attribute_history(request: Request) -> Response:

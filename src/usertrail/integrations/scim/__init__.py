@@ -39,6 +39,7 @@ from usertrail.integrations.scim.mapping import (
 from usertrail.integrations.scim.protocol import SERVICE, normalize_patch
 from usertrail.integrations.scim.storage import SOURCE, SqlScimStorage
 from usertrail.integrations.update_api import InvalidRequest
+from usertrail.integrations.user_keys import user_key_function
 from usertrail.profiles.custom import CAP
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import write_transaction
@@ -273,6 +274,7 @@ class ScimIntegration:
                 write=kind is not None,
                 kind=kind or "read",
                 clock=self.clock,
+                user_key=user_key_function(self.engine, project_id),
             )
             response = ScimHandler(SERVICE, storage).handle(request)
             if kind is not None and not storage.wrote:

@@ -37,6 +37,7 @@ from scim2_server.storage import ScimStorage, SearchPage
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.scim.mapping import ScimMapping
 from usertrail.integrations.scim.protocol import USER_MODEL, USER_SCHEMA
+from usertrail.integrations.user_keys import UserKey, plain_key
 from usertrail.store.attributes import AttributeStore, WriteReport
 from usertrail.store.database import write_transaction
 from usertrail.store.schema import scim_users
@@ -81,6 +82,7 @@ class SqlScimStorage(ScimStorage):
         write: bool,
         kind: str,
         clock: Callable[[], int],
+        user_key: UserKey = plain_key,
     ) -> None:
         self.engine = engine
         self.project_id = project_id
@@ -90,6 +92,7 @@ class SqlScimStorage(ScimStorage):
         self.write = write
         self.kind = kind  # the log entry's kind: user.create, user.replace, user.patch or user.delete
         self.clock = clock
+        self.user_key = user_key  # the end-user id → key, hashed as collection hashes it (integrations.user_keys)
         self.wrote = False  # whether the request changed a stored user (a no-op PATCH or PUT does not)
         self._conn: sa.Connection | None = None
 
@@ -189,7 +192,7 @@ class SqlScimStorage(ScimStorage):
         """(userName, its comparison key, externalId's, the end-user key); refuses a user without an id."""
         user_name = getattr(resource, "user_name", None) or ""
         try:
-            user_key = "u:" + self.mapping.user_id(resource)
+            user_key = self.user_key(self.mapping.user_id(resource))
         except ValueError as exc:
             raise InvalidValueException(detail=str(exc)) from None
         return (

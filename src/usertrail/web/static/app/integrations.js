@@ -516,7 +516,7 @@
     fill: function (form, s, editor) {
       setValues(form, { name: s.name, login_url: s.login_url, api_version: s.api_version, object: s.object,
         match_field: s.match_field, interval_minutes: s.interval_minutes, enabled: s.enabled, flow: s.auth.flow,
-        username: s.auth.username, password: "", security_token: "", private_key: "",
+        username: s.auth.username, password: "", security_token: "", private_key: "", consumer_secret: "",
         consumer_key: s.auth.consumer_key || "", audience: s.auth.audience || "" });
       flow(form);
       editor.set(s.fields);
@@ -524,7 +524,7 @@
     onEdit: function (form, editing) { $("sf-secrets-note").hidden = !editing; flow(form); },
     body: function (form, editor) {
       var auth = { flow: form.elements.flow.value, username: value(form, "username") };
-      var secrets = auth.flow === "password" ? ["password", "security_token"] : ["consumer_key", "private_key", "audience"];
+      var secrets = SIGN_IN_FIELDS[auth.flow];
       secrets.forEach(function (name) { if (value(form, name)) auth[name] = value(form, name); });
       var body = { auth: auth, object: value(form, "object"), match_field: value(form, "match_field"), fields: editor.read(),
         interval_minutes: whole(form, "interval_minutes", "$.interval_minutes"), enabled: form.elements.enabled.checked };
@@ -539,11 +539,19 @@
     }
   };
 
-  /* The Salesforce form shows the fields of the chosen sign-in flow only. */
+  /* The fields each Salesforce sign-in flow sends (left empty: the stored value is kept). */
+  var SIGN_IN_FIELDS = {
+    password: ["password", "security_token"],
+    oauth_password: ["password", "security_token", "consumer_key", "consumer_secret"],
+    jwt: ["consumer_key", "private_key", "audience"]
+  };
+
+  /* The Salesforce form shows the fields of the chosen sign-in flow only (`data-flows` lists them). */
   function flow(form) {
-    var jwt = form.elements.flow.value === "jwt";
-    Array.prototype.forEach.call(form.querySelectorAll(".flow-jwt"), function (n) { n.hidden = !jwt; });
-    Array.prototype.forEach.call(form.querySelectorAll(".flow-password"), function (n) { n.hidden = jwt; });
+    var chosen = form.elements.flow.value;
+    Array.prototype.forEach.call(form.querySelectorAll("[data-flows]"), function (n) {
+      n.hidden = n.getAttribute("data-flows").split(" ").indexOf(chosen) < 0;
+    });
   }
 
   /* --- SCIM ------------------------------------------------------------------------------------------ */
