@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import msgspec
 import sqlalchemy as sa
@@ -28,6 +29,9 @@ from usertrail.store.schema import end_users, user_properties, user_words
 MAX_WORD = 64
 MAX_VALUE = 256
 CHUNK = 500  # keys per IN list
+# Word rows above which a search word is tested per listed user (see `search`).
+PAGE_BROAD = 5_000
+COUNT_BROAD = 200_000
 # Above every character a word can hold: the end of a prefix's index range.
 _PAST_PREFIX = "\U0010ffff"
 _WORD = re.compile(r"\w+")
@@ -117,21 +121,34 @@ def rebuild(conn: sa.Connection, project_id: int) -> None:
     _index(conn, project_id, rows)
 
 
-def search_condition(project_id: int, query: str) -> sa.ColumnElement[bool] | None:
-    """A WHERE clause over `end_users`: every word of `query` starts a word of the user; None when
-    `query` has no words (only punctuation or spaces): then nothing is filtered."""
-    terms = words(query)
-    if not terms:
-        return None
-    return sa.and_(
-        *(
-            end_users.c.user_key.in_(
-                sa.select(user_words.c.user_key).where(
-                    user_words.c.project_id == project_id,
-                    user_words.c.word >= term,
-                    user_words.c.word < term + _PAST_PREFIX,
-                )
-            )
-            for term in terms
+@dataclass(frozen=True)
+class Search:
+    """A search as WHERE clauses over `end_users`, one shaped for reading a page, one for the total."""
+
+    page: sa.ColumnElement[bool]
+    count: sa.ColumnElement[bool]
+
+
+def search(conn: sa.Connection, project_id: int, query: str) -> Search | None:
+    """Every word of `query` starts a word of the user; None when `query` has no words (only punctuation
+    or spaces): then nothing is filtered.
+
+    Each word's shape depends on how many word rows it starts (counted up to COUNT_BROAD, one short
+    index range): a rare word is `user_key IN (those users)`, read from the word index; for a page, a
+    word that starts more than PAGE_BROAD rows ("u" starts every identified key) is instead tested per
+    user in the list's own order, which finds 50 matches after a few rows instead of first collecting
+    most of the project's users; the total does the same above COUNT_BROAD rows."""
+    page, count = [], []
+    for term in words(query):
+        in_range = (
+            user_words.c.project_id == project_id,
+            user_words.c.word >= term,
+            user_words.c.word < term + _PAST_PREFIX,
         )
-    )
+        probe = sa.select(sa.literal(1)).where(*in_range).limit(COUNT_BROAD).subquery()
+        rows = conn.execute(sa.select(sa.func.count()).select_from(probe)).scalar_one()
+        among = end_users.c.user_key.in_(sa.select(user_words.c.user_key).where(*in_range))
+        each = sa.exists().where(*in_range, user_words.c.user_key == end_users.c.user_key)
+        page.append(among if rows < PAGE_BROAD else each)
+        count.append(among if rows < COUNT_BROAD else each)
+    return Search(sa.and_(*page), sa.and_(*count)) if page else None

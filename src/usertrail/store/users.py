@@ -263,10 +263,6 @@ class UserStore:
             raise BadQuery("after", f"the cursor is not from a list sorted by {sort!r}")
         where = [end_users.c.project_id == project_id, *(f.clause() for f in filters), *conditions]
         dialect = self.engine.dialect.name
-        if search:
-            found = user_index.search_condition(project_id, search)
-            if found is not None:
-                where.append(found)
         row = custom_attributes.alias("ca")
         reads_row = False
         # A sort by an analytics property reads its value from `user_properties`, in index order.
@@ -313,9 +309,13 @@ class UserStore:
         later = (lambda a, b: a < b) if descending else (lambda a, b: a > b)
         nullable = key.kind != "standard" or STANDARD_COLUMNS[key.name].nullable
         with self.engine.connect() as conn:
+            found = user_index.search(conn, project_id, search) if search else None
             total = None
             if count:
-                total = conn.execute(sa.select(sa.func.count()).select_from(end_users).where(*where)).scalar_one()
+                counted = [*where, found.count] if found else where
+                total = conn.execute(sa.select(sa.func.count()).select_from(end_users).where(*counted)).scalar_one()
+            if found:
+                where.append(found.page)
             rows: list = []
             # Two index-friendly passes instead of one `ORDER BY value IS NULL, …`: users with a value
             # in (value, key) order, then those without in key order.
