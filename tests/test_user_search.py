@@ -140,3 +140,33 @@ def test_migration_0025_indexes_existing_end_users(empty_database_url):
             assert "user_words" not in sa.inspect(conn).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_sqlite_reads_the_list_views_in_index_order(live: LiveServer):
+    """The first page of a sort by an analytics property or a custom attribute, and a search's page and
+    total, start from their indexes on SQLite (no temporary B-tree sorting the project's users)."""
+    engine = live.app.state.collector.events.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("query plans are engine-specific; PostgreSQL runs the same queries in the tests above")
+    with live.admin() as admin:
+        pid = live.project.project.id
+        assert admin.patch(f"/api/projects/{pid}/users/u:zoe/attributes", json={"Plan": "VIP"}).status_code == 200
+    plans: list[str] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "end_users" in statement:
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            plans.append(" | ".join(r[-1] for r in rows))
+
+    sa.event.listen(engine, "before_cursor_execute", explain)
+    try:
+        for query in ("sort=role&order=asc", "sort=Plan&order=desc", "q=berlin"):
+            assert api(live, f"/users?{query}").status_code == 200
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", explain)
+    joined = "\n".join(plans)
+    assert "ix_user_properties_project_id_name_value_user_key" in joined, joined
+    assert "ix_custom_attributes_project_id_t0_user_key" in joined, joined
+    assert "ix_user_words_project_id_word_user_key" in joined, joined
+    ordered = [p for p in plans if "ix_user_properties" in p or "ix_custom_attributes_project_id_t0" in p]
+    assert ordered and not any("TEMP B-TREE" in p for p in ordered), joined
