@@ -14,8 +14,16 @@ warm-up. Target: every page interactive in under 1 s with 200,000 users.
 Datasets: *demo* is what `usertrail serve --demo` sends (300 end users over 4 weeks, through HTTP), with
 sessions closed; *200k* is bench/datagen.py's workload (5,000,000 events from 200,000 end users over 90
 days, WalkMe content events included), loaded into SQLite and turned into sessions and End User Objects
-by `SessionProcessor.rebuild`, the product's own code. That database is built once and cached in
-bench/results/data/ (about 40 minutes on this 2-core machine); each run works on a copy.
+by `SessionProcessor.rebuild`, the product's own code. The generated events carry no analytics properties
+and no integration writes, so the cached database is then enriched once: bench/segments.py's 20 custom
+attributes (Plan, MRR, …, with their history) and analytics properties (role/type/status) are given to the
+end users in key order, and two saved segments are created and filled. That database is built once and
+cached in bench/results/data/ (about 40 minutes on this 2-core machine); each run works on a copy, which
+`setup` migrates to the code's head first (so a run also times the migrations the cache lacks).
+
+The 200k event data ends on 2025-06-01, so the report and overview pages are opened with the 30 days that
+end there (`from=2025-05-02&to=2025-05-31`), their default span; with the default dates (the last 30 days
+before today) they would read no events at all.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import sqlalchemy as sa
 
 import datagen
 import ingest
+import segments as segment_bench
 from usertrail import demo
 from usertrail.access.accounts import AccountStore, UnknownAccount
 from usertrail.sessions.processor import SessionProcessor
@@ -69,8 +78,80 @@ def cached_database(workload: datagen.Workload = datagen.FULL) -> Path:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()
     print(f"rebuilt sessions and End User Objects in {time.perf_counter() - began:.0f} s", flush=True)
+    enrich(url, project_id)
     shutil.move(partial, path)
     return path
+
+
+# The saved segments of the 200k data (their member lists are filled by the product's refresh).
+SAVED_SEGMENTS = {
+    "VIP customers": {"rules": [{"attribute": "Plan", "operator": "is", "value": "VIP"}]},
+    "Berlin, active": {
+        "rules": [
+            {"attribute": "City", "operator": "is", "value": "Berlin"},
+            {"attribute": "Total sessions", "operator": "gt", "value": 2},
+        ]
+    },
+}
+
+
+def enrich(url: str, project_id: int) -> bool:
+    """Give the end users of `url` custom attributes and analytics properties (bench/segments.py's generator,
+    in key order) and create the saved segments; False if it was done before."""
+    from dataclasses import replace
+
+    from usertrail.segments.membership import refresh_all
+    from usertrail.store.schema import attribute_registry
+    from usertrail.store.segments import SegmentStore
+
+    engine = create_engine(url, durable=False)
+    try:
+        with engine.connect() as conn:
+            registered = conn.execute(
+                sa.select(sa.func.count()).where(attribute_registry.c.project_id == project_id)
+            ).scalar_one()
+            keys = (
+                conn.execute(
+                    sa.text("SELECT user_key FROM end_users WHERE project_id = :p ORDER BY user_key"), {"p": project_id}
+                )
+                .scalars()
+                .all()
+            )
+        if registered:
+            return False
+        began = time.perf_counter()
+        segment_bench.register(url, project_id)
+        tables = segment_bench.TABLES
+        insert = {t: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})" for t, c in tables.items()}
+        with engine.begin() as conn:
+            properties, attributes, history = [], [], []
+            for key, user in zip(keys, segment_bench.generate(len(keys)), strict=True):
+                _, row, changes = segment_bench.table_rows(replace(user, key=key), project_id)
+                if user.analytics is not None:
+                    properties.append((msgspec_json(user.analytics), project_id, key))
+                attributes.append(row)
+                history.extend(changes)
+            conn.exec_driver_sql(
+                "UPDATE end_users SET analytics_properties = ? WHERE project_id = ? AND user_key = ?", properties
+            )
+            conn.exec_driver_sql(insert["custom_attributes"], attributes)
+            conn.exec_driver_sql(insert["attribute_changes"], history)
+        store = SegmentStore(engine)
+        for name, rules in SAVED_SEGMENTS.items():
+            store.create(project_id, {"name": name, "rules": rules}, segment_bench.NOW)
+        refresh_all(engine, segment_bench.NOW, [project_id])
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        print(f"enriched {len(keys):,} end users in {time.perf_counter() - began:.0f} s", flush=True)
+        return True
+    finally:
+        engine.dispose()
+
+
+def msgspec_json(value: object) -> str:
+    import msgspec
+
+    return msgspec.json.encode(value).decode()
 
 
 EMAIL = "bench@example.com"
@@ -84,21 +165,54 @@ CHROME_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gec
 
 @dataclass(frozen=True)
 class PageSpec:
-    """A page to time: its path under /app/projects/{pid}/ ({user} is a busy end user's key, URL-quoted)
-    and the selector present once it shows its data."""
+    """A page to time: its path under /app/projects/{pid}/ ({user} is a busy end user's key, URL-quoted;
+    {range} the dataset's date range as query parameters) and the selector present once it shows its data.
+    With `click`, the step timed is a click on that element of the loaded page until `ready` is present:
+    interactive ms is then click to answer shown, server ms the time of `api` (the request the click makes).
+    Pages that name bench/segments.py's custom attributes run on the 200k data only (the demo has none)."""
 
     name: str
     path: str
     ready: str
+    click: str | None = None
+    api: str | None = None
+    datasets: tuple[str, ...] = ("demo", "200k")
 
 
+ONLY_200K = ("200k",)
+RULES_VIP = quote('{"rules": [{"attribute": "Plan", "operator": "is", "value": "VIP"}]}', safe="")
 PAGES = [
     PageSpec("user list", "users", "#users tbody tr"),
+    PageSpec("user list, sort by role (analytics)", "users?sort=role&order=asc", "#users tbody tr"),
+    PageSpec(
+        "user list, sort by Plan (custom)",
+        "users?sort=Plan&order=asc&column=Plan&column=MRR",
+        "#users tbody tr",
+        datasets=ONLY_200K,
+    ),
+    PageSpec(
+        "user list, sort by MRR (custom)",
+        "users?sort=MRR&order=desc&column=Plan&column=MRR",
+        "#users tbody tr",
+        datasets=ONLY_200K,
+    ),
+    PageSpec("user list, search Berlin", "users?q=Berlin", "#users tbody tr"),
+    PageSpec("user list, rules Plan is VIP", f"users?rules={RULES_VIP}", "#users tbody tr", datasets=ONLY_200K),
     PageSpec("user page", "users/{user}", "#user-segments[data-loaded]"),
-    PageSpec("engagement report", "reports", "#items"),
-    PageSpec("overview", "overview", "#top-pages"),
+    PageSpec("engagement report", "reports?{range}", "#items"),
+    PageSpec(
+        "report: Walk-Thru funnel",
+        "reports?{range}",
+        "#funnel-steps tbody tr",
+        click=".funnel-open[data-app-type='wt']",
+        api="/api/projects/{pid}/reports/items/wt/{object}/funnel?{range}",
+    ),
+    PageSpec("overview", "overview?{range}", "#top-pages"),
     PageSpec("segments", "segments", "#segments"),
+    PageSpec("recordings", "recordings", "#recordings"),
 ]
+# The 30 days at the end of each dataset (the pages' default span); demo data ends now.
+RANGES = {"demo": "", "200k": "from=2025-05-02&to=2025-05-31"}
 
 # The page's moment of interactivity, in ms from navigation start: the load event, or the last answer
 # to a request its scripts made after it, whichever is later.
@@ -169,7 +283,10 @@ def measure(dataset: str, db: Path, workdir: Path, repeat: int) -> list[Timing]:
     from playwright.sync_api import sync_playwright
 
     url = f"sqlite:///{db}"
+    span = RANGES[dataset]
+    began = time.perf_counter()
     pid, user = setup(url)
+    print(f"{dataset:>5}  setup (migrations the copy lacked, account) {time.perf_counter() - began:.1f} s", flush=True)
     port = ingest.free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"USERTRAIL_DATABASE_URL": url, "USERTRAIL_DATA_DIR": str(workdir), "USERTRAIL_PROCESS_SESSIONS": "0"}
@@ -185,26 +302,40 @@ def measure(dataset: str, db: Path, workdir: Path, repeat: int) -> list[Timing]:
                 context = browser.new_context(user_agent=CHROME_UA, viewport={"width": 1400, "height": 900})
                 context.add_cookies(cookies)
                 page = context.new_page()
-                for spec in PAGES:
-                    path = f"/app/projects/{pid}/" + spec.path.format(user=quote(user, safe=""))
+                for spec in (s for s in PAGES if dataset in s.datasets):
+                    path = f"/app/projects/{pid}/" + spec.path.format(user=quote(user, safe=""), range=span)
                     server_ms, interactive_ms, size = [], [], 0
                     for attempt in range(repeat + 1):
-                        began = time.perf_counter()
-                        response = client.get(path)
-                        elapsed = (time.perf_counter() - began) * 1000
+                        if spec.click:
+                            page.goto(base + path, wait_until="load")
+                            button = page.locator(spec.click).first
+                            api = spec.api.format(pid=pid, object=quote(button.get_attribute("data-object-id")),
+                                                  range=span)  # fmt: skip
+                            began = time.perf_counter()
+                            response = client.get(api)
+                            elapsed = (time.perf_counter() - began) * 1000
+                            clicked = time.perf_counter()
+                            button.click()
+                            page.wait_for_selector(spec.ready, state="attached", timeout=120_000)
+                            shown = (time.perf_counter() - clicked) * 1000
+                        else:
+                            began = time.perf_counter()
+                            response = client.get(path)
+                            elapsed = (time.perf_counter() - began) * 1000
+                            page.goto(base + path, wait_until="load")
+                            page.wait_for_selector(spec.ready, state="attached", timeout=120_000)
+                            page.wait_for_load_state("networkidle")
+                            shown = page.evaluate(INTERACTIVE_JS)
                         if response.status_code != 200:
                             raise RuntimeError(f"{path}: HTTP {response.status_code} {response.text[:300]}")
                         size = len(response.content)
-                        page.goto(base + path, wait_until="load")
-                        page.wait_for_selector(spec.ready, state="attached", timeout=120_000)
-                        page.wait_for_load_state("networkidle")
                         if attempt:  # the first of each is a warm-up
                             server_ms.append(elapsed)
-                            interactive_ms.append(page.evaluate(INTERACTIVE_JS))
+                            interactive_ms.append(shown)
                     timing = Timing(
                         dataset, spec.name, statistics.median(server_ms), statistics.median(interactive_ms), size
                     )
-                    print(f"{dataset:>5}  {spec.name:<18} server {timing.server_ms:8.1f} ms   "
+                    print(f"{dataset:>5}  {spec.name:<38} server {timing.server_ms:8.1f} ms   "
                           f"interactive {timing.interactive_ms:8.1f} ms", flush=True)  # fmt: skip
                     timings.append(timing)
                 browser.close()
@@ -215,7 +346,7 @@ def measure(dataset: str, db: Path, workdir: Path, repeat: int) -> list[Timing]:
 
 def table(timings: list[Timing]) -> str:
     lines = [
-        "| data | page | server ms (median) | interactive ms (median) | HTML KiB | target < 1 s |",
+        "| data | page | server ms (median) | interactive ms (median) | KiB | target < 1 s |",
         "|---|---|---|---|---|---|",
     ]
     for t in timings:

@@ -79,12 +79,23 @@ class Compiler:
             reading = [child for child in node.rules if _reads_row(child)]
         else:
             plain, reading = [], [node]
-        one = sa.select(sa.literal(1).label("one")).subquery("one")
-        inside = [self._condition(child, top=True) for child in sorted(reading, key=_cost)]
-        row_test = sa.exists(
-            sa.select(sa.literal(1)).select_from(one.outerjoin(self.row, self._row_on())).where(*inside)
-        )
-        return sa.and_(*(self._condition(child, top=True) for child in sorted(plain, key=_cost)), row_test)
+        tests = [self._condition(child, top=True) for child in sorted(plain, key=_cost)]
+        # Positive tests of the row hold for no user without one, so they select rows: `user_key IN (rows
+        # that pass)`, which the planner can start from a slot's index (a count reads the matching rows,
+        # not every user); the others (negations: users without a row match them) stay a test per user.
+        holding = [child for child in reading if _positive_row_test(child)]
+        if holding:
+            passing = [self._condition(child, top=True) for child in sorted(holding, key=_cost)]
+            rows = sa.select(self.row.c.user_key).where(self.row.c.project_id == self.project_id, *passing)
+            tests.append(u.c.user_key.in_(rows))
+        rest = [child for child in reading if not _positive_row_test(child)]
+        if rest:
+            one = sa.select(sa.literal(1).label("one")).subquery("one")
+            inside = [self._condition(child, top=True) for child in sorted(rest, key=_cost)]
+            tests.append(
+                sa.exists(sa.select(sa.literal(1)).select_from(one.outerjoin(self.row, self._row_on())).where(*inside))
+            )
+        return sa.and_(*tests)
 
     def _condition(self, node: Node, top: bool = False) -> sa.ColumnElement[bool]:
         if isinstance(node, Group):
@@ -335,6 +346,11 @@ def _json_needles(rule: AttributeRule, op: str) -> list[str] | None:
 
 def _json(value: object) -> str:
     return msgspec.json.encode(value).decode()
+
+
+def _positive_row_test(node: Node) -> bool:
+    """A rule on a custom attribute's value that no user without a value matches (not a negation)."""
+    return _reads_row(node) and isinstance(node, AttributeRule) and node.operator not in NEGATIONS
 
 
 def _reads_row(node: Node) -> bool:

@@ -36,6 +36,7 @@ from usertrail.sessions.derive import (
     sessionize_keys,
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
+from usertrail.store import user_index
 from usertrail.store.database import (
     execute_many,
     insert_rows,
@@ -368,6 +369,7 @@ class SessionProcessor:
             conn.execute(
                 end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key.in_(chunk))
             )
+        user_index.forget(conn, project_id, keys)
         refresh_users(conn, project_id, keys, now, self.segments)
 
     def _recompute(self, conn: sa.Connection, project_id: int, targets: dict[str, int], now: int) -> ProcessStats:
@@ -423,6 +425,7 @@ class SessionProcessor:
         rows = profiles(conn, project_id, scoped=True, now=now)
         execute_many(conn, _DROP_PROFILE, [(project_id, owner) for owner in owners])
         insert_rows(conn, end_users, PROFILE_COLUMNS, rows)
+        user_index.refresh(conn, project_id, owners)
 
     # --- the full rebuild ------------------------------------------------------------------
 
@@ -480,6 +483,7 @@ class SessionProcessor:
             insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
             profile_rows = profiles(conn, project_id, scoped=False, now=now)
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
+            user_index.rebuild(conn, project_id)
             insert_rows(
                 conn,
                 identity_links,

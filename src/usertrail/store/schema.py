@@ -954,3 +954,46 @@ sa.Index(
     sqlite_where=sa.text(REPORT_EVENTS_WHERE),
     postgresql_where=sa.text(REPORT_EVENTS_WHERE),
 )
+
+# --- the user list's search and analytics-property sort (issue 7) -----------------------------
+# Both are derived from `end_users` in the same transaction that writes it (store/user_index.py), so
+# the list never reads every user of a project for a search or for a sort by an analytics property.
+# Search words compare by code point on both engines (PostgreSQL: collation "C"), so a prefix is one
+# index range whatever the server's locale.
+WORD_TEXT = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+user_words = sa.Table(
+    "user_words",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("word", WORD_TEXT, nullable=False),  # case-folded, from the key, location, browser, properties
+    sa.PrimaryKeyConstraint("project_id", "user_key", "word"),
+)
+sa.Index(None, user_words.c.project_id, user_words.c.word, user_words.c.user_key)
+
+# One row per end user and analytics property (`end_users.analytics_properties`), its value as text.
+user_properties = sa.Table(
+    "user_properties",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "name"),
+)
+sa.Index(
+    None, user_properties.c.project_id, user_properties.c.name, user_properties.c.value, user_properties.c.user_key
+)
+
+# The user list sorts by a custom attribute, and a segment rule tests one, through an index on its slot:
+# (project_id, slot, user_key) over the rows that hold a value in it (partial), so a slot no project
+# uses stays empty and a write adds one index entry per value it holds.
+for _slot in (*(f"t{i}" for i in range(SLOTS_PER_KIND)), *(f"n{i}" for i in range(SLOTS_PER_KIND))):
+    sa.Index(
+        None,
+        custom_attributes.c.project_id,
+        custom_attributes.c[_slot],
+        custom_attributes.c.user_key,
+        sqlite_where=custom_attributes.c[_slot].is_not(None),
+        postgresql_where=custom_attributes.c[_slot].is_not(None),
+    )

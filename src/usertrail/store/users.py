@@ -29,6 +29,7 @@ from usertrail.profiles.standard import (
     TOTAL_SESSIONS,
 )
 from usertrail.segments.model import Attribute, Catalog
+from usertrail.store import user_index
 from usertrail.store.database import write_transaction
 from usertrail.store.identity import members_of, owner_of
 from usertrail.store.schema import (
@@ -46,6 +47,8 @@ from usertrail.store.schema import (
     segment_members,
     session_hints,
     sessions,
+    user_properties,
+    user_words,
 )
 
 # Standard attribute name -> column of `end_users`.
@@ -269,26 +272,11 @@ class UserStore:
             raise BadQuery("after", f"the cursor is not from a list sorted by {sort!r}")
         where = [end_users.c.project_id == project_id, *(f.clause() for f in filters), *conditions]
         dialect = self.engine.dialect.name
-        if search:
-            searched = (
-                end_users.c.user_key,
-                end_users.c.country,
-                end_users.c.region,
-                end_users.c.city,
-                end_users.c.browser_name,
-                end_users.c.analytics_properties,
-            )
-            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            # SQLite's LIKE already ignores ASCII case (as its lower() folds only ASCII): no lower() per
-            # column and row, which tripled the cost of a search over 200,000 users.
-            matches = (
-                (lambda c: c.like(pattern, escape="\\"))
-                if dialect == "sqlite"
-                else (lambda c: c.ilike(pattern, escape="\\"))
-            )
-            where.append(sa.or_(*(matches(c) for c in searched)))
         row = custom_attributes.alias("ca")
         reads_row = False
+        # A sort by an analytics property reads its value from `user_properties`, in index order.
+        prop = user_properties.alias("prop")
+        sorts_property = key.kind == "analytics"
 
         def value_of(attribute: Attribute) -> sa.ColumnElement:
             nonlocal reads_row
@@ -303,26 +291,40 @@ class UserStore:
             return row.c[attribute.slot]
 
         def source(inner_sort: bool) -> sa.FromClause:
-            """`end_users` with the custom-attribute row joined once if any column reads it; inner-joined
-            for the first pass of a custom sort (only users with a value are listed there)."""
+            """`end_users` with the custom-attribute row joined once if any column reads it, and the sorted
+            analytics property's row; inner-joined for the first pass of a custom or analytics sort (only
+            users with a value are listed there)."""
+            joined: sa.FromClause = end_users
+            if sorts_property:
+                on = sa.and_(
+                    prop.c.project_id == end_users.c.project_id,
+                    prop.c.user_key == end_users.c.user_key,
+                    prop.c.name == key.name,
+                )
+                joined = prop.join(end_users, on) if inner_sort else joined.outerjoin(prop, on)
             if not reads_row:
-                return end_users
+                return joined
             on = sa.and_(row.c.project_id == end_users.c.project_id, row.c.user_key == end_users.c.user_key)
             if inner_sort and key.kind == "custom":
-                return end_users.join(row, on)
-            return end_users.outerjoin(row, on)
+                return joined.join(row, on)
+            return joined.outerjoin(row, on)
 
-        sort_value = value_of(key)
+        sort_value = prop.c.value if sorts_property else value_of(key)
         shown = [value_of(a).label(f"column_{i}") for i, a in enumerate(attributes)]
         columns_selected = (end_users, sort_value.label("sort_value"), *shown)
-        tie = end_users.c.user_key
+        # The tie column of the table the first pass walks in index order, so that no pass sorts.
+        tie = prop.c.user_key if sorts_property else row.c.user_key if key.kind == "custom" else end_users.c.user_key
         direction = (lambda c: c.desc()) if descending else (lambda c: c.asc())
         later = (lambda a, b: a < b) if descending else (lambda a, b: a > b)
         nullable = key.kind != "standard" or STANDARD_COLUMNS[key.name].nullable
         with self.engine.connect() as conn:
+            found = user_index.search(conn, project_id, search) if search else None
             total = None
             if count:
-                total = conn.execute(sa.select(sa.func.count()).select_from(end_users).where(*where)).scalar_one()
+                counted = [*where, found.count] if found else where
+                total = conn.execute(sa.select(sa.func.count()).select_from(end_users).where(*counted)).scalar_one()
+            if found:
+                where.append(found.page)
             rows: list = []
             # Two index-friendly passes instead of one `ORDER BY value IS NULL, …`: users with a value
             # in (value, key) order, then those without in key order.
@@ -445,7 +447,8 @@ def _delete_user(conn: sa.Connection, project_id: int, owner: str) -> dict[str, 
     conn.execute(
         pending_users.delete().where(pending_users.c.project_id == project_id, pending_users.c.user_key.in_(keys))
     )
-    for table in (custom_attributes, attribute_changes, segment_members, segment_changes, report_days, report_steps):
+    tables = (custom_attributes, attribute_changes, segment_members, segment_changes, report_days, report_steps)
+    for table in (*tables, user_words, user_properties):
         deleted = conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
         if table is custom_attributes:
             counts["attributes"] = deleted.rowcount

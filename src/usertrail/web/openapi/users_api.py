@@ -136,7 +136,7 @@ _LIST_QUERY = (
     Param("filter", "`<attribute>:<op>:<value>`", repeated=True),
     Param("segment", "only members of this saved segment"),
     Param("rules", "only users matching these segment rules (JSON, docs/segments.md)"),
-    Param("q", "free text search"),
+    Param("q", "words; each must start a word of the key, location, browser or an analytics property value"),
     Param("column", "an attribute whose value each row carries", repeated=True),
 )
 _AUDIT_QUERY = (
