@@ -512,7 +512,7 @@ class _Chunk:
     keys: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     lines: list[int] | None = None  # where each good row starts; None: every row read was good (see `line`)
-    ends: list[int] = field(default_factory=list)  # where each row read ends
+    ends: list[int] | range = field(default_factory=list)  # where each row read ends
     errors: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
     failed_rows: int = 0  # refused whole (field count, id)
     bytes_read: int = 0  # of the file, up to the chunk's end
@@ -575,7 +575,25 @@ def job_json(row) -> dict:
     }
 
 
-def _checked_rows(plan: ImportPlan, first_line: int, rows: list[list[str]], ends: list[int]) -> _Chunk:
+def _row_ends(rows: list[list[str]], first_line: int, last_line: int) -> list[int] | range:
+    """The line where each row read ends, given where the first starts and the last ends.
+
+    A row takes one line unless a quoted field holds line breaks (the reader keeps them in the
+    field), so the lines are counted from the rows rather than asked of the reader after each one.
+    """
+    if last_line - first_line + 1 == len(rows):
+        return range(first_line, last_line + 1)
+    ends, line = [], first_line - 1
+    for row in rows:
+        line += 1
+        for cell in row:
+            if "\n" in cell or "\r" in cell:
+                line += cell.count("\n") + cell.count("\r") - cell.count("\r\n")
+        ends.append(line)
+    return ends
+
+
+def _checked_rows(plan: ImportPlan, first_line: int, rows: list[list[str]], ends: list[int] | range) -> _Chunk:
     """A chunk of the rows read (`ends`: the line where each ends): the ones with the header's field
     count and a valid end-user id, with their keys; the others as errors of their line.
 
@@ -773,14 +791,10 @@ class CsvImporter:
                 line = reader.line_num + 1
                 pending: _Chunk | None = None
                 while True:
-                    rows: list[list[str]] = []
-                    ends: list[int] = []
-                    add_row, add_end = rows.append, ends.append
-                    for row in itertools.islice(reader, self.chunk_rows):
-                        add_row(row)
-                        add_end(reader.line_num)
+                    rows = list(itertools.islice(reader, self.chunk_rows))
                     if not rows:
                         break
+                    ends = _row_ends(rows, line, reader.line_num)
                     if pending is not None:
                         yield pending
                     pending = _checked_rows(plan, line, rows, ends)
