@@ -319,6 +319,25 @@ def test_a_forced_reimport_restamps_equal_values_and_records_the_changed_ones(im
                        ("trial", None, False)}  # fmt: skip
 
 
+def test_many_rows_round_trip_through_the_bulk_statements(engine, project, tmp_path):
+    """Enough rows for whole multi-row statements and a remainder on SQLite (250 rows each), over
+    two chunks: every value is stored as written, and a forced re-import changes none."""
+    importer = CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=700)
+    lines = [f"id-{i:05d},{'pro' if i % 3 else 'free'},{i / 4},{'yes' if i % 2 else 'no'},2027-01-{i % 28 + 1:02d}"
+             for i in range(1_234)]  # fmt: skip
+    path = write(tmp_path, "user_id,plan,score,trial,renewal\n" + "\n".join(lines) + "\n")
+    first = run_import(importer, project, path, "user_id", [], [], ["renewal=date"])
+    assert (first["rows_applied"], first["values_changed"], first["error_count"]) == (1_234, 4_936, 0)
+    assert history_count(importer, project) == 1_234
+    for i in (0, 249, 250, 699, 700, 1_233):
+        renewal = f"2027-01-{i % 28 + 1:02d}"
+        expected = {"plan": "pro" if i % 3 else "free", "score": i / 4, "trial": bool(i % 2), "renewal": renewal}
+        assert values(engine, project, f"u:id-{i:05d}") == expected
+    again = run_import(importer, project, path, "user_id", [], [], ["renewal=date"], force=True)
+    assert (again["rows_applied"], again["values_changed"]) == (1_234, 0)
+    assert history_count(importer, project) == 1_234
+
+
 def test_the_same_file_twice_changes_nothing(importer, project, tmp_path):
     path = write(tmp_path, "user_id,plan,seats\nu1,VIP,3\nu2,free,4\n")
     first = run_import(importer, project, path)

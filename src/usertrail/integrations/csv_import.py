@@ -34,7 +34,7 @@ from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import MAX_USER_ID, user_id_text
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, check_name, infer_column_type
 from usertrail.store.attributes import AttributeStore
-from usertrail.store.database import insert_rows, write_transaction
+from usertrail.store.database import insert_rows, unmapped, write_transaction
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
 
 DELIMITERS = (",", ";", "\t")
@@ -826,7 +826,7 @@ class CsvImporter:
         job, progress = state.job, state.progress
         errors = chunk.errors
         now = self.clock()
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine) as conn, unmapped(conn):
             report = self.attributes.write_columns(
                 conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, dry_run=job.dry_run
             )
