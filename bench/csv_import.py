@@ -7,8 +7,8 @@ The file (cached under bench/results/data/) has an id column and nine attribute 
 types (3 strings, 3 numbers, 2 dates, 1 boolean), seeded, with ids in ascending order as a database
 export writes them. Each engine gets a fresh database and project; the import runs as the real
 command in its own process (`python -m usertrail.cli import csv … --type …`), and the benchmark
-takes its wall time and its peak RSS (`wait4`, so only the import process: for PostgreSQL the
-server's memory is not counted). After each run the values in `custom_attributes` (one row per
+takes its wall time and its peak RSS (VmHWM from /proc, polled: only the import process, so for
+PostgreSQL the server's memory is not counted). After each run the values in `custom_attributes` (one row per
 end user, one slot per attribute) and the rows of `attribute_changes` (one per user and write) are
 counted: rows × 9 values and one history row per CSV row.
 
@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shlex
 import subprocess
 import sys
@@ -154,6 +155,29 @@ class Result:
         return self.rows / max(0.001, self.cpu_s + self.server_cpu_s)
 
 
+def wait_with_peak(pid: int) -> tuple[int, resource.struct_rusage, float]:
+    """Wait for the process: (status, rusage, its peak RSS in MB), the peak polled from /proc (VmHWM).
+
+    `wait4`'s ru_maxrss is not the child's own peak: Linux folds the parent's peak RSS into a child
+    started with vfork (as subprocess does) when it execs. After this script had counted a large
+    SQLite file through its memory map, the next import reported the script's size (the 724 MB of
+    an earlier run, not reproduced alone). VmHWM belongs to the new program only; polled every
+    50 ms, it can miss at most the growth of the last 50 ms.
+    """
+    peak_kb = 0
+    while True:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except OSError:
+            pass
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage, peak_kb / 1024
+        time.sleep(0.05)
+
+
 def run_import(
     database: str,
     url: str,
@@ -175,7 +199,7 @@ def run_import(
     server_before = server_cpu_seconds(pg_data)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    status, usage, peak_mb = wait_with_peak(process.pid)
     seconds = time.perf_counter() - started
     server_cpu = server_cpu_seconds(pg_data) - server_before
     load_after = os.getloadavg()[0]
@@ -194,7 +218,7 @@ def run_import(
         round(job_seconds, 1),
         round(rows / seconds),
         round(expected / seconds),
-        round(usage.ru_maxrss / 1024, 1),  # kB on Linux
+        round(peak_mb, 1),
         values,
         history,
         check,
