@@ -127,6 +127,38 @@ def test_types_convert_like_the_attribute_store():
     assert infer_column_type([]) == "string"
 
 
+column_cells = st.lists(
+    st.one_of(
+        st.sampled_from(["", " ", "1", "2.5", " 3 ", "nan", "inf", "1e999", "007", "yes", "No", "true", "0", "x"]),
+        st.sampled_from(["2027-01-31", "2027-02-30", " 2027-01-31", "1_000", "-0.0", "\t"]),
+        st.text(alphabet="0123456789.-e aY", max_size=6),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells=column_cells, type_=st.sampled_from(["string", "number", "date", "boolean"]))
+def test_a_column_converts_like_its_cells_one_by_one(cells: list[str], type_: str):
+    """`CellConverter.column` (whole-column fast paths) gives each cell's own result and reason."""
+    expected_values, expected_bad = [], []
+    one = CellConverter(type_)
+    for i, cell in enumerate(cells):
+        if not cell or cell.isspace():
+            expected_values.append(None)
+            continue
+        try:
+            expected_values.append(one(cell))
+        except InvalidValue as exc:
+            expected_values.append(None)
+            expected_bad.append((i, str(exc)))
+    column = CellConverter(type_)
+    for _ in range(2):  # the second time from what the converter remembers
+        values, bad = column.column(list(cells))
+        assert (values, bad) == (expected_values, expected_bad)
+        assert [type(v) for v in values] == [type(v) for v in expected_values]
+
+
 def test_mapping_options_are_checked_with_their_option_name(tmp_path: Path):
     info = read_file_info(write(tmp_path, "user_id,plan,seats,plan2\nu1,VIP,3,x\n"))
     bad = [
@@ -228,6 +260,80 @@ def test_rows_apply_across_chunks_and_bad_rows_are_reported(importer, project, t
     entry = IntegrationLog(importer.engine).list(project, "csv")[0]
     assert (entry["kind"], entry["records"], entry["applied"], entry["error_count"]) == ("import", 6, 4, 4)
     assert entry["request_id"] == job["id"]
+
+
+def test_error_lines_count_line_breaks_inside_quoted_cells(importer, project, tmp_path):
+    """Rows are read a chunk at a time; each error still names the line its row starts on, as the csv
+    module counts them, across blank lines, CRLF endings and quoted cells holding line breaks."""
+    text = (
+        "user_id,note,seats\r\n"
+        'u1,"two\r\nlines",1\r\n'
+        "u2,ok,many\r\n"
+        "\r\n"
+        'u3,"three\nlines\rhere",2\n'
+        "u4,ok,lots\n"
+        ',"no\nid",3\n'
+        'u6,"x",4,extra\n'
+        "u7,fine,five\n"
+    )
+    path = write(tmp_path, text)
+    expected = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader)
+    start = reader.line_num + 1
+    for row in reader:
+        if row and (row[2] in ("many", "lots", "five") or not row[0] or len(row) != 3):
+            expected.append(start)
+        start = reader.line_num + 1
+    job = run_import(importer, project, path, "user_id", [], [], ["seats=number"])
+    report = list(importer.error_rows(project, job["id"]))
+    assert [line for line, _, _ in report] == expected == [4, 9, 10, 12, 13]
+    assert values(importer, project, "u:u3") == {"note": "three\nlines\rhere", "seats": 2.0}
+
+
+def test_a_forced_reimport_restamps_equal_values_and_records_the_changed_ones(importer, project, tmp_path):
+    """Re-importing over stored users (the column-wise path): equal values keep their value and take the
+    new time (no history), changed ones go to the history, a blank cell leaves its value alone."""
+
+    def at(ms: int) -> CsvImporter:
+        return CsvImporter(importer.engine, importer.attributes, importer.log, clock=lambda: ms, chunk_rows=3)
+
+    first_file = write(tmp_path, "user_id,plan,seats,trial\nu1,VIP,3,yes\nu2,free,4,no\n")
+    first = run_import(at(1_800_000_000_000), project, first_file)
+    assert first["values_changed"] == 6
+    store = AttributeStore(importer.engine)
+    before = store.values(project, ["u:u1"])
+    second_file = write(tmp_path, "user_id,plan,seats,trial\nu1,VIP,3,yes\nu2,pro,,yes\nu3,new,1,no\n", "g.csv")
+    second = run_import(at(1_800_000_060_000), project, second_file)
+    assert (second["values_applied"], second["values_changed"]) == (8, 5)  # u2: plan, trial; u3: three new
+    after = store.values(project, ["u:u1"])
+    assert {k: v["value"] for k, v in after.items()} == {"plan": "VIP", "seats": 3.0, "trial": True}
+    assert [v["updated_at"] for v in before.values()] == [1_800_000_000_000] * 3
+    assert [v["updated_at"] for v in after.values()] == [1_800_000_060_000] * 3
+    assert len(store.history(project, ["u:u1"])) == 3  # the first import only
+    assert values(importer, project, "u:u2") == {"plan": "pro", "seats": 4.0, "trial": True}
+    changes = {(h["name"], h["old"], h["new"]) for h in store.history(project, ["u:u2"])}
+    assert changes == {("plan", "free", "pro"), ("trial", False, True), ("plan", None, "free"), ("seats", None, 4.0),
+                       ("trial", None, False)}  # fmt: skip
+
+
+def test_many_rows_round_trip_through_the_bulk_statements(engine, project, tmp_path):
+    """Enough rows for whole multi-row statements and a remainder on SQLite (250 rows each), over
+    two chunks: every value is stored as written, and a forced re-import changes none."""
+    importer = CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=700)
+    lines = [f"id-{i:05d},{'pro' if i % 3 else 'free'},{i / 4},{'yes' if i % 2 else 'no'},2027-01-{i % 28 + 1:02d}"
+             for i in range(1_234)]  # fmt: skip
+    path = write(tmp_path, "user_id,plan,score,trial,renewal\n" + "\n".join(lines) + "\n")
+    first = run_import(importer, project, path, "user_id", [], [], ["renewal=date"])
+    assert (first["rows_applied"], first["values_changed"], first["error_count"]) == (1_234, 4_936, 0)
+    assert history_count(importer, project) == 1_234
+    for i in (0, 249, 250, 699, 700, 1_233):
+        renewal = f"2027-01-{i % 28 + 1:02d}"
+        expected = {"plan": "pro" if i % 3 else "free", "score": i / 4, "trial": bool(i % 2), "renewal": renewal}
+        assert values(engine, project, f"u:id-{i:05d}") == expected
+    again = run_import(importer, project, path, "user_id", [], [], ["renewal=date"], force=True)
+    assert (again["rows_applied"], again["values_changed"]) == (1_234, 0)
+    assert history_count(importer, project) == 1_234
 
 
 def test_the_same_file_twice_changes_nothing(importer, project, tmp_path):

@@ -17,6 +17,8 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
+import operator
 import queue
 import secrets
 import threading
@@ -29,11 +31,11 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
-from usertrail.integrations.update_api import user_id_text
-from usertrail.integrations.user_keys import user_key_function
-from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, InvalidValue, check_name, infer_column_type
+from usertrail.integrations.update_api import MAX_USER_ID, user_id_text
+from usertrail.integrations.user_keys import UserKey, user_key_function
+from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, check_name, infer_column_type
 from usertrail.store.attributes import AttributeStore
-from usertrail.store.database import insert_rows, write_transaction
+from usertrail.store.database import insert_rows, unmapped, write_transaction
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
 
 DELIMITERS = (",", ";", "\t")
@@ -513,13 +515,20 @@ class _Chunk:
     first_line: int
     keys: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    lines: list[int] | None = None  # where each good row starts; None: every row read was good (see `line`)
+    ends: list[int] | range = field(default_factory=list)  # where each row read ends
     errors: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
     failed_rows: int = 0  # refused whole (field count, id)
     bytes_read: int = 0  # of the file, up to the chunk's end
     # Filled by `_convert`: (name, type, values) per column, and 1 per row with a bad value.
     columns: list[tuple[str, str, list]] = field(default_factory=list)
     bad_values: bytearray = field(default_factory=bytearray)
+
+    def line(self, row: int) -> int:
+        """The line where good row `row` starts."""
+        if self.lines is not None:
+            return self.lines[row]
+        return self.ends[row - 1] + 1 if row else self.first_line
 
 
 @dataclass
@@ -568,6 +577,61 @@ def job_json(row) -> dict:
         "finished_at": row.finished_at,
         "updated_at": row.updated_at,
     }
+
+
+def _row_ends(rows: list[list[str]], first_line: int, last_line: int) -> list[int] | range:
+    """The line where each row read ends, given where the first starts and the last ends.
+
+    A row takes one line unless a quoted field holds line breaks (the reader keeps them in the
+    field), so the lines are counted from the rows rather than asked of the reader after each one.
+    """
+    if last_line - first_line + 1 == len(rows):
+        return range(first_line, last_line + 1)
+    ends, line = [], first_line - 1
+    for row in rows:
+        line += 1
+        for cell in row:
+            if "\n" in cell or "\r" in cell:
+                line += cell.count("\n") + cell.count("\r") - cell.count("\r\n")
+        ends.append(line)
+    return ends
+
+
+def _checked_rows(
+    plan: ImportPlan, first_line: int, rows: list[list[str]], ends: list[int] | range, user_key: UserKey
+) -> _Chunk:
+    """A chunk of the rows read (`ends`: the line where each ends): the ones with the header's field
+    count and a valid end-user id, with their keys; the others as errors of their line.
+
+    Most files hold no blank line, bad row or bad id: that is checked on whole columns first (`map`
+    over the rows), and the keys are made the same way; otherwise each row is checked in turn.
+    """
+    width, id_index = len(plan.header), plan.id_index
+    if [] not in rows and all(len(row) == width for row in rows):
+        ids = list(map(str.strip, map(operator.itemgetter(id_index), rows)))
+        if "" not in ids and max(map(len, ids)) <= MAX_USER_ID:
+            return _Chunk(first_line, keys=list(map(user_key, ids)), rows=rows, ends=ends)
+    chunk = _Chunk(first_line, ends=ends, lines=[])
+    for i, row in enumerate(rows):
+        if not row:
+            continue  # a blank line
+        start = ends[i - 1] + 1 if i else first_line
+        problem = None
+        if len(row) != width:
+            problem = (start, None, f"expected {width} fields as in the header, got {len(row)}")
+        else:
+            try:
+                key = user_key(user_id_text(row[id_index].strip()))
+            except ValueError as exc:
+                problem = (start, plan.id_column, str(exc))
+        if problem is not None:
+            chunk.errors.append(problem)
+            chunk.failed_rows += 1
+        else:
+            chunk.keys.append(key)
+            chunk.rows.append(row)
+            chunk.lines.append(start)  # type: ignore[union-attr]
+    return chunk
 
 
 class CsvImporter:
@@ -726,65 +790,40 @@ class CsvImporter:
     def _chunks(self, job: Job, path: Path) -> Iterator[_Chunk]:
         """The file's rows in chunks; each row's id is checked here, its values when the chunk is written."""
         plan = job.plan
-        width = len(plan.header)
-        id_index = plan.id_index
         user_key = user_key_function(self.engine, job.project_id)  # hashed as events are, if the settings say so
         with open(path, "rb") as raw:
             reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
             try:
                 next(reader)  # the header
                 line = reader.line_num + 1
-                chunk = _Chunk(line)
-                for row in reader:
-                    start, line = line, reader.line_num + 1
-                    if not row:
-                        continue  # a blank line
-                    problem = None
-                    if len(row) != width:
-                        problem = (start, None, f"expected {width} fields as in the header, got {len(row)}")
-                    else:
-                        try:
-                            key = user_key(user_id_text(row[id_index].strip()))
-                        except ValueError as exc:
-                            problem = (start, plan.id_column, str(exc))
-                    if problem is not None:
-                        chunk.errors.append(problem)
-                        chunk.failed_rows += 1
-                    else:
-                        chunk.keys.append(key)
-                        chunk.rows.append(row)
-                        chunk.lines.append(start)
-                    if len(chunk.rows) + chunk.failed_rows >= self.chunk_rows:
-                        chunk.bytes_read = raw.tell()
-                        yield chunk
-                        chunk = _Chunk(line)
+                pending: _Chunk | None = None
+                while True:
+                    rows = list(itertools.islice(reader, self.chunk_rows))
+                    if not rows:
+                        break
+                    ends = _row_ends(rows, line, reader.line_num)
+                    if pending is not None:
+                        yield pending
+                    pending = _checked_rows(plan, line, rows, ends, user_key)
+                    pending.bytes_read = raw.tell()
+                    line = ends[-1] + 1
             except csv.Error as exc:
                 raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-            chunk.bytes_read = job.size
-            if chunk.rows or chunk.errors:
-                yield chunk
+            if pending is not None:
+                pending.bytes_read = job.size
+                yield pending
 
     @staticmethod
     def _convert(job: Job, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
-        """Convert the chunk's cells to stored values; a bad cell is an error of its row and column."""
+        """Convert the chunk's cells to stored values, a column at a time; a bad cell is an error of its
+        row and column."""
         errors = chunk.errors
-        lines = chunk.lines
         failed = chunk.bad_values = bytearray(len(chunk.rows))
         for col, convert in zip(job.plan.columns, converters, strict=True):
-            values: list = []
-            append = values.append
-            index = col.index
-            for i, row in enumerate(chunk.rows):
-                cell = row[index]
-                if not cell or cell.isspace():
-                    append(None)  # an empty cell leaves the attribute unchanged
-                    continue
-                try:
-                    append(convert(cell))
-                except InvalidValue as exc:
-                    append(None)
-                    errors.append((lines[i], col.column, str(exc)))
-                    failed[i] = 1
+            values, bad = convert.column(list(map(operator.itemgetter(col.index), chunk.rows)))
+            for i, reason in bad:
+                errors.append((chunk.line(i), col.column, reason))
+                failed[i] = 1
             chunk.columns.append((col.name, col.type, values))
         chunk.rows = []  # the cells are no longer needed; free them before the chunk waits in the queue
         return chunk
@@ -794,7 +833,7 @@ class CsvImporter:
         job, progress = state.job, state.progress
         errors = chunk.errors
         now = self.clock()
-        with write_transaction(self.engine) as conn:
+        with write_transaction(self.engine) as conn, unmapped(conn):
             report = self.attributes.write_columns(
                 conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, dry_run=job.dry_run
             )

@@ -120,21 +120,63 @@ class CellConverter:
         if type_ not in ATTRIBUTE_TYPES:
             raise InvalidValue(f"unknown type {type_!r}")
         self.type = type_
-        self._seen: dict[str, str | float | bool | InvalidValue] = {}
+        self._seen: dict[str, str | float | bool] = {}
+        self._refused: dict[str, str] = {}  # cell → reason
 
     def __call__(self, cell: str) -> str | float | bool:
         hit = self._seen.get(cell)
-        if hit is None:
+        if hit is not None:
+            return hit
+        reason = self._refused.get(cell)
+        if reason is None:
             try:
-                hit = convert(cell, self.type)  # type: ignore[assignment]
+                hit = convert(cell, self.type)
             except InvalidValue as exc:
-                hit = exc
-            if len(self._seen) >= self.MAX_REMEMBERED:
+                reason = str(exc)
+            if len(self._seen) + len(self._refused) >= self.MAX_REMEMBERED:
                 self._seen.clear()
-            self._seen[cell] = hit  # type: ignore[assignment]
-        if isinstance(hit, InvalidValue):
-            raise InvalidValue(str(hit))
-        return hit  # type: ignore[return-value]
+                self._refused.clear()
+            if reason is None:
+                self._seen[cell] = hit  # type: ignore[assignment]
+                return hit  # type: ignore[return-value]
+            self._refused[cell] = reason
+        raise InvalidValue(reason)
+
+    def column(self, cells: list[str]) -> tuple[list[str | float | bool | None], list[tuple[int, str]]]:
+        """Convert a column of cells at once: (values, [(index, reason), …]); an empty or blank cell is None.
+
+        The same results as converting each cell, reached by whole-column operations where the
+        column allows: a clean text column is kept as it is, a number column goes through `float`
+        in one `map`, and the others look their cells up in the remembered results in one `map`.
+        Only the cells these leave open (blank, refused, not seen yet) are converted one by one.
+        """
+        if self.type == "string":
+            blank = "" in cells or any(map(str.isspace, cells))
+            if not blank and max(map(len, cells), default=0) <= MAX_STRING_VALUE:
+                return cells, []  # type: ignore[return-value]
+        elif self.type == "number":
+            try:
+                values = list(map(float, cells))
+            except ValueError:
+                pass
+            else:
+                if all(map(math.isfinite, values)):
+                    return values, []  # type: ignore[return-value]
+        else:
+            values = list(map(self._seen.get, cells))
+            if None not in values:
+                return values, []  # type: ignore[return-value]
+        values, bad = [], []
+        for i, cell in enumerate(cells):
+            if not cell or cell.isspace():
+                values.append(None)  # an empty cell leaves the attribute unchanged
+                continue
+            try:
+                values.append(self(cell))
+            except InvalidValue as exc:
+                values.append(None)
+                bad.append((i, str(exc)))
+        return values, bad
 
 
 def infer_column_type(cells: list[str]) -> str:
