@@ -14,11 +14,11 @@ from playwright.sync_api import Browser, expect
 
 from test_users_api import send, user_events
 from usertrail.access.permissions import ROLES
+from usertrail.testing.recordings import synthetic_recording
 from usertrail.web.pages.layout import utc
 
 from admin_pages import Watcher, demo_server, signed_in
 from conftest import CHROME_UA, LiveServer
-from playback_helpers import events_at
 from replay_helpers import PASSWORD, add_account, store_recording
 from samples import now_ms
 
@@ -151,7 +151,9 @@ def test_users_flow(make_server, browser: Browser, monkeypatch):
         segment = {"name": "VIP customers", "rules": vip}
         created = admin.post(f"/api/projects/{pid}/segments", json=segment)
         assert created.status_code == 201 and created.json()["membership"]["entered"] == 1, created.text
-        recording = store_recording(live, events_at(now_ms()), "anon-newcomer", user_id="newcomer")
+        recording = store_recording(
+            live, synthetic_recording(now_ms(), 0.2, cards=2), "anon-newcomer", user_id="newcomer"
+        )
         plan = admin.get(api).json()["custom_attributes"]["Plan"]
         history = admin.get(f"{api}/attributes/history").json()["history"]
     page.reload()
