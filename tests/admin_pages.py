@@ -83,7 +83,9 @@ PAGES: list[AppPage] = [
     AppPage("recordings", "recordings", "playback.view", "#recordings", actions={"#quota-form": SETTINGS}),
     AppPage("segments", "segments", "users.view", "#segments", actions={"#new-segment": "segments.manage"}),
     AppPage("segment-new", "segments/new", "segments.manage", "#segment-editor[data-preview-state=counted]", nav=False),
-    AppPage("segment", "segments/{id}", "users.view", "#members tbody tr", nav=False, locate=first_segment,
+    # Ready once the members are listed and the live count has answered (it is asked 350 ms after loading).
+    AppPage("segment", "segments/{id}", "users.view",
+            "body:has(#segment-editor[data-preview-state=counted]) #members tbody tr", nav=False, locate=first_segment,
             actions={"#save": "segments.manage", "#delete": "segments.manage"}),
     AppPage("reports", "reports", "users.view", "#items"),
     AppPage("integrations", "integrations", "integrations.manage", "body[data-ready] #jobs"),
