@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, Page, Request, Response
 
 from usertrail import demo
 from usertrail.project_settings import UuidSettings
 from usertrail.sessions.processor import SessionProcessor
+from usertrail.testing.recordings import synthetic_recording
 
 from conftest import CHROME_UA, LiveServer
-from replay_helpers import PASSWORD, add_account
+from replay_helpers import PASSWORD, add_account, store_recording
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 ROLE_EMAILS = {"admin": "ada@example.com", "analyst": "ann@example.com", "viewer": "vic@example.com"}
@@ -40,6 +41,8 @@ class AppPage:
     nav: bool = True  # reached from the navigation (not a detail page)
     screenshot: bool = True
     locate: Callable[[LiveServer], str] | None = None  # the path of a page that needs an id from the demo data
+    # In-page actions: selector -> the permission it needs. Roles holding it see the element, the others do not.
+    actions: Mapping[str, str] = field(default_factory=dict)
 
     def path_on(self, live: LiveServer) -> str:
         """The page's path under `/app/projects/{id}/` on this server."""
@@ -57,13 +60,34 @@ def demo_user_path(live: LiveServer) -> str:
     return f"users/{quote(key, safe='')}"
 
 
+def demo_recording_path(live: LiveServer) -> str:
+    """`recordings/<id>` of a recording of the demo's most recently seen end user, stored on first use."""
+    rid = live.scalar("SELECT recording_id FROM playback_recordings ORDER BY started_at, recording_id LIMIT 1")
+    if rid is None:
+        key = live.scalar("SELECT user_key FROM end_users ORDER BY last_seen DESC, user_key LIMIT 1")
+        rid = store_recording(
+            live,
+            synthetic_recording(int(time.time() * 1000), 0.2, cards=2),
+            "anon-demo",
+            user_id=key.removeprefix("u:"),
+        )
+    return f"recordings/{rid}"
+
+
+SETTINGS = "settings.manage"
 PAGES: list[AppPage] = [
-    AppPage("overview", "overview", "project.view", "#top-pages"),
-    AppPage("rejected", "rejected", "settings.manage", "#rejected", nav=False),
-    AppPage("recordings", "recordings", "playback.view", "#recordings"),
-    AppPage("segments", "segments", "users.view", "#segments"),
+    AppPage("overview", "overview", "project.view", "#top-pages", actions={"#rejected-link": SETTINGS}),
+    AppPage("rejected", "rejected", SETTINGS, "#rejected", nav=False),
+    AppPage("recording", "recordings/{id}", "playback.view", "#replay[data-loaded]", nav=False,
+            screenshot=False, locate=demo_recording_path,
+            actions={"#export": "playback.export", "#delete-recording": "playback.delete"}),
+    AppPage("recordings", "recordings", "playback.view", "#recordings", actions={"#quota-form": SETTINGS}),
+    AppPage("segments", "segments", "users.view", "#segments", actions={"#new-segment": "segments.manage"}),
     AppPage("segment-new", "segments/new", "segments.manage", "#segment-editor[data-preview-state=counted]", nav=False),
-    AppPage("segment", "segments/{id}", "users.view", "#members tbody tr", nav=False, locate=first_segment),
+    # Ready once the members are listed and the live count has answered (it is asked 350 ms after loading).
+    AppPage("segment", "segments/{id}", "users.view",
+            "body:has(#segment-editor[data-preview-state=counted]) #members tbody tr", nav=False, locate=first_segment,
+            actions={"#save": "segments.manage", "#delete": "segments.manage"}),
     AppPage("reports", "reports", "users.view", "#items"),
     AppPage("integrations", "integrations", "integrations.manage", "body[data-ready] #jobs"),
     AppPage("integrations-clients", "integrations/api-clients", "integrations.manage", "body[data-ready]", nav=False),
@@ -71,14 +95,18 @@ PAGES: list[AppPage] = [
     AppPage("integrations-salesforce", "integrations/salesforce", "integrations.manage", "body[data-ready]", nav=False),
     AppPage("integrations-scim", "integrations/scim", "integrations.manage", "body[data-ready] #scim", nav=False),
     AppPage("integrations-log", "integrations/log", "integrations.manage", "#log", nav=False),
-    AppPage("attributes", "attributes", "users.view", "#attributes", nav=False),
+    AppPage("attributes", "attributes", "users.view", "#attributes", nav=False,
+            actions={"nav.tabs[aria-label=Integrations]": "integrations.manage"}),
     AppPage("activity", "activity", "audit.view", "#chain[data-ok]"),
     AppPage("activity-audit", "activity/audit", "audit.view", "#audit", nav=False),
-    AppPage("settings", "settings", "project.view", "#settings-form"),
-    AppPage("install", "install", "project.view", "#keys"),
-    AppPage("users", "users", "users.view", "#users"),
-    AppPage("user", "users/{key}", "users.view", "#user-segments[data-loaded]", nav=False, locate=demo_user_path),
-]
+    AppPage("settings", "settings", "project.view", "#settings-form",
+            actions={"#save-settings": SETTINGS, "#quota-form": SETTINGS, "#save-retention": SETTINGS,
+                     "#members": "accounts.manage"}),
+    AppPage("install", "install", "project.view", "#keys", actions={"#rotate-button": SETTINGS}),
+    AppPage("users", "users", "users.view", "#users", actions={"#export-csv": "users.export"}),
+    AppPage("user", "users/{key}", "users.view", "#user-segments[data-loaded]", nav=False, locate=demo_user_path,
+            actions={"#export-user": "users.export", "#erase-user": "users.erase", "#erase-dialog": "users.erase"}),
+]  # fmt: skip
 
 
 def demo_server(make_server, users: int = 40, weeks: int = 3) -> LiveServer:
@@ -102,23 +130,52 @@ def demo_server(make_server, users: int = 40, weeks: int = 3) -> LiveServer:
 
 @dataclass
 class Watcher:
-    """Collects what must not happen on an app page: console errors, page errors, failed requests."""
+    """Collects what must not happen on an app page: console errors, page errors, failed requests, and
+    requests to any origin but the server's (pages work without third-party requests)."""
 
     problems: list[str] = field(default_factory=list)
     in_flight: set[object] = field(default_factory=set)
+    origin: str | None = None  # the server's; None: the origin of the first page opened
+    no_store: dict[Request, bool] = field(default_factory=dict)  # answered with Cache-Control: no-store
 
     def attach(self, page: Page) -> Page:
-        page.on("request", lambda r: self.in_flight.add(r))
-        page.on("requestfinished", lambda r: self.in_flight.discard(r))
-        page.on("requestfailed", lambda r: self.in_flight.discard(r))
+        page.on("request", self._request)
+        page.on("requestfinished", self._finished)
         page.on("console", lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
-        page.on(
-            "response",
-            lambda r: self.problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
-        )
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
         return page
+
+    def _request(self, request: Request) -> None:
+        self.in_flight.add(request)
+        url = urlsplit(request.url)
+        if url.scheme not in ("http", "https", "ws", "wss"):
+            return  # data:, blob:, about:srcdoc: nothing leaves the browser
+        origin = f"{url.scheme}://{url.netloc}"
+        if self.origin is None and request.is_navigation_request():
+            self.origin = origin
+        elif origin != self.origin:
+            self.problems.append(f"third-party request: {request.url}")
+
+    def _failed(self, request: Request) -> None:
+        self.in_flight.discard(request)
+        # Chromium reports a `Cache-Control: no-store` answer that a script read to its end through
+        # `response.body.getReader()` (the player's recording stream) as ERR_ABORTED, after the 200 and
+        # the whole body. The player marks its page ready only once it has the whole stream.
+        if self.no_store.pop(request, False) and request.failure == "net::ERR_ABORTED":
+            return
+        self.problems.append(f"failed: {request.url} {request.failure}")
+
+    def _finished(self, request: Request) -> None:
+        self.in_flight.discard(request)
+        self.no_store.pop(request, None)
+
+    def _response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+        elif "no-store" in response.headers.get("cache-control", ""):
+            self.no_store[response.request] = True
 
     def settle(self, page: Page, timeout_s: float = 30.0) -> None:
         """Wait for the page's load event and until none of its requests is still open: what

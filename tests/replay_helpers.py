@@ -22,10 +22,14 @@ def add_account(live: LiveServer, email: str, role: str | None) -> None:
         store.set_role(account.id, live.project.project.id, role)
 
 
-def store_recording(live: LiveServer, events: list[dict], anonymous_id: str = "anon-1") -> str:
-    """A recording started for `anonymous_id` and filled with `events` in 5-s chunks; its id."""
+def store_recording(
+    live: LiveServer, events: list[dict], anonymous_id: str = "anon-1", user_id: str | None = None
+) -> str:
+    """A recording started for `anonymous_id` (signed in as `user_id`, if given) and filled with `events` in
+    5-s chunks; its id."""
     enable_playback(live)
-    answer = start(live, anonymousId=anonymous_id, sessionId=f"s-{anonymous_id}")
+    identified = {"userId": user_id} if user_id else {}
+    answer = start(live, anonymousId=anonymous_id, sessionId=f"s-{anonymous_id}", **identified)
     assert answer["record"] is True, answer
     for seq, chunk in enumerate(chunks_of(events)):
         response = send_chunk(live, answer["token"], seq, chunk)

@@ -10,10 +10,8 @@ from playwright.sync_api import Browser
 from usertrail.access.permissions import ROLES
 
 from admin_pages import PAGES, SCREENSHOTS, Watcher, demo_server, signed_in, unlabelled_controls
+from browser import PageServer
 from conftest import LiveServer
-
-# The pages read through the same stores the API tests run on both engines; one engine suffices here.
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -21,12 +19,14 @@ def live(make_server) -> LiveServer:
     return demo_server(make_server)
 
 
+# The pages read through the same stores the API tests run on both engines; one engine suffices here.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_every_page_for_every_role(live: LiveServer, browser: Browser):
     pid = live.project.project.id
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for role, permissions in ROLES.items():
         context = signed_in(browser, live, role)
-        watcher = Watcher()
+        watcher = Watcher(origin=live.base_url)
         page = watcher.attach(context.new_page())
         page.goto(f"{live.base_url}/app")
         landed = page.url
@@ -49,6 +49,23 @@ def test_every_page_for_every_role(live: LiveServer, browser: Browser):
             watcher.settle(page)
             assert watcher.problems == [], (role, spec.key, watcher.problems)
             assert unlabelled_controls(page) == [], (role, spec.key)
+            for selector, permission in spec.actions.items():
+                shown = page.locator(selector).count() > 0
+                assert shown == (permission in permissions), (role, spec.key, selector, permission)
             if role == "admin" and spec.screenshot:
                 page.screenshot(path=str(SCREENSHOTS / f"{spec.key}.png"), full_page=False)
         context.close()
+
+
+def test_the_watcher_reports_requests_to_other_origins(browser: Browser):
+    """The sweep's "no third-party requests": a page of one origin loading an image from another is reported."""
+    with PageServer() as site, PageServer() as elsewhere:
+        site.pages["/page"] = f'<title>page</title><img src="{elsewhere.url("/pixel.png")}" alt="">'
+        watcher = Watcher()
+        page = watcher.attach(browser.new_page())
+        page.goto(site.url("/page"))
+        watcher.settle(page)
+        page.close()
+    assert watcher.origin == site.origin
+    assert f"third-party request: {elsewhere.url('/pixel.png')}" in watcher.problems
+    assert not [p for p in watcher.problems if p.startswith("third-party") and site.origin in p]

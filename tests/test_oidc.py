@@ -1,5 +1,6 @@
 """Single sign-on end to end: a real usertrail server and a local OIDC provider (tests/oidc_provider.py),
-both on 127.0.0.1, with httpx following the redirects like a browser; on both engines."""
+both on 127.0.0.1, with httpx following the redirects like a browser, on both engines; and once in Debian's
+Chromium from the login page's link."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, expect
 
 from oidc_provider import Provider
 
-from conftest import LiveServer
+from admin_pages import Watcher
+from conftest import CHROME_UA, LiveServer
 
 
 @pytest.fixture
@@ -135,3 +138,23 @@ def test_without_configuration_sso_answers_404(live: LiveServer):
     with live.client() as browser:
         response = browser.get("/api/auth/oidc/login")
     assert response.status_code == 404 and response.json()["error"] == "sso_not_configured"
+
+
+# The browser round trip uses the same routes as the tests above, which run on both engines.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_single_sign_on_from_the_login_page_in_a_browser(sso: LiveServer, provider: Provider, browser: Browser):
+    pid = sso.project.project.id
+    context = browser.new_context(user_agent=CHROME_UA)
+    watcher = Watcher(origin=sso.base_url)
+    page = watcher.attach(context.new_page())
+    page.goto(f"{sso.base_url}/app/login")
+    page.get_by_role("link", name="Sign in with single sign-on").click()
+    page.wait_for_url(f"{sso.base_url}/app/projects/{pid}/**")
+    expect(page.locator("header")).to_contain_text("sso.user@example.com")
+    expect(page.locator("h1")).to_have_text("Overview")
+    assert "usertrail_session" in {c["name"] for c in context.cookies()}
+    assert provider.authorize_requests[-1]["redirect_uri"] == f"{sso.base_url}/api/auth/oidc/callback"
+    # The identity provider's sign-in page is the only other origin the browser went to.
+    elsewhere = [p for p in watcher.problems if not p.startswith(f"third-party request: {provider.url}/authorize?")]
+    assert elsewhere == []
+    context.close()

@@ -104,6 +104,36 @@ def test_documented_permission_is_the_one_the_route_checks(live):
     assert checked > 60
 
 
+def test_every_unsafe_session_route_needs_the_csrf_token(live):
+    """A signed-in admin's cookie session, without the X-CSRF-Token header, is refused with `csrf_failed` by
+    every POST, PUT, PATCH and DELETE that accepts a session (docs/accounts.md: CSRF on every change); the
+    other unsafe routes (write keys, SCIM and Update API tokens, sign-in) accept nothing on the cookie alone."""
+    doc = build_document(live.app.routes)
+    add_account(live, "root@example.com", "admin")
+    checked, others = [], []
+    with sign_in(live, "root@example.com") as client:
+        del client.headers["X-CSRF-Token"]
+        for path, ops in doc["paths"].items():
+            for method, op in ops.items():
+                if method not in ("post", "put", "patch", "delete"):
+                    continue
+                response = client.request(method.upper(), _fill(path), json={})
+                where = f"{method.upper()} {path}: {response.status_code} {response.text[:200]}"
+                if any("session" in scheme for scheme in op.get("security", [])):
+                    assert (response.status_code, response.json().get("error")) == (403, "csrf_failed"), where
+                    checked.append(f"{method.upper()} {path}")
+                else:
+                    assert response.status_code >= 400, where
+                    others.append(f"{method.upper()} {path}")
+        # Nothing above signed the session out; the token is all that was missing.
+        assert client.get("/api/auth/me").status_code == 200
+    assert len(checked) >= 30, checked
+    assert {"POST /api/auth/logout", "DELETE /api/projects/{project_id}/users/{user_key}",
+            "POST /api/projects/{project_id}/keys/rotate", "PUT /api/projects/{project_id}/playback/quota",
+            "PUT /api/projects/{project_id}/members/{email}"} <= set(checked)  # fmt: skip
+    assert {"POST /event/tell", "POST /api/auth/login"} <= set(others)
+
+
 def _schema(doc: dict, path: str, method: str, status: int = 200) -> dict:
     answer = doc["paths"][path][method]["responses"][str(status)]
     return {**answer["content"]["application/json"]["schema"], "components": doc["components"]}

@@ -379,3 +379,59 @@ def test_widget_opens_searches_terms_and_segment(make_server):
             )
     assert report(live, "widget", segment=segment).status_code == 409
     assert report(live, "widget", **params).json()["totals"]["opens"] == 4
+
+
+def test_items_report_within_a_segment_on_whole_days_and_partial_days(make_server):
+    """A segment narrows the items report to its members and the anonymous ids they own, with exact plays,
+    unique users and completions; whole days are read from the rollup, a partial day from the events."""
+    live = make_server(process_sessions=False)
+    enable_uuid(live)
+    day = midnight(5)
+    t = day + 9 * HOUR
+    tell(live, [
+        # jane (a member): two plays, the first completed.
+        item("jane", t, "play", "wt", WT, "Log in", pid="p-jane-1"),
+        item("jane", t + 5 * MIN, "complete", "wt", WT, "Log in", pid="p-jane-1"),
+        item("jane", t + 20 * MIN, "play", "wt", WT, "Log in", pid="p-jane-2"),
+        # kim (a member) starts anonymously as dev-9 in the WalkMe session she signs in to: two plays as dev-9,
+        # the first completed after she signed in.
+        item("dev-9", t + 2 * HOUR, "play", "wt", WT, "Log in", pid="p-kim-1", sid="s-kim", anonymous=True),
+        item("kim", t + 2 * HOUR + 5 * MIN, "complete", "wt", WT, "Log in", pid="p-kim-1", sid="s-kim"),
+        item("dev-9", t + 3 * HOUR, "play", "wt", WT, "Log in", pid="p-kim-2", sid="s-kim", anonymous=True),
+        item("kim", t + 3 * HOUR + MIN, "play", "shoutout", "5002", "Upgrade", pid="so-kim", sid="s-kim"),
+        # omar (not a member): a completed play at each time the members play.
+        *(x for at in (t, t + 20 * MIN, t + 2 * HOUR) for x in (
+            item("omar", at, "play", "wt", WT, "Log in", pid=f"p-omar-{at}"),
+            item("omar", at + MIN, "complete", "wt", WT, "Log in", pid=f"p-omar-{at}"))),
+    ])  # fmt: skip
+    live.app.state.sessions.run(now_ms())  # closes the sessions and stitches dev-9 to kim
+    for user in ("u:jane", "u:kim"):
+        assert post(live, f"/users/{user}/attributes", {"Plan": "VIP"}, "PATCH").status_code == 200
+    created = post(live, "/segments", {"name": "VIP", "rules": {"rules": [
+        {"attribute": "Plan", "operator": "is", "value": "VIP"}]}})  # fmt: skip
+    assert created.status_code == 201, created.text
+    segment = created.json()["id"]
+
+    def counts(**params) -> dict[str, tuple[int, int, int | None]]:
+        response = report(live, "items", **params)
+        assert response.status_code == 200, response.text
+        return {i["object_id"]: (i["plays"], i["unique_users"], i["completions"]) for i in response.json()["items"]}
+
+    whole_day = {"from": _iso(day), "to": _iso(day)}  # whole UTC days: the rollup
+    assert counts(**whole_day) == {WT: (7, 3, 5), "5002": (1, 1, 0)}
+    vip = report(live, "items", segment=segment, **whole_day).json()
+    assert vip["segment"] == {"id": segment, "name": "VIP", "members": 2}
+    assert {i["object_id"]: (i["plays"], i["unique_users"], i["completions"]) for i in vip["items"]} == {
+        WT: (4, 2, 2),  # jane 2 + dev-9 2; jane's and kim's first plays completed
+        "5002": (1, 1, 0),
+    }
+    assert by_id(vip)[WT]["completion_rate"] == 0.5
+
+    # From 10 minutes in to 2 h 10 min in (ms, so partial days: the events): jane's second play, dev-9's
+    # first and kim's completion of it; omar's plays at 20 min and 2 h are not the segment's.
+    partial = {"from": str(t + 10 * MIN), "to": str(t + 2 * HOUR + 10 * MIN)}
+    assert counts(**partial) == {WT: (4, 3, 3)}
+    assert counts(segment=segment, **partial) == {WT: (2, 2, 1)}
+    # A range of a partial day and a whole day together: both sources, one answer.
+    mixed = {"from": str(t + 10 * MIN), "to": _iso(day + DAY)}
+    assert counts(segment=segment, **mixed) == {WT: (3, 2, 1), "5002": (1, 1, 0)}

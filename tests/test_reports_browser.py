@@ -1,11 +1,13 @@
 """The engagement report page in Debian's Chromium on the demo data: the demo Walk-Thrus with the plays and
 completion rates the API gives, a Walk-Thru's step funnel, the date and segment filters changing the
-numbers (still equal to the API's), and the CSV download."""
+numbers (still equal to the API's), the CSV download, the widget's tables, wrong filters shown with the API's
+reason and status; and the overview page's charts and dropped events."""
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from admin_pages import Watcher, demo_server, signed_in
 from conftest import LiveServer
+from samples import now_ms, walkme_event
 
 # The page reads through the reports API's own functions, which are tested on both engines.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -50,7 +53,8 @@ def test_report_numbers_funnel_filters_and_csv(make_server, browser: Browser, tm
     context = signed_in(browser, live, "analyst")
     watcher = Watcher()
     page = watcher.attach(context.new_page())
-    page.goto(f"{live.base_url}/app/projects/{pid}/reports")
+    reports = f"{live.base_url}/app/projects/{pid}/reports"
+    page.goto(reports)
     watcher.settle(page)
 
     # The demo's three Walk-Thrus, with the API's plays and completion rates for the default range.
@@ -94,8 +98,11 @@ def test_report_numbers_funnel_filters_and_csv(make_server, browser: Browser, tm
     segment = live.app.state.segments.list(pid)[0].id
     in_segment = expected_items(live, "wt", segment=segment, **month)
     assert shown_items(page, "wt") == in_segment
-    assert sum(p for p, _ in in_segment.values()) < sum(p for p, _ in walkthrus.values())
+    assert 0 < sum(p for p, _ in in_segment.values()) < sum(p for p, _ in walkthrus.values())
     expect(page.locator("#segment-note")).to_contain_text("Frequent visitors")
+    segment_plays = sum(i["plays"] for i in api(live, "items", segment=segment, **month)["items"])
+    assert segment_plays > 0
+    expect(page.locator("#total-plays")).to_have_text(f"{segment_plays:,}")
 
     # The CSV is the API's, for the same filters.
     with page.expect_download() as download:
@@ -110,4 +117,54 @@ def test_report_numbers_funnel_filters_and_csv(make_server, browser: Browser, tm
     ]
     assert download.value.suggested_filename.startswith(f"items-{pid}-")
     assert watcher.problems == []
+
+    # The widget: the top search terms and the numbers per day (the line chart's table) are the API's.
+    page.goto(f"{reports}?from={month['from']}&to={month['to']}")
+    widget = api(live, "widget", **month)
+    assert widget["top_search_terms"] and widget["totals"]["searches"] > 0
+    assert table_rows(page, "#search-terms") == [
+        [t["term"], f"{t['searches']:,}", f"{t['unique_users']:,}"] for t in widget["top_search_terms"]
+    ]
+    page.get_by_text("Opens and searches per day (table)").click()
+    expect(page.locator("#widget-days")).to_be_visible()
+    assert table_rows(page, "#widget-days") == [
+        [d["day"], f"{d['opens']:,}", f"{d['searches']:,}", f"{d['unique_users']:,}"] for d in reversed(widget["days"])
+    ]
+
+    # Wrong filters: the API's status, reason and field, on the page.
+    answer = page.goto(f"{reports}?from={month['to']}&to={month['from']}")
+    assert answer is not None and answer.status == 400
+    expect(page.locator("#report-error")).to_contain_text("(from)")
+    expect(page.locator("#items")).to_have_count(0)
+    answer = page.goto(f"{reports}?segment=seg_unknown")
+    assert answer is not None and answer.status == 404
+    expect(page.locator("#report-error")).to_contain_text("seg_unknown")
+    expect(page.locator("#report-error")).to_contain_text("(segment)")
+    refusals = re.compile(r"HTTP 40[04]: |console: Failed to load resource: .* status of 40[04]")
+    assert [p for p in watcher.problems if not refusals.match(p)] == []  # only the two refused pages
+    watcher.problems.clear()
+
+    # The overview: every chart drawn, and a bot's event among the dropped ones.
+    bot = walkme_event(time=now_ms() - 60_000, type="play", wm_euId="crawler", wm_euIdSource="Identifier")
+    with live.client(headers={"User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}) as client:
+        sent = client.post(f"/event/tell?key={live.project.write_key}", json=[bot])
+    assert sent.status_code == 200, sent.text
+    page.goto(f"{live.base_url}/app/projects/{pid}/overview")
+    watcher.settle(page)
+    charts = page.locator("main canvas[data-chart]")
+    assert charts.count() == 4  # users, sessions, events per day and drops by reason
+    expect(page.locator("main canvas[data-drawn]")).to_have_count(charts.count())
+    expect(page.locator("#drop-reasons tbody tr").filter(has_text="bot")).to_contain_text("dropped")
+    with live.admin() as admin:
+        daily = admin.get(f"/api/projects/{pid}/stats/daily").json()
+    assert daily["dropped_by_reason"].get("bot", 0) >= 1
+    assert ["bot", "dropped", f"{daily['dropped_by_reason']['bot']:,}"] in table_rows(page, "#drop-reasons")
+    assert watcher.problems == []
     context.close()
+
+
+def table_rows(page: Page, table: str) -> list[list[str]]:
+    """The cells of a table's body rows, as shown."""
+    return page.eval_on_selector_all(
+        f"{table} tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))"
+    )

@@ -1,9 +1,11 @@
 """The issue's flow "build a segment and see its count", in Debian's Chromium on the demo data: a two-group
 rule built with the mouse and keyboard, the live count equal to the API's, a validation message at the
-rule that is wrong, save, the list with its count, the members and the entered history."""
+rule that is wrong, save, the list with its count, the members and the entered history; then every kind of
+value control and behaviour rules, with the JSON they send and the saved segment drawn back."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -11,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from admin_pages import SCREENSHOTS, Watcher, demo_server, signed_in
+from browser import wait_until
 from conftest import LiveServer
 
 # The pages call the segments API, whose routes are tested on both engines in the API tests.
@@ -124,7 +127,105 @@ def test_build_a_segment_and_see_its_count(make_server, browser: Browser):
     row.get_by_role("link", name="Engaged admins and analysts").click()
     expect(page.locator("#members-summary")).to_have_attribute("data-total", str(expected))
     assert watcher.problems == []
+
+    value_types_and_behaviour(page, live)
+    assert watcher.problems == []
     context.close()
+
+
+def last_preview(page: Page, previews: list[dict], rules: dict) -> None:
+    """Wait until the editor has asked for a preview of exactly `rules`: the builder's JSON."""
+    wait_until(
+        lambda: previews and previews[-1]["rules"] == rules,
+        f"a preview of {rules}",
+        sleep=lambda s: page.wait_for_timeout(s * 1000),
+    )
+
+
+def value_types_and_behaviour(page: Page, live: LiveServer) -> None:
+    """One rule per kind of value control, and behaviour rules, built with the builder's own controls: the
+    rules JSON it sends, the live count equal to the API's, and the saved segment drawn back unchanged."""
+    pid = live.project.project.id
+    previews: list[dict] = []
+    page.on("request", lambda r: previews.append(r.post_data_json) if r.url.endswith("/segments/preview") else None)
+    page.goto(f"{live.base_url}/app/projects/{pid}/segments/new")
+    builder = page.locator("#rule-builder")
+    rules = builder.locator(".rb-rule")
+
+    # Two dates, the end day included: the day someone was last seen, from that day to that same day.
+    last_day = dt.datetime.fromtimestamp(live.scalar("SELECT max(last_seen) FROM end_users") / 1000, dt.UTC)
+    day = last_day.date().isoformat()
+    between = rules.nth(0)
+    between.get_by_label("Attribute").select_option("Last seen")
+    between.get_by_label("Operator").select_option("between")
+    between.get_by_label("From date (UTC)").fill(day)
+    between.get_by_label("To date (UTC), included").fill(day)
+    one_day = {"match": "all", "rules": [{"attribute": "Last seen", "operator": "between", "value": [day, day]}]}
+    last_preview(page, previews, one_day)
+    assert counted(page) == api_count(live, one_day) > 0
+
+    def add(attribute: str, operator: str):
+        builder.get_by_role("button", name="+ Rule").click()
+        rule = rules.last
+        if attribute == "behaviour":
+            rule.get_by_label("Attribute").select_option(label="Did something (events)")
+        else:
+            rule.get_by_label("Attribute").select_option(attribute)
+        rule.get_by_label("Operator").select_option(operator)
+        return rule
+
+    week_ago = (last_day.date() - dt.timedelta(days=7)).isoformat()
+    add("First seen", "before").get_by_label("Date (UTC)").fill(week_ago)
+    add("Average session duration", "gte").get_by_label("Number (minutes)").fill("5")
+    within = add("First seen", "within_last")
+    within.get_by_label("How many").fill("4")
+    within.get_by_label("Unit").select_option("weeks")
+    add("Country", "is_one_of").get_by_label("Values, separated by commas").fill("US, DE")
+    did = add("behaviour", "did")
+    did.get_by_label("Event type").fill("play")
+    did.get_by_label("At least how many times").fill("2")
+    did.get_by_label("Days", exact=True).fill("14")
+    stopped = add("behaviour", "stopped")
+    stopped.get_by_label("Event type").fill("play")
+    stopped.get_by_label("Did it within the last days").fill("60")
+    stopped.get_by_label("Days", exact=True).fill("7")
+    builder.locator(".rb-match").first.get_by_role("button", name="any (OR)").click()
+    expected = {
+        "match": "any",
+        "rules": [
+            {"attribute": "Last seen", "operator": "between", "value": [day, day]},
+            {"attribute": "First seen", "operator": "before", "value": week_ago},
+            {"attribute": "Average session duration", "operator": "gte", "value": 300_000},  # minutes → ms
+            {"attribute": "First seen", "operator": "within_last", "value": 4, "unit": "weeks"},
+            {"attribute": "Country", "operator": "is_one_of", "value": ["US", "DE"]},
+            {"behaviour": {"event": "play"}, "operator": "did", "days": 14, "times": 2},
+            {"behaviour": {"event": "play"}, "operator": "stopped", "days": 7, "since_days": 60},
+        ],
+    }
+    last_preview(page, previews, expected)
+    assert counted(page) == api_count(live, expected)
+
+    page.get_by_label("Name").fill("Every kind of rule")
+    asked = len(previews)
+    page.get_by_role("button", name="Save segment").click()
+    page.wait_for_url(f"**/app/projects/{pid}/segments/seg_*")
+    with live.admin() as admin:
+        saved = admin.get(f"/api/projects/{pid}/segments/{page.url.rsplit('/', 1)[1]}").json()
+    assert saved["rules"] == expected
+    # Drawn back from the saved rules: the same controls and values, and the same JSON again.
+    wait_until(
+        lambda: len(previews) > asked, "the saved segment's preview", sleep=lambda s: page.wait_for_timeout(s * 1000)
+    )
+    last_preview(page, previews, expected)
+    expect(rules).to_have_count(7)
+    expect(rules.nth(0).get_by_label("To date (UTC), included")).to_have_value(day)
+    expect(rules.nth(2).get_by_label("Number (minutes)")).to_have_value("5")
+    expect(rules.nth(3).get_by_label("Unit")).to_have_value("weeks")
+    expect(rules.nth(4).get_by_label("Values, separated by commas")).to_have_value("US, DE")
+    expect(rules.nth(6).get_by_label("Did it within the last days")).to_have_value("60")
+    expect(builder.locator(".rb-match").first.get_by_role("button", name="any (OR)")).to_have_attribute(
+        "aria-pressed", "true"
+    )
 
 
 def test_viewer_sees_rules_read_only_and_cannot_create(make_server, browser: Browser):

@@ -79,6 +79,52 @@ def test_admin_changes_settings_sees_them_after_reload_and_errors_at_the_field(l
     expect(page.locator('[data-error-for="$.walkme_env"]')).to_be_visible()
     expect(page.locator('[data-error-for="$.traffic.excluded_ips"]')).to_be_hidden()
 
+    # Saving the form unchanged leaves every setting as it was.
+    page.reload()
+    before = environment_json(live)
+    page.get_by_role("button", name="Save production settings").click()
+    expect(page.locator("#settings-saved")).to_have_text("Saved.")
+    assert environment_json(live) == before
+
+    # Each kind of control round-trips through the API: a choice, text, checkboxes, segments and line lists.
+    segment = live.app.state.segments.list(live.project.project.id)[0]
+    page.get_by_label("Data collection level").select_option("playback")
+    page.get_by_label("Collect page URLs").uncheck()
+    page.get_by_label("Identify end users by").select_option("cookie")
+    page.get_by_label("Cookie name, variable or selector").fill("uid")
+    page.get_by_label("Hash the identifier (SHA-256) in the browser").check()
+    page.get_by_label("Salt for the hash").fill("pepper-42")
+    page.get_by_label("Record every session (global capture)").uncheck()
+    page.get_by_label(segment.name).check()
+    page.get_by_label("Do not record these IP addresses").fill("10.0.*\n192.168.1.7")
+    page.get_by_label("Do not record these domains").fill("*.internal.example.com")
+    page.get_by_role("button", name="Save production settings").click()
+    expect(page.locator("#settings-saved")).to_have_text("Saved.")
+    after = environment_json(live)
+    assert after["tracking_level"] == "playback" and after["collect_url"] is False
+    assert after["uuid"] == {**before["uuid"], "provider": "cookie", "source": "uid", "hash": True, "salt": "pepper-42"}
+    assert after["playback"] == {
+        **before["playback"],
+        "global_capture": False,
+        "segment_ids": [segment.id],
+        "excluded_ips": ["10.0.*", "192.168.1.7"],
+        "excluded_domains": ["*.internal.example.com"],
+    }
+    changed = {"tracking_level", "collect_url", "uuid", "playback"}
+    assert {k: v for k, v in after.items() if k not in changed} == {k: v for k, v in before.items() if k not in changed}
+    page.reload()
+    expect(page.get_by_label("Identify end users by")).to_have_value("cookie")
+    expect(page.get_by_label(segment.name)).to_be_checked()
+    expect(page.get_by_label("Do not record these IP addresses")).to_have_value("10.0.*\n192.168.1.7")
+
+
+def environment_json(live: LiveServer, env: str = "production") -> dict:
+    """An environment's settings as the API gives them."""
+    with live.admin() as admin:
+        answer = admin.get(f"/api/projects/{live.project.project.id}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["environments"][env]
+
 
 def test_admin_sets_the_projects_retention_periods(live: LiveServer, browser: Browser):
     page, watcher = open_page(browser, live, "admin", "settings")
