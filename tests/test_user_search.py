@@ -142,12 +142,13 @@ def test_migration_0025_indexes_existing_end_users(empty_database_url):
         engine.dispose()
 
 
+# Query plans are engine-specific; PostgreSQL runs the same queries in the tests above.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_reads_the_list_views_in_index_order(live: LiveServer):
-    """The first page of a sort by an analytics property or a custom attribute, and a search's page and
-    total, start from their indexes on SQLite (no temporary B-tree sorting the project's users)."""
+    """The first page of a sort by an analytics property, and a search's page and total, start from their
+    indexes on SQLite (no temporary B-tree sorting the project's users). Custom attributes have no index
+    per slot: 200 of them made every attribute write several times dearer (docs/benchmarks.md)."""
     engine = live.app.state.collector.events.engine
-    if engine.dialect.name != "sqlite":
-        pytest.skip("query plans are engine-specific; PostgreSQL runs the same queries in the tests above")
     with live.admin() as admin:
         pid = live.project.project.id
         assert admin.patch(f"/api/projects/{pid}/users/u:zoe/attributes", json={"Plan": "VIP"}).status_code == 200
@@ -166,7 +167,6 @@ def test_sqlite_reads_the_list_views_in_index_order(live: LiveServer):
         sa.event.remove(engine, "before_cursor_execute", explain)
     joined = "\n".join(plans)
     assert "ix_user_properties_project_id_name_value_user_key" in joined, joined
-    assert "ix_custom_attributes_project_id_t0_user_key" in joined, joined
     assert "ix_user_words_project_id_word_user_key" in joined, joined
-    ordered = [p for p in plans if "ix_user_properties" in p or "ix_custom_attributes_project_id_t0" in p]
+    ordered = [p for p in plans if "ix_user_properties" in p]
     assert ordered and not any("TEMP B-TREE" in p for p in ordered), joined

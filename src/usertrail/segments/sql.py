@@ -81,8 +81,8 @@ class Compiler:
             plain, reading = [], [node]
         tests = [self._condition(child, top=True) for child in sorted(plain, key=_cost)]
         # Positive tests of the row hold for no user without one, so they select rows: `user_key IN (rows
-        # that pass)`, which the planner can start from a slot's index (a count reads the matching rows,
-        # not every user); the others (negations: users without a row match them) stay a test per user.
+        # that pass)`, one pass over the project's attribute rows instead of a lookup per user; the
+        # others (negations: users without a row match them) stay a test per user.
         holding = [child for child in reading if _positive_row_test(child)]
         if holding:
             passing = [self._condition(child, top=True) for child in sorted(holding, key=_cost)]

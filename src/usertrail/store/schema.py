@@ -984,16 +984,3 @@ user_properties = sa.Table(
 sa.Index(
     None, user_properties.c.project_id, user_properties.c.name, user_properties.c.value, user_properties.c.user_key
 )
-
-# The user list sorts by a custom attribute, and a segment rule tests one, through an index on its slot:
-# (project_id, slot, user_key) over the rows that hold a value in it (partial), so a slot no project
-# uses stays empty and a write adds one index entry per value it holds.
-for _slot in (*(f"t{i}" for i in range(SLOTS_PER_KIND)), *(f"n{i}" for i in range(SLOTS_PER_KIND))):
-    sa.Index(
-        None,
-        custom_attributes.c.project_id,
-        custom_attributes.c[_slot],
-        custom_attributes.c.user_key,
-        sqlite_where=custom_attributes.c[_slot].is_not(None),
-        postgresql_where=custom_attributes.c[_slot].is_not(None),
-    )

@@ -1,5 +1,5 @@
 """user_words and user_properties: the user list's search words and analytics-property values, indexed
-(filled from existing end users); custom_attributes: a partial index per slot (the user list's sorts)
+(filled from existing end users)
 
 Revision ID: 0025
 Revises: 0023
@@ -8,8 +8,6 @@ Create Date: 2026-11-22 17:30:00.000000
 
 import sqlalchemy as sa
 from alembic import op
-
-SLOTS = (*(f"t{i}" for i in range(100)), *(f"n{i}" for i in range(100)))
 
 revision = "0025"
 down_revision = "0023"
@@ -51,20 +49,8 @@ def upgrade() -> None:
         unique=False,
     )
 
-    for slot in SLOTS:
-        op.create_index(
-            f"ix_custom_attributes_project_id_{slot}_user_key",
-            "custom_attributes",
-            ["project_id", slot, "user_key"],
-            unique=False,
-            sqlite_where=sa.text(f"{slot} IS NOT NULL"),
-            postgresql_where=sa.text(f"{slot} IS NOT NULL"),
-        )
-
 
 def downgrade() -> None:
-    for slot in SLOTS:
-        op.drop_index(f"ix_custom_attributes_project_id_{slot}_user_key", table_name="custom_attributes")
     op.drop_index("ix_user_properties_project_id_name_value_user_key", table_name="user_properties")
     op.drop_index("ix_user_words_project_id_word_user_key", table_name="user_words")
     op.drop_table("user_properties")
