@@ -43,6 +43,26 @@
     element.hidden = false;
   }
 
+  /* A destructive action behind a confirmation dialog: `openId` shows dialog `name`-dialog, whose
+     `name`-confirm button sends DELETE `apiPath`, then goes to `nextUrl`; a refusal shows in `name`-error. */
+  function confirmDelete(openId, name, apiPath, nextUrl) {
+    var open = document.getElementById(openId);
+    var dialog = document.getElementById(name + "-dialog");
+    if (!open || !dialog) return;
+    var error = document.getElementById(name + "-error");
+    open.addEventListener("click", function () { error.hidden = true; dialog.showModal(); });
+    document.getElementById(name + "-confirm").addEventListener("click", function (event) {
+      var button = event.currentTarget;
+      button.disabled = true;
+      request("DELETE", apiPath).then(function () {
+        window.location.assign(nextUrl);
+      }, function (failure) {
+        button.disabled = false;
+        showError(error, failure);
+      });
+    });
+  }
+
   var PALETTE = ["#1a5fb4", "#e8590c", "#2f9e44", "#9c36b5", "#c2255c", "#0c8599", "#5c940d", "#495057"];
 
   function chart(canvas) {
@@ -66,7 +86,7 @@
     });
   }
 
-  window.App = { cookie: cookie, request: request, showError: showError, chart: chart };
+  window.App = { cookie: cookie, request: request, showError: showError, chart: chart, confirmDelete: confirmDelete };
 
   document.addEventListener("DOMContentLoaded", function () {
     Array.prototype.forEach.call(document.querySelectorAll("canvas[data-chart]"), chart);

@@ -6,26 +6,8 @@
   "use strict";
   var root = document.getElementById("replay");
   if (!root) return;
-  deletion();
-
-  // Delete…: a confirmation dialog, then the public API (the activity log records it); back to the list.
-  function deletion() {
-    var open = document.getElementById("delete-recording");
-    var dialog = document.getElementById("delete-dialog");
-    if (!open || !dialog) return;
-    var error = document.getElementById("delete-error");
-    open.addEventListener("click", function () { error.hidden = true; dialog.showModal(); });
-    document.getElementById("delete-confirm").addEventListener("click", function (event) {
-      var button = event.currentTarget;
-      button.disabled = true;
-      App.request("DELETE", root.dataset.api).then(function () {
-        window.location.assign(root.dataset.recordings + "?deleted=1");
-      }, function (failure) {
-        button.disabled = false;
-        App.showError(error, failure);
-      });
-    });
-  }
+  // Delete…: the activity log records it; back to the list.
+  App.confirmDelete("delete-recording", "delete", root.dataset.api, root.dataset.recordings + "?deleted=1");
   var frame = document.getElementById("replay-frame");
   var playButton = document.getElementById("play");
   var scrubber = document.getElementById("scrubber");

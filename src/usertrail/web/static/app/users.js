@@ -136,24 +136,6 @@
     });
   }
 
-  function erase(root) {
-    var open = document.getElementById("erase-user");
-    var dialog = document.getElementById("erase-dialog");
-    if (!open || !dialog) return;
-    var error = document.getElementById("erase-error");
-    open.addEventListener("click", function () { error.hidden = true; dialog.showModal(); });
-    document.getElementById("erase-confirm").addEventListener("click", function (event) {
-      var button = event.currentTarget;
-      button.disabled = true;
-      App.request("DELETE", root.dataset.api).then(function () {
-        window.location.assign(root.dataset.list + "?erased=1");
-      }, function (failure) {
-        button.disabled = false;
-        App.showError(error, failure);
-      });
-    });
-  }
-
   document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("user-filters");
     if (form) listPage(form);
@@ -163,6 +145,6 @@
       button.addEventListener("click", function () { toggleStream(button); });
     });
     segments(root);
-    erase(root);
+    App.confirmDelete("erase-user", "erase", root.dataset.api, root.dataset.list + "?erased=1");
   });
 })();
