@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from cli_runner import run_cli
 from test_reports_api import WT, item, report, tell
 from test_users_api import enable_uuid
-from usertrail.reports import rollup
+from usertrail.reports import engagement, rollup
 from usertrail.reports.engagement import ITEM_KINDS, SEARCH_APP_TYPE, SEARCH_TYPE, TOTAL_KINDS, WIDGET_OPEN
-from usertrail.store.schema import REPORT_EVENTS_WHERE, report_days, report_steps
+from usertrail.store.schema import REPORT_DONE_WHERE, REPORT_EVENTS_WHERE, report_days, report_steps
 
 from conftest import LiveServer
 from samples import now_ms
@@ -150,3 +150,40 @@ def test_the_partial_days_index_holds_every_event_the_items_and_widget_reports_c
     app_types = sorted({*ITEM_KINDS, WIDGET_OPEN[1], SEARCH_APP_TYPE})
     expected = f"(app_type IN ({', '.join(repr(t) for t in app_types)}) OR type = '{SEARCH_TYPE}')"
     assert expected == REPORT_EVENTS_WHERE
+
+
+def test_everyones_completions_are_read_from_their_partial_index(engine):
+    """The items report's distinct completions read the completion rows in instance order (no sort of every
+    row): the query must repeat the index's condition as a literal, or SQLite never uses the index."""
+    captured: list[tuple[str, object]] = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if "count(DISTINCT done.instance)" in statement:
+            captured.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", keep)
+    with engine.connect() as conn:
+        engagement.items(conn, engagement.Scope(1, engagement.TimeRange(0, 30 * DAY)))
+    sa.event.remove(engine, "before_cursor_execute", keep)
+    [(statement, parameters)] = captured
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_bitmapscan = off")
+        explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(explain + statement, parameters))
+    assert "ix_report_days_done_instances" in plan, plan
+    assert REPORT_DONE_WHERE == "kind = 'done'" == _migration_0026().DONE_WHERE
+
+
+def _migration_0026():
+    import importlib.util
+    from pathlib import Path
+
+    import usertrail.store
+
+    path = Path(usertrail.store.__file__).parent / "migrations" / "versions" / "0026_report_done_index.py"
+    spec = importlib.util.spec_from_file_location("migration_0026", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from usertrail.store.schema import REPORT_EVENTS_WHERE, events, identity_links, report_days, report_steps, sessions
+from usertrail.store.schema import (
+    REPORT_DONE_WHERE,
+    REPORT_EVENTS_WHERE,
+    events,
+    identity_links,
+    report_days,
+    report_steps,
+    sessions,
+)
 
 DAY_MS = 86_400_000
 DEFAULT_DAYS = 30
@@ -361,9 +369,12 @@ def items(conn: sa.Connection, scope: Scope, app_types: Sequence[str] = tuple(IT
     if completing:
         # Only completion events are parsed for their play instance; the rollup keeps it as `detail`.
         done_app_types = [k.app_type for k in completing]
+        # Everyone's completions are read in instance order from their partial index (store/schema.py);
+        # a segment's, through its members' keys.
+        in_order = [sa.text(REPORT_DONE_WHERE)] if scope.members is None else []
         done = sa.union_all(
             sa.select(r.c.app_type, r.c.object_id, r.c.detail.label("instance"), r.c.last_ts.label("ts")).where(
-                *_day_where(scope, split, "done"), r.c.app_type.in_(done_app_types)
+                *_day_where(scope, split, "done"), *in_order, r.c.app_type.in_(done_app_types)
             ),
             *_edges(
                 scope,

@@ -921,6 +921,21 @@ sa.Index(
     report_days.c.user_key,
     report_days.c.day,
 )
+# Completions in play-instance order: the items report counts distinct instances (`detail`) per item
+# without sorting them (0.54 s → 0.24 s at 200,000 users). Only completion rows pay for it at ingest;
+# SQLite uses a partial index only for a query whose WHERE repeats this text as a literal.
+REPORT_DONE_WHERE = "kind = 'done'"
+sa.Index(
+    "ix_report_days_done_instances",
+    report_days.c.project_id,
+    report_days.c.app_type,
+    report_days.c.object_id,
+    report_days.c.detail,
+    report_days.c.day,
+    report_days.c.last_ts,
+    sqlite_where=sa.text(REPORT_DONE_WHERE),
+    postgresql_where=sa.text(REPORT_DONE_WHERE),
+)
 
 # Every step play of a Walk-Thru or Smart Walk-Thru with its flow (`data.owId`, else the flow in `data.pId`)
 # taken out of the payload at ingest, so a funnel reads one flow's steps by index instead of parsing events.
