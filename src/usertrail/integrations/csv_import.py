@@ -18,9 +18,12 @@ import csv
 import hashlib
 import io
 import itertools
+import multiprocessing
+import multiprocessing.connection
 import operator
 import queue
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +35,12 @@ import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import MAX_USER_ID, user_id_text
-from usertrail.integrations.user_keys import UserKey, user_key_function
+from usertrail.integrations.user_keys import UserKey, integration_uuid, key_function
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, check_name, infer_column_type
+from usertrail.project_settings import UuidSettings
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import insert_rows, unmapped, write_transaction
+from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
 
 DELIMITERS = (",", ";", "\t")
@@ -43,6 +48,9 @@ DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 SAMPLE_BYTES = 64 * 1024  # read to detect the delimiter
 SAMPLE_ROWS = 1_000  # read to infer column types
 CHUNK_ROWS = 20_000  # rows per transaction
+# Files at least this large are read and converted by a separate process (`_ReaderProcess`); smaller
+# ones by a thread of the importing process, where starting a Python process would cost more than it saves.
+READER_PROCESS_MIN_BYTES = 4 << 20
 MAX_COLUMNS = 1_000
 MAX_STORED_ERRORS = 100_000  # rows of the error report kept per job; the count is always complete
 FIRST_ERRORS = 10  # kept in the job and the integration log entry
@@ -520,6 +528,7 @@ class _Chunk:
     errors: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
     failed_rows: int = 0  # refused whole (field count, id)
     bytes_read: int = 0  # of the file, up to the chunk's end
+    next_line: int = 0  # the line after the chunk's last row
     # Filled by `_convert`: (name, type, values) per column, and 1 per row with a bad value.
     columns: list[tuple[str, str, list]] = field(default_factory=list)
     bad_values: bytearray = field(default_factory=bytearray)
@@ -537,8 +546,8 @@ class _Run:
 
     job: Job
     progress: Progress
-    converters: list[CellConverter]
     refused_columns: set[str] = field(default_factory=set)
+    next_line: int = 2  # the first line of the file not written yet
 
 
 def job_json(row) -> dict:
@@ -634,6 +643,50 @@ def _checked_rows(
     return chunk
 
 
+def read_chunks(path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, size: int) -> Iterator[_Chunk]:
+    """The file's rows in chunks of `chunk_rows`, checked, keyed and converted; `size` is the file's size.
+
+    Runs in the importing process (a thread) or in a reader process: it needs no database.
+    """
+    converters = [CellConverter(c.type) for c in plan.columns]
+    with open(path, "rb") as raw:
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
+        try:
+            next(reader)  # the header
+            line = reader.line_num + 1
+            pending: _Chunk | None = None
+            while True:
+                rows = list(itertools.islice(reader, chunk_rows))
+                if not rows:
+                    break
+                ends = _row_ends(rows, line, reader.line_num)
+                if pending is not None:
+                    yield pending
+                pending = _converted(plan, _checked_rows(plan, line, rows, ends, user_key), converters)
+                pending.bytes_read = raw.tell()
+                line = pending.next_line = ends[-1] + 1
+        except csv.Error as exc:
+            raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
+        if pending is not None:
+            pending.bytes_read = size
+            yield pending
+
+
+def _converted(plan: ImportPlan, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
+    """Convert the chunk's cells to stored values, a column at a time; a bad cell is an error of its
+    row and column. Only what the writer needs is kept (the cells and lines are dropped)."""
+    errors = chunk.errors
+    failed = chunk.bad_values = bytearray(len(chunk.rows))
+    for col, convert in zip(plan.columns, converters, strict=True):
+        values, bad = convert.column(list(map(operator.itemgetter(col.index), chunk.rows)))
+        for i, reason in bad:
+            errors.append((chunk.line(i), col.column, reason))
+            failed[i] = 1
+        chunk.columns.append((col.name, col.type, values))
+    chunk.rows, chunk.lines, chunk.ends = [], None, []
+    return chunk
+
+
 class CsvImporter:
     """Creates, runs and reads import jobs."""
 
@@ -644,12 +697,14 @@ class CsvImporter:
         log: IntegrationLog,
         clock: Callable[[], int] | None = None,
         chunk_rows: int = CHUNK_ROWS,
+        reader_process_min_bytes: int = READER_PROCESS_MIN_BYTES,
     ) -> None:
         self.engine = engine
         self.attributes = attributes
         self.log = log
         self.clock = clock or _now  # ms
         self.chunk_rows = chunk_rows
+        self.reader_process_min_bytes = reader_process_min_bytes  # 0: always a separate reader process
 
     def registered_types(self, project_id: int) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -757,20 +812,19 @@ class CsvImporter:
     ) -> dict:
         """Import the file chunk by chunk and return the finished job.
 
-        Problems in the file end up in the job (row errors in its report; an unreadable file as
-        status `failed`); only a database failure is raised, after the job records it.
+        Problems in the file end up in the job (row errors in its report; an unreadable file, or a
+        reader process that died, as status `failed`); only a database failure is raised, after the
+        job records it.
         """
         if job.status != "queued":
             return self.get(job.project_id, job.id)
-        state = _Run(job, Progress(), [CellConverter(c.type) for c in job.plan.columns])
+        state = _Run(job, Progress())
         self._update(job, status="running", started_at=self.clock(), updated_at=self.clock())
         status, message = "done", None
-        converters = state.converters
+        # Ids become keys as collection makes them, under the project's settings read once per import.
+        uuid = integration_uuid(ProjectStore(self.engine).environments(job.project_id))
         try:
-            # A thread reads and converts the next chunk while this one is written: parsing is
-            # Python work, and the database's work (SQLite's B-tree inserts without the GIL, or the
-            # PostgreSQL server) can run beside it on the other core.
-            with _Prefetch(self._convert(job, chunk, converters) for chunk in self._chunks(job, path)) as chunks:
+            with self._reader(job, path, uuid) as chunks:
                 for chunk in chunks:
                     if stop is not None and stop.is_set():
                         status = "interrupted"
@@ -781,52 +835,25 @@ class CsvImporter:
                         on_progress(state.progress)
         except CsvFileError as exc:
             status, message = "failed", f"line {exc.line}: {exc.reason}" if exc.line else exc.reason
+        except ReaderError as exc:
+            status = "failed"
+            message = f"{exc}: rows before line {state.next_line} were imported"
         except Exception as exc:
             self._finish(state, "failed", f"{type(exc).__name__}: {exc}")
             raise
         self._finish(state, status, message)
         return self.get(job.project_id, job.id)
 
-    def _chunks(self, job: Job, path: Path) -> Iterator[_Chunk]:
-        """The file's rows in chunks; each row's id is checked here, its values when the chunk is written."""
-        plan = job.plan
-        user_key = user_key_function(self.engine, job.project_id)  # hashed as events are, if the settings say so
-        with open(path, "rb") as raw:
-            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
-            try:
-                next(reader)  # the header
-                line = reader.line_num + 1
-                pending: _Chunk | None = None
-                while True:
-                    rows = list(itertools.islice(reader, self.chunk_rows))
-                    if not rows:
-                        break
-                    ends = _row_ends(rows, line, reader.line_num)
-                    if pending is not None:
-                        yield pending
-                    pending = _checked_rows(plan, line, rows, ends, user_key)
-                    pending.bytes_read = raw.tell()
-                    line = ends[-1] + 1
-            except csv.Error as exc:
-                raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-            if pending is not None:
-                pending.bytes_read = job.size
-                yield pending
+    def _reader(self, job: Job, path: Path, uuid: UuidSettings | None) -> _ReaderProcess | _Prefetch:
+        """The file's converted chunks, read while the previous chunk is written.
 
-    @staticmethod
-    def _convert(job: Job, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
-        """Convert the chunk's cells to stored values, a column at a time; a bad cell is an error of its
-        row and column."""
-        errors = chunk.errors
-        failed = chunk.bad_values = bytearray(len(chunk.rows))
-        for col, convert in zip(job.plan.columns, converters, strict=True):
-            values, bad = convert.column(list(map(operator.itemgetter(col.index), chunk.rows)))
-            for i, reason in bad:
-                errors.append((chunk.line(i), col.column, reason))
-                failed[i] = 1
-            chunk.columns.append((col.name, col.type, values))
-        chunk.rows = []  # the cells are no longer needed; free them before the chunk waits in the queue
-        return chunk
+        Reading, checking, keying and converting are Python work that holds the GIL, so for large
+        files another process does them on the other core and this one only writes; a small file
+        is read by a thread, as starting a Python process would take longer than its whole import.
+        """
+        if job.size >= self.reader_process_min_bytes:
+            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, job.size)
+        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, job.size))
 
     def _write_chunk(self, state: _Run, chunk: _Chunk) -> None:
         """Write a converted chunk's values with its errors and the job's progress in one transaction."""
@@ -845,6 +872,7 @@ class CsvImporter:
             errors.sort(key=_line)
             progress.rows += len(chunk.keys) + chunk.failed_rows
             progress.bytes_read = chunk.bytes_read
+            state.next_line = chunk.next_line
             progress.rows_applied += sum(report.rows_applied)
             progress.rows_failed += chunk.failed_rows + sum(chunk.bad_values)
             progress.values_applied += report.applied
@@ -1006,6 +1034,91 @@ class _Prefetch:
             item = self._queue.get()
             self._ended = type(item) is tuple and bool(item) and item[0] is self._END
         self._thread.join()
+
+
+class ReaderError(RuntimeError):
+    """The reader process of an import ended without finishing the file (killed, out of memory, a bug)."""
+
+
+_READER_END = "end"  # the reader's last message: ("end", None, None), or ("error"|"failed", reason, line)
+_READER_STOP_S = 10.0  # how long a stopped reader may take to end before it is killed
+
+
+def _reader_main(
+    conn: multiprocessing.connection.Connection,
+    path: Path,
+    plan: ImportPlan,
+    uuid: UuidSettings | None,
+    chunk_rows: int,
+    size: int,
+) -> None:
+    """The reader process: sends each converted chunk, then one closing message, through `conn`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the importer, which ends this process
+    try:
+        for chunk in read_chunks(path, plan, key_function(uuid), chunk_rows, size):
+            conn.send(chunk)
+        conn.send((_READER_END, None, None))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the importer stopped reading
+    except CsvFileError as exc:
+        conn.send(("error", exc.reason, exc.line))
+    except Exception as exc:  # reported to the importer, which fails the job with it
+        conn.send(("failed", f"{type(exc).__name__}: {exc}", None))
+    finally:
+        conn.close()
+
+
+class _ReaderProcess:
+    """Runs `read_chunks` in a separate process and hands its chunks to the importer as they come.
+
+    The chunks travel pickled through a pipe; the reader blocks while the importer has not taken
+    the previous one, so it is at most one chunk (and a pipe buffer) ahead and memory stays bounded.
+    The process is started with `spawn` (a fresh interpreter: forking a server with threads is not
+    safe). A reader that dies is reported as `ReaderError` once the pipe runs dry; leaving the `with`
+    block (the end, a stop, an error) ends the process and reaps it.
+    """
+
+    def __init__(self, path: Path, plan: ImportPlan, uuid: UuidSettings | None, chunk_rows: int, size: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_reader_main,
+            args=(child_conn, path, plan, uuid, chunk_rows, size),
+            name="usertrail-csv-reader",
+            daemon=True,
+        )
+        self._process.start()
+        child_conn.close()  # the reader holds the only write end: its death is the pipe's end
+
+    def __iter__(self) -> Iterator[_Chunk]:
+        while True:
+            try:
+                item = self._conn.recv()
+            except (EOFError, OSError):  # the pipe closed, possibly in the middle of a chunk
+                self._process.join(_READER_STOP_S)
+                code = self._process.exitcode
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                raise ReaderError(f"the process reading the file ended unexpectedly ({how})") from None
+            if isinstance(item, _Chunk):
+                yield item
+                continue
+            kind, reason, line = item
+            if kind == "error":
+                raise CsvFileError(reason, line)
+            if kind == "failed":
+                raise ReaderError(f"the process reading the file failed: {reason}")
+            return
+
+    def __enter__(self) -> _ReaderProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._conn.close()  # a reader still sending gets a broken pipe and ends
+        self._process.join(_READER_STOP_S)
+        if self._process.exitcode is None:
+            self._process.kill()
+            self._process.join()
+        self._process.close()
 
 
 def _line(error: tuple) -> int:
