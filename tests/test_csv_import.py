@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing
 import os
 import signal
 import threading
@@ -449,8 +448,19 @@ def test_an_unreadable_row_fails_the_job_after_the_good_ones(importer, project, 
 
 
 def reader_processes() -> list[int]:
-    """Pids of the running reader processes of imports (of this test process)."""
-    return [p.pid for p in multiprocessing.active_children() if p.name == "usertrail-csv-reader"]
+    """Pids of the reader processes of imports that this test process started and has not reaped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if parent == os.getpid() and b"usertrail.integrations.csv_reader" in cmdline:
+                found.append(int(entry.name))
+    return found
 
 
 def reaped(pid: int) -> bool:

@@ -18,12 +18,12 @@ import csv
 import hashlib
 import io
 import itertools
-import multiprocessing
-import multiprocessing.connection
 import operator
+import pickle
 import queue
 import secrets
-import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1040,64 +1040,40 @@ class ReaderError(RuntimeError):
     """The reader process of an import ended without finishing the file (killed, out of memory, a bug)."""
 
 
-_READER_END = "end"  # the reader's last message: ("end", None, None), or ("error"|"failed", reason, line)
-_READER_STOP_S = 10.0  # how long a stopped reader may take to end before it is killed
-
-
-def _reader_main(
-    conn: multiprocessing.connection.Connection,
-    path: Path,
-    plan: ImportPlan,
-    uuid: UuidSettings | None,
-    chunk_rows: int,
-    size: int,
-) -> None:
-    """The reader process: sends each converted chunk, then one closing message, through `conn`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the importer, which ends this process
-    try:
-        for chunk in read_chunks(path, plan, key_function(uuid), chunk_rows, size):
-            conn.send(chunk)
-        conn.send((_READER_END, None, None))
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the importer stopped reading
-    except CsvFileError as exc:
-        conn.send(("error", exc.reason, exc.line))
-    except Exception as exc:  # reported to the importer, which fails the job with it
-        conn.send(("failed", f"{type(exc).__name__}: {exc}", None))
-    finally:
-        conn.close()
+_READER_STOP_S = 10.0  # how long a reader told to stop may take to end before it is killed
 
 
 class _ReaderProcess:
-    """Runs `read_chunks` in a separate process and hands its chunks to the importer as they come.
+    """Runs `read_chunks` in a separate process (`integrations/csv_reader.py`) and hands its chunks
+    to the importer as they come.
 
     The chunks travel pickled through a pipe; the reader blocks while the importer has not taken
-    the previous one, so it is at most one chunk (and a pipe buffer) ahead and memory stays bounded.
-    The process is started with `spawn` (a fresh interpreter: forking a server with threads is not
-    safe). A reader that dies is reported as `ReaderError` once the pipe runs dry; leaving the `with`
-    block (the end, a stop, an error) ends the process and reaps it.
+    what the pipe holds, so it is at most a chunk and a pipe buffer ahead and memory stays bounded.
+    It is a fresh interpreter running only that module (no fork of a server with threads, no
+    re-import of the caller's main module as multiprocessing's spawn does). A reader that dies is
+    reported as `ReaderError` once the pipe runs dry; leaving the `with` block (the end, a stop, an
+    error) closes the pipe, which ends the reader, and reaps it (killed if it does not end).
     """
 
     def __init__(self, path: Path, plan: ImportPlan, uuid: UuidSettings | None, chunk_rows: int, size: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_conn = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_reader_main,
-            args=(child_conn, path, plan, uuid, chunk_rows, size),
-            name="usertrail-csv-reader",
-            daemon=True,
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "usertrail.integrations.csv_reader"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
-        self._process.start()
-        child_conn.close()  # the reader holds the only write end: its death is the pipe's end
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._out = self._process.stdout
+        try:
+            with self._process.stdin as work:
+                pickle.dump((path, plan, uuid, chunk_rows, size), work)
+        except BrokenPipeError:
+            pass  # the reader ended at once: reported by the first read
 
     def __iter__(self) -> Iterator[_Chunk]:
         while True:
             try:
-                item = self._conn.recv()
-            except (EOFError, OSError):  # the pipe closed, possibly in the middle of a chunk
-                self._process.join(_READER_STOP_S)
-                code = self._process.exitcode
-                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                item = pickle.load(self._out)
+            except (EOFError, pickle.UnpicklingError, OSError):  # the pipe closed, maybe within a chunk
+                code = self._process.wait(_READER_STOP_S)
+                how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
                 raise ReaderError(f"the process reading the file ended unexpectedly ({how})") from None
             if isinstance(item, _Chunk):
                 yield item
@@ -1113,12 +1089,12 @@ class _ReaderProcess:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._conn.close()  # a reader still sending gets a broken pipe and ends
-        self._process.join(_READER_STOP_S)
-        if self._process.exitcode is None:
+        self._out.close()  # a reader still writing gets a broken pipe and ends
+        try:
+            self._process.wait(_READER_STOP_S)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join()
-        self._process.close()
+            self._process.wait()
 
 
 def _line(error: tuple) -> int:
