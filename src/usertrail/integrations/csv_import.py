@@ -38,7 +38,7 @@ from usertrail.integrations.update_api import MAX_USER_ID, user_id_text
 from usertrail.integrations.user_keys import UserKey, integration_uuid, key_function
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, check_name, infer_column_type
 from usertrail.project_settings import UuidSettings
-from usertrail.store.attributes import AttributeStore
+from usertrail.store.attributes import AttributeStore, ColumnsHistory, new_values_history, plan_columns, registry_of
 from usertrail.store.database import insert_rows, unmapped, write_transaction
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
@@ -532,6 +532,7 @@ class _Chunk:
     # Filled by `_convert`: (name, type, values) per column, and 1 per row with a bad value.
     columns: list[tuple[str, str, list]] = field(default_factory=list)
     bad_values: bytearray = field(default_factory=bytearray)
+    history: ColumnsHistory | None = None  # each row's history text, if new users (see `read_chunks`)
 
     def line(self, row: int) -> int:
         """The line where good row `row` starts."""
@@ -616,7 +617,7 @@ def _checked_rows(
     over the rows), and the keys are made the same way; otherwise each row is checked in turn.
     """
     width, id_index = len(plan.header), plan.id_index
-    if [] not in rows and all(len(row) == width for row in rows):
+    if [] not in rows and not any(map(width.__ne__, map(len, rows))):
         ids = list(map(str.strip, map(operator.itemgetter(id_index), rows)))
         if "" not in ids and max(map(len, ids)) <= MAX_USER_ID:
             return _Chunk(first_line, keys=list(map(user_key, ids)), rows=rows, ends=ends)
@@ -643,9 +644,14 @@ def _checked_rows(
     return chunk
 
 
-def read_chunks(path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, size: int) -> Iterator[_Chunk]:
+def read_chunks(
+    path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, size: int, slots: tuple[str, ...] | None = None
+) -> Iterator[_Chunk]:
     """The file's rows in chunks of `chunk_rows`, checked, keyed and converted; `size` is the file's size.
 
+    With `slots` (where the plan's columns are expected to be stored), each chunk also brings the
+    history text of each row as if its user were new, which the writer uses for new users if the
+    columns did land there: that work then happens here, beside the writer, rather than in it.
     Runs in the importing process (a thread) or in a reader process: it needs no database.
     """
     converters = [CellConverter(c.type) for c in plan.columns]
@@ -663,6 +669,8 @@ def read_chunks(path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int
                 if pending is not None:
                     yield pending
                 pending = _converted(plan, _checked_rows(plan, line, rows, ends, user_key), converters)
+                if slots is not None:
+                    pending.history = ColumnsHistory(slots, new_values_history(slots, [c[2] for c in pending.columns]))
                 pending.bytes_read = raw.tell()
                 line = pending.next_line = ends[-1] + 1
         except csv.Error as exc:
@@ -851,9 +859,20 @@ class CsvImporter:
         files another process does them on the other core and this one only writes; a small file
         is read by a thread, as starting a Python process would take longer than its whole import.
         """
+        slots = None if job.dry_run else self._expected_slots(job)
         if job.size >= self.reader_process_min_bytes:
-            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, job.size)
-        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, job.size))
+            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, job.size, slots)
+        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, job.size, slots))
+
+    def _expected_slots(self, job: Job) -> tuple[str, ...] | None:
+        """The slots the plan's columns will be stored in as the registry stands (the writer checks it
+        again under its lock), or None if a column would be refused."""
+        with self.engine.connect() as conn:
+            planned = registry_of(conn, job.project_id)
+        found = plan_columns(planned, [(c.name, c.type) for c in job.plan.columns])
+        if any(entry is None for entry, _ in found):
+            return None
+        return tuple(entry.slot for entry, _ in found)  # type: ignore[union-attr]
 
     def _write_chunk(self, state: _Run, chunk: _Chunk) -> None:
         """Write a converted chunk's values with its errors and the job's progress in one transaction."""
@@ -862,7 +881,7 @@ class CsvImporter:
         now = self.clock()
         with write_transaction(self.engine) as conn, unmapped(conn):
             report = self.attributes.write_columns(
-                conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, dry_run=job.dry_run
+                conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, job.dry_run, chunk.history
             )
             column_of = {c.name: c.column for c in job.plan.columns}
             for name, reason in report.column_errors:
@@ -1055,7 +1074,15 @@ class _ReaderProcess:
     error) closes the pipe, which ends the reader, and reaps it (killed if it does not end).
     """
 
-    def __init__(self, path: Path, plan: ImportPlan, uuid: UuidSettings | None, chunk_rows: int, size: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        plan: ImportPlan,
+        uuid: UuidSettings | None,
+        chunk_rows: int,
+        size: int,
+        slots: tuple[str, ...] | None,
+    ) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "usertrail.integrations.csv_reader"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
@@ -1063,7 +1090,7 @@ class _ReaderProcess:
         self._out = self._process.stdout
         try:
             with self._process.stdin as work:
-                pickle.dump((path, plan, uuid, chunk_rows, size), work)
+                pickle.dump((path, plan, uuid, chunk_rows, size, slots), work)
         except BrokenPipeError:
             pass  # the reader ended at once: reported by the first read
 
