@@ -447,6 +447,26 @@ def test_an_unreadable_row_fails_the_job_after_the_good_ones(importer, project, 
     assert values(importer, project, f"u:u{SAMPLE_ROWS}") == {"plan": f"p{SAMPLE_ROWS}"}
 
 
+def test_history_made_for_other_slots_is_not_used(engine, project):
+    """The reader makes history texts for the slots it expects; if the columns land elsewhere (the
+    registry changed meanwhile) the writer makes its own, and when they match it takes them."""
+    from usertrail.store.attributes import ColumnsHistory, new_values_history
+    from usertrail.store.database import write_transaction
+
+    store = AttributeStore(engine)
+    store.write(project, "api", [("u:other", {"first": "x"})])  # takes slot t0 before the import's column
+    wrong = ColumnsHistory(("t0",), ['{"t0":["not","this"]}'] * 2)
+    with write_transaction(engine) as conn:
+        store.write_columns(conn, project, "csv", ["u:a", "u:b"], [("plan", "string", ["pro", "VIP"])], history=wrong)
+    assert [(h["name"], h["old"], h["new"]) for h in store.history(project, ["u:a"])] == [("plan", None, "pro")]
+    right = ColumnsHistory(("t1",), new_values_history(("t1",), [["free", None]]))
+    assert right.texts == ['{"t1":[null,"free"]}', "{}"]
+    with write_transaction(engine) as conn:
+        store.write_columns(conn, project, "csv", ["u:c", "u:d"], [("plan", "string", ["free", None])], history=right)
+    assert [(h["name"], h["new"]) for h in store.history(project, ["u:c"])] == [("plan", "free")]
+    assert store.history(project, ["u:d"]) == [] and values(engine, project, "u:d") == {}
+
+
 def reader_processes() -> list[int]:
     """Pids of the reader processes of imports that this test process started and has not reaped."""
     found = []
