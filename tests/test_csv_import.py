@@ -447,6 +447,35 @@ def test_an_unreadable_row_fails_the_job_after_the_good_ones(importer, project, 
     assert values(importer, project, f"u:u{SAMPLE_ROWS}") == {"plan": f"p{SAMPLE_ROWS}"}
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda rows: st.lists(
+            st.one_of(
+                st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=rows, max_size=rows),
+                st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)), min_size=rows,
+                         max_size=rows),
+                st.lists(st.one_of(st.none(), st.text(), st.booleans()), min_size=rows, max_size=rows),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)  # fmt: skip
+def test_new_values_history_is_each_rows_changes_as_json(columns: list[list]):
+    """Whole-column encoding gives each row the JSON of its values, as one `{slot: [null, value]}`."""
+    import msgspec
+
+    from usertrail.store.attributes import new_values_history
+
+    slots = [f"t{i}" for i in range(len(columns))]
+    texts = new_values_history(slots, columns)
+    for i, text in enumerate(texts):
+        row = zip(slots, (values[i] for values in columns), strict=True)
+        expected = {slot: [None, value] for slot, value in row if value is not None}
+        assert msgspec.json.decode(text) == expected
+
+
 def test_history_made_for_other_slots_is_not_used(engine, project):
     """The reader makes history texts for the slots it expects; if the columns land elsewhere (the
     registry changed meanwhile) the writer makes its own, and when they match it takes them."""

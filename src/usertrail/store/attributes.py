@@ -229,19 +229,30 @@ class ColumnsHistory:
 def new_values_history(slots: list[str] | tuple[str, ...], columns: list[ColumnValues]) -> list[str]:
     """Each row's history text when its user is new: `{"slot":[null,value],…}` for the row's values.
 
-    Columns repeat values (plans, dates, flags), so each distinct value is encoded once per column;
-    a row without a value in a column leaves it out.
+    Each column's values are encoded once: a column of numbers in one `msgspec` call (a number's
+    JSON holds no comma, so the array splits into the values' texts), any other column once per
+    distinct value (columns repeat values: plans, dates, flags). A row with every value is then one
+    `%` of a template; a row without a value in a column leaves it out.
     """
-    parts = []  # per column: each row's '"slot":[null,value]' text, or None
-    for slot, values in zip(slots, columns, strict=True):
+    encoded = []  # per column: each row's value as JSON text, or None
+    for values in columns:
+        if values and type(values[0]) is float and set(map(type, values)) == {float}:
+            encoded.append(msgspec.json.encode(values)[1:-1].decode().split(","))
+            continue
         distinct = list(set(values) - {None})
-        encoded = map(bytes.decode, map(msgspec.json.encode, distinct))
-        texts: dict[object, str | None] = dict(zip(distinct, map(f'"{slot}":[null,{{}}]'.format, encoded), strict=True))
+        texts: dict[object, str | None] = dict(
+            zip(distinct, map(bytes.decode, map(msgspec.json.encode, distinct)), strict=True)
+        )
         texts[None] = None
-        parts.append(list(map(texts.__getitem__, values)))
+        encoded.append(list(map(texts.__getitem__, values)))
     if not any(None in values for values in columns):
-        return list(map("{%s}".__mod__, map(",".join, zip(*parts, strict=True))))
-    return ["{" + ",".join(t for t in row if t is not None) + "}" for row in zip(*parts, strict=True)]
+        template = "{" + ",".join(f'"{slot}":[null,%s]' for slot in slots) + "}"
+        return list(map(template.__mod__, zip(*encoded, strict=True)))
+    rows = []
+    for row in zip(*encoded, strict=True):
+        present = (f'"{slot}":[null,{text}]' for slot, text in zip(slots, row, strict=True) if text is not None)
+        rows.append("{" + ",".join(present) + "}")
+    return rows
 
 
 class AttributeStore:
