@@ -530,7 +530,7 @@ class _Chunk:
     failed_rows: int = 0  # refused whole (field count, id)
     bytes_read: int = 0  # of the file, up to the chunk's end
     next_line: int = 0  # the line after the chunk's last row
-    # Filled by `_convert`: (name, type, values) per column, and 1 per row with a bad value.
+    # Filled by `_converted`: (name, type, values) per column, and 1 per row with a bad value.
     columns: list[tuple[str, str, list]] = field(default_factory=list)
     bad_values: bytearray = field(default_factory=bytearray)
     history: ColumnsHistory | None = None  # each row's history text, if new users (see `read_chunks`)
@@ -1100,9 +1100,7 @@ class _ReaderProcess:
             try:
                 item = pickle.load(self._out)
             except (EOFError, pickle.UnpicklingError, OSError):  # the pipe closed, maybe within a chunk
-                code = self._process.wait(_READER_STOP_S)
-                how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                raise ReaderError(f"the process reading the file ended unexpectedly ({how})") from None
+                raise ReaderError(f"the process reading the file ended unexpectedly ({self._end()})") from None
             if isinstance(item, _Chunk):
                 yield item
                 continue
@@ -1112,6 +1110,14 @@ class _ReaderProcess:
             if kind == "failed":
                 raise ReaderError(f"the process reading the file failed: {reason}")
             return
+
+    def _end(self) -> str:
+        """How the reader ended, once its output closed (if it runs on, leaving the block kills it)."""
+        try:
+            code = self._process.wait(_READER_STOP_S)
+        except subprocess.TimeoutExpired:
+            return "its output closed, still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
     def __enter__(self) -> _ReaderProcess:
         return self
