@@ -550,6 +550,20 @@ def test_a_reader_process_that_dies_fails_the_job_and_is_reaped(engine, project,
     assert values(engine, project, f"u:u{rows - 1}") == {}
 
 
+def test_an_error_inside_the_reader_process_fails_the_job_with_it(engine, project, tmp_path):
+    path = write(tmp_path, "user_id,plan\nu1,a\n")
+    importer = process_importer(engine, 100)
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    path.unlink()  # gone before the reader opens it
+    result = importer.run(job, path)
+    assert result["status"] == "failed" and result["rows"] == 0
+    assert result["message"].startswith("the process reading the file failed: FileNotFoundError")
+    assert not reader_processes()
+
+
 def test_a_stopped_import_ends_its_reader_process(engine, project, tmp_path):
     path = write(tmp_path, "user_id,plan\n" + "".join(f"u{i},p{i}\n" for i in range(20_000)))
     importer = process_importer(engine, 100)
