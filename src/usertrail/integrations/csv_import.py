@@ -646,9 +646,10 @@ def _checked_rows(
 
 
 def read_chunks(
-    path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, size: int, slots: tuple[str, ...] | None = None
+    path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, slots: tuple[str, ...] | None = None
 ) -> Iterator[_Chunk]:
-    """The file's rows in chunks of `chunk_rows`, checked, keyed and converted; `size` is the file's size.
+    """The file's rows in chunks of `chunk_rows`, checked, keyed and converted, each handed on as soon
+    as it is made (one chunk at a time in memory here).
 
     With `slots` (where the plan's columns are expected to be stored), each chunk also brings the
     history text of each row as if its user were new, which the writer uses for new users if the
@@ -661,24 +662,18 @@ def read_chunks(
         try:
             next(reader)  # the header
             line = reader.line_num + 1
-            pending: _Chunk | None = None
-            while True:
-                rows = list(itertools.islice(reader, chunk_rows))
-                if not rows:
-                    break
+            while rows := list(itertools.islice(reader, chunk_rows)):
                 ends = _row_ends(rows, line, reader.line_num)
-                if pending is not None:
-                    yield pending
-                pending = _converted(plan, _checked_rows(plan, line, rows, ends, user_key), converters)
+                chunk = _converted(plan, _checked_rows(plan, line, rows, ends, user_key), converters)
+                del rows  # the cells not kept by the chunk's columns
                 if slots is not None:
-                    pending.history = ColumnsHistory(slots, new_values_history(slots, [c[2] for c in pending.columns]))
-                pending.bytes_read = raw.tell()
-                line = pending.next_line = ends[-1] + 1
+                    chunk.history = ColumnsHistory(slots, new_values_history(slots, [c[2] for c in chunk.columns]))
+                chunk.bytes_read = raw.tell()  # the decoder reads ahead: up to a block more
+                line = chunk.next_line = ends[-1] + 1
+                yield chunk
+                del chunk  # not kept while the next one is read
         except csv.Error as exc:
             raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-        if pending is not None:
-            pending.bytes_read = size
-            yield pending
 
 
 def _converted(plan: ImportPlan, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
@@ -840,6 +835,7 @@ class CsvImporter:
                         message = f"the server stopped: rows before line {chunk.first_line} were imported"
                         break
                     self._write_chunk(state, chunk)
+                    del chunk  # written: not kept while the next one arrives
                     if on_progress:
                         on_progress(state.progress)
         except CsvFileError as exc:
@@ -862,8 +858,8 @@ class CsvImporter:
         """
         slots = None if job.dry_run else self._expected_slots(job)
         if job.size >= self.reader_process_min_bytes:
-            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, job.size, slots)
-        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, job.size, slots))
+            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, slots)
+        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, slots))
 
     def _expected_slots(self, job: Job) -> tuple[str, ...] | None:
         """The slots the plan's columns will be stored in as the registry stands (the writer checks it
@@ -916,6 +912,8 @@ class CsvImporter:
     def _finish(self, state: _Run, status: str, message: str | None) -> None:
         job, progress = state.job, state.progress
         now = self.clock()
+        if status == "done":
+            progress.bytes_read = job.size  # the last chunk's count may stop short of the file's end
         with write_transaction(self.engine) as conn:
             self._update(
                 job, conn=conn, **progress.counts(), status=status, message=message, finished_at=now, updated_at=now
@@ -1081,7 +1079,6 @@ class _ReaderProcess:
         plan: ImportPlan,
         uuid: UuidSettings | None,
         chunk_rows: int,
-        size: int,
         slots: tuple[str, ...] | None,
     ) -> None:
         self._process = subprocess.Popen(
@@ -1091,7 +1088,7 @@ class _ReaderProcess:
         self._out = self._process.stdout
         try:
             with self._process.stdin as work:
-                pickle.dump((path, plan, uuid, chunk_rows, size, slots), work)
+                pickle.dump((path, plan, uuid, chunk_rows, slots), work)
         except BrokenPipeError:
             pass  # the reader ended at once: reported by the first read
 
@@ -1103,6 +1100,7 @@ class _ReaderProcess:
                 raise ReaderError(f"the process reading the file ended unexpectedly ({self._end()})") from None
             if isinstance(item, _Chunk):
                 yield item
+                del item  # not kept while the next one is read
                 continue
             kind, reason, line = item
             if kind == "error":
