@@ -7,10 +7,11 @@ The file (cached under bench/results/data/) has an id column and nine attribute 
 types (3 strings, 3 numbers, 2 dates, 1 boolean), seeded, with ids in ascending order as a database
 export writes them. Each engine gets a fresh database and project; the import runs as the real
 command in its own process (`python -m usertrail.cli import csv … --type …`), and the benchmark
-takes its wall time and its peak RSS (VmHWM from /proc, polled: only the import process, so for
-PostgreSQL the server's memory is not counted). After each run the values in `custom_attributes` (one row per
-end user, one slot per attribute) and the rows of `attribute_changes` (one per user and write) are
-counted: rows × 9 values and one history row per CSV row.
+takes its wall time and its peak RSS (VmHWM from /proc, polled: the import process and the reader
+process it starts for large files, summed; for PostgreSQL the server's memory is not counted). After
+each run the values in `custom_attributes` (one row per end user, one slot per attribute) and the
+rows of `attribute_changes` (one per user and write) are counted: rows × 9 values and one history
+row per CSV row.
 
 Then the same file is imported again over it with `--force` (skip with `--no-force`): the general
 path, where every user is stored, no value changes and each row only takes new stamps; the check
@@ -18,7 +19,7 @@ is that the values and history rows are unchanged and the job reports no value c
 
 Because the machine is shared, wall time depends on what else runs. The benchmark therefore also
 records CPU seconds, which depend far less on the load: the import process's own (user + system,
-all threads, from `wait4`) and, for PostgreSQL, the server's (every process of the throwaway
+all threads, with its reader process's, from `wait4`) and, for PostgreSQL, the server's (every process of the throwaway
 cluster, from /proc), and the 1-minute load average before and after each run.
 
 Output: a table on stdout, JSON under bench/results/, and (unless --quick or --no-docs) the results
@@ -145,36 +146,47 @@ class Result:
     values_stored: int
     history_rows: int
     check: str
-    cpu_s: float = 0.0  # the import process, all threads
+    cpu_s: float = 0.0  # the import process, all threads, with its reader process
     server_cpu_s: float = 0.0  # the PostgreSQL cluster
     load_before: float = 0.0  # 1-minute load average
     load_after: float = 0.0
+    reader_cpu_s: float = 0.0  # the reader process alone (part of cpu_s)
 
     @property
     def rows_per_cpu_s(self) -> float:
         return self.rows / max(0.001, self.cpu_s + self.server_cpu_s)
 
 
-def wait_with_peak(pid: int) -> tuple[int, resource.struct_rusage, float]:
-    """Wait for the process: (status, rusage, its peak RSS in MB), the peak polled from /proc (VmHWM).
+def wait_with_peak(pid: int) -> tuple[int, resource.struct_rusage, float, float]:
+    """Wait for the process: (status, rusage, peak RSS in MB of it and its reader process, the reader's
+    CPU seconds), polled from /proc.
 
     `wait4`'s ru_maxrss is not the child's own peak: Linux folds the parent's peak RSS into a child
     started with vfork (as subprocess does) when it execs. After this script had counted a large
     SQLite file through its memory map, the next import reported the script's size (the 724 MB of
     an earlier run, not reproduced alone). VmHWM belongs to the new program only; polled every
-    50 ms, it can miss at most the growth of the last 50 ms.
+    50 ms, it can miss at most the growth of the last 50 ms. A large file is read by a second
+    process (`integrations/csv_reader.py`) that the import starts: the peak reported is the sum of
+    each process's own peak (VmHWM), an upper bound of what both held at once. Its CPU time is in
+    the rusage (`wait4` counts the children the import process waited for); the reader's own is
+    its last polled utime + stime (it can miss its last 50 ms).
     """
-    peak_kb = 0
+    peaks: dict[int, int] = {}
+    reader_ticks: dict[int, int] = {}
     while True:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except OSError:
-            pass
+        for member in process_tree(pid):
+            try:
+                for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks[member] = max(peaks.get(member, 0), int(line.split()[1]))
+                if member != pid:
+                    fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+                    reader_ticks[member] = int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
-            return status, usage, peak_kb / 1024
+            return status, usage, sum(peaks.values()) / 1024, sum(reader_ticks.values()) / os.sysconf("SC_CLK_TCK")
         time.sleep(0.05)
 
 
@@ -199,7 +211,7 @@ def run_import(
     server_before = server_cpu_seconds(pg_data)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    status, usage, peak_mb = wait_with_peak(process.pid)
+    status, usage, peak_mb, reader_cpu = wait_with_peak(process.pid)
     seconds = time.perf_counter() - started
     server_cpu = server_cpu_seconds(pg_data) - server_before
     load_after = os.getloadavg()[0]
@@ -226,20 +238,22 @@ def run_import(
         round(server_cpu, 1),
         load_before,
         load_after,
+        round(reader_cpu, 1),
     )
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| database | import | rows | wall s | job s | rows/s | values/s | peak RSS MB | import CPU s | server CPU s "
-        "| rows per CPU s | load avg before → after | values stored | history rows | check |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| database | import | rows | wall s | job s | rows/s | values/s | peak RSS MB | import CPU s "
+        "| of which reader CPU s | server CPU s | rows per CPU s | load avg before → after | values stored "
+        "| history rows | check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.database} | {r.mode} | {r.rows:,} | {r.seconds} | {r.job_seconds} | {r.rows_per_s:,} | "
             f"{r.values_per_s:,} | "
-            f"{r.peak_rss_mb} | {r.cpu_s} | {r.server_cpu_s} | {r.rows_per_cpu_s:,.0f} | "
+            f"{r.peak_rss_mb} | {r.cpu_s} | {r.reader_cpu_s} | {r.server_cpu_s} | {r.rows_per_cpu_s:,.0f} | "
             f"{r.load_before:.1f} → {r.load_after:.1f} | {r.values_stored:,} | {r.history_rows:,} | {r.check} |"
         )
     return "\n".join(lines)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli_runner import Ran, run_cli
+from usertrail.collect.pipeline import hash_identifier
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.csv_import import (
     SAMPLE_ROWS,
@@ -29,6 +32,7 @@ from usertrail.integrations.csv_import import (
     resolve,
 )
 from usertrail.profiles.custom import CAP, CellConverter, InvalidValue, infer_column_type
+from usertrail.project_settings import EnvironmentSettings, UuidSettings
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.projects import ProjectStore
 
@@ -200,9 +204,13 @@ def test_mapping_options_are_checked_with_their_option_name(tmp_path: Path):
 # --- the importer, in process, on both engines ------------------------------------------------------
 
 
-@pytest.fixture
-def importer(engine):
-    return CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=3)
+@pytest.fixture(params=["thread", "process"])
+def importer(engine, request):
+    """The importer reading files in a thread of its own process, or (`process`) in a reader process."""
+    min_bytes = 0 if request.param == "process" else 1 << 40
+    return CsvImporter(
+        engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=3, reader_process_min_bytes=min_bytes
+    )
 
 
 @pytest.fixture
@@ -296,7 +304,10 @@ def test_a_forced_reimport_restamps_equal_values_and_records_the_changed_ones(im
     new time (no history), changed ones go to the history, a blank cell leaves its value alone."""
 
     def at(ms: int) -> CsvImporter:
-        return CsvImporter(importer.engine, importer.attributes, importer.log, clock=lambda: ms, chunk_rows=3)
+        return CsvImporter(
+            importer.engine, importer.attributes, importer.log, clock=lambda: ms, chunk_rows=3,
+            reader_process_min_bytes=importer.reader_process_min_bytes,
+        )  # fmt: skip
 
     first_file = write(tmp_path, "user_id,plan,seats,trial\nu1,VIP,3,yes\nu2,free,4,no\n")
     first = run_import(at(1_800_000_000_000), project, first_file)
@@ -434,6 +445,150 @@ def test_an_unreadable_row_fails_the_job_after_the_good_ones(importer, project, 
     job = run_import(importer, project, write(tmp_path, f"user_id,plan\n{rows}bad,{big}\n"))
     assert job["status"] == "failed" and "field larger than field limit" in job["message"]
     assert values(importer, project, f"u:u{SAMPLE_ROWS}") == {"plan": f"p{SAMPLE_ROWS}"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda rows: st.lists(
+            st.one_of(
+                st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=rows, max_size=rows),
+                st.lists(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)), min_size=rows,
+                         max_size=rows),
+                st.lists(st.one_of(st.none(), st.text(), st.booleans()), min_size=rows, max_size=rows),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)  # fmt: skip
+def test_new_values_history_is_each_rows_changes_as_json(columns: list[list]):
+    """Whole-column encoding gives each row the JSON of its values, as one `{slot: [null, value]}`."""
+    import msgspec
+
+    from usertrail.store.attributes import new_values_history
+
+    slots = [f"t{i}" for i in range(len(columns))]
+    texts = new_values_history(slots, columns)
+    for i, text in enumerate(texts):
+        row = zip(slots, (values[i] for values in columns), strict=True)
+        expected = {slot: [None, value] for slot, value in row if value is not None}
+        assert msgspec.json.decode(text) == expected
+
+
+def test_history_made_for_other_slots_is_not_used(engine, project):
+    """The reader makes history texts for the slots it expects; if the columns land elsewhere (the
+    registry changed meanwhile) the writer makes its own, and when they match it takes them."""
+    from usertrail.store.attributes import ColumnsHistory, new_values_history
+    from usertrail.store.database import write_transaction
+
+    store = AttributeStore(engine)
+    store.write(project, "api", [("u:other", {"first": "x"})])  # takes slot t0 before the import's column
+    wrong = ColumnsHistory(("t0",), ['{"t0":["not","this"]}'] * 2)
+    with write_transaction(engine) as conn:
+        store.write_columns(conn, project, "csv", ["u:a", "u:b"], [("plan", "string", ["pro", "VIP"])], history=wrong)
+    assert [(h["name"], h["old"], h["new"]) for h in store.history(project, ["u:a"])] == [("plan", None, "pro")]
+    right = ColumnsHistory(("t1",), new_values_history(("t1",), [["free", None]]))
+    assert right.texts == ['{"t1":[null,"free"]}', "{}"]
+    with write_transaction(engine) as conn:
+        store.write_columns(conn, project, "csv", ["u:c", "u:d"], [("plan", "string", ["free", None])], history=right)
+    assert [(h["name"], h["new"]) for h in store.history(project, ["u:c"])] == [("plan", "free")]
+    assert store.history(project, ["u:d"]) == [] and values(engine, project, "u:d") == {}
+
+
+def reader_processes() -> list[int]:
+    """Pids of the reader processes of imports that this test process started and has not reaped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if parent == os.getpid() and b"usertrail.integrations.csv_reader" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def reaped(pid: int) -> bool:
+    """Whether a child is gone from the process table (a zombie still has its /proc entry)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def process_importer(engine, chunk_rows: int) -> CsvImporter:
+    return CsvImporter(
+        engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=chunk_rows, reader_process_min_bytes=0
+    )
+
+
+def test_a_reader_process_that_dies_fails_the_job_and_is_reaped(engine, project, tmp_path):
+    """The reader is killed after the first chunk is written: the chunks it had sent apply, the job
+    fails with a message that says so, and the process leaves no zombie."""
+    rows = 50_000  # 100 chunks of about 25 kB pickled: the pipe holds a few, so the reader is still reading
+    path = write(tmp_path, "user_id,plan\n" + "".join(f"u{i},p{i % 7}\n" for i in range(rows)))
+    importer = process_importer(engine, 500)
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    killed: list[int] = []
+
+    def after_chunk(progress):
+        if not killed:
+            killed.extend(reader_processes())
+            os.kill(killed[0], signal.SIGKILL)
+
+    result = importer.run(job, path, on_progress=after_chunk)
+    assert len(killed) == 1 and reaped(killed[0])
+    assert result["status"] == "failed"
+    assert "the process reading the file ended unexpectedly (killed by signal 9)" in result["message"]
+    assert f"rows before line {result['rows'] + 2} were imported" in result["message"]
+    assert 500 <= result["rows"] < rows and result["rows_applied"] == result["rows"]
+    assert values(engine, project, "u:u0") == {"plan": "p0"}
+    assert values(engine, project, f"u:u{rows - 1}") == {}
+
+
+def test_an_error_inside_the_reader_process_fails_the_job_with_it(engine, project, tmp_path):
+    path = write(tmp_path, "user_id,plan\nu1,a\n")
+    importer = process_importer(engine, 100)
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    path.unlink()  # gone before the reader opens it
+    result = importer.run(job, path)
+    assert result["status"] == "failed" and result["rows"] == 0
+    assert result["message"].startswith("the process reading the file failed: FileNotFoundError")
+    assert not reader_processes()
+
+
+def test_a_stopped_import_ends_its_reader_process(engine, project, tmp_path):
+    path = write(tmp_path, "user_id,plan\n" + "".join(f"u{i},p{i}\n" for i in range(20_000)))
+    importer = process_importer(engine, 100)
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    stop, seen = threading.Event(), []
+
+    def after_chunk(progress):
+        seen.extend(reader_processes())
+        stop.set()
+
+    result = importer.run(job, path, on_progress=after_chunk, stop=stop)
+    assert result["status"] == "interrupted" and result["rows"] == 100
+    assert len(seen) == 1 and reaped(seen[0]) and not reader_processes()
+
+
+def test_the_reader_process_keys_ids_by_the_projects_uuid_settings(engine, project, tmp_path):
+    uuid = UuidSettings(provider="variable", source="currentUser.id", hash=True, salt="pepper")
+    ProjectStore(engine).save_environment(project, "production", EnvironmentSettings(uuid=uuid))
+    result = run_import(process_importer(engine, 2), project, write(tmp_path, "user_id,plan\nlena,VIP\nmax,pro\n"))
+    assert result["status"] == "done" and result["rows_applied"] == 2
+    assert values(engine, project, "u:" + hash_identifier("lena", "pepper")) == {"plan": "VIP"}
+    assert values(engine, project, "u:lena") == {}
 
 
 # --- through the real HTTP server ----------------------------------------------------------------

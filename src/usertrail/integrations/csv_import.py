@@ -19,8 +19,11 @@ import hashlib
 import io
 import itertools
 import operator
+import pickle
 import queue
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +35,12 @@ import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.update_api import MAX_USER_ID, user_id_text
-from usertrail.integrations.user_keys import UserKey, user_key_function
+from usertrail.integrations.user_keys import UserKey, integration_uuid, key_function
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, check_name, infer_column_type
-from usertrail.store.attributes import AttributeStore
+from usertrail.project_settings import UuidSettings
+from usertrail.store.attributes import AttributeStore, ColumnsHistory, new_values_history, plan_columns, registry_of
 from usertrail.store.database import insert_rows, unmapped, write_transaction
+from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
 
 DELIMITERS = (",", ";", "\t")
@@ -43,6 +48,10 @@ DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 SAMPLE_BYTES = 64 * 1024  # read to detect the delimiter
 SAMPLE_ROWS = 1_000  # read to infer column types
 CHUNK_ROWS = 20_000  # rows per transaction
+# Files at least this large (about 150,000 rows of ten columns) are read and converted by a separate
+# process (`_ReaderProcess`); smaller ones by a thread of the importing process: the reader's start
+# (0.6-0.9 s here, mostly importing the modules) cost more than it saved at 100,000 rows, less at 200,000.
+READER_PROCESS_MIN_BYTES = 12 << 20
 MAX_COLUMNS = 1_000
 MAX_STORED_ERRORS = 100_000  # rows of the error report kept per job; the count is always complete
 FIRST_ERRORS = 10  # kept in the job and the integration log entry
@@ -520,9 +529,11 @@ class _Chunk:
     errors: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
     failed_rows: int = 0  # refused whole (field count, id)
     bytes_read: int = 0  # of the file, up to the chunk's end
-    # Filled by `_convert`: (name, type, values) per column, and 1 per row with a bad value.
+    next_line: int = 0  # the line after the chunk's last row
+    # Filled by `_converted`: (name, type, values) per column, and 1 per row with a bad value.
     columns: list[tuple[str, str, list]] = field(default_factory=list)
     bad_values: bytearray = field(default_factory=bytearray)
+    history: ColumnsHistory | None = None  # each row's history text, if new users (see `read_chunks`)
 
     def line(self, row: int) -> int:
         """The line where good row `row` starts."""
@@ -537,8 +548,8 @@ class _Run:
 
     job: Job
     progress: Progress
-    converters: list[CellConverter]
     refused_columns: set[str] = field(default_factory=set)
+    next_line: int = 2  # the first line of the file not written yet
 
 
 def job_json(row) -> dict:
@@ -607,7 +618,7 @@ def _checked_rows(
     over the rows), and the keys are made the same way; otherwise each row is checked in turn.
     """
     width, id_index = len(plan.header), plan.id_index
-    if [] not in rows and all(len(row) == width for row in rows):
+    if [] not in rows and not any(map(width.__ne__, map(len, rows))):
         ids = list(map(str.strip, map(operator.itemgetter(id_index), rows)))
         if "" not in ids and max(map(len, ids)) <= MAX_USER_ID:
             return _Chunk(first_line, keys=list(map(user_key, ids)), rows=rows, ends=ends)
@@ -634,6 +645,52 @@ def _checked_rows(
     return chunk
 
 
+def read_chunks(
+    path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, slots: tuple[str, ...] | None = None
+) -> Iterator[_Chunk]:
+    """The file's rows in chunks of `chunk_rows`, checked, keyed and converted, each handed on as soon
+    as it is made (one chunk at a time in memory here).
+
+    With `slots` (where the plan's columns are expected to be stored), each chunk also brings the
+    history text of each row as if its user were new, which the writer uses for new users if the
+    columns did land there: that work then happens here, beside the writer, rather than in it.
+    Runs in the importing process (a thread) or in a reader process: it needs no database.
+    """
+    converters = [CellConverter(c.type) for c in plan.columns]
+    with open(path, "rb") as raw:
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
+        try:
+            next(reader)  # the header
+            line = reader.line_num + 1
+            while rows := list(itertools.islice(reader, chunk_rows)):
+                ends = _row_ends(rows, line, reader.line_num)
+                chunk = _converted(plan, _checked_rows(plan, line, rows, ends, user_key), converters)
+                del rows  # the cells not kept by the chunk's columns
+                if slots is not None:
+                    chunk.history = ColumnsHistory(slots, new_values_history(slots, [c[2] for c in chunk.columns]))
+                chunk.bytes_read = raw.tell()  # the decoder reads ahead: up to a block more
+                line = chunk.next_line = ends[-1] + 1
+                yield chunk
+                del chunk  # not kept while the next one is read
+        except csv.Error as exc:
+            raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
+
+
+def _converted(plan: ImportPlan, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
+    """Convert the chunk's cells to stored values, a column at a time; a bad cell is an error of its
+    row and column. Only what the writer needs is kept (the cells and lines are dropped)."""
+    errors = chunk.errors
+    failed = chunk.bad_values = bytearray(len(chunk.rows))
+    for col, convert in zip(plan.columns, converters, strict=True):
+        values, bad = convert.column(list(map(operator.itemgetter(col.index), chunk.rows)))
+        for i, reason in bad:
+            errors.append((chunk.line(i), col.column, reason))
+            failed[i] = 1
+        chunk.columns.append((col.name, col.type, values))
+    chunk.rows, chunk.lines, chunk.ends = [], None, []
+    return chunk
+
+
 class CsvImporter:
     """Creates, runs and reads import jobs."""
 
@@ -644,12 +701,14 @@ class CsvImporter:
         log: IntegrationLog,
         clock: Callable[[], int] | None = None,
         chunk_rows: int = CHUNK_ROWS,
+        reader_process_min_bytes: int = READER_PROCESS_MIN_BYTES,
     ) -> None:
         self.engine = engine
         self.attributes = attributes
         self.log = log
         self.clock = clock or _now  # ms
         self.chunk_rows = chunk_rows
+        self.reader_process_min_bytes = reader_process_min_bytes  # 0: always a separate reader process
 
     def registered_types(self, project_id: int) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -757,76 +816,60 @@ class CsvImporter:
     ) -> dict:
         """Import the file chunk by chunk and return the finished job.
 
-        Problems in the file end up in the job (row errors in its report; an unreadable file as
-        status `failed`); only a database failure is raised, after the job records it.
+        Problems in the file end up in the job (row errors in its report; an unreadable file, or a
+        reader process that died, as status `failed`); only a database failure is raised, after the
+        job records it.
         """
         if job.status != "queued":
             return self.get(job.project_id, job.id)
-        state = _Run(job, Progress(), [CellConverter(c.type) for c in job.plan.columns])
+        state = _Run(job, Progress())
         self._update(job, status="running", started_at=self.clock(), updated_at=self.clock())
         status, message = "done", None
-        converters = state.converters
+        # Ids become keys as collection makes them, under the project's settings read once per import.
+        uuid = integration_uuid(ProjectStore(self.engine).environments(job.project_id))
         try:
-            # A thread reads and converts the next chunk while this one is written: parsing is
-            # Python work, and the database's work (SQLite's B-tree inserts without the GIL, or the
-            # PostgreSQL server) can run beside it on the other core.
-            with _Prefetch(self._convert(job, chunk, converters) for chunk in self._chunks(job, path)) as chunks:
+            with self._reader(job, path, uuid) as chunks:
                 for chunk in chunks:
                     if stop is not None and stop.is_set():
                         status = "interrupted"
                         message = f"the server stopped: rows before line {chunk.first_line} were imported"
                         break
                     self._write_chunk(state, chunk)
+                    del chunk  # written: not kept while the next one arrives
                     if on_progress:
                         on_progress(state.progress)
         except CsvFileError as exc:
             status, message = "failed", f"line {exc.line}: {exc.reason}" if exc.line else exc.reason
+        except ReaderError as exc:
+            status = "failed"
+            message = f"{exc}: rows before line {state.next_line} were imported"
         except Exception as exc:
             self._finish(state, "failed", f"{type(exc).__name__}: {exc}")
             raise
         self._finish(state, status, message)
         return self.get(job.project_id, job.id)
 
-    def _chunks(self, job: Job, path: Path) -> Iterator[_Chunk]:
-        """The file's rows in chunks; each row's id is checked here, its values when the chunk is written."""
-        plan = job.plan
-        user_key = user_key_function(self.engine, job.project_id)  # hashed as events are, if the settings say so
-        with open(path, "rb") as raw:
-            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
-            try:
-                next(reader)  # the header
-                line = reader.line_num + 1
-                pending: _Chunk | None = None
-                while True:
-                    rows = list(itertools.islice(reader, self.chunk_rows))
-                    if not rows:
-                        break
-                    ends = _row_ends(rows, line, reader.line_num)
-                    if pending is not None:
-                        yield pending
-                    pending = _checked_rows(plan, line, rows, ends, user_key)
-                    pending.bytes_read = raw.tell()
-                    line = ends[-1] + 1
-            except csv.Error as exc:
-                raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-            if pending is not None:
-                pending.bytes_read = job.size
-                yield pending
+    def _reader(self, job: Job, path: Path, uuid: UuidSettings | None) -> _ReaderProcess | _Prefetch:
+        """The file's converted chunks, read while the previous chunk is written.
 
-    @staticmethod
-    def _convert(job: Job, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
-        """Convert the chunk's cells to stored values, a column at a time; a bad cell is an error of its
-        row and column."""
-        errors = chunk.errors
-        failed = chunk.bad_values = bytearray(len(chunk.rows))
-        for col, convert in zip(job.plan.columns, converters, strict=True):
-            values, bad = convert.column(list(map(operator.itemgetter(col.index), chunk.rows)))
-            for i, reason in bad:
-                errors.append((chunk.line(i), col.column, reason))
-                failed[i] = 1
-            chunk.columns.append((col.name, col.type, values))
-        chunk.rows = []  # the cells are no longer needed; free them before the chunk waits in the queue
-        return chunk
+        Reading, checking, keying and converting are Python work that holds the GIL, so for large
+        files another process does them on the other core and this one only writes; a small file
+        is read by a thread, as starting a Python process would take longer than its whole import.
+        """
+        slots = None if job.dry_run else self._expected_slots(job)
+        if job.size >= self.reader_process_min_bytes:
+            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, slots)
+        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, slots))
+
+    def _expected_slots(self, job: Job) -> tuple[str, ...] | None:
+        """The slots the plan's columns will be stored in as the registry stands (the writer checks it
+        again under its lock), or None if a column would be refused."""
+        with self.engine.connect() as conn:
+            planned = registry_of(conn, job.project_id)
+        found = plan_columns(planned, [(c.name, c.type) for c in job.plan.columns])
+        if any(entry is None for entry, _ in found):
+            return None
+        return tuple(entry.slot for entry, _ in found)  # type: ignore[union-attr]
 
     def _write_chunk(self, state: _Run, chunk: _Chunk) -> None:
         """Write a converted chunk's values with its errors and the job's progress in one transaction."""
@@ -835,7 +878,7 @@ class CsvImporter:
         now = self.clock()
         with write_transaction(self.engine) as conn, unmapped(conn):
             report = self.attributes.write_columns(
-                conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, dry_run=job.dry_run
+                conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, job.dry_run, chunk.history
             )
             column_of = {c.name: c.column for c in job.plan.columns}
             for name, reason in report.column_errors:
@@ -845,6 +888,7 @@ class CsvImporter:
             errors.sort(key=_line)
             progress.rows += len(chunk.keys) + chunk.failed_rows
             progress.bytes_read = chunk.bytes_read
+            state.next_line = chunk.next_line
             progress.rows_applied += sum(report.rows_applied)
             progress.rows_failed += chunk.failed_rows + sum(chunk.bad_values)
             progress.values_applied += report.applied
@@ -868,6 +912,8 @@ class CsvImporter:
     def _finish(self, state: _Run, status: str, message: str | None) -> None:
         job, progress = state.job, state.progress
         now = self.clock()
+        if status == "done":
+            progress.bytes_read = job.size  # the last chunk's count may stop short of the file's end
         with write_transaction(self.engine) as conn:
             self._update(
                 job, conn=conn, **progress.counts(), status=status, message=message, finished_at=now, updated_at=now
@@ -1006,6 +1052,81 @@ class _Prefetch:
             item = self._queue.get()
             self._ended = type(item) is tuple and bool(item) and item[0] is self._END
         self._thread.join()
+
+
+class ReaderError(RuntimeError):
+    """The reader process of an import ended without finishing the file (killed, out of memory, a bug)."""
+
+
+_READER_STOP_S = 10.0  # how long a reader told to stop may take to end before it is killed
+
+
+class _ReaderProcess:
+    """Runs `read_chunks` in a separate process (`integrations/csv_reader.py`) and hands its chunks
+    to the importer as they come.
+
+    The chunks travel pickled through a pipe; the reader blocks while the importer has not taken
+    what the pipe holds, so it is at most a chunk and a pipe buffer ahead and memory stays bounded.
+    It is a fresh interpreter running only that module (no fork of a server with threads, no
+    re-import of the caller's main module as multiprocessing's spawn does). A reader that dies is
+    reported as `ReaderError` once the pipe runs dry; leaving the `with` block (the end, a stop, an
+    error) closes the pipe, which ends the reader, and reaps it (killed if it does not end).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        plan: ImportPlan,
+        uuid: UuidSettings | None,
+        chunk_rows: int,
+        slots: tuple[str, ...] | None,
+    ) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "usertrail.integrations.csv_reader"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._out = self._process.stdout
+        try:
+            with self._process.stdin as work:
+                pickle.dump((path, plan, uuid, chunk_rows, slots), work)
+        except BrokenPipeError:
+            pass  # the reader ended at once: reported by the first read
+
+    def __iter__(self) -> Iterator[_Chunk]:
+        while True:
+            try:
+                item = pickle.load(self._out)
+            except (EOFError, pickle.UnpicklingError, OSError):  # the pipe closed, maybe within a chunk
+                raise ReaderError(f"the process reading the file ended unexpectedly ({self._end()})") from None
+            if isinstance(item, _Chunk):
+                yield item
+                del item  # not kept while the next one is read
+                continue
+            kind, reason, line = item
+            if kind == "error":
+                raise CsvFileError(reason, line)
+            if kind == "failed":
+                raise ReaderError(f"the process reading the file failed: {reason}")
+            return
+
+    def _end(self) -> str:
+        """How the reader ended, once its output closed (if it runs on, leaving the block kills it)."""
+        try:
+            code = self._process.wait(_READER_STOP_S)
+        except subprocess.TimeoutExpired:
+            return "its output closed, still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def __enter__(self) -> _ReaderProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._out.close()  # a reader still writing gets a broken pipe and ends
+        try:
+            self._process.wait(_READER_STOP_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
 
 
 def _line(error: tuple) -> int:

@@ -194,6 +194,67 @@ def _register(
     return entry
 
 
+def plan_columns(
+    planned: dict[str, Registered], columns: list[tuple[str, str]]
+) -> list[tuple[Registered | None, str | None]]:
+    """Where each `(name, type)` column of a bulk write goes: its registry entry (new names get the
+    next free slot of their kind, added to `planned`), or None and why the column is refused (a bad
+    name, a type that clashes with the registry, a new name past the cap)."""
+    found: list[tuple[Registered | None, str | None]] = []
+    for name, type_ in columns:
+        problem = check_name(name)
+        entry = planned.get(name)
+        if problem is None and entry is not None and entry.type != type_:
+            problem = f"mapped as {type_} but registered as {entry.type}"
+        if problem is None and entry is None and len(planned) >= CAP:
+            problem = cap_reason(planned)
+        if problem is not None:
+            found.append((None, problem))
+            continue
+        if entry is None:
+            entry = planned[name] = Registered(name, type_, free_slot((r.slot for r in planned.values()), type_))
+        found.append((entry, None))
+    return found
+
+
+@dataclass(frozen=True)
+class ColumnsHistory:
+    """Each row's `attribute_changes.changes` text for a write of new users with every value present,
+    made for the columns landing in `slots` (in column order)."""
+
+    slots: tuple[str, ...]
+    texts: list[str]
+
+
+def new_values_history(slots: list[str] | tuple[str, ...], columns: list[ColumnValues]) -> list[str]:
+    """Each row's history text when its user is new: `{"slot":[null,value],…}` for the row's values.
+
+    Each column's values are encoded once: a column of numbers in one `msgspec` call (a number's
+    JSON holds no comma, so the array splits into the values' texts), any other column once per
+    distinct value (columns repeat values: plans, dates, flags). A row with every value is then one
+    `%` of a template; a row without a value in a column leaves it out.
+    """
+    encoded = []  # per column: each row's value as JSON text, or None
+    for values in columns:
+        if values and type(values[0]) is float and set(map(type, values)) == {float}:
+            encoded.append(msgspec.json.encode(values)[1:-1].decode().split(","))
+            continue
+        distinct = list(set(values) - {None})
+        texts: dict[object, str | None] = dict(
+            zip(distinct, map(bytes.decode, map(msgspec.json.encode, distinct)), strict=True)
+        )
+        texts[None] = None
+        encoded.append(list(map(texts.__getitem__, values)))
+    if not any(None in values for values in columns):
+        template = "{" + ",".join(f'"{slot}":[null,%s]' for slot in slots) + "}"
+        return list(map(template.__mod__, zip(*encoded, strict=True)))
+    rows = []
+    for row in zip(*encoded, strict=True):
+        present = (f'"{slot}":[null,{text}]' for slot, text in zip(slots, row, strict=True) if text is not None)
+        rows.append("{" + ",".join(present) + "}")
+    return rows
+
+
 class AttributeStore:
     """Reads and writes custom attributes."""
 
@@ -284,6 +345,7 @@ class AttributeStore:
         columns: list[tuple[str, str, ColumnValues]],
         now: int | None = None,
         dry_run: bool = False,
+        history: ColumnsHistory | None = None,
     ) -> ColumnsReport:
         """Bulk form of `write` for imports: many rows, a few typed columns, in the caller's transaction.
 
@@ -292,7 +354,9 @@ class AttributeStore:
         column: a bad name, a type that clashes with the registry, or a new name past the cap refuses
         the column (`column_errors`); the other columns apply. Most recent write wins (rows apply in
         order: a key repeated in one call ends with its last value), and each user's changes go to
-        the history as one row. `dry_run` checks everything and writes nothing.
+        the history as one row. `dry_run` checks everything and writes nothing. `history` may bring
+        each row's history text made beforehand (by an import's reader process) for the slots the
+        columns were expected to take; it is used only if they took exactly those.
         """
         now = now if now is not None else _now()
         report = ColumnsReport(rows_applied=bytearray(len(keys)))
@@ -301,18 +365,13 @@ class AttributeStore:
         registry = registry_of(conn, project_id)
         planned = dict(registry)
         accepted: list[tuple[str, str, ColumnValues]] = []  # (name, slot, values)
-        for name, type_, values in columns:
-            problem = check_name(name)
-            entry = planned.get(name)
-            if problem is None and entry is not None and entry.type != type_:
-                problem = f"mapped as {type_} but registered as {entry.type}"
-            if problem is None and entry is None and len(planned) >= CAP:
-                problem = cap_reason(planned)
-            if problem is not None:
-                report.column_errors.append((name, problem))
-                continue
+        for (name, _, values), (entry, problem) in zip(
+            columns, plan_columns(planned, [(name, type_) for name, type_, _ in columns]), strict=True
+        ):
             if entry is None:
-                entry = planned[name] = Registered(name, type_, free_slot((r.slot for r in planned.values()), type_))
+                report.column_errors.append((name, problem))  # type: ignore[arg-type]
+                continue
+            if name not in registry:
                 report.registered.append(name)
             accepted.append((name, entry.slot, values))
             missing = values.count(None)
@@ -328,7 +387,7 @@ class AttributeStore:
             return report
         for name in report.registered:
             _register(conn, project_id, registry, name, planned[name].type, source, now)
-        report.changed = _write_values(conn, project_id, source, keys, accepted, registry, now)
+        report.changed = _write_values(conn, project_id, source, keys, accepted, registry, now, history)
         _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
         return report
 
@@ -385,27 +444,32 @@ def _write_values(
     columns: list[tuple[str, str, ColumnValues]],
     registry: dict[str, Registered],
     now: int,
+    history: ColumnsHistory | None = None,
 ) -> int:
     """Write `write_columns`' accepted columns; returns how many values changed.
 
     Distinct keys (one row per user, as exports write them) take the column-wise paths: users not
-    stored yet are inserted (`_insert_fresh`), stored ones compared column by column
-    (`_update_stored`). A key repeated in the chunk goes through `_apply`, which applies the rows in
-    order so that the last value wins.
+    stored yet are inserted (`_insert_fresh`, with `history`'s texts if the columns took its slots),
+    stored ones compared column by column (`_update_stored`). A key repeated in the chunk goes
+    through `_apply`, which applies the rows in order so that the last value wins.
     """
     if not columns:
         return 0
+    texts = None
+    if history is not None and history.slots == tuple(slot for _, slot, _ in columns):
+        texts = history.texts
     read_slots = sorted({slot for _, slot, _ in columns})
     distinct = len(set(keys)) == len(keys)
     if distinct and not _any_stored(conn, project_id, keys):
-        return _insert_fresh(conn, project_id, source, keys, columns, registry, now)
+        return _insert_fresh(conn, project_id, source, keys, columns, registry, now, texts)
     current = _read_rows(conn, project_id, keys if distinct else sorted(set(keys)), read_slots)
     if distinct:
         stored_rows = list(map(current.get, keys))
         new = [i for i, row in enumerate(stored_rows) if row is None]
         changed = 0
         if new:
-            changed += _insert_fresh(conn, project_id, source, *_pick(new, keys, columns), registry, now)
+            new_texts = None if texts is None else [texts[i] for i in new]
+            changed += _insert_fresh(conn, project_id, source, *_pick(new, keys, columns), registry, now, new_texts)
             known = [i for i, row in enumerate(stored_rows) if row is not None]
             keys, columns = _pick(known, keys, columns)
             stored_rows = [stored_rows[i] for i in known]
@@ -487,30 +551,24 @@ def _insert_fresh(
     columns: list[tuple[str, str, ColumnValues]],
     registry: dict[str, Registered],
     now: int,
+    history: list[str] | None = None,
 ) -> int:
     """Insert the rows of users none of whom is stored yet (distinct keys; the caller checked),
-    column-wise; every value is new. Returns the number of values written.
+    column-wise; every value is new. Returns the number of values written. `history`: each row's
+    history text, if it was made beforehand (`new_values_history`).
 
     The row of an import usually has every column (complete): then the stamps are one text for all
-    rows and each history row is one string join of its columns' texts, encoded once per distinct
-    value (columns repeat values: plans, dates, flags). Both tables take the rows column-wise
-    (`insert_columns`), so no row tuple is built here.
+    rows. Both tables take the rows column-wise (`insert_columns`), so no row tuple is built here.
     """
     types = {entry.slot: entry.type for entry in registry.values()}
     slots = [slot for _, slot, _ in columns]
-    stored_columns = []
-    parts = []  # per column: each row's '"slot":[null,value]' history text, or None
-    for slot, (_, _, values) in zip(slots, columns, strict=True):
-        boolean = types[slot] == "boolean"
-        stored_columns.append([None if v is None else (1.0 if v else 0.0) for v in values] if boolean else values)
-        distinct = list(set(values) - {None})
-        encoded = map(bytes.decode, map(msgspec.json.encode, distinct))
-        texts: dict[object, str | None] = dict(zip(distinct, map(f'"{slot}":[null,{{}}]'.format, encoded), strict=True))
-        texts[None] = None
-        parts.append(list(map(texts.__getitem__, values)))
+    stored_columns = [
+        [None if v is None else (1.0 if v else 0.0) for v in values] if types[slot] == "boolean" else values
+        for slot, (_, _, values) in zip(slots, columns, strict=True)
+    ]
+    changes = history if history is not None else new_values_history(slots, [values for _, _, values in columns])
     if not any(None in values for _, _, values in columns):
         stamps = encode_stamps(dict.fromkeys(slots, (source, now)))
-        changes = list(map("{%s}".__mod__, map(",".join, zip(*parts, strict=True))))
         insert_columns(
             conn, custom_attributes, {"project_id": project_id, "stamps": stamps}, ["user_key", *slots],
             [keys, *stored_columns],
@@ -519,20 +577,20 @@ def _insert_fresh(
         return len(keys) * len(columns)
     # Some rows lack some values: each row's stamps name its own slots (one text per pattern).
     patterns: dict[tuple[str, ...], str] = {}
-    row_stamps, changes, kept = [], [], []
-    for i, row in enumerate(zip(*parts, strict=True)):
-        present = tuple(slots[j] for j, text in enumerate(row) if text is not None)
+    row_stamps, kept = [], []
+    for i, row in enumerate(zip(*(values for _, _, values in columns), strict=True)):
+        present = tuple(slot for slot, v in zip(slots, row, strict=True) if v is not None)
         if not present:
             continue
         text = patterns.get(present)
         if text is None:
             text = patterns[present] = encode_stamps(dict.fromkeys(present, (source, now)))
         row_stamps.append(text)
-        changes.append("{" + ",".join(t for t in row if t is not None) + "}")
         kept.append(i)
     if len(kept) < len(keys):
         keys, columns = _pick(kept, keys, columns)
         stored_columns = [[column[i] for i in kept] for column in stored_columns]
+        changes = [changes[i] for i in kept]
     insert_columns(
         conn, custom_attributes, {"project_id": project_id}, ["user_key", *slots, "stamps"],
         [keys, *stored_columns, row_stamps],
