@@ -1,0 +1,72 @@
+"""Settings and index handling for one transaction that rewrites most of some tables (the full rebuild).
+
+Inserting hundreds of thousands of rows into a table with many secondary indexes updates every index
+once per row, in random key order; building an index once over the finished table sorts its keys
+once and is several times cheaper. `bulk_rewrite` drops the secondary indexes of the tables a
+transaction is about to rewrite and creates them again before it commits, so no other transaction
+ever sees a table without them. It does so only when the rows written outnumber the rows other
+projects keep in the table: building an index reads the whole table, which would cost more than it
+saves when a small project is rebuilt next to big ones.
+
+On PostgreSQL, dropping an index locks its table until the commit: readers of these tables wait for
+the end of the rewrite instead of reading the old rows (a rebuild of most of the data is a
+maintenance operation). On SQLite the write lock is held anyway, and readers keep their snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import sqlalchemy as sa
+
+# SQLite's page cache for the rewriting connection: index and table pages being written stay in
+# memory instead of being spilled and read back (the default is 2 MB).
+_SQLITE_CACHE_KIB = 512 * 1024
+# Below this many rows written to a table, its indexes stay: maintaining them costs little.
+DROP_AT_ROWS = 10_000
+# PostgreSQL: memory for sorting the keys of each index built, and for the rewrite's hash and sort steps.
+_PG_MAINTENANCE_WORK_MEM = "512MB"
+
+
+@contextlib.contextmanager
+def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Table, int]) -> Iterator[None]:
+    """Inside a transaction: rewrite the rows of `project_id` in these tables (`incoming`: table -> rows
+    about to be written) with their secondary indexes dropped where that pays, created again on exit.
+
+    On an exception the indexes are not re-created: the caller's transaction rolls back, and with it
+    the drops (both engines have transactional DDL).
+    """
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        previous = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
+        conn.exec_driver_sql(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
+    else:
+        conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{_PG_MAINTENANCE_WORK_MEM}'")
+    try:
+        dropped = []
+        for table, rows in incoming.items():
+            if _worth_dropping(conn, table, project_id, rows):
+                present = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
+                for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                    if index.name in present:
+                        index.drop(conn)
+                        dropped.append(index)
+        yield
+        for index in dropped:
+            index.create(conn)
+    finally:
+        if sqlite:
+            conn.exec_driver_sql(f"PRAGMA cache_size={previous}")
+
+
+def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows: int) -> bool:
+    """Whether the rows written outnumber the rows of other projects (counted no further than that)."""
+    if rows < DROP_AT_ROWS:
+        return False
+    others = conn.execute(
+        sa.select(sa.func.count()).select_from(
+            sa.select(sa.literal(1)).where(table.c.project_id != project_id).limit(rows).subquery()
+        )
+    ).scalar_one()
+    return others < rows
