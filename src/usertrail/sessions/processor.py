@@ -38,7 +38,7 @@ from usertrail.sessions.derive import (
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
 from usertrail.store import user_index
-from usertrail.store.bulk import bulk_rewrite
+from usertrail.store.bulk import bulk_rewrite, large_page_cache
 from usertrail.store.database import (
     execute_many,
     insert_rows,
@@ -449,7 +449,7 @@ class SessionProcessor:
         """
         links = _Links()
         session_rows, closed_count, owners = [], 0, 0
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, large_page_cache(conn):
             found = sessionize_keys(conn, project_id, scoped=False)
             for hint, key, at in found.hints:
                 links.see_hint(hint, key, at)
