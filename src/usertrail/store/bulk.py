@@ -29,6 +29,8 @@ import sqlalchemy as sa
 _SQLITE_CACHE_KIB = 1024 * 1024
 # Below this many rows written to a table, its indexes stay: maintaining them costs little.
 DROP_AT_ROWS = 10_000
+# PostgreSQL: how long the rewrite waits for other transactions to leave the tables whose indexes it drops.
+LOCK_WAIT_MS = 5_000
 # PostgreSQL: memory for sorting the keys of each index built, and for the rewrite's hash and sort steps.
 _PG_MAINTENANCE_WORK_MEM = "512MB"
 
@@ -44,14 +46,16 @@ def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Tabl
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{_PG_MAINTENANCE_WORK_MEM}'")
     with large_page_cache(conn):
+        chosen = [table for table, rows in incoming.items() if _worth_dropping(conn, table, project_id, rows)]
+        if chosen and conn.dialect.name == "postgresql" and not _lock_all(conn, chosen):
+            chosen = []  # others hold these tables: write with the indexes in place rather than wait
         dropped = []
-        for table, rows in incoming.items():
-            if _worth_dropping(conn, table, project_id, rows):
-                present = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
-                for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-                    if index.name in present:
-                        index.drop(conn)
-                        dropped.append(index)
+        for table in chosen:
+            present = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
+            for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+                if index.name in present:
+                    index.drop(conn)
+                    dropped.append(index)
         yield
         for index in dropped:
             index.create(conn)
@@ -70,6 +74,25 @@ def large_page_cache(conn: sa.Connection) -> Iterator[None]:
         yield
     finally:
         conn.exec_driver_sql(f"PRAGMA cache_size={previous}")
+
+
+def _lock_all(conn: sa.Connection, tables: list[sa.Table]) -> bool:
+    """PostgreSQL: lock these tables for the index drops, all in one statement and waiting at most
+    LOCK_WAIT_MS; False (and nothing held) if they could not all be had.
+
+    Taken one by one as each drop came, the locks could deadlock with the session loop, whose
+    transactions write several of these tables (it holds one, we hold another). A lock not granted
+    in time, or a deadlock, rolls back to the savepoint and the rebuild writes with the indexes."""
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
+        conn.exec_driver_sql(f"LOCK TABLE {', '.join(t.name for t in tables)} IN ACCESS EXCLUSIVE MODE")
+        conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+    except sa.exc.DBAPIError:
+        savepoint.rollback()
+        return False
+    savepoint.commit()
+    return True
 
 
 def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows: int) -> bool:
