@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/datagen.py, ru
 import sqlalchemy as sa
 
 import datagen
+from usertrail.sessions import processor as processor_module
 from usertrail.sessions.derive import sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS
+from usertrail.store import user_index
 from usertrail.store.database import create_engine
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.schema import sessions
@@ -75,8 +78,45 @@ def rebuild_parts(engine: sa.Engine, project_id: int, now: int, top: int) -> Non
             fn()
         timings[name] = time.perf_counter() - began
         print(f"    {timings[name]:7.1f} s ({time.process_time() - cpu:.1f} s CPU in this process)  {name}", flush=True)
+    print("\none more rebuild, by part (seconds; `create` = re-creating the indexes dropped for the write):")
+    for name, seconds in timed_parts(engine, project_id, now).items():
+        print(f"    {seconds:7.2f}  {name}")
     print("\ncProfile of one more rebuild:")
     print(_profile(lambda: SessionProcessor(engine).rebuild(project_id, now=now), top, r"processor|derive|rules"))
+
+
+def timed_parts(engine: sa.Engine, project_id: int, now: int) -> dict[str, float]:
+    """One `SessionProcessor.rebuild`, with the time of each function it calls for a part of the work
+    (wrapped for this run only) and of each index it re-creates."""
+    times: dict[str, float] = defaultdict(float)
+
+    def timed(module, name: str, label) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                times[label(args)] += time.perf_counter() - began
+
+        setattr(module, name, wrapper)
+        undo.append((module, name, original))
+
+    undo: list[tuple] = []
+    timed(processor_module, "sessionize_keys", lambda a: "sessionize every key (sessions.derive.sessionize_keys)")
+    timed(processor_module, "insert_rows", lambda a: f"insert {a[1].name}")
+    timed(processor_module, "profiles", lambda a: "End User Objects (GROUP BY over sessions)")
+    timed(user_index, "rebuild", lambda a: "user list lookup rows (user_index.rebuild)")
+    timed(sa.Index, "create", lambda a: f"create {a[0].table.name} indexes")
+    try:
+        began = time.perf_counter()
+        SessionProcessor(engine).rebuild(project_id, now=now)
+        times["whole rebuild"] = time.perf_counter() - began
+    finally:
+        for module, name, original in undo:
+            setattr(module, name, original)
+    return dict(times)
 
 
 def _new_users(project_id: int, first_user: int, users: int, at: int) -> list[IngestRecord]:

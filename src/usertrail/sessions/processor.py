@@ -21,6 +21,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import sqlalchemy as sa
 
@@ -37,6 +38,7 @@ from usertrail.sessions.derive import (
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
 from usertrail.store import user_index
+from usertrail.store.bulk import bulk_rewrite, large_page_cache
 from usertrail.store.database import (
     execute_many,
     insert_rows,
@@ -47,7 +49,16 @@ from usertrail.store.database import (
 )
 from usertrail.store.identity import is_identified
 from usertrail.store.pending import mark_pending
-from usertrail.store.schema import end_users, events, identity_links, pending_users, session_hints, sessions
+from usertrail.store.schema import (
+    end_users,
+    events,
+    identity_links,
+    pending_users,
+    session_hints,
+    sessions,
+    user_properties,
+    user_words,
+)
 
 CLAIM_MS = 120_000
 log = logging.getLogger(__name__)
@@ -438,7 +449,7 @@ class SessionProcessor:
         """
         links = _Links()
         session_rows, closed_count, owners = [], 0, 0
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, large_page_cache(conn):
             found = sessionize_keys(conn, project_id, scoped=False)
             for hint, key, at in found.hints:
                 links.see_hint(hint, key, at)
@@ -475,7 +486,15 @@ class SessionProcessor:
                     session_rows.append(
                         session_row(project_id, owner, s, "closed" if closable else "open", now if closable else None)
                     )
-        with write_transaction(self.engine) as conn:
+        incoming = {
+            sessions: len(session_rows),
+            end_users: owners,
+            user_words: owners,
+            user_properties: owners,
+            identity_links: len(links.candidates),
+            session_hints: len(links.hints),
+        }
+        with write_transaction(self.engine) as conn, bulk_rewrite(conn, project_id, incoming):
             # Pending marks stay: events that arrived after the read above marked their users, and
             # the loop recomputes those users from all their events (the rest cost one recompute).
             for table in (sessions, end_users, identity_links, session_hints):
@@ -483,15 +502,19 @@ class SessionProcessor:
             insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
             profile_rows = profiles(conn, project_id, scoped=False, now=now)
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
-            user_index.rebuild(conn, project_id)
+            user_index.rebuild(conn, project_id, [itemgetter(*_SEARCHED_INDEXES)(row) for row in profile_rows])
+            # In key order: each row lands next to the one before it in the primary key's B-tree.
             insert_rows(
                 conn,
                 identity_links,
                 _LINK_COLUMNS,
-                [(project_id, a, p, *at) for (a, p), at in links.candidates.items()],
+                [(project_id, a, p, *at) for (a, p), at in sorted(links.candidates.items())],
             )
             insert_rows(
-                conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *at) for (h, k), at in links.hints.items()]
+                conn,
+                session_hints,
+                _HINT_COLUMNS,
+                [(project_id, h, k, *at) for (h, k), at in sorted(links.hints.items())],
             )
         refresh_all(self.engine, now, [project_id])
         return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
@@ -514,6 +537,7 @@ _OLD_COLUMNS = (
     sessions.c.user_vars,
 )
 _STATUS = SESSION_COLUMNS.index("status")
+_SEARCHED_INDEXES = tuple(PROFILE_COLUMNS.index(c.name) for c in user_index.SEARCHED)
 # What a closed session contributes to the End User Object: if none of it changed, neither did the object.
 _FACTS = ("start_ts", "end_ts", "is_empty", "country", "region", "city", "browser", "browser_version", "user_vars")
 _FACT_INDEXES = tuple(SESSION_COLUMNS.index(c) for c in _FACTS)

@@ -113,11 +113,16 @@ def refresh(conn: sa.Connection, project_id: int, keys: Sequence[str]) -> None:
         )
 
 
-def rebuild(conn: sa.Connection, project_id: int) -> None:
-    """Rewrite the lookup rows of a whole project from `end_users` (the full rebuild, the migration)."""
+def rebuild(conn: sa.Connection, project_id: int, rows: Iterable[Sequence] | None = None) -> None:
+    """Rewrite the lookup rows of a whole project from `end_users` (the full rebuild, the migration).
+
+    `rows`: the SEARCHED columns of every `end_users` row of the project, when the caller has just
+    written them (then they are not read back).
+    """
     for table in (user_words, user_properties):
         conn.execute(table.delete().where(table.c.project_id == project_id))
-    rows = conn.execute(sa.select(*SEARCHED).where(end_users.c.project_id == project_id)).all()
+    if rows is None:
+        rows = conn.execute(sa.select(*SEARCHED).where(end_users.c.project_id == project_id)).all()
     _index(conn, project_id, rows)
 
 

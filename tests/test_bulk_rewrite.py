@@ -1,0 +1,115 @@
+"""The full rebuild's bulk rewrite (store/bulk.py): secondary indexes dropped and re-created around the
+writes only when the project holds most of the rows, the same rows as the incremental path, and a failed
+rewrite leaves the tables and their indexes as they were."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from test_sessions import MIN, T0, Ev, ingest, snapshot
+from usertrail.sessions.processor import SessionProcessor
+from usertrail.store import bulk
+from usertrail.store.bulk import bulk_rewrite
+from usertrail.store.database import write_transaction
+from usertrail.store.projects import ProjectStore
+from usertrail.store.schema import end_users, sessions
+
+TABLES = ("sessions", "end_users", "user_words", "session_hints")
+
+
+def index_names(engine: sa.Engine) -> dict[str, set[str]]:
+    inspector = sa.inspect(engine)
+    return {t: {ix["name"] for ix in inspector.get_indexes(t)} for t in TABLES}
+
+
+def dropped_indexes(engine: sa.Engine, action) -> list[str]:
+    """The DROP INDEX statements `action()` runs on this engine."""
+    seen: list[str] = []
+
+    def statement(conn, cursor, sql, *args) -> None:
+        if sql.lstrip().upper().startswith("DROP INDEX"):
+            seen.append(sql)
+
+    sa.event.listen(engine, "before_cursor_execute", statement)
+    try:
+        action()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", statement)
+    return seen
+
+
+def activity(key: str, start: int) -> list[Ev]:
+    """Two sessions of one user, each with an interaction, a place and a browser."""
+    return [
+        Ev(key, start, "pageChange", hint=f"{key}-1", country="FR", region="IDF", city="Paris", browser="Firefox"),
+        Ev(key, start + 5 * MIN, "click", hint=f"{key}-1"),
+        Ev(key, start + 60 * MIN, "click", hint=f"{key}-2", country="DE", browser="Chrome", vars='{"type":"VIP"}'),
+    ]
+
+
+@pytest.fixture
+def projects(engine) -> tuple[int, int]:
+    store = ProjectStore(engine)
+    return store.create("big").project.id, store.create("small").project.id
+
+
+def test_rebuild_with_indexes_dropped_equals_the_incremental_path(engine, projects, monkeypatch):
+    big, small = projects
+    ingest(engine, big, [e for i in range(6) for e in activity(f"u:big{i}", T0 + i * MIN)])
+    ingest(engine, small, [e for i in range(2) for e in activity(f"u:small{i}", T0)])
+    processor = SessionProcessor(engine)
+    now = T0 + 5 * 60 * MIN
+    processor.run(now=now)
+    incremental = snapshot(engine, big), snapshot(engine, small)
+    before = index_names(engine)
+
+    monkeypatch.setattr(bulk, "DROP_AT_ROWS", 1)
+    # The big project holds most rows of each table: its rebuild drops and re-creates the indexes.
+    drops = dropped_indexes(engine, lambda: processor.rebuild(big, now=now))
+    assert {ix.name for t in (sessions, end_users) for ix in t.indexes} <= {d.split()[-1].strip('"') for d in drops}
+    # The small one does not: building an index over the big project's rows would cost more than it saves.
+    assert dropped_indexes(engine, lambda: processor.rebuild(small, now=now)) == []
+    assert (snapshot(engine, big), snapshot(engine, small)) == incremental
+    assert index_names(engine) == before
+
+
+def test_a_failed_rewrite_leaves_the_rows_and_the_indexes(engine, projects, monkeypatch):
+    big, _ = projects
+    ingest(engine, big, [e for i in range(3) for e in activity(f"u:big{i}", T0)])
+    processor = SessionProcessor(engine)
+    processor.run(now=T0 + 5 * 60 * MIN)
+    kept = snapshot(engine, big)
+    before = index_names(engine)
+    monkeypatch.setattr(bulk, "DROP_AT_ROWS", 1)
+    with (
+        pytest.raises(RuntimeError, match="stop"),
+        write_transaction(engine) as conn,
+        bulk_rewrite(conn, big, {end_users: 3, sessions: 6}),
+    ):
+        conn.execute(end_users.delete().where(end_users.c.project_id == big))
+        raise RuntimeError("stop")
+    assert snapshot(engine, big) == kept
+    assert index_names(engine) == before
+
+
+def test_tables_another_transaction_holds_keep_their_indexes(engine, projects, monkeypatch):
+    """PostgreSQL: when the tables cannot all be locked at once in time, the rebuild writes with the indexes
+    in place instead of waiting (or deadlocking with the session loop), and still gives the same rows."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: no table locks to wait for")
+    big, _ = projects
+    ingest(engine, big, [e for i in range(3) for e in activity(f"u:big{i}", T0)])
+    processor = SessionProcessor(engine)
+    now = T0 + 5 * 60 * MIN
+    processor.run(now=now)
+    kept = snapshot(engine, big)
+    monkeypatch.setattr(bulk, "DROP_AT_ROWS", 1)
+    monkeypatch.setattr(bulk, "LOCK_WAIT_MS", 200)
+    with engine.connect() as other:
+        other.exec_driver_sql("LOCK TABLE end_users IN ROW EXCLUSIVE MODE")  # as a loop transaction writing
+        assert dropped_indexes(engine, lambda: processor.rebuild(big, now=now)) == []
+        other.rollback()
+    assert snapshot(engine, big) == kept
+    assert dropped_indexes(engine, lambda: processor.rebuild(big, now=now)) != []
+    assert snapshot(engine, big) == kept
