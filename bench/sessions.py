@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ingest.py and 
 
 import datagen
 import ingest
+from usertrail.config import Settings
 from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, PAGE_TYPES, PASSIVE_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -705,8 +706,6 @@ class _Sampler:
 
 def run_steady(database: str, url: str, args: argparse.Namespace, postmaster: int | None, work_dir: Path) -> Steady:
     """Start the server, drive it at a fixed rate for the run, drain, and measure close delays."""
-    from usertrail.config import Settings
-
     project_id, key = _prepare_steady_project(url)
     port = ingest.free_port()
     settings = Settings(
@@ -715,6 +714,7 @@ def run_steady(database: str, url: str, args: argparse.Namespace, postmaster: in
         trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
         # The bulk-loaded workload is from 2025: the daily retention job would delete all of it.
         user_retention_days=36_500,
+        session_batch=args.session_batch,
     )
     result = Steady(database, args.rate, args.steady_minutes * 60)
     spec = {
@@ -1066,6 +1066,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="500k events, 20k users, 2-min steady state; no docs")
     p.add_argument("--databases", default="sqlite,postgresql", help="rebuild on these: sqlite, postgresql")
     p.add_argument("--steady", default="sqlite", help="steady state on these (comma-separated; '' for none)")
+    p.add_argument(
+        "--session-batch", type=int, default=Settings().session_batch, help="users per session-loop transaction"
+    )
     p.add_argument("--steady-minutes", type=float, help="length of the steady-state load (default 10, --quick 2)")
     p.add_argument("--rate", type=float, default=5_000, help="events/s sent in the steady state")
     p.add_argument("--connections", type=int, default=8, help="keep-alive connections of the load generator")

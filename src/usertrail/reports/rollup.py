@@ -160,30 +160,56 @@ class Rollup:
         return cls(days, steps)
 
     def write(self, conn: sa.Connection) -> None:
-        """Add these rows to the tables (summing into existing days)."""
-        marker = "%s" if conn.dialect.name == "postgresql" else "?"
-        if self.days:
-            rows = [(*key, d.events, d.last_ts, d.name_ts, d.name) for key, d in self.days.items()]
-            conn.exec_driver_sql(_upsert_days_sql(marker), rows)
+        """Add these rows to the tables (summing into existing days).
+
+        Rows go in key order, so two transactions updating the same day rows (every commit touches an
+        item's totals) take their row locks in one order and never deadlock. PostgreSQL gets each table's
+        rows as column arrays in one statement; SQLite, whose statements cost no round trip, row by row.
+        """
+        days = [(*key, d.events, d.last_ts, d.name_ts, d.name) for key, d in sorted(self.days.items())]
+        if conn.dialect.name == "postgresql":
+            if days:
+                conn.exec_driver_sql(_upsert_days_sql(_unnest(_DAY_TYPES)), _arrays(days))
+            if self.steps:
+                conn.exec_driver_sql(_insert_steps_sql(_unnest(_STEP_TYPES)), _arrays(self.steps))
+            return
+        if days:
+            conn.exec_driver_sql(_upsert_days_sql(_values(len(_DAY_TYPES))), days)
         if self.steps:
-            conn.exec_driver_sql(_insert_steps_sql(marker), self.steps)
+            conn.exec_driver_sql(_insert_steps_sql(_values(len(_STEP_TYPES))), self.steps)
 
 
-# Plain SQL handed to the driver with tuples: this runs inside every ingest transaction that stores a
-# counted event, where SQLAlchemy's per-row parameter processing cost more than the upsert itself.
-# The same text is valid on SQLite and PostgreSQL (ON CONFLICT … DO UPDATE, `excluded`).
+# Plain SQL handed to the driver: this runs inside every ingest transaction that stores a counted event,
+# where SQLAlchemy's per-row parameter processing cost more than the upsert itself. The upsert's text is
+# valid on SQLite and PostgreSQL (ON CONFLICT … DO UPDATE, `excluded`); only the rows' source differs.
 _DAY_VALUES = (*_DAY_KEY, "events", "last_ts", "name_ts", "name")
 STEP_COLUMNS = ("project_id", "user_key", "event_id", "app_type", "flow_id", "step_id", "ts", "name")
+# PostgreSQL array types of those columns, in that order.
+_DAY_TYPES = ("integer", "text", "integer", "text", "text", "text", "text", "integer", "bigint", "bigint", "text")
+_STEP_TYPES = ("integer", "text", "text", "text", "text", "text", "bigint", "text")
+
+
+def _values(n: int) -> str:
+    return f"VALUES ({', '.join(['?'] * n)})"
+
+
+def _unnest(types: Sequence[str]) -> str:
+    return f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in types)})"
+
+
+def _arrays(rows: Sequence[Sequence]) -> tuple[list, ...]:
+    """Row tuples as one list per column (the parameters of `_unnest`)."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 @functools.cache
-def _upsert_days_sql(marker: str) -> str:
+def _upsert_days_sql(source: str) -> str:
     newer_name = (
         "excluded.name_ts IS NOT NULL AND (report_days.name_ts IS NULL OR excluded.name_ts > report_days.name_ts"
         " OR (excluded.name_ts = report_days.name_ts AND excluded.name > report_days.name))"
     )
     return (
-        f"INSERT INTO report_days ({', '.join(_DAY_VALUES)}) VALUES ({', '.join([marker] * len(_DAY_VALUES))}) "
+        f"INSERT INTO report_days ({', '.join(_DAY_VALUES)}) {source} "
         f"ON CONFLICT ({', '.join(_DAY_KEY)}) DO UPDATE SET "
         "events = report_days.events + excluded.events, "
         "last_ts = CASE WHEN excluded.last_ts > report_days.last_ts"
@@ -194,11 +220,8 @@ def _upsert_days_sql(marker: str) -> str:
 
 
 @functools.cache
-def _insert_steps_sql(marker: str) -> str:
-    return (
-        f"INSERT INTO report_steps ({', '.join(STEP_COLUMNS)}) VALUES ({', '.join([marker] * len(STEP_COLUMNS))}) "
-        "ON CONFLICT DO NOTHING"
-    )
+def _insert_steps_sql(source: str) -> str:
+    return f"INSERT INTO report_steps ({', '.join(STEP_COLUMNS)}) {source} ON CONFLICT DO NOTHING"
 
 
 def counted(type_: str, app_type: str | None, object_id: str | None) -> bool:

@@ -81,9 +81,10 @@ class EventStore:
                 tallies[(record.project_id, env, reason)] += count
         rejected = [row for record in records for row in record.rejected]
         security_rows = [record.security for record in records if record.security is not None]
+        fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
         with write_transaction(self.engine) as conn:
             for record in records:
-                stored = self._insert(conn, record.events) if record.events else 0
+                stored = self._insert(conn, record.events, fresh) if record.events else 0
                 duplicates = len(record.events) - stored
                 if duplicates:
                     tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
@@ -102,11 +103,15 @@ class EventStore:
                 )
             if security_rows:
                 conn.execute(security_log.insert(), security_rows)
+            # Last: the per-item day totals are rows every commit updates, so on PostgreSQL their row locks
+            # are held only from here to the commit, and the other workers' commits queue on them briefly.
+            rollup.add(conn, fresh)
         return outcomes
 
     @staticmethod
-    def _insert(conn: sa.Connection, rows: list[tuple]) -> int:
-        """Insert new rows (skipping re-sent ones) and roll up the new ones the reports count; how many were new."""
+    def _insert(conn: sa.Connection, rows: list[tuple], fresh: list[tuple]) -> int:
+        """Insert new rows (skipping re-sent ones); how many were new. Appends to `fresh` the rollup columns of the
+        new rows the reports count."""
         counted, others = [], []
         for r in rows:
             (counted if rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID]) else others).append(r)
@@ -115,14 +120,13 @@ class EventStore:
         # Only the counted rows need to be told apart one by one (new or re-sent); the rest go in bulk.
         stored = insert_rows_ignore(conn, events, EVENT_COLUMNS, others) if others else 0
         new = set(insert_rows_new(conn, events, EVENT_COLUMNS, counted, _KEY))
-        fresh = []
+        before = len(fresh)
         for row in counted:
             key = (row[0], row[_USER_KEY], row[_EVENT_ID])
             if key in new:
                 new.discard(key)  # of equal keys only the first was stored
                 fresh.append(tuple(row[i] for i in _ROLLUP))
-        rollup.add(conn, fresh)
-        return stored + len(fresh)
+        return stored + len(fresh) - before
 
     def user_events(
         self,

@@ -156,7 +156,7 @@ async def _assets_loop(assets: AssetStore, interval_s: float) -> None:
         await asyncio.sleep(0 if done else interval_s)
 
 
-async def _sessions_loop(processor: SessionProcessor, interval_s: float) -> None:
+async def _sessions_loop(processor: SessionProcessor, interval_s: float, batch: int) -> None:
     """Every few seconds: sessionize new events, close idle sessions, update End User Objects.
 
     Every server process runs this loop; claims on pending users keep them from doing the same
@@ -164,7 +164,7 @@ async def _sessions_loop(processor: SessionProcessor, interval_s: float) -> None
     """
     while True:
         try:
-            stats = await asyncio.to_thread(processor.run, _now())
+            stats = await asyncio.to_thread(processor.run, _now(), batch)
             busy = stats.users > 0
         except Exception:  # e.g. a deadlock victim on PostgreSQL: its work is retried next round
             log.exception("session processing failed")
@@ -207,7 +207,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(_maintenance(collector, playback.store, playback.assets))]
         tasks.append(asyncio.create_task(_assets_loop(playback.assets, settings.playback_asset_interval_s)))
         if settings.process_sessions:
-            tasks.append(asyncio.create_task(_sessions_loop(app.state.sessions, settings.session_interval_s)))
+            tasks.append(
+                asyncio.create_task(
+                    _sessions_loop(app.state.sessions, settings.session_interval_s, settings.session_batch)
+                )
+            )
         tasks.append(asyncio.create_task(_salesforce_loop(app.state.salesforce, settings.salesforce_tick_s)))
         tasks.append(asyncio.create_task(_s3_loop(app.state.s3_imports, settings.s3_poll_interval_s)))
         try:
