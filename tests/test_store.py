@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from usertrail.store import database
 from usertrail.store.database import migrate
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
@@ -71,3 +76,35 @@ def test_user_events_in_time_order(engine):
     assert [r.ts for r in store.user_events(project.id, "u:x", since=150, until=300)] == [200]
     [again] = store.write_many([IngestRecord(project.id, events=rows)])
     assert (again.stored, again.duplicates) == (0, 3)
+
+
+def test_a_sqlite_writer_waits_for_the_write_lock_and_gives_up_after_its_limit(tmp_path, monkeypatch):
+    """Another process's long transaction: the writer polls until it ends, or fails after the wait limit."""
+    path = tmp_path / "lock.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE t (x)")
+    waiter = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(database, "_LOCK_WAIT_S", 0.05)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        database._begin_immediate(waiter)
+
+    monkeypatch.setattr(database, "_LOCK_WAIT_S", 30.0)
+    released = threading.Event()
+
+    def release() -> None:
+        holder.execute("INSERT INTO t VALUES (1)")
+        released.set()
+        holder.execute("COMMIT")
+
+    # Released only after the waiter has been polling past the fast phase.
+    timer = threading.Timer(database._FAST_FOR_S * 4, release)
+    timer.start()
+    database._begin_immediate(waiter)
+    assert released.is_set()
+    waiter.execute("INSERT INTO t VALUES (2)")
+    waiter.execute("COMMIT")
+    timer.join()
+    assert holder.execute("SELECT count(*) FROM t").fetchone() == (2,)

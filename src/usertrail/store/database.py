@@ -83,15 +83,20 @@ def create_engine(url: str, durable: bool = True) -> sa.Engine:
 _LOCK_WAIT_S = 30.0
 
 
+# Polling steps of `_begin_immediate`: every 0.2 ms for the first 5 ms (another process's ingest commit),
+# then every 1 ms (a longer transaction, such as a session-loop round, where faster polling only burns CPU).
+_POLL_FAST_S, _POLL_SLOW_S, _FAST_FOR_S = 0.0002, 0.001, 0.005
+
+
 def _begin_immediate(dbapi_connection) -> None:
-    """Take SQLite's write lock, polling every 0.2 ms.
+    """Take SQLite's write lock, polling.
 
     SQLite's own busy handler sleeps in steps growing to 100 ms, so a process waiting for
     another one's short commit would often sleep far longer than the commit took; polling
     hands the lock over within a fraction of a millisecond.
     """
     dbapi_connection.execute("PRAGMA busy_timeout=0")
-    deadline = time.monotonic() + _LOCK_WAIT_S
+    began = time.monotonic()
     try:
         while True:
             try:
@@ -100,9 +105,10 @@ def _begin_immediate(dbapi_connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                if time.monotonic() > deadline:
+                waited = time.monotonic() - began
+                if waited > _LOCK_WAIT_S:
                     raise
-                time.sleep(0.0002)
+                time.sleep(_POLL_FAST_S if waited < _FAST_FOR_S else _POLL_SLOW_S)
     finally:
         dbapi_connection.execute(f"PRAGMA busy_timeout={int(_LOCK_WAIT_S * 1000)}")
 
