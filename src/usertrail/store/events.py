@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from usertrail.reports import rollup
-from usertrail.store.database import insert_ignore, insert_rows_ignore, insert_rows_new, upsert_add, write_transaction
+from usertrail.store.database import insert_ignore, insert_rows_new, upsert_add, write_transaction
 from usertrail.store.pending import mark_pending
 from usertrail.store.schema import drop_counts, events, rejected_events, security_log
 
@@ -81,10 +81,20 @@ class EventStore:
                 tallies[(record.project_id, env, reason)] += count
         rejected = [row for record in records for row in record.rejected]
         security_rows = [record.security for record in records if record.security is not None]
-        fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
+        rows = [row for record in records for row in record.events]
         with write_transaction(self.engine) as conn:
+            # One statement for every request's events: it also tells which were new (not re-sent).
+            new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY)) if rows else set()
+            fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
             for record in records:
-                stored = self._insert(conn, record.events, fresh) if record.events else 0
+                stored = 0
+                for row in record.events:
+                    key = (row[0], row[_USER_KEY], row[_EVENT_ID])
+                    if key in new:
+                        new.discard(key)  # of equal keys only the first was stored
+                        stored += 1
+                        if rollup.counted(row[_TYPE], row[_APP_TYPE], row[_OBJECT_ID]):
+                            fresh.append(tuple(row[i] for i in _ROLLUP))
                 duplicates = len(record.events) - stored
                 if duplicates:
                     tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
@@ -107,26 +117,6 @@ class EventStore:
             # are held only from here to the commit, and the other workers' commits queue on them briefly.
             rollup.add(conn, fresh)
         return outcomes
-
-    @staticmethod
-    def _insert(conn: sa.Connection, rows: list[tuple], fresh: list[tuple]) -> int:
-        """Insert new rows (skipping re-sent ones); how many were new. Appends to `fresh` the rollup columns of the
-        new rows the reports count."""
-        counted, others = [], []
-        for r in rows:
-            (counted if rollup.counted(r[_TYPE], r[_APP_TYPE], r[_OBJECT_ID]) else others).append(r)
-        if not counted:
-            return insert_rows_ignore(conn, events, EVENT_COLUMNS, rows)
-        # Only the counted rows need to be told apart one by one (new or re-sent); the rest go in bulk.
-        stored = insert_rows_ignore(conn, events, EVENT_COLUMNS, others) if others else 0
-        new = set(insert_rows_new(conn, events, EVENT_COLUMNS, counted, _KEY))
-        before = len(fresh)
-        for row in counted:
-            key = (row[0], row[_USER_KEY], row[_EVENT_ID])
-            if key in new:
-                new.discard(key)  # of equal keys only the first was stored
-                fresh.append(tuple(row[i] for i in _ROLLUP))
-        return stored + len(fresh) - before
 
     def user_events(
         self,
