@@ -272,30 +272,6 @@ def upsert_add(table: sa.Table, dialect_name: str, key: Iterable[str], counter: 
     )
 
 
-def upsert_pending(table: sa.Table, dialect_name: str, key: Iterable[str]) -> sa.Insert:
-    """INSERT of a pending mark that, on an existing key, keeps the earliest `since_ts` and the first
-    mark's time, bumps `version` and records the latest mark's time.
-
-    Built once per table, dialect and key: every ingest commit runs it, and building it anew
-    (and finding its compiled form again) cost more than executing it.
-    """
-    return _upsert_pending(table, dialect_name, tuple(key))
-
-
-@functools.cache
-def _upsert_pending(table: sa.Table, dialect_name: str, key: tuple[str, ...]) -> sa.Insert:
-    stmt = _insert_for(dialect_name)(table)
-    least = sa.func.min if dialect_name == "sqlite" else sa.func.least  # two-argument min in each dialect
-    return stmt.on_conflict_do_update(
-        index_elements=list(key),
-        set_={
-            "since_ts": least(table.c.since_ts, stmt.excluded.since_ts),
-            "version": table.c.version + 1,
-            "marked_at": stmt.excluded.marked_at,
-        },
-    )
-
-
 def lock_key(conn: sa.Connection, *parts: object) -> None:
     """Serialise work on one key across processes until the transaction ends.
 
