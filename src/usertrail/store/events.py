@@ -6,6 +6,7 @@ Writes arrive as `IngestRecord`s (one per HTTP request) and are committed many a
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,9 +24,9 @@ DUPLICATE = "duplicate"
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
 _USER_KEY, _TS, _ENV = (EVENT_COLUMNS.index(name) for name in ("user_key", "ts", "env"))
 _TYPE, _APP_TYPE, _OBJECT_ID = (EVENT_COLUMNS.index(name) for name in ("type", "app_type", "object_id"))
-_ROLLUP = [EVENT_COLUMNS.index(name) for name in rollup.COLUMNS]
+_rollup_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in rollup.COLUMNS))
 _KEY = ("project_id", "user_key", "event_id")
-_EVENT_ID = EVENT_COLUMNS.index("event_id")
+_key_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in _KEY))
 
 
 def event_row(**values) -> tuple:
@@ -89,12 +90,12 @@ class EventStore:
             for record in records:
                 stored = 0
                 for row in record.events:
-                    key = (row[0], row[_USER_KEY], row[_EVENT_ID])
+                    key = _key_of(row)
                     if key in new:
                         new.discard(key)  # of equal keys only the first was stored
                         stored += 1
                         if rollup.counted(row[_TYPE], row[_APP_TYPE], row[_OBJECT_ID]):
-                            fresh.append(tuple(row[i] for i in _ROLLUP))
+                            fresh.append(_rollup_of(row))
                 duplicates = len(record.events) - stored
                 if duplicates:
                     tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
