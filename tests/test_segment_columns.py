@@ -26,7 +26,6 @@ from test_segments_api import post, session
 from test_segments_rules import CATALOG, NOW, _attribute_rules, _store, users
 from test_update_api import create_client, get_token, update
 from test_users_api import api, enable_uuid, send
-from usertrail.integrations.csv_import import mapping_from_options
 from usertrail.segments.columns import ColumnStore
 from usertrail.segments.evaluate import load_facts, matches
 from usertrail.segments.membership import catalog_of
@@ -139,9 +138,7 @@ def test_rules_the_columns_cannot_answer_are_left_to_sql(engine):
     with engine.begin() as conn:
         _store(conn, project_id, [_person("u:1", role="admin")])
         conn.execute(
-            end_users.update()
-            .where(end_users.c.project_id == project_id)
-            .values(analytics_properties='{"role": 5}')
+            end_users.update().where(end_users.c.project_id == project_id).values(analytics_properties='{"role": 5}')
         )
     tree = parse({"rules": [{"attribute": "role", "operator": "is", "value": "5"}]}, CATALOG)
     assert counter.count(project_id, tree, NOW) is None
@@ -243,7 +240,7 @@ def test_counts_follow_every_writer_at_once(make_server, tmp_path: Path):
     assert count() == 2
     csv = tmp_path / "plans.csv"
     csv.write_text("user_id,Plan\ncy,VIP\nbo,Free\n")
-    run_import(live.app.state.csv_importer, pid, csv, *_csv_options())
+    run_import(live.app.state.csv_importer, pid, csv, "user_id", [], [], [])
     assert count() == 2  # cy in, bo out
     with write_transaction(live.engine) as conn:  # S3, Salesforce and SCIM write through these in their transactions
         live.app.state.attributes.write_columns(conn, pid, "s3", ["u:dee"], [("Plan", "string", ["VIP"])])
@@ -257,10 +254,6 @@ def test_counts_follow_every_writer_at_once(make_server, tmp_path: Path):
     assert count() == 1
     assert delete_inactive_users(live.engine, pid, 1, now + 10 * DAY)  # retention: everyone is inactive by then
     assert count() == 0
-
-
-def _csv_options() -> tuple:
-    return ("user_id", [], [], [])
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
