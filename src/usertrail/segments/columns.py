@@ -237,10 +237,7 @@ class ColumnStore:
         return sum(p.nbytes() for p in self._projects.values())
 
     def _snapshot(self):
-        conn = self.engine.connect()
-        if self.engine.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        return _Reading(conn)
+        return _Reading(self.engine.connect())
 
     def _current(self, conn: sa.Connection, project_id: int, sources: set[Source]) -> _Project | None:
         """The project's columns brought to the snapshot's version, with `sources` loaded."""
@@ -292,6 +289,11 @@ class _Reading:
 
     def __enter__(self) -> sa.Connection:
         self.conn.begin()
+        if self.conn.dialect.name == "postgresql":
+            # The transaction's first statement, so every read below sees one snapshot (no session
+            # setting to reset when the connection goes back to the pool). SQLite's deferred BEGIN
+            # takes its snapshot at the first read already.
+            self.conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         return self.conn
 
     def __exit__(self, *exc: object) -> None:
