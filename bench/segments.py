@@ -21,9 +21,13 @@ benchmark has no events, so "active until a month ago, then stopped" is the attr
 (Total sessions, Last seen, First seen), not the `stopped` behaviour rule.
 
 Measured. Each count — the product's own `Compiler(...).count(tree)`, built and run as the API
-does — runs `--runs` times after a warm-up on each engine: p50/p95 ms. In the same run the same
+did before column-wise counts — runs `--runs` times after a warm-up on each engine: p50/p95 ms. In the same run the same
 filters are hand-written in DuckDB SQL over a wide table built from an export of the same rows (one
 column per standard and custom attribute, plus the Plan changes as a list): the columnar ceiling.
+Column-wise ("<engine>, columns"): the API's live count since then (`member_count`: segments/columns.py,
+SQL for trees it cannot answer), after the first build of the columns the trees need (timed); then
+the refresh after 100, 1,000 and 10,000 users are written through the attribute store, and the
+memory the columns hold (`--no-columns` skips it).
 In process, `compile_tree(tree)(facts, now)` is timed over up to 100,000 users' `UserFacts`
 (evaluations/s, one core).
 
@@ -625,6 +629,70 @@ def sql_counters(conn, trees: dict[str, Group]) -> dict[str, Callable[[], int]]:
     return {name: counter(tree) for name, tree in trees.items()}
 
 
+def column_counters(engine, store, trees: dict[str, Group]) -> dict[str, Callable[[], int]]:
+    """The API's live count (`member_count`): column-wise where the tree allows it, else SQL; one
+    connection per count, as a request has."""
+    from usertrail.segments.columns import member_count
+
+    def counter(tree: Group) -> Callable[[], int]:
+        def count() -> int:
+            with engine.connect() as conn:
+                return member_count(store, conn, Compiler(1, NOW, engine.dialect.name), tree)
+
+        return count
+
+    return {name: counter(tree) for name, tree in trees.items()}
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def time_columns(
+    engine, engine_name: str, trees: dict[str, Group], users: list[User], runs: int, quiet_wait: float, db_pids
+) -> EngineRun:
+    """Column-wise counts (segments/columns.py): the first build for the nested tree, the other trees'
+    columns, the timed counts, the refresh after N users were written through the attribute store
+    (their own Plan again: a change to the log like any other, leaving the data as generated), memory."""
+    from usertrail.segments.columns import ColumnStore
+    from usertrail.store.attributes import AttributeStore
+
+    store = ColumnStore(engine, 4 << 30)
+    rss0 = _rss_mb()
+    notes = []
+    for name in ("nested, 10 rules", *trees):
+        began = time.perf_counter()
+        found = store.count(1, trees[name], NOW)
+        took = (time.perf_counter() - began) * 1000
+        if found is None:
+            notes.append(f"{name}: not columnar, counted in SQL")
+        elif store.last["action"] == "build" or name != "nested, 10 rules":
+            notes.append(f"first count of {name!r} ({store.last['action']}, loading its columns): {took:,.0f} ms")
+    ingest.wait_for_quiet(quiet_wait)
+    run = time_counts(engine_name, f"{engine_name}, columns", column_counters(engine, store, trees), runs, db_pids)
+    notes.append(f"columns held: {store.memory() / 2**20:,.1f} MB (estimate); RSS grew {_rss_mb() - rss0:,.0f} MB")
+    attributes = AttributeStore(engine)
+    for n in (100, 1_000, 10_000):
+        written = [(u.key, {"Plan": u.custom["Plan"]}) for u in users[:n]]
+        began = time.perf_counter()
+        attributes.write(1, SOURCE, written)
+        write_ms = (time.perf_counter() - began) * 1000
+        began = time.perf_counter()
+        store.count(1, trees["nested, 10 rules"], NOW)
+        took = (time.perf_counter() - began) * 1000
+        notes.append(
+            f"refresh after {n:,} users written ({write_ms:,.0f} ms to write): nested count {took:,.0f} ms "
+            f"({store.last['action']}, {store.last['changed']:,} users re-read)"
+        )
+    run.notes = notes
+    for note in notes:
+        print(f"    {note}")
+    return run
+
+
 def saved_counters(engine, trees: dict[str, Group]) -> dict[str, Callable[[], int]]:
     """Each tree saved as a segment (its member list computed in SQL, as the API does on create), then
     counted from that list with `SegmentStore.member_counts`, as `GET …/segments/{id}` does."""
@@ -850,6 +918,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "database only, then time the counts again (repeatable; it must suit every SQL engine in --engines)",
     )
     p.add_argument("--no-saved", action="store_true", help="skip counting saved segments from their member lists")
+    p.add_argument("--no-columns", action="store_true", help="skip the column-wise counts (segments/columns.py)")
     p.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for an idle machine per engine")
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached CSV files")
     p.add_argument("--keep", action="store_true", help="keep the databases (their location is printed)")
@@ -953,6 +1022,11 @@ def main(argv: list[str] | None = None) -> int:
                     ingest.wait_for_quiet(args.quiet_wait)
                     label = f"{engine_name}, saved"
                     runs.append(time_counts(engine_name, label, saved, args.runs, db_pids))
+                if not args.no_columns:
+                    column_run = time_columns(
+                        engine, engine_name, trees, sample_users, args.runs, args.quiet_wait, db_pids
+                    )
+                    runs.append(column_run)
                 in_sql = sql_members(engine, trees)
                 problems, load_ms = check_sample(engine, sample_users, trees, in_sql, args.sample)
                 run.load_facts_ms = load_ms
@@ -1015,6 +1089,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{run.loadavg_after}; CPU while timing: ours {run.own_cpu}, others {run.other_cpu}"
             + (f"; load_facts p50 {_pct(run.load_facts_ms, 0.5):,.1f} ms per user" if run.load_facts_ms else "")
         )
+        for note in run.notes:
+            print(f"    {note}")
     print(f"peak RSS of this process: {peak_mb:,.0f} MB")
     if in_process:
         slow = [s for s, v in in_process.evaluations_per_s.items() if v < TARGET_EVALS_PER_S]

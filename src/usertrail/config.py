@@ -93,6 +93,8 @@ class Settings:
     oidc_redirect_url: str = ""  # default: <server>/api/auth/oidc/callback
     # How long each server process keeps the snippet's answer to "which client-visible segments am I in?".
     client_segments_cache_s: float = 60.0
+    # Memory each server process may give the column-wise segment counter (segments/columns.py); 0: count in SQL.
+    segment_columns_mb: int = 512
 
     @property
     def resolved_database_url(self) -> str:
@@ -158,6 +160,7 @@ class Settings:
             oidc_default_project=int(env.get("USERTRAIL_OIDC_DEFAULT_PROJECT", "0")),
             oidc_redirect_url=env.get("USERTRAIL_OIDC_REDIRECT_URL", ""),
             client_segments_cache_s=float(env.get("USERTRAIL_CLIENT_SEGMENTS_CACHE_S", "60")),
+            segment_columns_mb=int(env.get("USERTRAIL_SEGMENT_COLUMNS_MB", "512")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -200,6 +203,7 @@ class Settings:
             "USERTRAIL_OIDC_DEFAULT_PROJECT": str(self.oidc_default_project),
             "USERTRAIL_OIDC_REDIRECT_URL": self.oidc_redirect_url,
             "USERTRAIL_CLIENT_SEGMENTS_CACHE_S": str(self.client_segments_cache_s),
+            "USERTRAIL_SEGMENT_COLUMNS_MB": str(self.segment_columns_mb),
         }
         for name in Limits.__dataclass_fields__:
             env[f"USERTRAIL_LIMIT_{name.upper()}"] = str(getattr(self.limits, name))

@@ -39,6 +39,7 @@ from usertrail.sessions.derive import (
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
 from usertrail.store import user_index
 from usertrail.store.bulk import bulk_rewrite, large_page_cache
+from usertrail.store.changes import note_project_changed, note_users_changed
 from usertrail.store.database import (
     execute_many,
     insert_rows,
@@ -380,6 +381,7 @@ class SessionProcessor:
             conn.execute(
                 end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key.in_(chunk))
             )
+        note_users_changed(conn, project_id, keys)
         user_index.forget(conn, project_id, keys)
         refresh_users(conn, project_id, keys, now, self.segments)
 
@@ -436,6 +438,7 @@ class SessionProcessor:
         rows = profiles(conn, project_id, scoped=True, now=now)
         execute_many(conn, _DROP_PROFILE, [(project_id, owner) for owner in owners])
         insert_rows(conn, end_users, PROFILE_COLUMNS, rows)
+        note_users_changed(conn, project_id, owners)
         user_index.refresh(conn, project_id, owners)
 
     # --- the full rebuild ------------------------------------------------------------------
@@ -516,6 +519,8 @@ class SessionProcessor:
                 _HINT_COLUMNS,
                 [(project_id, h, k, *at) for (h, k), at in sorted(links.hints.items())],
             )
+            # Numbered at the commit, not when the rows above were computed (docs/segments.md).
+            note_project_changed(conn, project_id)
         refresh_all(self.engine, now, [project_id])
         return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
 

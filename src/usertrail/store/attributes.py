@@ -25,6 +25,7 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
+from usertrail.store.changes import note_users_changed
 from usertrail.store.database import insert_columns, insert_rows, lock_key, update_rows, write_transaction
 from usertrail.store.schema import SLOTS_PER_KIND, attribute_changes, attribute_registry, custom_attributes
 
@@ -334,6 +335,7 @@ class AttributeStore:
                 final.setdefault(user_key, {})[slot] = value
             report.changed = _apply(conn, project_id, source, final, registry, now)
             _record_writer(conn, project_id, touched, source, now)
+            note_users_changed(conn, project_id, final)
         return report
 
     def write_columns(
@@ -389,6 +391,8 @@ class AttributeStore:
             _register(conn, project_id, registry, name, planned[name].type, source, now)
         report.changed = _write_values(conn, project_id, source, keys, accepted, registry, now, history)
         _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
+        if accepted:
+            note_users_changed(conn, project_id, keys)
         return report
 
     def values(self, project_id: int, keys: list[str]) -> dict[str, dict]:

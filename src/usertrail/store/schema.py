@@ -999,3 +999,30 @@ user_properties = sa.Table(
 sa.Index(
     None, user_properties.c.project_id, user_properties.c.name, user_properties.c.value, user_properties.c.user_key
 )
+
+# Changes to the rows segment counts read (`end_users`, `custom_attributes`), so the column-wise
+# counter (segments/columns.py) can bring its in-memory copy up to date in any process: every
+# writer of those tables calls store/changes.py in its transaction. `version` is bumped by each
+# such transaction; the row lock held from the bump to the commit makes versions follow commit
+# order, so a reader that sees version V has seen every change numbered ≤ V. A reference table
+# under Citus (one small row per project).
+user_change_state = sa.Table(
+    "user_change_state",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("rebuilt_version", sa.BigInteger, nullable=False),  # the last change of every user at once
+    sa.Column("pruned_version", sa.BigInteger, nullable=False),  # `user_changes` holds the changes after it
+    sa.Column("checkpoint_version", sa.BigInteger, nullable=False),  # what the next prune may remove up to
+)
+
+# Which users a version changed (one row per user and version; pruned hourly after a delay).
+user_changes = sa.Table(
+    "user_changes",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "user_key", "version"),
+)
+sa.Index(None, user_changes.c.project_id, user_changes.c.version)

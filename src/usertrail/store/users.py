@@ -30,6 +30,7 @@ from usertrail.profiles.standard import (
 )
 from usertrail.segments.model import Attribute, Catalog
 from usertrail.store import user_index
+from usertrail.store.changes import note_users_changed
 from usertrail.store.database import write_transaction
 from usertrail.store.identity import members_of, owner_of
 from usertrail.store.schema import (
@@ -452,6 +453,7 @@ def _delete_user(conn: sa.Connection, project_id: int, owner: str) -> dict[str, 
         deleted = conn.execute(table.delete().where(table.c.project_id == project_id, table.c.user_key.in_(keys)))
         if table is custom_attributes:
             counts["attributes"] = deleted.rowcount
+    note_users_changed(conn, project_id, [owner, *keys])
     return counts
 
 

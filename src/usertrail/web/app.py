@@ -33,10 +33,12 @@ from usertrail.playback.crypto import KeySource
 from usertrail.playback.fetch import SafeFetcher
 from usertrail.playback.service import PlaybackService
 from usertrail.playback.store import RecordingStore
+from usertrail.segments.columns import ColumnStore
 from usertrail.segments.membership import refresh_all
 from usertrail.sessions.processor import SessionProcessor
+from usertrail.store import changes
 from usertrail.store.attributes import AttributeStore
-from usertrail.store.database import create_engine, migrate
+from usertrail.store.database import create_engine, migrate, write_transaction
 from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore
 from usertrail.store.retention import RetentionStore, delete_inactive_users
@@ -96,10 +98,13 @@ def _now() -> int:
 
 def run_hourly(collector: Collector, now: int) -> int:
     """The hourly maintenance at `now`: purge security-log entries (full IPs) past their retention and
-    recompute saved segments (relative dates move with time). Returns the purged entries."""
+    recompute saved segments (relative dates move with time), prune the change log of End User Objects
+    and custom attributes. Returns the purged entries."""
     retention_ms = collector.settings.security_log_retention_days * DAY_MS
     purged = collector.events.purge_security_log(now - retention_ms)
     refresh_all(collector.events.engine, now)
+    with write_transaction(collector.events.engine) as conn:
+        changes.prune(conn)  # the segment counters' change log (store/changes.py)
     return purged
 
 
@@ -263,6 +268,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.segments = SegmentStore(collector.events.engine)
     app.state.client_segments = segments_api.client_cache(settings.client_segments_cache_s)
+    app.state.segment_columns = ColumnStore(collector.events.engine, settings.segment_columns_mb << 20)
     app.state.salesforce = SalesforceImporter(
         collector.events.engine,
         app.state.attributes,

@@ -29,6 +29,7 @@ from usertrail.reports.engagement import (
     BadParameter,
     Scope,
 )
+from usertrail.segments.columns import member_count
 from usertrail.segments.membership import catalog_of
 from usertrail.segments.model import InvalidRule, parse
 from usertrail.segments.sql import Compiler
@@ -86,7 +87,7 @@ def _scope(request: Request, project_id: int, params: Mapping[str, str] | None =
         except InvalidRule as exc:  # e.g. a custom attribute it names was removed since
             raise ApiError(409, "segment_invalid", exc.reason, "segment") from None
         compiler = Compiler(project_id, now, engine.dialect.name)
-        members = conn.execute(compiler.count(tree)).scalar_one()
+        members = member_count(request.app.state.segment_columns, conn, compiler, tree)
     summary = {"id": row.id, "name": row.name, "members": members}
     return Scope(project_id, time_range, compiler.members(tree)), summary
 

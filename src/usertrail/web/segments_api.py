@@ -21,6 +21,7 @@ from starlette.routing import Route
 from usertrail.collect.pipeline import identity_for
 from usertrail.profiles import standard
 from usertrail.profiles.standard import STANDARD_ATTRIBUTES
+from usertrail.segments.columns import member_count
 from usertrail.segments.evaluate import compile_tree, explain, load_facts
 from usertrail.segments.membership import catalog_of, refresh_segment
 from usertrail.segments.model import (
@@ -219,7 +220,7 @@ async def preview(request: Request) -> Response:
     tree = _parse(engine, project_id, body.get("rules"))
     compiler = Compiler(project_id, _now(), engine.dialect.name)
     with engine.connect() as conn:
-        count = conn.execute(compiler.count(tree)).scalar()
+        count = member_count(request.app.state.segment_columns, conn, compiler, tree)
         rows = _member_rows(conn, compiler, tree, sample, 0) if sample else []
     return JSONResponse({"count": count, "sample": [profile_json(r) for r in rows]})
 
@@ -253,7 +254,7 @@ async def members(request: Request) -> Response:
     if offset < 0:
         raise ApiError(400, "invalid_request", "offset must be ≥ 0", "offset")
     with engine.connect() as conn:
-        total = conn.execute(compiler.count(tree)).scalar()
+        total = member_count(request.app.state.segment_columns, conn, compiler, tree)
         rows = _member_rows(conn, compiler, tree, _limit(request, 50, 1000), offset)
     return JSONResponse({"total": total, "offset": offset, "users": [profile_json(r) for r in rows]})
 
