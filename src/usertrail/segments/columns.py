@@ -29,6 +29,7 @@ each distinct value, to match its semantics exactly).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,11 +45,14 @@ from usertrail.store.changes import changed_since, read_state
 from usertrail.store.schema import custom_attributes, end_users
 from usertrail.store.users import STANDARD_COLUMNS
 
+log = logging.getLogger(__name__)
+
 REGEX_VALUES = 100_000
 _CHUNK = 2_000  # keys per `IN (…)` when re-reading changed users
 # Rebuild rather than patch when this share of rows was appended or deleted since the last build
 # (appended keys sit outside the sorted index; deleted rows keep their place until a build).
 _REBUILD_SHARE = 0.1
+_OVERSIZED_RETRY_S = 3600.0
 
 Source = tuple[str, str]  # ("end_users", column) | ("analytics", property) | ("custom", slot)
 
@@ -203,10 +207,18 @@ class ColumnStore:
     """Column-wise counts for the projects of one database, at most `max_bytes` of columns per process
     (least recently used projects are dropped first; a project that alone exceeds it is counted in SQL)."""
 
-    def __init__(self, engine: sa.Engine, max_bytes: int) -> None:
-        self.engine, self.max_bytes = engine, max_bytes
+    def __init__(self, engine: sa.Engine, max_bytes: int, background: bool = False) -> None:
+        """`background`: a count that would first have to load columns from the database (seconds at a million
+        users) starts that load in a thread and answers None (count in SQL) until it is done, and a count
+        arriving while a load runs does the same; otherwise (commands, tests) the count loads and waits."""
+        self.engine, self.max_bytes, self.background = engine, max_bytes, background
         self._projects: dict[int, _Project] = {}
         self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        self.loads = 0  # background loads started
+        # Projects whose columns alone exceeded the budget, and when: counted in SQL without loading them
+        # again at every count (retried after `_OVERSIZED_RETRY_S`, the project may have shrunk).
+        self._oversized: dict[int, float] = {}
         self.last: dict[str, float | int | str] = {}  # what the last count did (for benchmarks and logs)
 
     def count(self, project_id: int, tree: Group, now: int) -> int | None:
@@ -217,7 +229,31 @@ class ColumnStore:
             sources = sources_of(tree)
         except NotColumnar:
             return None
-        with self._lock, self._snapshot() as conn:
+        if time.monotonic() - self._oversized.get(project_id, -_OVERSIZED_RETRY_S) < _OVERSIZED_RETRY_S:
+            return None
+        if not self._lock.acquire(blocking=not self.background):
+            return None  # a background load holds the columns
+        try:
+            return self._count(project_id, tree, now, sources)
+        finally:
+            self._lock.release()
+
+    def wait(self) -> None:
+        """Until a background load started by `count` has finished."""
+        loader = self._loader
+        if loader is not None:
+            loader.join()
+
+    def _count(self, project_id: int, tree: Group, now: int, sources: set[Source]) -> int | None:
+        with self._snapshot() as conn:
+            if self.background and self._must_load(conn, project_id, sources):
+                self._loader = threading.Thread(
+                    target=self._load_in_background, args=(project_id, sources), name="usertrail-columns", daemon=True
+                )
+                self._loader.start()
+                self.loads += 1
+                self.last.update(action="loading")
+                return None
             began = time.perf_counter()
             project = self._current(conn, project_id, sources)
             prepared = time.perf_counter()
@@ -231,6 +267,24 @@ class ColumnStore:
             self.last.update(prepare_ms=(prepared - began) * 1000, evaluate_ms=(time.perf_counter() - prepared) * 1000)
             self._evict(keep=project_id)
             return result
+
+    def _must_load(self, conn: sa.Connection, project_id: int, sources: set[Source]) -> bool:
+        """Whether bringing the project's copy up to date means reading whole columns (not a few changed users)."""
+        project = self._projects.get(project_id)
+        if project is None or not sources <= set(project.columns):
+            return True
+        state = read_state(conn, project_id)
+        return (
+            state.rebuilt_version > project.version or state.pruned_version > project.version or project.stale_layout()
+        )
+
+    def _load_in_background(self, project_id: int, sources: set[Source]) -> None:
+        try:
+            with self._lock, self._snapshot() as conn:
+                self._current(conn, project_id, sources)
+                self._evict(keep=project_id)
+        except Exception:  # the counts go on in SQL; the next one tries again
+            log.exception("loading the segment columns of project %d failed", project_id)
 
     def memory(self) -> int:
         """Bytes held by the columns of every project (an estimate of the arrays and distinct values)."""
@@ -272,6 +326,7 @@ class ColumnStore:
         self._projects[project_id] = project  # type: ignore[assignment]
         if project.nbytes() > self.max_bytes:  # type: ignore[union-attr]
             del self._projects[project_id]
+            self._oversized[project_id] = time.monotonic()
             return None
         return project
 

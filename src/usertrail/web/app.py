@@ -268,7 +268,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.segments = SegmentStore(collector.events.engine)
     app.state.client_segments = segments_api.client_cache(settings.client_segments_cache_s)
-    app.state.segment_columns = ColumnStore(collector.events.engine, settings.segment_columns_mb << 20)
+    app.state.segment_columns = ColumnStore(collector.events.engine, settings.segment_columns_mb << 20, background=True)
     app.state.salesforce = SalesforceImporter(
         collector.events.engine,
         app.state.attributes,
