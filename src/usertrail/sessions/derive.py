@@ -131,8 +131,9 @@ def _starts_sql(dialect: str, scoped: bool) -> str:
     the join (CROSS JOIN fixes that order on SQLite).
     """
     p = "%s" if dialect == "postgresql" else "?"
+    in_scope = f"e.project_id = {p} AND e.user_key = s.user_key AND e.ts >= s.since"
     source = (
-        f"{SCOPE} s CROSS JOIN events e WHERE e.project_id = {p} AND e.user_key = s.user_key AND e.ts >= s.since"
+        f"{SCOPE} s {_events_of(dialect, True, ('user_key', 'ts'), in_scope, cross=True)}"
         if scoped
         else f"events e WHERE e.project_id = {p}"
     )
@@ -146,13 +147,35 @@ ORDER BY k, ts, is_start DESC
 """
 
 
-_RUN_EVENTS = "JOIN events e ON e.project_id = {p} AND e.user_key = r.k AND e.ts >= r.start_ts AND e.ts < r.next_ts"
+_RUN_EVENTS = "e.project_id = {p} AND e.user_key = r.k AND e.ts >= r.start_ts AND e.ts < r.next_ts"
+_AGGREGATED = (
+    "ts", "type", "session_hint", "user_vars", "anon_id", "url_path", "country", "browser", "os", "device_type"
+)  # fmt: skip
+
+
+def _events_of(dialect: str, scoped: bool, columns: Sequence[str], condition: str, cross: bool = False) -> str:
+    """The join of a driving temporary table (scope, runs, aggregates) to its keys' `events` (alias `e`).
+
+    PostgreSQL's incremental path gets a LATERAL subquery fenced by `OFFSET 0`: one index range of
+    (project, user, time) per row of the small table. Left to plan it freely, PostgreSQL estimated a
+    project that appeared since the last ANALYZE at one event, scanned all of its events once per row of
+    the temporary table, and a batch of 1,000 users ran for minutes under steady ingest
+    (docs/benchmarks.md). The full rebuild keeps the plain join; SQLite gets CROSS JOIN (`cross`) where that
+    keeps `events` out of the outer loop.
+    """
+    if dialect == "postgresql":
+        if scoped:
+            return f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM events e WHERE {condition} OFFSET 0) AS e"
+        return f"JOIN events e ON {condition}"
+    return f"{'CROSS JOIN' if cross else 'JOIN'} events e ON {condition}"
+
+
 # The timestamps of the events a session's columns come from (one event per time: runs with two
 # events at the same time go to the Python rule, which breaks the tie by event id).
 _AT = ("hint_at", "entry_at", "exit_at", "loc_at", "brw_at", "os_at", "device_at", "anon_at")
 
 
-def _aggregates_sql(dialect: str) -> str:
+def _aggregates_sql(dialect: str, scoped: bool) -> str:
     """One row per run: counts, and the time of the first or latest event that has each value."""
     p = "%s" if dialect == "postgresql" else "?"
     return f"""
@@ -174,13 +197,13 @@ SELECT r.id, r.k, r.start_ts, max(e.ts), count(*),
        max(CASE WHEN e.os <> '' THEN e.ts END),
        max(CASE WHEN e.device_type <> '' THEN e.ts END),
        min(CASE WHEN e.anon_id <> '' THEN e.ts END)
-FROM {RUNS} r {_RUN_EVENTS.format(p=p)}
+FROM {RUNS} r {_events_of(dialect, scoped, _AGGREGATED, _RUN_EVENTS.format(p=p))}
 WHERE r.python = 0
 GROUP BY r.id, r.k, r.start_ts
 """
 
 
-def _values_sql(dialect: str) -> str:
+def _values_sql(dialect: str, scoped: bool) -> str:
     """The events the columns come from: a few per run, each found through the index.
 
     CROSS JOIN keeps SQLite from putting `events` in the outer loop (PostgreSQL plans it freely).
@@ -189,22 +212,25 @@ def _values_sql(dialect: str) -> str:
     times = ", ".join(f"a.{c}" for c in _AT)
     # PostgreSQL uses the index for `= ANY(array)` (not for an IN list of columns).
     match = f"e.ts = ANY(ARRAY[{times}])" if dialect == "postgresql" else f"e.ts IN ({times})"
+    columns = (
+        "ts", "event_id", "session_hint", "url_path", "country", "region", "city", "browser", "browser_version", "os",
+        "device_type", "anon_id",
+    )  # fmt: skip
     return f"""
-SELECT a.id, e.ts, e.event_id, e.session_hint, e.url_path, e.country, e.region, e.city, e.browser,
-       e.browser_version, e.os, e.device_type, e.anon_id
-FROM {AGGREGATES} a CROSS JOIN events e
-WHERE e.project_id = {p} AND e.user_key = a.k AND {match}
-  AND a.end_ts - a.start_ts < {MAX_SESSION_MS} AND a.hints_low IS NOT DISTINCT FROM a.hints_high
+SELECT a.id, {", ".join(f"e.{c}" for c in columns)}
+FROM {AGGREGATES} a {_events_of(dialect, scoped, columns, f"e.project_id = {p} AND e.user_key = a.k AND {match}", True)}
+WHERE a.end_ts - a.start_ts < {MAX_SESSION_MS} AND a.hints_low IS NOT DISTINCT FROM a.hints_high
   AND a.vars_low IS NOT DISTINCT FROM a.vars_high AND a.anon_low IS NOT DISTINCT FROM a.anon_high
 """
 
 
-def _fallback_sql(dialect: str) -> str:
+def _fallback_sql(dialect: str, scoped: bool) -> str:
     p = "%s" if dialect == "postgresql" else "?"
     columns = ", ".join(f"e.{c}" for c in EVENT_POINT_COLUMNS)
+    joined = _events_of(dialect, scoped, ("anon_id", *EVENT_POINT_COLUMNS), _RUN_EVENTS.format(p=p))
     return f"""
 SELECT r.id, r.k, e.anon_id, {columns}
-FROM {RUNS} r {_RUN_EVENTS.format(p=p)}
+FROM {RUNS} r {joined}
 WHERE r.python = 1
 ORDER BY r.id
 """
@@ -219,9 +245,12 @@ def _sql(dialect: str, name: str) -> str:
         builders = {
             "starts": lambda: _starts_sql(dialect, scoped=False),
             "starts_scoped": lambda: _starts_sql(dialect, scoped=True),
-            "aggregates": lambda: _aggregates_sql(dialect),
-            "values": lambda: _values_sql(dialect),
-            "fallback": lambda: _fallback_sql(dialect),
+            "aggregates": lambda: _aggregates_sql(dialect, scoped=False),
+            "aggregates_scoped": lambda: _aggregates_sql(dialect, scoped=True),
+            "values": lambda: _values_sql(dialect, scoped=False),
+            "values_scoped": lambda: _values_sql(dialect, scoped=True),
+            "fallback": lambda: _fallback_sql(dialect, scoped=False),
+            "fallback_scoped": lambda: _fallback_sql(dialect, scoped=True),
         }
         sql = _SQL[(dialect, name)] = builders[name]()
     return sql
@@ -262,7 +291,8 @@ def sessionize_keys(conn: sa.Connection, project_id: int, scoped: bool) -> KeySe
     found = KeySessions()
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.execute(_sql(dialect, "starts_scoped" if scoped else "starts"), (project_id,))
+        suffix = "_scoped" if scoped else ""
+        cursor.execute(_sql(dialect, "starts" + suffix), (project_id,))
         runs = _runs(cursor.fetchall())
         if dialect == "postgresql":
             with cursor.copy(f"COPY {RUNS} (id, k, start_ts, next_ts, python) FROM STDIN") as copy:
@@ -272,17 +302,17 @@ def sessionize_keys(conn: sa.Connection, project_id: int, scoped: bool) -> KeySe
             cursor.execute("SET LOCAL work_mem = '256MB'")
         else:
             cursor.executemany(f"INSERT INTO {RUNS} (id, k, start_ts, next_ts, python) VALUES (?, ?, ?, ?, ?)", runs)
-        cursor.execute(_sql(dialect, "aggregates"), (project_id,))
+        cursor.execute(_sql(dialect, "aggregates" + suffix), (project_id,))
         cursor.execute(f"SELECT * FROM {AGGREGATES}")
         aggregates = cursor.fetchall()
-        cursor.execute(_sql(dialect, "values"), (project_id,))
+        cursor.execute(_sql(dialect, "values" + suffix), (project_id,))
         at: dict[int, dict[int, tuple]] = defaultdict(dict)
         for row in cursor.fetchall():
             at[row[0]][row[1]] = row
         python = [(row[0],) for row in aggregates if not _from_aggregates(row, at.get(row[0], {}), found)]
         if python:
             cursor.executemany(f"UPDATE {RUNS} SET python = 1 WHERE id = {marker}", python)
-        cursor.execute(_sql(dialect, "fallback"), (project_id,))
+        cursor.execute(_sql(dialect, "fallback" + suffix), (project_id,))
         for _, run in itertools.groupby(cursor.fetchall(), key=operator.itemgetter(0)):
             rows = list(run)
             key = rows[0][1]
