@@ -335,11 +335,15 @@ class SessionProcessor:
                 del targets[target]
         if forget:
             self._forget(conn, project_id, sorted(forget), now)
-        stats = self._recompute(conn, project_id, targets, now)
+        changed: list[str] = []
+        stats = self._recompute(conn, project_id, targets, now, changed)
         stats.users = len(items)
         marks = [{"p": project_id, "k": key, "version": version, "worker": token} for key, _, version in items]
         conn.execute(_DONE, marks)
         conn.execute(_RELEASE, marks)  # newer events arrived meanwhile: the row stays for the next round
+        # Last: it holds the project's change counter (segment counts) until the commit, so the other
+        # processes' batches queue on it only for this batch's commit.
+        note_users_changed(conn, project_id, [*forget, *changed])
         return stats
 
     def _apply_links(self, conn: sa.Connection, project_id: int, links: _Links) -> set[str]:
@@ -381,12 +385,14 @@ class SessionProcessor:
             conn.execute(
                 end_users.delete().where(end_users.c.project_id == project_id, end_users.c.user_key.in_(chunk))
             )
-        note_users_changed(conn, project_id, keys)
         user_index.forget(conn, project_id, keys)
         refresh_users(conn, project_id, keys, now, self.segments)
 
-    def _recompute(self, conn: sa.Connection, project_id: int, targets: dict[str, int], now: int) -> ProcessStats:
-        """Recompute the owners' sessions from the run of activity that holds each one's `since`; apply closes."""
+    def _recompute(
+        self, conn: sa.Connection, project_id: int, targets: dict[str, int], now: int, changed: list[str]
+    ) -> ProcessStats:
+        """Recompute the owners' sessions from the run of activity that holds each one's `since`; apply closes.
+        Appends to `changed` the owners whose End User Object it rewrote."""
         stats = ProcessStats()
         if not targets:
             return stats
@@ -400,7 +406,7 @@ class SessionProcessor:
                 old[row.user_key].append(row)
         windows = {t: _window_start(old[t], since) for t, since in targets.items()}
         made = _sessions_of(conn, project_id, windows, _members(conn, project_id, targets))
-        drops, rows, changed = [], [], []
+        drops, rows = [], []
         for owner in sorted(targets):
             window = windows[owner]
             previous = {r.start_ts: r for r in old[owner] if r.start_ts >= window}
@@ -438,7 +444,6 @@ class SessionProcessor:
         rows = profiles(conn, project_id, scoped=True, now=now)
         execute_many(conn, _DROP_PROFILE, [(project_id, owner) for owner in owners])
         insert_rows(conn, end_users, PROFILE_COLUMNS, rows)
-        note_users_changed(conn, project_id, owners)
         user_index.refresh(conn, project_id, owners)
 
     # --- the full rebuild ------------------------------------------------------------------
