@@ -292,11 +292,11 @@ def project(engine) -> int:
     return ProjectStore(engine).create("p").project.id
 
 
-def run_import(importer: CsvImporter, project: int, path: Path, *args, **kwargs) -> dict:
+def run_import(importer: CsvImporter, project: int, path: Path, *args, reader=None, **kwargs) -> dict:
     sha, size = FileScan.of_file(path)
     spec = mapping_from_options(*args) if args else mapping_from_options("user_id", [], [], [])
     job = importer.create_job(project, path, spec, file_name=path.name, sha256=sha, size=size, **kwargs)
-    return importer.run(job, path)
+    return importer.run(job, path, reader=reader)
 
 
 def values(engine_or_importer, project: int, key: str) -> dict:
@@ -699,6 +699,29 @@ def test_a_stopped_import_ends_its_reader_process(engine, project, tmp_path):
     assert len(seen) == 1 and reaped(seen[0]) and not reader_processes()
 
 
+def test_a_reader_started_ahead_imports_or_ends_when_not_needed(engine, project, tmp_path):
+    """`start_reader` starts the process before the file is checked; `run` takes it over, and one
+    that is not needed (a skipped job, a refused file) ends when closed, with no process left."""
+    path = write(tmp_path, "user_id,plan\n" + "".join(f"u{i},p{i % 3}\n" for i in range(50)))
+    importer = process_importer(engine, 10)
+    reader = importer.start_reader(path.stat().st_size)
+    assert reader is not None and len(reader_processes()) == 1
+    result = run_import(importer, project, path, reader=reader)
+    assert result["status"] == "done" and result["rows_applied"] == 50 and not reader_processes()
+
+    ahead = importer.start_reader(path.stat().st_size)
+    assert ahead is not None
+    skipped = run_import(importer, project, path, reader=ahead)
+    assert skipped["status"] == "skipped" and not reader_processes()
+
+    unused = importer.start_reader(path.stat().st_size)
+    assert unused is not None
+    unused.close()
+    unused.close()  # again: nothing left to do
+    assert unused._process.returncode == 0 and not reader_processes()
+    assert CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine)).start_reader(1000) is None
+
+
 def test_the_reader_process_keys_ids_by_the_projects_uuid_settings(engine, project, tmp_path):
     uuid = UuidSettings(provider="variable", source="currentUser.id", hash=True, salt="pepper")
     ProjectStore(engine).save_environment(project, "production", EnvironmentSettings(uuid=uuid))
@@ -821,6 +844,41 @@ def test_upload_cap_through_http(live: LiveServer):
     report = list(csv.reader(io.StringIO(admin_get(live, f"/imports/{job['id']}/errors").text)))
     assert report[1][:2] == ["1", "extra"] and f"maximum of {CAP}" in report[1][2] and "a099" in report[1][2]
     assert admin_get(live, "/users/u:u1/attributes/history").json()["history"][0]["new"] == 5.0
+
+
+def large_csv(min_bytes: int) -> tuple[bytes, int]:
+    """A file of at least `min_bytes` (wide rows, so few of them): a quoted cell with a line break on
+    line 6-7, and a bad number on the last row. Returns the bytes and the number of rows."""
+    note = "n" * 300
+    rows = min_bytes // (len(note) + 12) + 1
+    lines = [f"u{i:06d},{('free', 'pro', 'VIP')[i % 3]},{i % 500},{note}\n" for i in range(rows - 1)]
+    lines[4] = 'u000004,pro,4,"two\nlines"\n'
+    lines.append(f"u{rows - 1:06d},pro,many,{note}\n")
+    return ("user_id,plan,seats,note\n" + "".join(lines)).encode(), rows
+
+
+def test_a_large_upload_is_read_by_the_reader_process(live: LiveServer):
+    """A file large enough for the reader process, through the real server: good rows apply, the
+    error report names the right line across a quoted line break, and no reader process is left."""
+    importer = live.app.state.csv_importer
+    body, rows = large_csv(importer.reader_process_min_bytes)
+    assert len(body) >= importer.reader_process_min_bytes >= 12 << 20  # the server's own threshold
+    response = upload(live, body, id_column="user_id", type="seats=number", file_name="big.csv")
+    assert response.status_code == 202, response.text
+    job = wait_for_job(live, response.json())
+    assert job["status"] == "done", job["message"]
+    assert (job["rows"], job["rows_applied"], job["rows_failed"], job["error_count"]) == (rows, rows, 1, 1)
+    assert job["bytes_read"] == job["size_bytes"] == len(body)
+    report = list(csv.reader(io.StringIO(admin_get(live, f"/imports/{job['id']}/errors").text)))
+    assert report[1] == [str(rows + 2), "seats", "expected a number, got 'many'"]  # header + the extra line
+    assert values(live.app.state.attributes.engine, live.project.project.id, "u:u000004") == {
+        "plan": "pro", "seats": 4.0, "note": "two\nlines",
+    }  # fmt: skip
+    last = values(live.app.state.attributes.engine, live.project.project.id, f"u:u{rows - 1:06d}")
+    assert last["plan"] == "pro" and "seats" not in last
+    assert not reader_processes()
+    again = wait_for_job(live, upload(live, body, id_column="user_id", type="seats=number").json())
+    assert again["status"] == "skipped"
 
 
 # --- the command line ----------------------------------------------------------------------------

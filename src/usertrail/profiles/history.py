@@ -24,17 +24,20 @@ class ColumnsHistory:
     texts: list[str]
 
 
-def _json_texts(values: ColumnValues) -> list[str | None]:
-    """Each value's JSON text (None stays None), encoded once per column or per distinct value."""
+def _json_texts(values: ColumnValues) -> tuple[list[str | None], bool]:
+    """Each value's JSON text (None stays None), encoded once per column or per distinct value, and
+    whether a value is None."""
     if values and type(values[0]) is float and set(map(type, values)) == {float}:
         # A number's JSON holds no comma, so the encoded array splits into the values' texts.
-        return msgspec.json.encode(values)[1:-1].decode().split(",")
-    distinct = list(set(values) - {None})
+        return msgspec.json.encode(values)[1:-1].decode().split(","), False
+    distinct = set(values)
+    missing = None in distinct
+    distinct.discard(None)
     texts: dict[object, str | None] = dict(
         zip(distinct, map(bytes.decode, map(msgspec.json.encode, distinct)), strict=True)
     )
     texts[None] = None
-    return list(map(texts.__getitem__, values))
+    return list(map(texts.__getitem__, values)), missing
 
 
 def new_values_history(slots: list[str] | tuple[str, ...], columns: list[ColumnValues]) -> list[str]:
@@ -44,8 +47,12 @@ def new_values_history(slots: list[str] | tuple[str, ...], columns: list[ColumnV
     column once per distinct value (columns repeat values: plans, dates, flags). A row with every
     value is then one `%` of a template; a row without a value in a column leaves it out.
     """
-    encoded = [_json_texts(values) for values in columns]
-    if not any(None in texts for texts in encoded):
+    encoded, missing = [], False
+    for values in columns:
+        texts, column_missing = _json_texts(values)
+        encoded.append(texts)
+        missing = missing or column_missing
+    if not missing:
         template = "{" + ",".join(f'"{slot}":[null,%s]' for slot in slots) + "}"
         return list(map(template.__mod__, zip(*encoded, strict=True)))
     rows = []
