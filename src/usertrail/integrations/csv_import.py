@@ -57,7 +57,7 @@ CHUNK_ROWS = 20_000  # rows per transaction
 # Files at least this large (about 150,000 rows of ten columns) are read and converted by a separate
 # process (`ReaderProcess`); smaller ones by a thread of the importing process. Set when the reader took
 # 0.6-0.9 s to start (it cost more than it saved at 100,000 rows, less at 200,000); it now starts in
-# about 0.15 s (no SQLAlchemy), so a lower threshold may pay off: not measured yet.
+# 0.15-0.2 s (no SQLAlchemy), so a lower threshold may pay off: not measured yet.
 READER_PROCESS_MIN_BYTES = 12 << 20
 MAX_COLUMNS = 1_000
 MAX_STORED_ERRORS = 100_000  # rows of the error report kept per job; the count is always complete

@@ -5,7 +5,7 @@ slots, size)`, and writes to stdout each chunk of `csv_rows.read_chunks` (read, 
 converted) as a frame, then one closing frame (`send`). Its stdin closed without work (an importer
 that started it ahead and then did not need it) ends it quietly. `integrations/csv_import.py`'s
 `ReaderProcess` starts it and reads it. It imports no SQLAlchemy and nothing of the store (see
-`profiles/csv_rows.py`), so it starts in about a tenth of a second.
+`profiles/csv_rows.py`), so it starts in 0.15-0.2 s instead of 0.6-1 s.
 """
 
 from __future__ import annotations
