@@ -166,7 +166,7 @@ def wait_with_peak(pid: int) -> tuple[int, resource.struct_rusage, float, float]
     SQLite file through its memory map, the next import reported the script's size (the 724 MB of
     an earlier run, not reproduced alone). VmHWM belongs to the new program only; polled every
     50 ms, it can miss at most the growth of the last 50 ms. A large file is read by a second
-    process (`integrations/csv_reader.py`) that the import starts: the peak reported is the sum of
+    process (`profiles/csv_reader.py`) that the import starts: the peak reported is the sum of
     each process's own peak (VmHWM), an upper bound of what both held at once. Its CPU time is in
     the rusage (`wait4` counts the children the import process waited for); the reader's own is
     its last polled utime + stime (it can miss its last 50 ms).

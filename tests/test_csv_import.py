@@ -4,6 +4,7 @@ the cap, in process on both engines, through the real HTTP server, and through t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -31,6 +32,8 @@ from usertrail.integrations.csv_import import (
     read_file_info,
     resolve,
 )
+from usertrail.integrations.user_keys import key_function
+from usertrail.profiles.csv_rows import key_column, read_chunks
 from usertrail.profiles.custom import CAP, CellConverter, InvalidValue, infer_column_type
 from usertrail.project_settings import EnvironmentSettings, UuidSettings
 from usertrail.store.attributes import AttributeStore
@@ -93,6 +96,77 @@ def test_dialect_round_trip(tmp_path_factory, delimiter, quoting, header, data, 
     assert info.delimiter == delimiter and info.bom == bom
     assert info.header == header
     assert info.sample == rows
+
+
+records = st.one_of(
+    st.lists(st.text(alphabet='ab 1.-"\n\r,;\t0', max_size=6), min_size=3, max_size=3),  # written by csv.writer
+    st.lists(st.sampled_from(["u1", " u2", "", "7", "1.5", "true", "2024-02-03", "x y"]), min_size=3, max_size=3),
+    st.sampled_from(["", "a,b", "a,b,c,d", " ,1,2", "u\rv,1,2", "w,,", "q,1,\u2028", "n,\x00,1"]),  # raw lines
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(records, max_size=12),
+    terminator=st.sampled_from(["\n", "\r\n"]),
+    types=st.lists(st.sampled_from(["string", "number", "boolean", "date"]), min_size=2, max_size=2),
+    chunk_rows=st.integers(1, 5),
+    bom=st.booleans(),
+    hashed=st.booleans(),
+)
+def test_chunks_read_the_rows_as_the_csv_module_does(
+    tmp_path_factory, rows, terminator, types, chunk_rows, bom, hashed
+):
+    """`read_chunks` splits plain blocks itself and hands the rest to the csv module: either way each
+    row's key, values, errors and line are those of reading the file row by row with the csv module."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator=terminator)
+    writer.writerow(["user_id", "a", "b"])
+    for row in rows:
+        if isinstance(row, list):
+            writer.writerow(row)
+        else:
+            buffer.write(row + terminator)
+    text = buffer.getvalue()
+    path = write(tmp_path_factory.mktemp("rows"), ("\ufeff" if bom else "") + text)
+    mapping = mapping_from_options("user_id", [], [], [f"a={types[0]}", f"b={types[1]}"])
+    plan = resolve(mapping, read_file_info(path), {})
+    uuid = UuidSettings(provider="variable", source="u", hash=True, salt="s") if hashed else None
+    key = key_function(uuid)
+
+    expected_keys, expected_values, expected_errors = [], [[], []], []
+    converters = [CellConverter(t) for t in types]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader)
+    start = reader.line_num + 1
+    for row in reader:
+        if row and len(row) != 3:
+            expected_errors.append((start, None, f"expected 3 fields as in the header, got {len(row)}"))
+        elif row and not row[0].strip():
+            expected_errors.append((start, "user_id", "the end-user id is empty"))
+        elif row:
+            expected_keys.append(key(row[0].strip()))
+            for i, convert in enumerate(converters):
+                cell = row[1 + i]
+                try:
+                    expected_values[i].append(None if not cell or cell.isspace() else convert(cell))
+                except InvalidValue as exc:
+                    expected_values[i].append(None)
+                    expected_errors.append((start, "ab"[i], str(exc)))
+        start = reader.line_num + 1
+
+    chunks = list(read_chunks(path, plan, uuid, chunk_rows, size=path.stat().st_size))
+    assert [k for c in chunks for k in c.keys] == expected_keys
+    assert [[v for c in chunks for v in c.columns[i][2]] for i in range(2)] == expected_values
+    assert sorted((e for c in chunks for e in c.errors), key=lambda e: e[0]) == expected_errors
+    assert (chunks[-1].next_line if chunks else 2) == start
+
+
+def test_the_reader_makes_keys_as_the_integrations_do():
+    ids = ["lena", "Max Mustermann", "42"]
+    for uuid in (None, UuidSettings(provider="variable", source="u", hash=False),
+                 UuidSettings(provider="variable", source="u", hash=True, salt="pepper")):  # fmt: skip
+        assert key_column(uuid)(ids) == list(map(key_function(uuid), ids))
 
 
 def test_bom_and_header_whitespace_are_ignored(tmp_path: Path):
@@ -218,11 +292,11 @@ def project(engine) -> int:
     return ProjectStore(engine).create("p").project.id
 
 
-def run_import(importer: CsvImporter, project: int, path: Path, *args, **kwargs) -> dict:
+def run_import(importer: CsvImporter, project: int, path: Path, *args, reader=None, **kwargs) -> dict:
     sha, size = FileScan.of_file(path)
     spec = mapping_from_options(*args) if args else mapping_from_options("user_id", [], [], [])
     job = importer.create_job(project, path, spec, file_name=path.name, sha256=sha, size=size, **kwargs)
-    return importer.run(job, path)
+    return importer.run(job, path, reader=reader)
 
 
 def values(engine_or_importer, project: int, key: str) -> dict:
@@ -507,7 +581,7 @@ def reader_processes() -> list[int]:
             except OSError:
                 continue
             parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if parent == os.getpid() and b"usertrail.integrations.csv_reader" in cmdline:
+            if parent == os.getpid() and b"usertrail.profiles.csv_reader" in cmdline:
                 found.append(int(entry.name))
     return found
 
@@ -551,16 +625,59 @@ def test_a_reader_process_that_dies_fails_the_job_and_is_reaped(engine, project,
 
 
 def test_an_error_inside_the_reader_process_fails_the_job_with_it(engine, project, tmp_path):
+    """Anything but the file failing in the reader (here a plan that does not fit the file: a bug)
+    fails the job with the reader's exception."""
     path = write(tmp_path, "user_id,plan\nu1,a\n")
     importer = process_importer(engine, 100)
     sha, size = FileScan.of_file(path)
     job = importer.create_job(
         project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
     )
-    path.unlink()  # gone before the reader opens it
+    job.plan = dataclasses.replace(job.plan, id_index=5)
     result = importer.run(job, path)
     assert result["status"] == "failed" and result["rows"] == 0
-    assert result["message"].startswith("the process reading the file failed: FileNotFoundError")
+    assert result["message"].startswith("the process reading the file failed: ValueError")
+    assert not reader_processes()
+
+
+def test_a_file_removed_before_it_is_read_fails_alike_on_both_paths(importer, project, tmp_path):
+    path = write(tmp_path, "user_id,plan\nu1,a\n")
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    path.unlink()  # gone before the import opens it
+    result = importer.run(job, path)
+    assert result["status"] == "failed" and result["rows"] == 0
+    assert result["message"] == (
+        "the file can no longer be read (No such file or directory): was it removed or moved during the import?"
+    )
+    assert not reader_processes()
+
+
+def test_a_file_cut_short_during_the_import_fails_alike_on_both_paths(importer, project, tmp_path):
+    """The file is truncated after the first chunk is written: the rows read apply, and the job fails
+    saying that the file changed, whether a thread or the reader process reads it."""
+    rows = 20_000
+    text = "user_id,plan\n" + "".join(f"u{i},p{i % 7}\n" for i in range(rows))
+    path = write(tmp_path, text)
+    importer.chunk_rows = 100
+    sha, size = FileScan.of_file(path)
+    job = importer.create_job(
+        project, path, mapping_from_options("user_id", [], [], []), file_name="f", sha256=sha, size=size
+    )
+    cut = text.index("u10000,")  # lines 2 to 10001 stay: far more than the reader can be ahead
+
+    def after_chunk(progress):
+        if progress.rows == 100:
+            os.truncate(path, len(text[:cut].encode()))
+
+    result = importer.run(job, path, on_progress=after_chunk)
+    assert result["status"] == "failed" and result["rows"] == 10_000 == result["rows_applied"]
+    assert result["message"] == (
+        f"line 10002: the file changed during the import: {size:,} bytes were checked, {cut:,} bytes read"
+    )
+    assert values(importer, project, "u:u9999") == {"plan": "p3"} and values(importer, project, "u:u10000") == {}
     assert not reader_processes()
 
 
@@ -580,6 +697,29 @@ def test_a_stopped_import_ends_its_reader_process(engine, project, tmp_path):
     result = importer.run(job, path, on_progress=after_chunk, stop=stop)
     assert result["status"] == "interrupted" and result["rows"] == 100
     assert len(seen) == 1 and reaped(seen[0]) and not reader_processes()
+
+
+def test_a_reader_started_ahead_imports_or_ends_when_not_needed(engine, project, tmp_path):
+    """`start_reader` starts the process before the file is checked; `run` takes it over, and one
+    that is not needed (a skipped job, a refused file) ends when closed, with no process left."""
+    path = write(tmp_path, "user_id,plan\n" + "".join(f"u{i},p{i % 3}\n" for i in range(50)))
+    importer = process_importer(engine, 10)
+    reader = importer.start_reader(path.stat().st_size)
+    assert reader is not None and len(reader_processes()) == 1
+    result = run_import(importer, project, path, reader=reader)
+    assert result["status"] == "done" and result["rows_applied"] == 50 and not reader_processes()
+
+    ahead = importer.start_reader(path.stat().st_size)
+    assert ahead is not None
+    skipped = run_import(importer, project, path, reader=ahead)
+    assert skipped["status"] == "skipped" and not reader_processes()
+
+    unused = importer.start_reader(path.stat().st_size)
+    assert unused is not None
+    unused.close()
+    unused.close()  # again: nothing left to do
+    assert unused._process.returncode == 0 and not reader_processes()
+    assert CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine)).start_reader(1000) is None
 
 
 def test_the_reader_process_keys_ids_by_the_projects_uuid_settings(engine, project, tmp_path):
@@ -704,6 +844,41 @@ def test_upload_cap_through_http(live: LiveServer):
     report = list(csv.reader(io.StringIO(admin_get(live, f"/imports/{job['id']}/errors").text)))
     assert report[1][:2] == ["1", "extra"] and f"maximum of {CAP}" in report[1][2] and "a099" in report[1][2]
     assert admin_get(live, "/users/u:u1/attributes/history").json()["history"][0]["new"] == 5.0
+
+
+def large_csv(min_bytes: int) -> tuple[bytes, int]:
+    """A file of at least `min_bytes` (wide rows, so few of them): a quoted cell with a line break on
+    line 6-7, and a bad number on the last row. Returns the bytes and the number of rows."""
+    note = "n" * 300
+    rows = min_bytes // (len(note) + 12) + 1
+    lines = [f"u{i:06d},{('free', 'pro', 'VIP')[i % 3]},{i % 500},{note}\n" for i in range(rows - 1)]
+    lines[4] = 'u000004,pro,4,"two\nlines"\n'
+    lines.append(f"u{rows - 1:06d},pro,many,{note}\n")
+    return ("user_id,plan,seats,note\n" + "".join(lines)).encode(), rows
+
+
+def test_a_large_upload_is_read_by_the_reader_process(live: LiveServer):
+    """A file large enough for the reader process, through the real server: good rows apply, the
+    error report names the right line across a quoted line break, and no reader process is left."""
+    importer = live.app.state.csv_importer
+    body, rows = large_csv(importer.reader_process_min_bytes)
+    assert len(body) >= importer.reader_process_min_bytes >= 12 << 20  # the server's own threshold
+    response = upload(live, body, id_column="user_id", type="seats=number", file_name="big.csv")
+    assert response.status_code == 202, response.text
+    job = wait_for_job(live, response.json())
+    assert job["status"] == "done", job["message"]
+    assert (job["rows"], job["rows_applied"], job["rows_failed"], job["error_count"]) == (rows, rows, 1, 1)
+    assert job["bytes_read"] == job["size_bytes"] == len(body)
+    report = list(csv.reader(io.StringIO(admin_get(live, f"/imports/{job['id']}/errors").text)))
+    assert report[1] == [str(rows + 2), "seats", "expected a number, got 'many'"]  # header + the extra line
+    assert values(live.app.state.attributes.engine, live.project.project.id, "u:u000004") == {
+        "plan": "pro", "seats": 4.0, "note": "two\nlines",
+    }  # fmt: skip
+    last = values(live.app.state.attributes.engine, live.project.project.id, f"u:u{rows - 1:06d}")
+    assert last["plan"] == "pro" and "seats" not in last
+    assert not reader_processes()
+    again = wait_for_job(live, upload(live, body, id_column="user_id", type="seats=number").json())
+    assert again["status"] == "skipped"
 
 
 # --- the command line ----------------------------------------------------------------------------

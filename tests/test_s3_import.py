@@ -206,6 +206,26 @@ def test_runs_import_new_and_changed_objects_by_etag(live: LiveServer, s3: S3Ser
     assert registry == {"Plan": ["s3"], "seats": ["s3"]}
 
 
+def test_a_large_object_is_read_by_the_reader_process(live: LiveServer, s3: S3Server):
+    """An object large enough for the import's reader process (the server's own threshold), through
+    boto3 and the real server: its rows apply and the bad one is reported at its line."""
+    min_bytes = live.app.state.csv_importer.reader_process_min_bytes
+    note = "n" * 300
+    rows = min_bytes // (len(note) + 12) + 1
+    lines = [f"u{i:06d},{('free', 'pro', 'VIP')[i % 3]},{i % 500},{note}\n" for i in range(rows - 1)]
+    body = ("user_id,plan,seats,note\n" + "".join(lines) + f"u{rows - 1:06d},pro,many,{note}\n").encode()
+    assert len(body) >= min_bytes >= 12 << 20
+    bucket = new_bucket(s3)
+    s3.client.put_object(Bucket=bucket, Key="exports/users-big.csv", Body=body)
+    source = create_source(live, source_body(s3, bucket))
+    run = run_now(live, source["id"])
+    assert (run["status"], run["objects_imported"], run["objects_failed"]) == ("done", 1, 0), run
+    assert (run["rows"], run["rows_applied"], run["rows_failed"], run["error_count"]) == (rows, rows, 1, 1)
+    assert run["errors"][0]["line"] == rows + 1 and run["errors"][0]["column"] == "seats"
+    assert attributes(live, "u:u000007") == {"Plan": "pro", "seats": 7.0}
+    assert attributes(live, f"u:u{rows - 1:06d}") == {"Plan": "pro"}
+
+
 def test_bad_credentials_give_a_failed_run(live: LiveServer, s3: S3Server):
     bucket = new_bucket(s3)
     s3.client.put_object(Bucket=bucket, Key="exports/users-1.csv", Body=b"user_id,plan,seats\nlena,VIP,1\n")

@@ -652,22 +652,30 @@ def import_csv(
         console=console,
     ) as progress:
         task = progress.add_task("checking", total=size, rows=0)
+        reader = importer.start_reader(size)  # starts while the file is checked below
         try:
-            spec = mapping_from_options(id_column, columns or [], rename or [], type_ or [])
-            sha256, size = FileScan.of_file(file, on_bytes=lambda n: progress.advance(task, n))
-            job = importer.create_job(
-                project_id, file, spec, file_name=file.name, sha256=sha256, size=size, dry_run=dry_run, force=force
+            try:
+                spec = mapping_from_options(id_column, columns or [], rename or [], type_ or [])
+                sha256, size = FileScan.of_file(file, on_bytes=lambda n: progress.advance(task, n))
+                job = importer.create_job(
+                    project_id, file, spec, file_name=file.name, sha256=sha256, size=size, dry_run=dry_run, force=force
+                )
+            except MappingError as exc:
+                progress.stop()
+                _fail(f"{options.get(exc.path, exc.path)}: {exc.reason}")
+            except CsvFileError as exc:
+                progress.stop()
+                _fail(f"{file}: " + (f"line {exc.line}: " if exc.line else "") + exc.reason)
+            progress.reset(task, total=size, description="dry run" if dry_run else "importing", rows=0)
+            result = importer.run(
+                job,
+                file,
+                on_progress=lambda p: progress.update(task, completed=p.bytes_read, rows=p.rows),
+                reader=reader,
             )
-        except MappingError as exc:
-            progress.stop()
-            _fail(f"{options.get(exc.path, exc.path)}: {exc.reason}")
-        except CsvFileError as exc:
-            progress.stop()
-            _fail(f"{file}: " + (f"line {exc.line}: " if exc.line else "") + exc.reason)
-        progress.reset(task, total=size, description="dry run" if dry_run else "importing", rows=0)
-        result = importer.run(
-            job, file, on_progress=lambda p: progress.update(task, completed=p.bytes_read, rows=p.rows)
-        )
+        finally:
+            if reader is not None:
+                reader.close()  # ends it if the import did not get to take it over
         progress.update(task, completed=size, rows=result["rows"])
     mapping = Table("column", "attribute", "type")
     for c in result["mapping"]["columns"]:

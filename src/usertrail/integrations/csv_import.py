@@ -17,8 +17,6 @@ import codecs
 import csv
 import hashlib
 import io
-import itertools
-import operator
 import pickle
 import queue
 import secrets
@@ -34,23 +32,32 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
-from usertrail.integrations.update_api import MAX_USER_ID, user_id_text
-from usertrail.integrations.user_keys import UserKey, integration_uuid, key_function
-from usertrail.profiles.custom import ATTRIBUTE_TYPES, CellConverter, check_name, infer_column_type
+from usertrail.integrations.user_keys import integration_uuid
+from usertrail.profiles import csv_reader
+from usertrail.profiles.csv_rows import (
+    CHUNK_DECODER,
+    DELIMITER_NAMES,
+    Chunk,
+    CsvFileError,
+    ImportPlan,
+    ResolvedColumn,
+    read_chunks,
+)
+from usertrail.profiles.custom import ATTRIBUTE_TYPES, check_name, infer_column_type
 from usertrail.project_settings import UuidSettings
-from usertrail.store.attributes import AttributeStore, ColumnsHistory, new_values_history, plan_columns, registry_of
+from usertrail.store.attributes import AttributeStore, plan_columns, registry_of
 from usertrail.store.database import insert_rows, unmapped, write_transaction
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
 
 DELIMITERS = (",", ";", "\t")
-DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 SAMPLE_BYTES = 64 * 1024  # read to detect the delimiter
 SAMPLE_ROWS = 1_000  # read to infer column types
 CHUNK_ROWS = 20_000  # rows per transaction
 # Files at least this large (about 150,000 rows of ten columns) are read and converted by a separate
-# process (`_ReaderProcess`); smaller ones by a thread of the importing process: the reader's start
-# (0.6-0.9 s here, mostly importing the modules) cost more than it saved at 100,000 rows, less at 200,000.
+# process (`ReaderProcess`); smaller ones by a thread of the importing process. Set when the reader took
+# 0.6-0.9 s to start (it cost more than it saved at 100,000 rows, less at 200,000); it now starts in
+# 0.15-0.2 s (no SQLAlchemy), so a lower threshold may pay off: not measured yet.
 READER_PROCESS_MIN_BYTES = 12 << 20
 MAX_COLUMNS = 1_000
 MAX_STORED_ERRORS = 100_000  # rows of the error report kept per job; the count is always complete
@@ -68,14 +75,6 @@ def _encode(value) -> str:
 
 
 # --- errors ----------------------------------------------------------------------------------
-
-
-class CsvFileError(ValueError):
-    """The file cannot be imported at all (encoding, header, delimiter); `line` where it was found."""
-
-    def __init__(self, reason: str, line: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.line = reason, line
 
 
 class MappingError(ValueError):
@@ -365,42 +364,6 @@ def mapping_from_json(body: object, path: str = "$") -> MappingSpec:
     return MappingSpec(id_column.strip(), tuple(columns), id_path=f"{path}.id_column")
 
 
-@dataclass(frozen=True)
-class ResolvedColumn:
-    index: int  # in the header
-    column: str
-    name: str  # the attribute
-    type: str
-    inferred: bool  # the type came from the registry or the sample, not from the mapping
-
-    def as_json(self) -> dict:
-        return {"column": self.column, "name": self.name, "type": self.type, "type_inferred": self.inferred}
-
-
-@dataclass(frozen=True)
-class ImportPlan:
-    """A mapping resolved against one file's header and the project's registry."""
-
-    delimiter: str
-    bom: bool
-    header: tuple[str, ...]
-    id_index: int
-    id_column: str
-    columns: tuple[ResolvedColumn, ...]
-
-    def as_json(self) -> dict:
-        return {
-            "delimiter": DELIMITER_NAMES[self.delimiter],
-            "bom": self.bom,
-            "id_column": self.id_column,
-            "columns": [c.as_json() for c in self.columns],
-        }
-
-    def hash(self) -> str:
-        key = [self.delimiter, self.id_column, [(c.column, c.name, c.type) for c in self.columns]]
-        return hashlib.sha256(msgspec.json.encode(key)).hexdigest()
-
-
 def resolve(spec: MappingSpec, info: FileInfo, registered: dict[str, str]) -> ImportPlan:
     """Check the mapping against the header, give every column its name and type.
 
@@ -518,31 +481,6 @@ class Progress:
 
 
 @dataclass
-class _Chunk:
-    """Rows read since the last write: the good ones with their keys and lines, and the refused ones."""
-
-    first_line: int
-    keys: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    lines: list[int] | None = None  # where each good row starts; None: every row read was good (see `line`)
-    ends: list[int] | range = field(default_factory=list)  # where each row read ends
-    errors: list[tuple[int, str | None, str]] = field(default_factory=list)  # (line, column, reason)
-    failed_rows: int = 0  # refused whole (field count, id)
-    bytes_read: int = 0  # of the file, up to the chunk's end
-    next_line: int = 0  # the line after the chunk's last row
-    # Filled by `_converted`: (name, type, values) per column, and 1 per row with a bad value.
-    columns: list[tuple[str, str, list]] = field(default_factory=list)
-    bad_values: bytearray = field(default_factory=bytearray)
-    history: ColumnsHistory | None = None  # each row's history text, if new users (see `read_chunks`)
-
-    def line(self, row: int) -> int:
-        """The line where good row `row` starts."""
-        if self.lines is not None:
-            return self.lines[row]
-        return self.ends[row - 1] + 1 if row else self.first_line
-
-
-@dataclass
 class _Run:
     """What one run of a job carries from chunk to chunk."""
 
@@ -588,107 +526,6 @@ def job_json(row) -> dict:
         "finished_at": row.finished_at,
         "updated_at": row.updated_at,
     }
-
-
-def _row_ends(rows: list[list[str]], first_line: int, last_line: int) -> list[int] | range:
-    """The line where each row read ends, given where the first starts and the last ends.
-
-    A row takes one line unless a quoted field holds line breaks (the reader keeps them in the
-    field), so the lines are counted from the rows rather than asked of the reader after each one.
-    """
-    if last_line - first_line + 1 == len(rows):
-        return range(first_line, last_line + 1)
-    ends, line = [], first_line - 1
-    for row in rows:
-        line += 1
-        for cell in row:
-            if "\n" in cell or "\r" in cell:
-                line += cell.count("\n") + cell.count("\r") - cell.count("\r\n")
-        ends.append(line)
-    return ends
-
-
-def _checked_rows(
-    plan: ImportPlan, first_line: int, rows: list[list[str]], ends: list[int] | range, user_key: UserKey
-) -> _Chunk:
-    """A chunk of the rows read (`ends`: the line where each ends): the ones with the header's field
-    count and a valid end-user id, with their keys; the others as errors of their line.
-
-    Most files hold no blank line, bad row or bad id: that is checked on whole columns first (`map`
-    over the rows), and the keys are made the same way; otherwise each row is checked in turn.
-    """
-    width, id_index = len(plan.header), plan.id_index
-    if [] not in rows and not any(map(width.__ne__, map(len, rows))):
-        ids = list(map(str.strip, map(operator.itemgetter(id_index), rows)))
-        if "" not in ids and max(map(len, ids)) <= MAX_USER_ID:
-            return _Chunk(first_line, keys=list(map(user_key, ids)), rows=rows, ends=ends)
-    chunk = _Chunk(first_line, ends=ends, lines=[])
-    for i, row in enumerate(rows):
-        if not row:
-            continue  # a blank line
-        start = ends[i - 1] + 1 if i else first_line
-        problem = None
-        if len(row) != width:
-            problem = (start, None, f"expected {width} fields as in the header, got {len(row)}")
-        else:
-            try:
-                key = user_key(user_id_text(row[id_index].strip()))
-            except ValueError as exc:
-                problem = (start, plan.id_column, str(exc))
-        if problem is not None:
-            chunk.errors.append(problem)
-            chunk.failed_rows += 1
-        else:
-            chunk.keys.append(key)
-            chunk.rows.append(row)
-            chunk.lines.append(start)  # type: ignore[union-attr]
-    return chunk
-
-
-def read_chunks(
-    path: Path, plan: ImportPlan, user_key: UserKey, chunk_rows: int, slots: tuple[str, ...] | None = None
-) -> Iterator[_Chunk]:
-    """The file's rows in chunks of `chunk_rows`, checked, keyed and converted, each handed on as soon
-    as it is made (one chunk at a time in memory here).
-
-    With `slots` (where the plan's columns are expected to be stored), each chunk also brings the
-    history text of each row as if its user were new, which the writer uses for new users if the
-    columns did land there: that work then happens here, beside the writer, rather than in it.
-    Runs in the importing process (a thread) or in a reader process: it needs no database.
-    """
-    converters = [CellConverter(c.type) for c in plan.columns]
-    with open(path, "rb") as raw:
-        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), delimiter=plan.delimiter)
-        try:
-            next(reader)  # the header
-            line = reader.line_num + 1
-            while rows := list(itertools.islice(reader, chunk_rows)):
-                ends = _row_ends(rows, line, reader.line_num)
-                chunk = _converted(plan, _checked_rows(plan, line, rows, ends, user_key), converters)
-                del rows  # the cells not kept by the chunk's columns
-                if slots is not None:
-                    chunk.history = ColumnsHistory(slots, new_values_history(slots, [c[2] for c in chunk.columns]))
-                chunk.bytes_read = raw.tell()  # the decoder reads ahead: up to a block more
-                line = chunk.next_line = ends[-1] + 1
-                yield chunk
-                del chunk  # not kept while the next one is read
-        except csv.Error as exc:
-            raise CsvFileError(f"the CSV cannot be read: {exc}", reader.line_num) from None
-
-
-def _converted(plan: ImportPlan, chunk: _Chunk, converters: list[CellConverter]) -> _Chunk:
-    """Convert the chunk's cells to stored values, a column at a time; a bad cell is an error of its
-    row and column. Only what the writer needs is kept (the cells and lines are dropped)."""
-    errors = chunk.errors
-    failed = chunk.bad_values = bytearray(len(chunk.rows))
-    for col, convert in zip(plan.columns, converters, strict=True):
-        values, bad = convert.column(list(map(operator.itemgetter(col.index), chunk.rows)))
-        for i, reason in bad:
-            errors.append((chunk.line(i), col.column, reason))
-            failed[i] = 1
-        chunk.columns.append((col.name, col.type, values))
-    chunk.rows, chunk.lines, chunk.ends = [], None, []
-    return chunk
 
 
 class CsvImporter:
@@ -813,14 +650,17 @@ class CsvImporter:
         path: Path,
         on_progress: Callable[[Progress], None] | None = None,
         stop: threading.Event | None = None,
+        reader: ReaderProcess | None = None,
     ) -> dict:
         """Import the file chunk by chunk and return the finished job.
 
         Problems in the file end up in the job (row errors in its report; an unreadable file, or a
         reader process that died, as status `failed`); only a database failure is raised, after the
-        job records it.
+        job records it. `reader` is one of `start_reader`, which this takes over (and ends).
         """
         if job.status != "queued":
+            if reader is not None:
+                reader.close()
             return self.get(job.project_id, job.id)
         state = _Run(job, Progress())
         self._update(job, status="running", started_at=self.clock(), updated_at=self.clock())
@@ -828,7 +668,7 @@ class CsvImporter:
         # Ids become keys as collection makes them, under the project's settings read once per import.
         uuid = integration_uuid(ProjectStore(self.engine).environments(job.project_id))
         try:
-            with self._reader(job, path, uuid) as chunks:
+            with self._reader(job, path, uuid, reader) as chunks:
                 for chunk in chunks:
                     if stop is not None and stop.is_set():
                         status = "interrupted"
@@ -849,7 +689,15 @@ class CsvImporter:
         self._finish(state, status, message)
         return self.get(job.project_id, job.id)
 
-    def _reader(self, job: Job, path: Path, uuid: UuidSettings | None) -> _ReaderProcess | _Prefetch:
+    def start_reader(self, size: int) -> ReaderProcess | None:
+        """A reader process started ahead for a file of `size` bytes, or None if a file that small is
+        read in process; `run` takes it over. It starts while the caller hashes and checks the file,
+        so that its start-up is not waited for; one that `run` never gets must be closed."""
+        return ReaderProcess() if size >= self.reader_process_min_bytes else None
+
+    def _reader(
+        self, job: Job, path: Path, uuid: UuidSettings | None, started: ReaderProcess | None
+    ) -> ReaderProcess | _Prefetch:
         """The file's converted chunks, read while the previous chunk is written.
 
         Reading, checking, keying and converting are Python work that holds the GIL, so for large
@@ -858,8 +706,11 @@ class CsvImporter:
         """
         slots = None if job.dry_run else self._expected_slots(job)
         if job.size >= self.reader_process_min_bytes:
-            return _ReaderProcess(path, job.plan, uuid, self.chunk_rows, slots)
-        return _Prefetch(read_chunks(path, job.plan, key_function(uuid), self.chunk_rows, slots))
+            reader = started if started is not None else ReaderProcess()
+            return reader.begin(path, job.plan, uuid, self.chunk_rows, slots, job.size)
+        if started is not None:
+            started.close()
+        return _Prefetch(read_chunks(path, job.plan, uuid, self.chunk_rows, slots, job.size))
 
     def _expected_slots(self, job: Job) -> tuple[str, ...] | None:
         """The slots the plan's columns will be stored in as the registry stands (the writer checks it
@@ -871,7 +722,7 @@ class CsvImporter:
             return None
         return tuple(entry.slot for entry, _ in found)  # type: ignore[union-attr]
 
-    def _write_chunk(self, state: _Run, chunk: _Chunk) -> None:
+    def _write_chunk(self, state: _Run, chunk: Chunk) -> None:
         """Write a converted chunk's values with its errors and the job's progress in one transaction."""
         job, progress = state.job, state.progress
         errors = chunk.errors
@@ -1061,53 +912,73 @@ class ReaderError(RuntimeError):
 _READER_STOP_S = 10.0  # how long a reader told to stop may take to end before it is killed
 
 
-class _ReaderProcess:
-    """Runs `read_chunks` in a separate process (`integrations/csv_reader.py`) and hands its chunks
+class ReaderProcess:
+    """Runs `read_chunks` in a separate process (`profiles/csv_reader.py`) and hands its chunks
     to the importer as they come.
 
-    The chunks travel pickled through a pipe; the reader blocks while the importer has not taken
-    what the pipe holds, so it is at most a chunk and a pipe buffer ahead and memory stays bounded.
-    It is a fresh interpreter running only that module (no fork of a server with threads, no
-    re-import of the caller's main module as multiprocessing's spawn does). A reader that dies is
-    reported as `ReaderError` once the pipe runs dry; leaving the `with` block (the end, a stop, an
-    error) closes the pipe, which ends the reader, and reaps it (killed if it does not end).
+    The process starts when this is made and waits for its work (`begin`), so it can be started
+    ahead. It is a fresh interpreter running only that module (no fork of a server with threads,
+    no re-import of the caller's main module as multiprocessing's spawn does) and imports no
+    SQLAlchemy. The chunks travel pickled through a pipe; the reader blocks while the importer has
+    not taken what the pipe holds, so it is at most a chunk and a pipe buffer ahead and memory
+    stays bounded. A reader that dies is reported as `ReaderError` once the pipe runs dry; `close`
+    (also leaving the `with` block: the end, a stop, an error) closes the pipes, which ends the
+    reader, and reaps it (killed if it does not end).
     """
 
-    def __init__(
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "usertrail.profiles.csv_reader"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._work, self._out = self._process.stdin, self._process.stdout
+
+    def begin(
         self,
         path: Path,
         plan: ImportPlan,
         uuid: UuidSettings | None,
         chunk_rows: int,
         slots: tuple[str, ...] | None,
-    ) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "usertrail.integrations.csv_reader"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._out = self._process.stdout
+        size: int | None,
+    ) -> ReaderProcess:
+        """Hand the reader its file; returns self, to be iterated in a `with` block."""
         try:
-            with self._process.stdin as work:
-                pickle.dump((path, plan, uuid, chunk_rows, slots), work)
+            with self._work:
+                pickle.dump((path, plan, uuid, chunk_rows, slots, size), self._work)
         except BrokenPipeError:
             pass  # the reader ended at once: reported by the first read
+        return self
 
-    def __iter__(self) -> Iterator[_Chunk]:
+    def __iter__(self) -> Iterator[Chunk]:
         while True:
-            try:
-                item = pickle.load(self._out)
-            except (EOFError, pickle.UnpicklingError, OSError):  # the pipe closed, maybe within a chunk
-                raise ReaderError(f"the process reading the file ended unexpectedly ({self._end()})") from None
-            if isinstance(item, _Chunk):
-                yield item
-                del item  # not kept while the next one is read
+            kind, payload = self._frame()
+            if kind == csv_reader.CHUNK:
+                chunk = CHUNK_DECODER.decode(payload)
+                del payload
+                yield chunk
+                del chunk  # not kept while the next one is read
                 continue
-            kind, reason, line = item
-            if kind == "error":
+            reason, line = msgspec.msgpack.decode(payload)
+            if kind == csv_reader.FILE_ERROR:
                 raise CsvFileError(reason, line)
-            if kind == "failed":
+            if kind == csv_reader.FAILED:
                 raise ReaderError(f"the process reading the file failed: {reason}")
             return
+
+    def _frame(self) -> tuple[bytes, bytes]:
+        """The next frame's kind and payload; ReaderError if the pipe closed before its end."""
+        try:
+            header = self._out.read(csv_reader.FRAME_HEADER)
+            payload = b""
+            if len(header) == csv_reader.FRAME_HEADER:
+                size = int.from_bytes(header[1:], "little")
+                payload = self._out.read(size)
+                if len(payload) == size:
+                    return header[:1], payload
+        except OSError:
+            pass
+        raise ReaderError(f"the process reading the file ended unexpectedly ({self._end()})")
 
     def _end(self) -> str:
         """How the reader ended, once its output closed (if it runs on, leaving the block kills it)."""
@@ -1117,16 +988,23 @@ class _ReaderProcess:
             return "its output closed, still running"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
-    def __enter__(self) -> _ReaderProcess:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._out.close()  # a reader still writing gets a broken pipe and ends
+    def close(self) -> None:
+        """End the reader (a reader without work ends at once; one still writing gets a broken pipe)
+        and reap it. Safe to call again."""
+        if not self._work.closed:
+            self._work.close()
+        self._out.close()
         try:
             self._process.wait(_READER_STOP_S)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+    def __enter__(self) -> ReaderProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def _line(error: tuple) -> int:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.user_keys import UserKey, plain_key, user_key_function
-from usertrail.profiles.custom import ATTRIBUTE_TYPES, CAP, check_name
+from usertrail.profiles.custom import ATTRIBUTE_TYPES, CAP, check_name, user_id_text
 from usertrail.store.attributes import AttributeStore, WriteReport
 from usertrail.store.database import insert_ignore, lock_key, upsert_add, write_transaction
 from usertrail.store.schema import (
@@ -52,7 +52,6 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_STORED_ERRORS = 1_000  # per request result; the count is always complete
 MAX_IGNORED_REPORTED = 100
 MAX_IDEMPOTENCY_KEY = 255
-MAX_USER_ID = 256
 MAX_PATH = 256
 MAX_INTEGRATION_NAME = 100
 RESERVED_NAMES = ("admin_api", "salesforce", "csv", "s3")  # sources the server itself writes
@@ -308,27 +307,6 @@ def lookup(record: dict, path: str) -> tuple[bool, object]:
     if path in record:
         return True, record[path]
     return False, None
-
-
-def user_id_text(value: object) -> str:
-    """The end-user id as a string (numbers become their decimal text); raises ValueError."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"expected a string or number, got {_encode(value)}")
-    if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"expected a string or number, got {value!r}")
-        text = str(int(value)) if value.is_integer() else repr(value)
-    elif isinstance(value, str):
-        text = value
-    else:
-        raise ValueError(f"expected a string or number, got {type(value).__name__}")
-    if not text.strip():
-        raise ValueError("the end-user id is empty")
-    if len(text) > MAX_USER_ID:
-        raise ValueError(f"end-user ids are at most {MAX_USER_ID} characters")
-    return text
 
 
 def _leaf_paths(node: dict, known: set[str], prefix: str = "") -> Iterator[str]:

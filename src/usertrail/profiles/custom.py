@@ -6,6 +6,8 @@ import datetime as dt
 import math
 from typing import Literal
 
+import msgspec
+
 from usertrail.collect.wire import ANALYTICS_PROPERTIES
 from usertrail.profiles.standard import STANDARD_ATTRIBUTES
 
@@ -14,6 +16,7 @@ ATTRIBUTE_TYPES: tuple[str, ...] = ("string", "number", "date", "boolean")
 CAP = 100
 MAX_NAME_LENGTH = 128
 MAX_STRING_VALUE = 2_000
+MAX_USER_ID = 256
 
 # The five analytics properties (collect.wire.ANALYTICS_PROPERTIES) are built into every End
 # User Object; they do not count against the cap (see docs/attributes.md).
@@ -64,6 +67,27 @@ def convert(value: object, type_: str) -> str | float | bool | None:
             return bool(value)
         raise InvalidValue(f"expected true or false, got {value!r}")
     raise InvalidValue(f"unknown type {type_!r}")
+
+
+def user_id_text(value: object) -> str:
+    """The end-user id as a string (numbers become their decimal text); raises ValueError."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"expected a string or number, got {msgspec.json.encode(value).decode()}")
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a string or number, got {value!r}")
+        text = str(int(value)) if value.is_integer() else repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise ValueError(f"expected a string or number, got {type(value).__name__}")
+    if not text.strip():
+        raise ValueError("the end-user id is empty")
+    if len(text) > MAX_USER_ID:
+        raise ValueError(f"end-user ids are at most {MAX_USER_ID} characters")
+    return text
 
 
 def _number_text(value: object) -> str:

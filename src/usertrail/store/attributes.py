@@ -25,6 +25,7 @@ import msgspec
 import sqlalchemy as sa
 
 from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
+from usertrail.profiles.history import ColumnsHistory, ColumnValues, new_values_history
 from usertrail.store.changes import note_users_changed
 from usertrail.store.database import insert_columns, insert_rows, lock_key, update_rows, write_transaction
 from usertrail.store.schema import SLOTS_PER_KIND, attribute_changes, attribute_registry, custom_attributes
@@ -69,11 +70,6 @@ def cap_reason(registered: object) -> str:
     return (
         f"the project already has the maximum of {CAP} custom attributes; registered: {', '.join(sorted(registered))}"
     )
-
-
-# A column's values for `write_columns`, aligned with the keys: the typed value (as
-# `profiles.custom.convert` returns it), or None where the row has no value (left unchanged).
-ColumnValues = list[str | float | bool | None]
 
 
 @dataclass
@@ -216,44 +212,6 @@ def plan_columns(
             entry = planned[name] = Registered(name, type_, free_slot((r.slot for r in planned.values()), type_))
         found.append((entry, None))
     return found
-
-
-@dataclass(frozen=True)
-class ColumnsHistory:
-    """Each row's `attribute_changes.changes` text for a write of new users with every value present,
-    made for the columns landing in `slots` (in column order)."""
-
-    slots: tuple[str, ...]
-    texts: list[str]
-
-
-def new_values_history(slots: list[str] | tuple[str, ...], columns: list[ColumnValues]) -> list[str]:
-    """Each row's history text when its user is new: `{"slot":[null,value],…}` for the row's values.
-
-    Each column's values are encoded once: a column of numbers in one `msgspec` call (a number's
-    JSON holds no comma, so the array splits into the values' texts), any other column once per
-    distinct value (columns repeat values: plans, dates, flags). A row with every value is then one
-    `%` of a template; a row without a value in a column leaves it out.
-    """
-    encoded = []  # per column: each row's value as JSON text, or None
-    for values in columns:
-        if values and type(values[0]) is float and set(map(type, values)) == {float}:
-            encoded.append(msgspec.json.encode(values)[1:-1].decode().split(","))
-            continue
-        distinct = list(set(values) - {None})
-        texts: dict[object, str | None] = dict(
-            zip(distinct, map(bytes.decode, map(msgspec.json.encode, distinct)), strict=True)
-        )
-        texts[None] = None
-        encoded.append(list(map(texts.__getitem__, values)))
-    if not any(None in values for values in columns):
-        template = "{" + ",".join(f'"{slot}":[null,%s]' for slot in slots) + "}"
-        return list(map(template.__mod__, zip(*encoded, strict=True)))
-    rows = []
-    for row in zip(*encoded, strict=True):
-        present = (f'"{slot}":[null,{text}]' for slot, text in zip(slots, row, strict=True) if text is not None)
-        rows.append("{" + ",".join(present) + "}")
-    return rows
 
 
 class AttributeStore:

@@ -16,8 +16,8 @@ from typing import Any
 from scim2_models import BaseModel, Path, Resource, SCIMException
 
 from usertrail.integrations.scim.protocol import ENTERPRISE_SCHEMA, USER_MODEL, USER_SCHEMA
-from usertrail.integrations.update_api import InvalidRequest, user_id_text
-from usertrail.profiles.custom import ATTRIBUTE_TYPES, CAP, check_name
+from usertrail.integrations.update_api import InvalidRequest
+from usertrail.profiles.custom import ATTRIBUTE_TYPES, CAP, check_name, user_id_text
 
 DEFAULT_USER_ID_ATTRIBUTE = "userName"
 USER_ID_ATTRIBUTES = ("userName", "externalId")
