@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usertrail.profiles.standard import ClosedSession, compute
+from usertrail.sessions import derive
 from usertrail.sessions import processor as processor_module
 from usertrail.sessions.derive import SESSION_COLUMNS, profiles, session_row, sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, is_closable, sessionize
 from usertrail.store.database import create_engine, insert_ignore, insert_rows, write_transaction
+from usertrail.store.events import EVENT_COLUMNS, event_row
 from usertrail.store.pending import mark_pending
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import end_users, events, identity_links, sessions
@@ -510,3 +512,33 @@ def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
         )
         rows = profiles(conn, project, scoped=False, now=now)
     assert rows == expected_profiles  # whole End User Object rows, in PROFILE_COLUMNS order
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_batches_read_one_index_range_per_user_even_for_a_project_newer_than_its_statistics(engine):
+    """A project whose events arrived after the last ANALYZE is estimated at one event: the incremental
+    statements must still reach `events` per user of the batch, never by scanning the project's events."""
+
+    def row(project_id: int, key: str, n: int) -> tuple:
+        return event_row(
+            project_id=project_id, user_key=key, event_id=f"{project_id}-{n}", ts=60_000 * n, received_at=0,
+            env="production", source="native", type="click", id_source="user", payload="{}",
+        )  # fmt: skip
+
+    old = [row(1, f"u:{i % 300}", i) for i in range(6_000)]
+    new = [row(2, f"u:{i % 50}", i) for i in range(3_000)]
+    with write_transaction(engine) as conn:
+        insert_rows(conn, events, EVENT_COLUMNS, old)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE events")
+    with write_transaction(engine) as conn:
+        insert_rows(conn, events, EVENT_COLUMNS, new)
+        derive.fill_scope(conn, {f"u:{i}": 0 for i in range(50)})
+        derive.sessionize_keys(conn, 2, scoped=True)  # makes (and fills) the statements' temporary tables
+        cursor = conn.connection.dbapi_connection.cursor()
+        for name in ("starts_scoped", "aggregates_scoped", "values_scoped", "fallback_scoped"):
+            sql = derive._sql("postgresql", name)
+            plan = "\n".join(r[0] for r in cursor.execute(f"EXPLAIN {sql}", (2,)).fetchall())
+            assert "Seq Scan on events" not in plan, (name, plan)
+            assert "Index" in plan and "events" in plan, (name, plan)
+            assert "Nested Loop" in plan, (name, plan)
