@@ -137,6 +137,8 @@ class Watcher:
     in_flight: set[object] = field(default_factory=set)
     origin: str | None = None  # the server's; None: the origin of the first page opened
     no_store: dict[Request, bool] = field(default_factory=dict)  # answered with Cache-Control: no-store
+    navigations: int = 0  # main-frame navigations started so far
+    started_at: dict[Request, int] = field(default_factory=dict)  # request → navigations when it started
 
     def attach(self, page: Page) -> Page:
         page.on("request", self._request)
@@ -149,6 +151,9 @@ class Watcher:
 
     def _request(self, request: Request) -> None:
         self.in_flight.add(request)
+        if request.is_navigation_request() and request.frame.parent_frame is None:
+            self.navigations += 1
+        self.started_at[request] = self.navigations
         url = urlsplit(request.url)
         if url.scheme not in ("http", "https", "ws", "wss"):
             return  # data:, blob:, about:srcdoc: nothing leaves the browser
@@ -165,11 +170,16 @@ class Watcher:
         # the whole body. The player marks its page ready only once it has the whole stream.
         if self.no_store.pop(request, False) and request.failure == "net::ERR_ABORTED":
             return
+        # A fetch still open when the page is left is cancelled by the browser, as for any user who
+        # clicks on before a page has finished loading: not a fault of the page.
+        if request.failure == "net::ERR_ABORTED" and self.started_at.pop(request, self.navigations) < self.navigations:
+            return
         self.problems.append(f"failed: {request.url} {request.failure}")
 
     def _finished(self, request: Request) -> None:
         self.in_flight.discard(request)
         self.no_store.pop(request, None)
+        self.started_at.pop(request, None)
 
     def _response(self, response: Response) -> None:
         if response.status >= 400:

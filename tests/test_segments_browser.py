@@ -121,11 +121,14 @@ def test_build_a_segment_and_see_its_count(make_server, browser: Browser):
     page.get_by_label("Show").select_option("left")
     expect(page.locator("#history tbody")).to_contain_text("No changes recorded.")
 
+    watcher.settle(page)
     page.get_by_role("link", name="← Segments").click()
     row = page.locator(f"#segments tr[data-segment='{segment_id}']")
     expect(row.locator("td[data-members]")).to_have_attribute("data-members", str(expected))
     row.get_by_role("link", name="Engaged admins and analysts").click()
     expect(page.locator("#members-summary")).to_have_attribute("data-total", str(expected))
+    # The page still fetches its history; navigating away now would abort that fetch (ERR_ABORTED).
+    watcher.settle(page)
     assert watcher.problems == []
 
     value_types_and_behaviour(page, live)
