@@ -26,6 +26,8 @@ from test_segments_api import post, session
 from test_segments_rules import CATALOG, NOW, _attribute_rules, _store, users
 from test_update_api import create_client, get_token, update
 from test_users_api import api, enable_uuid, send
+from usertrail.integrations import IntegrationLog, csv_import
+from usertrail.integrations.csv_import import CsvImporter
 from usertrail.segments.columns import ColumnStore
 from usertrail.segments.evaluate import load_facts, matches
 from usertrail.segments.membership import catalog_of
@@ -35,7 +37,7 @@ from usertrail.store import changes
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.database import write_transaction
 from usertrail.store.retention import delete_inactive_users
-from usertrail.store.schema import attribute_registry, end_users
+from usertrail.store.schema import attribute_registry, end_users, user_changes
 from usertrail.store.users import UserStore
 
 from conftest import LiveServer
@@ -294,6 +296,37 @@ def test_counts_follow_every_writer_at_once(make_server, tmp_path: Path):
     assert count() == 1
     assert delete_inactive_users(live.engine, pid, 1, now + 10 * DAY)  # retention: everyone is inactive by then
     assert count() == 0
+
+
+def test_an_import_past_the_threshold_records_the_whole_project(engine, tmp_path: Path, monkeypatch):
+    """A large import logs its first users one by one, then (past `WHOLE_PROJECT_KEYS` users) one bump
+    per chunk for the whole project; a copy made before it reads the whole project again and agrees."""
+    monkeypatch.setattr(csv_import, "WHOLE_PROJECT_KEYS", 4)
+    project_id = next(_projects)
+    with engine.begin() as conn:
+        _register(conn, project_id)
+        _store(conn, project_id, [_person(f"u:{i}") for i in range(10)])
+    tree = parse({"rules": [{"attribute": "Plan", "operator": "is", "value": "VIP"}]}, CATALOG)
+    counter = ColumnStore(engine, 64 * MB)
+    assert counter.count(project_id, tree, NOW) == 0
+    with engine.connect() as conn:
+        before = changes.read_state(conn, project_id)
+    path = tmp_path / "plans.csv"
+    path.write_text("user_id,Plan\n" + "".join(f"{i},{'VIP' if i % 3 else 'Free'}\n" for i in range(10)))
+    importer = CsvImporter(engine, AttributeStore(engine), IntegrationLog(engine), chunk_rows=3)
+    assert run_import(importer, project_id, path)["status"] == "done"
+    with engine.connect() as conn:
+        after = changes.read_state(conn, project_id)
+        logged = conn.execute(
+            sa.select(user_changes.c.user_key).where(
+                user_changes.c.project_id == project_id, user_changes.c.version > before.version
+            )
+        ).scalars()
+        assert sorted(logged) == ["u:0", "u:1", "u:2"]  # the first chunk: 3 users, not past 4 yet
+    assert after.version == before.version + 4 and after.rebuilt_version == after.version  # 4 chunks
+    rules = {"rules": [{"attribute": "Plan", "operator": "is", "value": "VIP"}]}
+    assert counter.count(project_id, tree, NOW) == _sql_count(engine, project_id, rules, NOW) == 6
+    assert counter.last["action"] == "build"
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

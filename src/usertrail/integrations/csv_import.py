@@ -46,6 +46,7 @@ from usertrail.profiles.csv_rows import (
 from usertrail.profiles.custom import ATTRIBUTE_TYPES, check_name, infer_column_type
 from usertrail.project_settings import UuidSettings
 from usertrail.store.attributes import AttributeStore, plan_columns, registry_of
+from usertrail.store.changes import WHOLE_PROJECT_KEYS
 from usertrail.store.database import insert_rows, unmapped, write_transaction
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import attribute_registry, import_errors, import_jobs
@@ -729,7 +730,17 @@ class CsvImporter:
         now = self.clock()
         with write_transaction(self.engine) as conn, unmapped(conn):
             report = self.attributes.write_columns(
-                conn, job.project_id, job.integration, chunk.keys, chunk.columns, now, job.dry_run, chunk.history
+                conn,
+                job.project_id,
+                job.integration,
+                chunk.keys,
+                chunk.columns,
+                now,
+                job.dry_run,
+                chunk.history,
+                # Past this many users the segment columns re-read the whole project anyway: one
+                # counter bump per chunk instead of a change-log row per user.
+                whole_project=progress.rows + len(chunk.keys) > WHOLE_PROJECT_KEYS,
             )
             column_of = {c.name: c.column for c in job.plan.columns}
             for name, reason in report.column_errors:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from usertrail.profiles.custom import CAP, InvalidValue, check_name, convert, infer_type
 from usertrail.profiles.history import ColumnsHistory, ColumnValues, new_values_history
-from usertrail.store.changes import note_users_changed
+from usertrail.store.changes import note_project_changed, note_users_changed
 from usertrail.store.database import insert_columns, insert_rows, lock_key, update_rows, write_transaction
 from usertrail.store.schema import SLOTS_PER_KIND, attribute_changes, attribute_registry, custom_attributes
 
@@ -306,6 +306,7 @@ class AttributeStore:
         now: int | None = None,
         dry_run: bool = False,
         history: ColumnsHistory | None = None,
+        whole_project: bool = False,
     ) -> ColumnsReport:
         """Bulk form of `write` for imports: many rows, a few typed columns, in the caller's transaction.
 
@@ -316,7 +317,9 @@ class AttributeStore:
         order: a key repeated in one call ends with its last value), and each user's changes go to
         the history as one row. `dry_run` checks everything and writes nothing. `history` may bring
         each row's history text made beforehand (by an import's reader process) for the slots the
-        columns were expected to take; it is used only if they took exactly those.
+        columns were expected to take; it is used only if they took exactly those. `whole_project`
+        records the change for every user of the project instead of for `keys` (an import past
+        `changes.WHOLE_PROJECT_KEYS` users, whose readers re-read the whole project anyway).
         """
         now = now if now is not None else _now()
         report = ColumnsReport(rows_applied=bytearray(len(keys)))
@@ -349,7 +352,9 @@ class AttributeStore:
             _register(conn, project_id, registry, name, planned[name].type, source, now)
         report.changed = _write_values(conn, project_id, source, keys, accepted, registry, now, history)
         _record_writer(conn, project_id, [name for name, _, _ in accepted], source, now)
-        if accepted:
+        if accepted and whole_project:
+            note_project_changed(conn, project_id)
+        elif accepted:
             note_users_changed(conn, project_id, keys)
         return report
 
