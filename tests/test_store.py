@@ -24,6 +24,23 @@ def test_migrations_match_the_schema_and_rerun_cleanly(engine):
     assert diff == []
 
 
+def test_the_up_to_date_check_reads_the_head_and_the_database_as_alembic_does(engine):
+    """`migrate` skips Alembic when the database is at the newest file's revision: that shortcut must
+    agree with Alembic's own reading of the chain and of the database."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(database._alembic_config())
+    assert [r.revision for r in script.walk_revisions()] == sorted(
+        (p.name[:4] for p in (database.MIGRATIONS_DIR / "versions").glob("*.py")), reverse=True
+    )  # one file per revision, named after it, in one line
+    assert database._head_revision() == script.get_current_head()
+    with engine.connect() as conn:
+        assert database._current_revision(conn) == MigrationContext.configure(conn).get_current_revision()
+    fresh = sa.create_engine("sqlite://")
+    with fresh.connect() as conn:
+        assert database._current_revision(conn) is None
+
+
 # Tables with a user_key column that are distributed by project_id instead: SCIM addresses its
 # resources by id and userName across the project, and the user_key there only points at the end user.
 PER_PROJECT_WITH_USER_KEY = {"scim_users"}

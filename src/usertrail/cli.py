@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,7 +16,6 @@ from rich.table import Table
 from usertrail.config import UVICORN_OPTIONS, Settings
 from usertrail.project_settings import UuidSettings
 from usertrail.store.database import create_engine, migrate
-from usertrail.store.events import EventStore
 from usertrail.store.projects import ProjectStore, UnknownProject
 
 app = typer.Typer(help="usertrail: self-hosted product insights.", no_args_is_help=True, add_completion=False)
@@ -170,6 +168,8 @@ def _first_admin(store: ProjectStore, project_id: int, email: str) -> None:
 
 
 def _demo_when_up(base_url: str, write_key: str, users: int, weeks: int) -> None:
+    import httpx
+
     for _ in range(300):
         try:
             if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
@@ -215,6 +215,8 @@ def demo_command(
     seed: int = typer.Option(7),
 ) -> None:
     """Send realistic simulated traffic through the HTTP API of a running server."""
+    import httpx
+
     try:
         totals = _run_demo(url, key, users, weeks, seed)
     except httpx.HTTPError as exc:
@@ -240,6 +242,8 @@ def purge_security_log(
 ) -> None:
     """Delete security-log entries (the only place full IPs are kept) older than `days` (the server does it hourly)."""
     store = _projects(_settings(data_dir, database_url))
+    from usertrail.store.events import EventStore
+
     removed = EventStore(store.engine).purge_security_log(int(time.time() * 1000) - days * 86_400_000)
     console.print(f"removed {removed} security-log entries")
 
