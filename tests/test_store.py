@@ -14,7 +14,7 @@ from usertrail.store import database
 from usertrail.store.database import migrate
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
-from usertrail.store.schema import INSTALLATION_TABLES, metadata
+from usertrail.store.schema import INSTALLATION_TABLES, KEY_TEXT, metadata
 
 
 def test_migrations_match_the_schema_and_rerun_cleanly(engine):
@@ -39,6 +39,31 @@ def test_the_up_to_date_check_reads_the_head_and_the_database_as_alembic_does(en
     fresh = sa.create_engine("sqlite://")
     with fresh.connect() as conn:
         assert database._current_revision(conn) is None
+
+
+def test_key_columns_compare_byte_wise(engine):
+    """End-user keys compare by code point on both engines (Python's order), which `_any_stored`'s
+    range probe relies on; on PostgreSQL the migration made every key column COLLATE "C"."""
+    keys = {(c.table.name, c.name) for t in metadata.sorted_tables for c in t.columns if c.type is KEY_TEXT}
+    assert {("events", "user_key"), ("custom_attributes", "user_key")} <= keys
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.text(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND collation_name = 'C'"
+                )
+            ).all()
+        assert keys <= set(map(tuple, found))
+    texts = ["b", "B", "é", "e", "z", "Ω", "ä", "10", "9", "u:~", "u:Z", "a b", "a-c", "ab"]
+    pending = metadata.tables["pending_users"]
+    with engine.begin() as conn:
+        conn.execute(pending.insert(), [{"project_id": -1, "user_key": k, "since_ts": 0, "version": 1} for k in texts])
+        stored = conn.execute(
+            sa.select(pending.c.user_key).where(pending.c.project_id == -1).order_by(pending.c.user_key)
+        ).scalars()
+        assert list(stored) == sorted(texts)
+        conn.execute(pending.delete().where(pending.c.project_id == -1))
 
 
 # Tables with a user_key column that are distributed by project_id instead: SCIM addresses its

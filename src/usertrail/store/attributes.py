@@ -465,19 +465,14 @@ def _pick(
 def _any_stored(conn: sa.Connection, project_id: int, keys: list[str]) -> bool:
     """Whether any of these users may have a stored row: one probe of the range between the least
     and the greatest key, so a chunk of new users (an export's next ids) costs one index seek instead
-    of a probe per key. SQLite compares text by code point, as Python does; PostgreSQL's collation
-    may order keys otherwise, so there the server takes the least and greatest itself."""
-    if conn.dialect.name == "postgresql":
-        sql = (
-            "SELECT 1 FROM custom_attributes AS c, "
-            "(SELECT min(k) AS lo, max(k) AS hi FROM json_array_elements_text(%s::json) AS k) AS r "
-            "WHERE c.project_id = %s AND c.user_key BETWEEN r.lo AND r.hi LIMIT 1"
-        )
-        found = conn.exec_driver_sql(sql, (_encode(keys), project_id)).first()
-    else:
-        sql = "SELECT 1 FROM custom_attributes WHERE project_id = ? AND user_key BETWEEN ? AND ? LIMIT 1"
-        found = conn.exec_driver_sql(sql, (project_id, min(keys), max(keys))).first()
-    return found is not None
+    of a probe per key. Both engines compare keys by code point, as Python does (on PostgreSQL the
+    key columns are `COLLATE "C"`: UTF-8 bytes sort in code-point order)."""
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    sql = (
+        f"SELECT 1 FROM custom_attributes WHERE project_id = {marker} "
+        f"AND user_key BETWEEN {marker} AND {marker} LIMIT 1"
+    )
+    return conn.exec_driver_sql(sql, (project_id, min(keys), max(keys))).first() is not None
 
 
 # The users of a chunk reach SQL as one parameter, their keys as a JSON array: one encoded text

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+# End-user keys (and event ids) are identifiers: on PostgreSQL they compare byte-wise (`COLLATE "C"`),
+# as SQLite and Python compare them, and B-tree inserts and probes skip the locale's strcoll.
+KEY_TEXT = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -58,8 +62,8 @@ events = sa.Table(
     "events",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
-    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
+    sa.Column("event_id", KEY_TEXT, nullable=False),
     sa.Column("ts", sa.BigInteger, nullable=False),  # event time, ms, corrected for clock skew
     sa.Column("client_ts", sa.BigInteger, nullable=True),  # as the client sent it
     sa.Column("received_at", sa.BigInteger, nullable=False),
@@ -146,7 +150,7 @@ sessions = sa.Table(
     "sessions",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),  # the owner: identified user, or the anonymous id
+    sa.Column("user_key", KEY_TEXT, nullable=False),  # the owner: identified user, or the anonymous id
     sa.Column("start_ts", sa.BigInteger, nullable=False),
     sa.Column("end_ts", sa.BigInteger, nullable=False),
     sa.Column("event_count", sa.Integer, nullable=False),
@@ -174,7 +178,7 @@ end_users = sa.Table(
     "end_users",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("first_seen", sa.BigInteger, nullable=False),
     sa.Column("last_seen", sa.BigInteger, nullable=False),
     sa.Column("total_sessions", sa.Integer, nullable=False),
@@ -216,7 +220,7 @@ pending_users = sa.Table(
     "pending_users",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("since_ts", sa.BigInteger, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),  # bumped by every new mark: a claim is done only if unchanged
     sa.Column("claimed_until", sa.BigInteger, nullable=True),
@@ -235,8 +239,8 @@ identity_links = sa.Table(
     "identity_links",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),  # the anonymous key
-    sa.Column("person_key", sa.Text, nullable=False),  # the identified key
+    sa.Column("user_key", KEY_TEXT, nullable=False),  # the anonymous key
+    sa.Column("person_key", KEY_TEXT, nullable=False),  # the identified key
     sa.Column("link_ts", sa.BigInteger, nullable=False),
     sa.Column("link_event_id", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "person_key"),
@@ -249,7 +253,7 @@ session_hints = sa.Table(
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
     sa.Column("session_hint", sa.Text, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("first_ts", sa.BigInteger, nullable=False),
     sa.Column("first_event_id", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "session_hint", "user_key"),
@@ -295,7 +299,7 @@ custom_attributes = sa.Table(
     "custom_attributes",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     *(sa.Column(f"t{i}", sa.Text, nullable=True) for i in range(SLOTS_PER_KIND)),
     *(sa.Column(f"n{i}", sa.Float, nullable=True) for i in range(SLOTS_PER_KIND)),
     # Each value's source and time, grouped by write: JSON [[source, time, [slot, …]], …].
@@ -309,7 +313,7 @@ attribute_changes = sa.Table(
     "attribute_changes",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("id", sa.Text, nullable=False),  # time-ordered
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("changed_at", sa.BigInteger, nullable=False),
@@ -425,7 +429,7 @@ segment_members = sa.Table(
     "segment_members",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("segment_id", sa.Text, nullable=False),
     sa.Column("since", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "segment_id"),
@@ -437,7 +441,7 @@ segment_changes = sa.Table(
     "segment_changes",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("id", sa.Text, nullable=False),  # time-ordered
     sa.Column("segment_id", sa.Text, nullable=False),
     sa.Column("change", sa.Text, nullable=False),  # "entered" or "left"
@@ -466,7 +470,7 @@ playback_recordings = sa.Table(
     "playback_recordings",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("recording_id", sa.Text, nullable=False),  # random, "rec_…"
     sa.Column("env", sa.Text, nullable=False),
     sa.Column("session_hint", sa.Text, nullable=True),  # the snippet's session id
@@ -493,7 +497,7 @@ playback_chunks = sa.Table(
     "playback_chunks",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("recording_id", sa.Text, nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("blob_key", sa.Text, nullable=False),
@@ -589,7 +593,7 @@ scim_users = sa.Table(
     sa.Column("user_name", sa.Text, nullable=False),
     sa.Column("user_name_key", sa.Text, nullable=False),  # userName as SCIM compares it (case-insensitive)
     sa.Column("external_id", sa.Text, nullable=True),
-    sa.Column("user_key", sa.Text, nullable=False),  # the end user it writes attributes to: u:<id>
+    sa.Column("user_key", KEY_TEXT, nullable=False),  # the end user it writes attributes to: u:<id>
     sa.Column("active", sa.Boolean, nullable=True),
     sa.Column("resource", sa.Text, nullable=False),  # the provisioned resource, JSON (no id, meta or password)
     sa.Column("version", sa.Integer, nullable=False),  # the ETag: W/"<version>"
@@ -873,7 +877,7 @@ playback_recording_assets = sa.Table(
     "playback_recording_assets",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("recording_id", sa.Text, nullable=False),
     sa.Column("url_hash", sa.Text, nullable=False),
     sa.Column("url", sa.Text, nullable=False),
@@ -903,7 +907,7 @@ report_days = sa.Table(
     sa.Column("app_type", sa.Text, nullable=False),
     sa.Column("object_id", sa.Text, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("events", sa.Integer, nullable=False),
     sa.Column("last_ts", sa.BigInteger, nullable=False),
     sa.Column("name_ts", sa.BigInteger, nullable=True),  # the latest event that had a name, and that name
@@ -943,7 +947,7 @@ report_steps = sa.Table(
     "report_steps",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("event_id", sa.Text, nullable=False),
     sa.Column("app_type", sa.Text, nullable=False),  # the step's: "step" or "bizFlowStep"
     sa.Column("flow_id", sa.Text, nullable=False),
@@ -980,7 +984,7 @@ user_words = sa.Table(
     "user_words",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("word", WORD_TEXT, nullable=False),  # case-folded, from the key, location, browser, properties
     sa.PrimaryKeyConstraint("project_id", "user_key", "word"),
 )
@@ -991,7 +995,7 @@ user_properties = sa.Table(
     "user_properties",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("value", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "name"),
@@ -1021,7 +1025,7 @@ user_changes = sa.Table(
     "user_changes",
     metadata,
     sa.Column("project_id", sa.Integer, nullable=False),
-    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "version"),
 )
