@@ -420,7 +420,7 @@ def update_rows(
     assignments = ", ".join(f"{c} = s.{c}" for c in set_columns)
     if conn.dialect.name == "postgresql":
         names = [*set_columns, *key_columns]
-        types = [f"{table.c[c].type.compile(dialect=conn.dialect)}[]" for c in names]
+        types = [f"{_element_type(table.c[c].type, conn.dialect)}[]" for c in names]
         match = " AND ".join(f"t.{c} = s.{c}" for c in key_columns)
         sql = (
             f"UPDATE {table.name} AS t SET {assignments} "
@@ -431,6 +431,12 @@ def update_rows(
     assignments = ", ".join(f"{c} = ?" for c in set_columns)
     match = " AND ".join(f"{c} = ?" for c in key_columns)
     conn.exec_driver_sql(f"UPDATE {table.name} SET {assignments} WHERE {match}", rows)
+
+
+def _element_type(type_: sa.types.TypeEngine, dialect: sa.Dialect) -> str:
+    """The SQL name of a column's type for an array cast: without its collation (`TEXT COLLATE "C"[]`
+    is not valid SQL, and in a comparison the column's own collation wins over the array's default)."""
+    return type_.compile(dialect=dialect).split(" COLLATE ")[0]
 
 
 def execute_many(conn: sa.Connection, sql: str, rows: list[tuple]) -> None:
