@@ -698,7 +698,7 @@ class CsvImporter:
 
     def _reader(
         self, job: Job, path: Path, uuid: UuidSettings | None, started: ReaderProcess | None
-    ) -> ReaderProcess | _Prefetch:
+    ) -> _Prefetch:
         """The file's converted chunks, read while the previous chunk is written.
 
         Reading, checking, keying and converting are Python work that holds the GIL, so for large
@@ -708,7 +708,8 @@ class CsvImporter:
         slots = None if job.dry_run else self._expected_slots(job)
         if job.size >= self.reader_process_min_bytes:
             reader = started if started is not None else ReaderProcess()
-            return reader.begin(path, job.plan, uuid, self.chunk_rows, slots, job.size)
+            # Frames are received and decoded by a thread while this one waits for the database.
+            return _Prefetch(iter(reader.begin(path, job.plan, uuid, self.chunk_rows, slots, job.size)), owner=reader)
         if started is not None:
             started.close()
         return _Prefetch(read_chunks(path, job.plan, uuid, self.chunk_rows, slots, job.size))
@@ -873,7 +874,8 @@ class _Prefetch:
 
     _END = object()
 
-    def __init__(self, items: Iterator, ahead: int = 1) -> None:
+    def __init__(self, items: Iterator, ahead: int = 1, owner: ReaderProcess | None = None) -> None:
+        self._owner = owner  # the process the items come from: stopped and reaped when the block is left
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._cancel = threading.Event()
         self._ended = False
@@ -910,10 +912,14 @@ class _Prefetch:
 
     def __exit__(self, *exc_info) -> None:
         self._cancel.set()
+        if self._owner is not None and not self._ended:
+            self._owner.kill()  # left early: a thread waiting for the reader's next frame gets its end
         while not self._ended:  # unblock the thread's put until it has said it ended
             item = self._queue.get()
             self._ended = type(item) is tuple and bool(item) and item[0] is self._END
         self._thread.join()
+        if self._owner is not None:
+            self._owner.close()
 
 
 class ReaderError(RuntimeError):
@@ -998,6 +1004,11 @@ class ReaderProcess:
         except subprocess.TimeoutExpired:
             return "its output closed, still running"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+    def kill(self) -> None:
+        """Stop the reader at once (its import is abandoned); `close` still reaps it."""
+        if self._process.poll() is None:
+            self._process.kill()
 
     def close(self) -> None:
         """End the reader (a reader without work ends at once; one still writing gets a broken pipe)
