@@ -696,9 +696,7 @@ class CsvImporter:
         so that its start-up is not waited for; one that `run` never gets must be closed."""
         return ReaderProcess() if size >= self.reader_process_min_bytes else None
 
-    def _reader(
-        self, job: Job, path: Path, uuid: UuidSettings | None, started: ReaderProcess | None
-    ) -> _Prefetch:
+    def _reader(self, job: Job, path: Path, uuid: UuidSettings | None, started: ReaderProcess | None) -> _Prefetch:
         """The file's converted chunks, read while the previous chunk is written.
 
         Reading, checking, keying and converting are Python work that holds the GIL, so for large
@@ -868,15 +866,18 @@ class CsvImporter:
 class _Prefetch:
     """Runs an iterator in a thread, one item ahead of its consumer; errors are raised to the consumer.
 
+    One ahead, not more: the thread takes its next item only once the consumer has taken the last one,
+    so at most two items (the consumer's and the one ready) are held at a time.
+
     Leaving the `with` block early (a stop, a database error) tells the thread to end after the
     item it is working on, and waits for it, so the file is closed when the block is left.
     """
 
     _END = object()
 
-    def __init__(self, items: Iterator, ahead: int = 1, owner: ReaderProcess | None = None) -> None:
+    def __init__(self, items: Iterator, owner: ReaderProcess | None = None) -> None:
         self._owner = owner  # the process the items come from: stopped and reaped when the block is left
-        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._cancel = threading.Event()
         self._ended = False
         self._thread = threading.Thread(target=self._fill, args=(items,), name="csv-import-read", daemon=True)
@@ -889,6 +890,8 @@ class _Prefetch:
                 if self._cancel.is_set():
                     break
                 self._queue.put(item)
+                del item
+                self._queue.join()  # until the consumer has taken it
         except BaseException as exc:  # handed to the consumer, which raises it
             error = exc
         finally:
@@ -900,6 +903,7 @@ class _Prefetch:
     def __iter__(self) -> Iterator:
         while not self._ended:
             item = self._queue.get()
+            self._queue.task_done()
             if type(item) is tuple and item and item[0] is self._END:
                 self._ended = True
                 if item[1] is not None:
@@ -916,6 +920,7 @@ class _Prefetch:
             self._owner.kill()  # left early: a thread waiting for the reader's next frame gets its end
         while not self._ended:  # unblock the thread's put until it has said it ended
             item = self._queue.get()
+            self._queue.task_done()
             self._ended = type(item) is tuple and bool(item) and item[0] is self._END
         self._thread.join()
         if self._owner is not None:

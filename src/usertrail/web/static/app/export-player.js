@@ -11,6 +11,9 @@
     target: document.getElementById("player"),
     props: { events: events, width: width, height: height, autoPlay: false, skipInactive: true, speedOption: [1, 2, 4, 8] }
   });
+  // rrweb draws the recorded page in a frame of its own: give it a name for assistive technology.
+  var frame = player.getReplayer().iframe;
+  if (frame) frame.title = "Recorded page";
   // For tests and scripts driving the file: how far the replay is, and the player itself.
   window.usertrailExport = { player: player, events: events.length };
   document.documentElement.setAttribute("data-ready", "1");

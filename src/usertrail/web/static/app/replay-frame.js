@@ -96,6 +96,8 @@
       }
     });
     replayer = player.getReplayer();
+    // rrweb draws the recorded page in a frame of its own: give it a name for assistive technology.
+    if (replayer.iframe) replayer.iframe.title = "Recorded page";
     timings.built = performance.now();
     var meta = player.getMetaData();
     startTime = meta.startTime;
