@@ -192,14 +192,14 @@ def test_events_that_arrive_during_a_rebuild_are_not_lost(engine, project, monke
     (the server keeps ingesting) is applied by the next round of the loop."""
     processor = SessionProcessor(engine)
     ingest(engine, project, [Ev("u:x", T0), Ev("u:x", T0 + 10 * MIN)])
-    read = processor_module.sessionize_keys
+    read = processor_module.sessionize_project
 
     def read_then_ingest(*args, **kwargs):
         found = read(*args, **kwargs)
         ingest(engine, project, [Ev("u:y", T0 + 5 * MIN), Ev("u:x", T0 + 20 * MIN)])
         return found
 
-    monkeypatch.setattr(processor_module, "sessionize_keys", read_then_ingest)
+    monkeypatch.setattr(processor_module, "sessionize_project", read_then_ingest)
     processor.rebuild(project, now=T0 + 120 * MIN)
     monkeypatch.undo()
     processor.run(now=T0 + 120 * MIN)
