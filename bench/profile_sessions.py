@@ -4,10 +4,12 @@
     .venv/bin/python bench/profile_sessions.py --database postgresql
     .venv/bin/python bench/profile_sessions.py --events 5000000 --users 200000 --skip-incremental
 
-1. Rebuild. The workload of bench/datagen.py is loaded into a fresh database, then
-   `SessionProcessor.rebuild` is timed against its main part, the set-based sessionization of
-   every key (`sessions.derive.sessionize_keys`). The rest of the rebuild is links, End User
-   Objects and writing the rows. Then one more rebuild runs under cProfile.
+1. Rebuild. The workload of bench/datagen.py is loaded into a fresh database (or `--url` names one
+   already loaded), then `SessionProcessor.rebuild` is timed against its main part, sessionizing every
+   key column-wise (`sessions.columnar.sessionize_project`), and against the set-based statements the
+   session loop uses, run over the whole project (`sessions.derive.sessionize_keys`, what the rebuild
+   used before). The rest of the rebuild is links, End User Objects and writing the rows. Then one
+   more rebuild runs under cProfile.
 2. Incremental. New users' events are written as ingest writes them (`EventStore.write_many`,
    which marks each user pending), then `SessionProcessor.run` processes them: once when the events
    are fresh (the session opens) and once 31 minutes later (the session closes). Both are timed,
@@ -35,7 +37,8 @@ import sqlalchemy as sa
 
 import datagen
 from usertrail.sessions import processor as processor_module
-from usertrail.sessions.derive import sessionize_keys
+from usertrail.sessions.columnar import sessionize_project
+from usertrail.sessions.derive import fill_scope, sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS
 from usertrail.store import user_index
@@ -62,13 +65,26 @@ def rebuild_parts(engine: sa.Engine, project_id: int, now: int, top: int) -> Non
 
     def sessionize_all() -> int:
         with engine.connect() as conn:
-            found = sessionize_keys(conn, project_id, scoped=False)
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            found = sessionize_project(conn, project_id)
+            conn.rollback()
+        return sum(len(s) for s in found.sessions.values())
+
+    def set_based() -> int:
+        with engine.connect() as conn:
+            keys = conn.exec_driver_sql(
+                "SELECT DISTINCT user_key FROM events WHERE project_id = " + str(int(project_id))
+            ).scalars()
+            fill_scope(conn, dict.fromkeys(keys, 0))  # every key: the session loop's statements over the project
+            found = sessionize_keys(conn, project_id)
             conn.rollback()
         return sum(len(s) for s in found.sessions.values())
 
     timings = {}
     for name, fn in (
-        ("sessionize every key (sessions.derive.sessionize_keys: the set-based statements)", sessionize_all),
+        ("sessionize every key column-wise (sessions.columnar.sessionize_project)", sessionize_all),
+        ("the same with the session loop's statements (derive.sessionize_keys, every key in scope)", set_based),
         ("whole rebuild (also links, End User Objects, and writing every row)", None),
     ):
         began, cpu = time.perf_counter(), time.process_time()
@@ -104,7 +120,7 @@ def timed_parts(engine: sa.Engine, project_id: int, now: int) -> dict[str, float
         undo.append((module, name, original))
 
     undo: list[tuple] = []
-    timed(processor_module, "sessionize_keys", lambda a: "sessionize every key (sessions.derive.sessionize_keys)")
+    timed(processor_module, "sessionize_project", lambda a: "sessionize every key (columnar.sessionize_project)")
     timed(processor_module, "insert_rows", lambda a: f"insert {a[1].name}")
     timed(processor_module, "profiles", lambda a: "End User Objects (GROUP BY over sessions)")
     timed(user_index, "rebuild", lambda a: "user list lookup rows (user_index.rebuild)")
@@ -227,23 +243,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--incremental-users", type=int, default=1_000, help="new users for the incremental part")
     p.add_argument("--skip-incremental", action="store_true")
     p.add_argument("--top", type=int, default=25, help="functions listed per profile")
+    p.add_argument("--url", help="a database already holding the workload (not loaded, not removed; rebuilt in place)")
+    p.add_argument("--project", type=int, default=1, help="with --url: the workload's project id")
     args = p.parse_args(argv)
     workload = replace(datagen.FULL, events=args.events, users=args.users)
     scratch = Path(tempfile.mkdtemp(prefix="usertrail-profile-sessions-"))
     pg = None
     try:
-        if args.database == "sqlite":
+        if args.url:
+            url, project_id = args.url, args.project
+        elif args.database == "sqlite":
             url = f"sqlite:///{scratch / 'profile.db'}"
         else:
             from usertrail.testing.postgres import TemporaryPostgres
 
             pg = TemporaryPostgres({"shared_buffers": "1GB", "max_wal_size": "4GB"})
             url = pg.start()
-        project_id = datagen.prepare_project(url)
-        began = time.perf_counter()
-        loader = datagen.load_sqlite if args.database == "sqlite" else datagen.load_postgres
-        n = loader(url, datagen.rows(workload, project_id=project_id))
-        print(f"{args.database}: loaded {n:,} events in {time.perf_counter() - began:.1f} s\n\nrebuild:", flush=True)
+        if not args.url:
+            project_id = datagen.prepare_project(url)
+            began = time.perf_counter()
+            loader = datagen.load_sqlite if args.database == "sqlite" else datagen.load_postgres
+            n = loader(url, datagen.rows(workload, project_id=project_id))
+            print(f"{args.database}: loaded {n:,} events in {time.perf_counter() - began:.1f} s", flush=True)
+        print("\nrebuild:", flush=True)
         engine = create_engine(url)
         rebuild_parts(engine, project_id, workload.end_ms, args.top)
         print("\nfinding closable sessions (enqueue_due_closes), with the workload's sessions in the table:")

@@ -192,14 +192,14 @@ def test_events_that_arrive_during_a_rebuild_are_not_lost(engine, project, monke
     (the server keeps ingesting) is applied by the next round of the loop."""
     processor = SessionProcessor(engine)
     ingest(engine, project, [Ev("u:x", T0), Ev("u:x", T0 + 10 * MIN)])
-    read = processor_module.sessionize_keys
+    read = processor_module.sessionize_project
 
     def read_then_ingest(*args, **kwargs):
         found = read(*args, **kwargs)
         ingest(engine, project, [Ev("u:y", T0 + 5 * MIN), Ev("u:x", T0 + 20 * MIN)])
         return found
 
-    monkeypatch.setattr(processor_module, "sessionize_keys", read_then_ingest)
+    monkeypatch.setattr(processor_module, "sessionize_project", read_then_ingest)
     processor.rebuild(project, now=T0 + 120 * MIN)
     monkeypatch.undo()
     processor.run(now=T0 + 120 * MIN)
@@ -448,7 +448,8 @@ def test_set_based_sql_equals_the_rule(engine, singles, bursts, seed):
             conn.execute(insert_ignore(events, conn.dialect.name), [e.row(project) for e in evs])
     now = T0 + rng.choice([0, 24 * 60, 3 * 24 * 60]) * MIN
     with engine.connect() as conn:
-        found = sessionize_keys(conn, project, scoped=False)
+        derive.fill_scope(conn, {key: 0 for key in {e.key for e in evs}})  # every key, from its first event
+        found = sessionize_keys(conn, project)
     by_key: dict[str, list[Ev]] = {}
     for e in evs:
         by_key.setdefault(e.key, []).append(e)
@@ -534,9 +535,9 @@ def test_postgresql_batches_read_one_index_range_per_user_even_for_a_project_new
     with write_transaction(engine) as conn:
         insert_rows(conn, events, EVENT_COLUMNS, new)
         derive.fill_scope(conn, {f"u:{i}": 0 for i in range(50)})
-        derive.sessionize_keys(conn, 2, scoped=True)  # makes (and fills) the statements' temporary tables
+        derive.sessionize_keys(conn, 2)  # makes (and fills) the statements' temporary tables
         cursor = conn.connection.dbapi_connection.cursor()
-        for name in ("starts_scoped", "aggregates_scoped", "values_scoped", "fallback_scoped"):
+        for name in ("starts", "aggregates", "values", "fallback"):
             sql = derive._sql("postgresql", name)
             plan = "\n".join(r[0] for r in cursor.execute(f"EXPLAIN {sql}", (2,)).fetchall())
             assert "Seq Scan on events" not in plan, (name, plan)

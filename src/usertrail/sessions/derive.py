@@ -123,20 +123,16 @@ def _temp_table(conn: sa.Connection, name: str, columns: str) -> None:
     conn.exec_driver_sql(f"DELETE FROM {name}")
 
 
-def _starts_sql(dialect: str, scoped: bool) -> str:
+def _starts_sql(dialect: str) -> str:
     """Where runs of activity start (a gap of 30 minutes or more), and equal times inside a key.
 
     Each event looks at the one before it (LAG in time order, which the (project, user, time)
-    index delivers without sorting and without reading the table). With a scope, its keys drive
-    the join (CROSS JOIN fixes that order on SQLite).
+    index delivers without sorting and without reading the table). The scope's keys drive the join
+    (CROSS JOIN fixes that order on SQLite).
     """
     p = "%s" if dialect == "postgresql" else "?"
     in_scope = f"e.project_id = {p} AND e.user_key = s.user_key AND e.ts >= s.since"
-    source = (
-        f"{SCOPE} s {_events_of(dialect, True, ('user_key', 'ts'), in_scope, cross=True)}"
-        if scoped
-        else f"events e WHERE e.project_id = {p}"
-    )
+    source = f"{SCOPE} s {_events_of(dialect, ('user_key', 'ts'), in_scope, cross=True)}"
     return f"""
 SELECT k, ts, CASE WHEN gap IS NULL OR gap >= {IDLE_MS} THEN 1 ELSE 0 END AS is_start FROM (
     SELECT e.user_key AS k, e.ts, e.ts - lag(e.ts) OVER (PARTITION BY e.user_key ORDER BY e.ts) AS gap
@@ -153,20 +149,17 @@ _AGGREGATED = (
 )  # fmt: skip
 
 
-def _events_of(dialect: str, scoped: bool, columns: Sequence[str], condition: str, cross: bool = False) -> str:
+def _events_of(dialect: str, columns: Sequence[str], condition: str, cross: bool = False) -> str:
     """The join of a driving temporary table (scope, runs, aggregates) to its keys' `events` (alias `e`).
 
-    PostgreSQL's incremental path gets a LATERAL subquery fenced by `OFFSET 0`: one index range of
+    PostgreSQL gets a LATERAL subquery fenced by `OFFSET 0`: one index range of
     (project, user, time) per row of the small table. Left to plan it freely, PostgreSQL estimated a
     project that appeared since the last ANALYZE at one event, scanned all of its events once per row of
     the temporary table, and a batch of 1,000 users ran for minutes under steady ingest
-    (docs/benchmarks.md). The full rebuild keeps the plain join; SQLite gets CROSS JOIN (`cross`) where that
-    keeps `events` out of the outer loop.
+    (docs/benchmarks.md). SQLite gets CROSS JOIN (`cross`) where that keeps `events` out of the outer loop.
     """
     if dialect == "postgresql":
-        if scoped:
-            return f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM events e WHERE {condition} OFFSET 0) AS e"
-        return f"JOIN events e ON {condition}"
+        return f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM events e WHERE {condition} OFFSET 0) AS e"
     return f"{'CROSS JOIN' if cross else 'JOIN'} events e ON {condition}"
 
 
@@ -175,7 +168,7 @@ def _events_of(dialect: str, scoped: bool, columns: Sequence[str], condition: st
 _AT = ("hint_at", "entry_at", "exit_at", "loc_at", "brw_at", "os_at", "device_at", "anon_at")
 
 
-def _aggregates_sql(dialect: str, scoped: bool) -> str:
+def _aggregates_sql(dialect: str) -> str:
     """One row per run: counts, and the time of the first or latest event that has each value."""
     p = "%s" if dialect == "postgresql" else "?"
     return f"""
@@ -197,13 +190,13 @@ SELECT r.id, r.k, r.start_ts, max(e.ts), count(*),
        max(CASE WHEN e.os <> '' THEN e.ts END),
        max(CASE WHEN e.device_type <> '' THEN e.ts END),
        min(CASE WHEN e.anon_id <> '' THEN e.ts END)
-FROM {RUNS} r {_events_of(dialect, scoped, _AGGREGATED, _RUN_EVENTS.format(p=p))}
+FROM {RUNS} r {_events_of(dialect, _AGGREGATED, _RUN_EVENTS.format(p=p))}
 WHERE r.python = 0
 GROUP BY r.id, r.k, r.start_ts
 """
 
 
-def _values_sql(dialect: str, scoped: bool) -> str:
+def _values_sql(dialect: str) -> str:
     """The events the columns come from: a few per run, each found through the index.
 
     CROSS JOIN keeps SQLite from putting `events` in the outer loop (PostgreSQL plans it freely).
@@ -218,16 +211,16 @@ def _values_sql(dialect: str, scoped: bool) -> str:
     )  # fmt: skip
     return f"""
 SELECT a.id, {", ".join(f"e.{c}" for c in columns)}
-FROM {AGGREGATES} a {_events_of(dialect, scoped, columns, f"e.project_id = {p} AND e.user_key = a.k AND {match}", True)}
+FROM {AGGREGATES} a {_events_of(dialect, columns, f"e.project_id = {p} AND e.user_key = a.k AND {match}", True)}
 WHERE a.end_ts - a.start_ts < {MAX_SESSION_MS} AND a.hints_low IS NOT DISTINCT FROM a.hints_high
   AND a.vars_low IS NOT DISTINCT FROM a.vars_high AND a.anon_low IS NOT DISTINCT FROM a.anon_high
 """
 
 
-def _fallback_sql(dialect: str, scoped: bool) -> str:
+def _fallback_sql(dialect: str) -> str:
     p = "%s" if dialect == "postgresql" else "?"
     columns = ", ".join(f"e.{c}" for c in EVENT_POINT_COLUMNS)
-    joined = _events_of(dialect, scoped, ("anon_id", *EVENT_POINT_COLUMNS), _RUN_EVENTS.format(p=p))
+    joined = _events_of(dialect, ("anon_id", *EVENT_POINT_COLUMNS), _RUN_EVENTS.format(p=p))
     return f"""
 SELECT r.id, r.k, e.anon_id, {columns}
 FROM {RUNS} r {joined}
@@ -242,17 +235,8 @@ _SQL: dict[tuple[str, str], str] = {}
 def _sql(dialect: str, name: str) -> str:
     sql = _SQL.get((dialect, name))
     if sql is None:
-        builders = {
-            "starts": lambda: _starts_sql(dialect, scoped=False),
-            "starts_scoped": lambda: _starts_sql(dialect, scoped=True),
-            "aggregates": lambda: _aggregates_sql(dialect, scoped=False),
-            "aggregates_scoped": lambda: _aggregates_sql(dialect, scoped=True),
-            "values": lambda: _values_sql(dialect, scoped=False),
-            "values_scoped": lambda: _values_sql(dialect, scoped=True),
-            "fallback": lambda: _fallback_sql(dialect, scoped=False),
-            "fallback_scoped": lambda: _fallback_sql(dialect, scoped=True),
-        }
-        sql = _SQL[(dialect, name)] = builders[name]()
+        build = {"starts": _starts_sql, "aggregates": _aggregates_sql, "values": _values_sql, "fallback": _fallback_sql}
+        sql = _SQL[(dialect, name)] = build[name](dialect)
     return sql
 
 
@@ -266,8 +250,9 @@ class KeySessions:
     anon_ids: list[tuple[str, str, tuple[int, str]]] = field(default_factory=list)
 
 
-def sessionize_keys(conn: sa.Connection, project_id: int, scoped: bool) -> KeySessions:
-    """Sessions of every key in scope (from each key's `since` on), or of the whole project.
+def sessionize_keys(conn: sa.Connection, project_id: int) -> KeySessions:
+    """Sessions of every key in scope (`fill_scope`: from each key's `since` on); the session loop's
+    pass (the full rebuild reads the whole project column-wise instead, `columnar.py`).
 
     Four statements, whatever the number of keys: where runs of activity start (a window
     function), one GROUP BY row per run, the few events each run's columns come from, and the
@@ -291,8 +276,7 @@ def sessionize_keys(conn: sa.Connection, project_id: int, scoped: bool) -> KeySe
     found = KeySessions()
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        suffix = "_scoped" if scoped else ""
-        cursor.execute(_sql(dialect, "starts" + suffix), (project_id,))
+        cursor.execute(_sql(dialect, "starts"), (project_id,))
         runs = _runs(cursor.fetchall())
         if dialect == "postgresql":
             with cursor.copy(f"COPY {RUNS} (id, k, start_ts, next_ts, python) FROM STDIN") as copy:
@@ -302,17 +286,17 @@ def sessionize_keys(conn: sa.Connection, project_id: int, scoped: bool) -> KeySe
             cursor.execute("SET LOCAL work_mem = '256MB'")
         else:
             cursor.executemany(f"INSERT INTO {RUNS} (id, k, start_ts, next_ts, python) VALUES (?, ?, ?, ?, ?)", runs)
-        cursor.execute(_sql(dialect, "aggregates" + suffix), (project_id,))
+        cursor.execute(_sql(dialect, "aggregates"), (project_id,))
         cursor.execute(f"SELECT * FROM {AGGREGATES}")
         aggregates = cursor.fetchall()
-        cursor.execute(_sql(dialect, "values" + suffix), (project_id,))
+        cursor.execute(_sql(dialect, "values"), (project_id,))
         at: dict[int, dict[int, tuple]] = defaultdict(dict)
         for row in cursor.fetchall():
             at[row[0]][row[1]] = row
         python = [(row[0],) for row in aggregates if not _from_aggregates(row, at.get(row[0], {}), found)]
         if python:
             cursor.executemany(f"UPDATE {RUNS} SET python = 1 WHERE id = {marker}", python)
-        cursor.execute(_sql(dialect, "fallback" + suffix), (project_id,))
+        cursor.execute(_sql(dialect, "fallback"), (project_id,))
         for _, run in itertools.groupby(cursor.fetchall(), key=operator.itemgetter(0)):
             rows = list(run)
             key = rows[0][1]

@@ -26,6 +26,7 @@ from operator import itemgetter
 import sqlalchemy as sa
 
 from usertrail.segments.membership import SavedSegments, refresh_all, refresh_users
+from usertrail.sessions.columnar import sessionize_project
 from usertrail.sessions.derive import (
     PROFILE_COLUMNS,
     SCOPE,
@@ -186,7 +187,7 @@ def _sessions_of(
     made: dict[str, list[Session]] = {}
     if simple:
         fill_scope(conn, simple)
-        made.update(sessionize_keys(conn, project_id, scoped=True).sessions)
+        made.update(sessionize_keys(conn, project_id).sessions)
     for owner, keys in members.items():
         if owner in targets:
             made[owner] = sessionize(fetch_points(conn, project_id, keys, targets[owner], FOREVER))
@@ -451,14 +452,17 @@ class SessionProcessor:
     def rebuild(self, project_id: int, now: int) -> ProcessStats:
         """Recompute every session, link and End User Object of a project from its events.
 
-        The same set-based statements as the incremental path, over the whole project: one
-        windowed pass sessionizes every key; links come from two grouped reads; only owners of
+        The same rule as the incremental path, computed column-wise from one read of the project's
+        events (`columnar.sessionize_project`); links come from what that pass found; only owners of
         stitched anonymous keys are read a second time, merged.
         """
         links = _Links()
         session_rows, closed_count, owners = [], 0, 0
         with self.engine.connect() as conn, large_page_cache(conn):
-            found = sessionize_keys(conn, project_id, scoped=False)
+            if conn.dialect.name == "postgresql":
+                # One snapshot for every read: the column-wise pass finds events by storage address.
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            found = sessionize_project(conn, project_id)
             for hint, key, at in found.hints:
                 links.see_hint(hint, key, at)
             for anon_id, key, at in found.anon_ids:

@@ -1,0 +1,156 @@
+"""The rebuild's column-wise pass (sessions/columnar.py) gives exactly what the Python rule gives, on both engines."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from usertrail.sessions import columnar
+from usertrail.sessions.columnar import sessionize_project
+from usertrail.sessions.derive import EVENT_POINT_COLUMNS, session_row
+from usertrail.sessions.rules import EventPoint, sessionize
+from usertrail.store.database import insert_rows, write_transaction
+from usertrail.store.events import EVENT_COLUMNS, event_row
+from usertrail.store.projects import ProjectStore
+from usertrail.store.schema import events
+
+MIN = 60_000
+T0 = 1_750_000_000_000
+KEYS = ["u:ann", "u:bob", "a:d1", "a:d2"]
+
+
+def row(project_id: int, key: str, n: int, ts: int, **values) -> tuple:
+    """An `events` row (EVENT_COLUMNS order); `values` are the columns the session rule reads."""
+    return event_row(
+        project_id=project_id, user_key=key, event_id=f"{key}-{n:04d}", ts=ts, received_at=ts, env="production",
+        source="native", id_source="test", payload="{}", **{"type": "click", **values},
+    )  # fmt: skip
+
+
+def store(engine: sa.Engine, rows: list[tuple]) -> None:
+    if rows:
+        with write_transaction(engine) as conn:
+            insert_rows(conn, events, EVENT_COLUMNS, rows)
+
+
+def column_wise(engine: sa.Engine, project_id: int):
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        return sessionize_project(conn, project_id)
+
+
+def by_the_rule(project_id: int, rows: list[tuple]) -> tuple[dict, dict, dict]:
+    """Sessions (as rows), first (client session id, key) and first (anonymous id, key) of the Python rule."""
+    at = {c: i for i, c in enumerate(EVENT_COLUMNS)}
+    points: dict[str, list[EventPoint]] = {}
+    hints: dict[tuple[str, str], tuple[int, str]] = {}
+    anons: dict[tuple[str, str], tuple[int, str]] = {}
+    for r in rows:
+        key = r[at["user_key"]]
+        point = EventPoint(*(r[at[c]] for c in EVENT_POINT_COLUMNS))
+        points.setdefault(key, []).append(point)
+        first = (point.ts, point.event_id)
+        for found, value in ((hints, point.session_hint), (anons, r[at["anon_id"]])):
+            if value:
+                found[(value, key)] = min(found.get((value, key), first), first)
+    sessions = {k: [session_row(project_id, k, s, "closed", None) for s in sessionize(p)] for k, p in points.items()}
+    return sessions, hints, anons
+
+
+def check(engine: sa.Engine, project_id: int, rows: list[tuple]) -> None:
+    found = column_wise(engine, project_id)
+    sessions, hints, anons = by_the_rule(project_id, rows)
+    got = {k: [session_row(project_id, k, s, "closed", None) for s in made] for k, made in found.sessions.items()}
+    assert got == sessions
+    for expected, links in ((hints, found.hints), (anons, found.anon_ids)):
+        first: dict[tuple[str, str], tuple[int, str]] = {}
+        for value, key, at in links:
+            first[(value, key)] = min(first.get((value, key), at), at)
+        assert first == expected
+
+
+PLACES = [(None, None, None), ("FR", "Île-de-France", "Paris"), ("FR", "Auvergne-Rhône-Alpes", "Lyon"),
+          ("US", "", None), ("", "California", "San Jose")]  # fmt: skip
+BROWSERS = [(None, None), ("Chrome", "124.0.0"), ("Chrome", None), ("Firefox", ""), ("", "1.0")]
+VALUES = {
+    "type": st.sampled_from(["pageChange", "page", "click", "play", "sessionPing", "identify", "complete"]),
+    "session_hint": st.sampled_from(["s1", "s2", "", None]),
+    "anon_id": st.sampled_from([None, None, "", "d1", "d2"]),
+    "url_path": st.sampled_from([None, "", "/a", "/b"]),
+    "os": st.sampled_from([None, "", "Linux", "iOS"]),
+    "device_type": st.sampled_from([None, "", "desktop"]),
+    "user_vars": st.sampled_from([None, None, "", '{"type":"free"}', '{"type":"VIP","role":"admin"}']),
+}
+event_strategy = st.fixed_dictionaries(
+    {
+        "key": st.sampled_from(KEYS),
+        # Minutes, so events share times and runs pass 12 hours; bursts below make long sessions.
+        "minute": st.integers(0, 2 * 24 * 60),
+        "place": st.sampled_from(PLACES),
+        "browser": st.sampled_from(BROWSERS),
+        **VALUES,
+    }
+)
+
+
+def _row_of(project_id: int, n: int, e: dict) -> tuple:
+    (country, region, city), (browser, version) = e["place"], e["browser"]
+    values = {k: e[k] for k in VALUES}
+    return row(project_id, e["key"], n, T0 + e["minute"] * MIN, country=country, region=region, city=city,
+               browser=browser, browser_version=version, **values)  # fmt: skip
+
+
+@settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    singles=st.lists(event_strategy, max_size=40),
+    bursts=st.lists(st.tuples(event_strategy, st.integers(1, 40), st.sampled_from([5, 20, 29, 30, 31])), max_size=3),
+    other=st.integers(0, 30),
+)
+def test_column_wise_pass_equals_the_rule(engine, singles, bursts, other):
+    """Random events (shared times, 12-hour runs, several client ids, anonymous ids and property sets, empty
+    and NULL values) of one project, next to another project's: the pass gives the rule's sessions and links."""
+    project = ProjectStore(engine).create("columns").project.id
+    neighbour = ProjectStore(engine).create("neighbour").project.id
+    events_ = list(singles)
+    for first, count, step in bursts:
+        events_ += [{**first, "minute": first["minute"] + i * step} for i in range(count)]
+    rows = [_row_of(project, n, e) for n, e in enumerate(events_)]
+    store(engine, [*rows, *(row(neighbour, "u:ann", n, T0 + n * MIN, session_hint="s1") for n in range(other))])
+    check(engine, project, rows)
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["table-scan", "through-the-index"])
+def test_values_holding_the_separators_and_both_ways_of_reading(engine, monkeypatch, scan):
+    """Keys, client session ids, paths and places holding the separators the pass joins values with are read
+    hex-encoded instead; a project with few of the table's rows is read through the index, one with most of
+    them by a scan in storage order."""
+    monkeypatch.setattr(columnar, "SCAN_SHARE", 0.0 if scan else 1.1)
+    monkeypatch.setattr(columnar, "LOOKUP", 3)  # several look-up statements
+    monkeypatch.setattr(columnar, "SQLITE_ROWIDS", 5)  # several scan ranges
+    monkeypatch.setattr(columnar, "PG_BLOCKS", 1)
+    project = ProjectStore(engine).create("separators").project.id
+    neighbour = ProjectStore(engine).create("neighbour").project.id
+    rng = random.Random(7)
+    odd = ["plain", "with\x01row", "with\x02field", "both\x01\x02", "ünïcödé", ""]
+    rows = []
+    for n in range(60):
+        key = rng.choice(["u:ann", "u:b\x01b", "a:c\x02c", "u:dörte"])
+        rows.append(
+            row(project, key, n, T0 + rng.randrange(0, 6 * 60) * MIN, type=rng.choice(["click", "page", "idle"]),
+                session_hint=rng.choice(odd), url_path=rng.choice(odd), country=rng.choice(odd),
+                region=rng.choice([*odd, None]), city=rng.choice([*odd, None]), browser=rng.choice(odd),
+                browser_version=rng.choice(odd), os=rng.choice(odd), device_type=rng.choice(odd))
+        )  # fmt: skip
+    store(engine, [*rows, *(row(neighbour, "u:x", n, T0 + n * MIN) for n in range(40))])
+    check(engine, project, rows)
+    check(engine, ProjectStore(engine).create("empty").project.id, [])
