@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from usertrail.store.events import EventStore
 
 log = logging.getLogger(__name__)
 
+_BUSY_S = 0.02
+
 
 class Indexer:
-    """Indexes the journal from a daemon thread: at once after each journal commit, else every `idle_s`."""
+    """Indexes the journal from a daemon thread: at once after each journal commit, else every `idle_s`.
 
-    def __init__(self, store: EventStore, max_events: int = 2_000, idle_s: float = 0.5) -> None:
+    While this process's collection is saturated (its last journal commit, under `_BUSY_S` ago, carried
+    requests that had queued behind the one before), indexing waits, for at most `delay_s` since the
+    journal was last empty: a burst is then answered at the speed of journaling alone, and indexed as
+    it subsides. A longer overload has the indexer run alongside collection again, so the backlog stays
+    bounded and answers slow down to what the machine can index.
+    """
+
+    def __init__(self, store: EventStore, max_events: int = 2_000, idle_s: float = 0.5, delay_s: float = 0.0) -> None:
         self.store = store
         self.max_events = max_events
         self.idle_s = idle_s
+        self.delay_s = delay_s
+        self._saturated_at = 0.0
+        self._last_empty = time.monotonic()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -33,8 +46,10 @@ class Indexer:
             self._thread = threading.Thread(target=self._run, name="usertrail-indexer", daemon=True)
             self._thread.start()
 
-    def notify(self) -> None:
-        """New rows are in the journal (called by the group-commit writer after each commit)."""
+    def notify(self, requests: int = 1) -> None:
+        """`requests` new rows are in the journal (called by the group-commit writer after each commit)."""
+        if requests > 1:
+            self._saturated_at = time.monotonic()
         self._wake.set()
 
     def drain(self) -> int:
@@ -55,11 +70,16 @@ class Indexer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            now = time.monotonic()
+            if now - self._saturated_at < _BUSY_S and now - self._last_empty < self.delay_s:
+                self._stop.wait(_BUSY_S)
+                continue
             try:
                 moved = self.store.index_journal(self.max_events)
             except Exception:  # e.g. the database was briefly unreachable: the rows stay journaled
                 log.exception("indexing the ingest journal failed")
                 moved = 0
             if not moved:
+                self._last_empty = time.monotonic()
                 self._wake.wait(self.idle_s)
                 self._wake.clear()

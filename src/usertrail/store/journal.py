@@ -9,8 +9,11 @@ records are stored: a crash before the commit leaves it to be taken again, after
 
 from __future__ import annotations
 
+import threading
+
 import msgspec
 import sqlalchemy as sa
+import zstandard
 
 from usertrail.store.schema import ingest_journal
 
@@ -35,14 +38,25 @@ class Backlog(msgspec.Struct):
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(JournalRecord).decode
+# Level 1: a request's record (~40 KB of msgpack, mostly the events' JSON) shrinks several times in
+# tens of microseconds, which the journal's commit then does not write (nor PostgreSQL compress again).
+_contexts = threading.local()  # zstd contexts are not thread-safe; the writer and indexers are threads
 
 
 def encode(record: JournalRecord) -> bytes:
-    return _encode(record)
+    """The record as stored in the journal: msgpack, zstd-compressed."""
+    compressor = getattr(_contexts, "compressor", None) or _context("compressor", zstandard.ZstdCompressor(level=1))
+    return compressor.compress(_encode(record))
 
 
 def decode(blob: bytes) -> JournalRecord:
-    return _decode(blob)
+    decompressor = getattr(_contexts, "decompressor", None) or _context("decompressor", zstandard.ZstdDecompressor())
+    return _decode(decompressor.decompress(blob))
+
+
+def _context(name: str, context):
+    setattr(_contexts, name, context)
+    return context
 
 
 def append(conn: sa.Connection, rows: list[tuple[int, str, int, int, bytes]]) -> None:
