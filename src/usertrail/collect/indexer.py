@@ -23,10 +23,10 @@ _BUSY_S = 0.02
 class Indexer:
     """Indexes the journal from a daemon thread: at once after each journal commit, else every `idle_s`.
 
-    While this process's collection is saturated (its last journal commit, under `_BUSY_S` ago, carried
-    requests that had queued behind the one before), indexing waits, for at most `delay_s` since the
-    journal was last empty: a burst is then answered at the speed of journaling alone, and indexed as
-    it subsides. A longer overload has the indexer run alongside collection again, so the backlog stays
+    While this process's collection is saturated (requests are queueing: more than one is between arrival
+    and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
+    `delay_s` since the journal was last empty: a burst is then answered at the speed of journaling alone,
+    and indexed as it subsides. A longer overload has the indexer run alongside collection again, so the backlog stays
     bounded and answers slow down to what the machine can index.
     """
 
@@ -35,6 +35,7 @@ class Indexer:
         self.max_events = max_events
         self.idle_s = idle_s
         self.delay_s = delay_s
+        self.in_flight = 0  # collection requests of this process being handled (Collector.collect)
         self._saturated_at = 0.0
         self._last_empty = time.monotonic()
         self._wake = threading.Event()
@@ -46,11 +47,18 @@ class Indexer:
             self._thread = threading.Thread(target=self._run, name="usertrail-indexer", daemon=True)
             self._thread.start()
 
-    def notify(self, requests: int = 1) -> None:
-        """`requests` new rows are in the journal (called by the group-commit writer after each commit)."""
-        if requests > 1:
-            self._saturated_at = time.monotonic()
+    def notify(self) -> None:
+        """New rows are in the journal (called by the group-commit writer after each commit)."""
         self._wake.set()
+
+    def arrived(self) -> None:
+        """A collection request arrived (the collector calls `left` when it is answered)."""
+        self.in_flight += 1
+        if self.in_flight > 1:
+            self._saturated_at = time.monotonic()
+
+    def left(self) -> None:
+        self.in_flight -= 1
 
     def drain(self) -> int:
         """Index everything journaled so far from the calling thread, waiting for rows other indexers are
@@ -71,7 +79,8 @@ class Indexer:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
-            if now - self._saturated_at < _BUSY_S and now - self._last_empty < self.delay_s:
+            saturated = self.in_flight > 1 or now - self._saturated_at < _BUSY_S
+            if saturated and now - self._last_empty < self.delay_s:
                 self._stop.wait(_BUSY_S)
                 continue
             try:

@@ -130,7 +130,14 @@ class Collector:
         return self._environments.get(project_id, lambda: self.projects.environments(project_id))
 
     async def collect(self, facts: RequestFacts, wire_format: str) -> CollectResult:
-        """Validate, enrich and durably store one request's events."""
+        """Validate, enrich and durably journal one request's events."""
+        self.indexer.arrived()  # while requests queue, indexing waits (collect/indexer.py)
+        try:
+            return await self._collect(facts, wire_format)
+        finally:
+            self.indexer.left()
+
+    async def _collect(self, facts: RequestFacts, wire_format: str) -> CollectResult:
         limits = self.settings.limits
         if len(facts.body) > limits.max_body_bytes:
             raise CollectError(413, "$", f"body of {len(facts.body)} bytes exceeds {limits.max_body_bytes}")

@@ -23,10 +23,10 @@ _MAX_ROWS_PER_COMMIT = 5_000
 
 
 class GroupCommitWriter:
-    """Journals `IngestRecord`s in batches from a dedicated thread; calls `on_commit(requests)` after each commit."""
+    """Journals `IngestRecord`s in batches from a dedicated thread; calls `on_commit` after each commit."""
 
     def __init__(
-        self, store: EventStore, commit_delay_ms: float = 0.0, on_commit: Callable[[int], None] = lambda _: None
+        self, store: EventStore, commit_delay_ms: float = 0.0, on_commit: Callable[[], None] = lambda: None
     ) -> None:
         self.store = store
         self.on_commit = on_commit
@@ -90,7 +90,7 @@ class GroupCommitWriter:
             return
         for _, loop, future in pending:
             loop.call_soon_threadsafe(_set_result, future)
-        self.on_commit(len(pending))
+        self.on_commit()
 
 
 def _set_result(future: asyncio.Future) -> None:
