@@ -799,7 +799,8 @@ def results_table(runs: list[Cell]) -> str:
         "| database | workers | mode | events/s | "
         + ("runs: min–max | " if repeated else "")
         + "requests/s | p50 ms | p99 ms | full/ceiling | server CPU | load gen CPU | other CPU "
-        "| conns per worker | CPU probe | acked events | stored events | check |"
+        "| conns per worker | CPU probe | acked events | journaled at load end | drain s | indexed events/s "
+        "| stored events | check |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     ceilings = {(c.database, c.workers): c.events_per_s for c in cells if c.mode == "decode_only"}
@@ -817,7 +818,13 @@ def results_table(runs: list[Cell]) -> str:
             + f"{_fmt_int(c.requests_per_s)} "
             f"| {c.p50_ms:.1f} | {c.p99_ms:.1f} | {ratio} | {c.server_cpu:.2f} | {c.loadgen_cpu:.2f} "
             f"| {c.other_cpu:.2f} | {'/'.join(map(str, c.connections_per_worker))} | {c.cpu_probe_mops:.0f} "
-            f"| {_fmt_int(c.events_acked)} | {_fmt_int(c.events_stored or 0)} | {check} |"
+            f"| {_fmt_int(c.events_acked)} "
+            + (
+                f"| {_fmt_int(c.backlog_events)} | {c.drain_s:.1f} | {_fmt_int(c.indexed_per_s)} "
+                if c.mode == "full"
+                else "| | | "
+            )
+            + f"| {_fmt_int(c.events_stored or 0)} | {check} |"
         )
     return "\n".join(lines)
 
@@ -837,7 +844,9 @@ def targets_summary(runs: list[Cell]) -> list[str]:
             )
             lines.append(
                 f"- {c.database}, 2 workers: {_fmt_int(c.events_per_s)} events/s durable "
-                f"(target ≥ {_fmt_int(TARGET_EVENTS_PER_S)}): **{'met' if met else 'missed'}**"
+                f"(target ≥ {_fmt_int(TARGET_EVENTS_PER_S)}): **{'met' if met else 'missed'}**; "
+                f"indexed into `events` end to end at {_fmt_int(c.indexed_per_s)} events/s "
+                f"({'≥' if c.indexed_per_s >= TARGET_EVENTS_PER_S else 'below'} the target)"
             )
         if ceiling:
             ratio = c.events_per_s / ceiling
@@ -857,9 +866,13 @@ TABLE_LEGEND = [
     "machine. *conns per worker* counts connections accepted per worker process at the start of the window "
     "(the rest are still in the accept queue). *CPU probe* is M empty-loop iterations/s on one core around the "
     "cell: this VM's speed drifts (30–55 seen), and throughput drifts with it. *acked events* is what the "
-    "server answered 200 over the whole cell, warm-up included. *stored events* is the `events` rows counted "
-    "after the server stopped. *check* is ok when they are equal (zero stored for the ceiling) and no request "
-    "failed.",
+    "server answered 200 over the whole cell, warm-up included: durable in the ingest journal, from which the "
+    "server's indexers store them into `events` (docs/collection.md#durability-and-indexing). *journaled at load "
+    "end* is what the journal still held when the load stopped; *drain s* how long the indexers then took to "
+    "empty it; *indexed events/s* divides the acked events by the time from the first request to the empty "
+    "journal: the rate at which this machine stores events end to end. *stored events* is the `events` rows "
+    "counted after the server stopped. *check* is ok when they are equal (zero stored for the ceiling) and no "
+    "request failed.",
 ]
 
 

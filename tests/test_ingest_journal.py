@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from usertrail.store import journal
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
+from usertrail.store.users import UserStore
 
 from conftest import CHROME_UA, LiveServer
 from samples import now_ms, walkme_body, walkme_event
@@ -132,3 +133,15 @@ def test_a_journal_record_reads_back_as_written(rows, rejected, drops):
     assert again == record
     pairs = [pair for row, back in zip(rows, again.events, strict=True) for pair in zip(row, back, strict=True)]
     assert all(type(a) is type(b) for a, b in pairs)
+
+
+def test_erasing_an_end_user_also_erases_their_events_still_in_the_journal(engine):
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    store.write_many([IngestRecord(project.id, events=[_row(project.id, "u:x", "e1")])])
+    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:x", "e2"), _row(project.id, "u:y", "e3")])])
+    assert UserStore(engine).delete(project.id, "u:x")["events"] == 2
+    assert store.backlog() == journal.Backlog(0, 0, None)
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT user_key, event_id FROM events")).all()
+    assert [tuple(r) for r in left] == [("u:y", "e3")]

@@ -63,10 +63,7 @@ class Indexer:
     def drain(self) -> int:
         """Index everything journaled so far from the calling thread, waiting for rows other indexers are
         storing; on return all of it is in `events`. Returns the requests this call indexed."""
-        total = 0
-        while moved := self.store.index_journal(self.max_events, wait=True):
-            total += moved
-        return total
+        return self.store.index_all(self.max_events)
 
     def close(self) -> None:
         """Stop the thread after its current transaction; what is left stays journaled for the next start."""

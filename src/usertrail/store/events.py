@@ -124,6 +124,14 @@ class EventStore:
             journal.remove(conn, [(project_id, id_) for project_id, id_, _ in taken])
         return len(taken)
 
+    def index_all(self, max_events: int = 5_000) -> int:
+        """Index everything journaled so far, waiting for rows other indexers hold; on return all of it is
+        in `events`. Returns the requests this call indexed."""
+        total = 0
+        while moved := self.index_journal(max_events, wait=True):
+            total += moved
+        return total
+
     def backlog(self, project_id: int | None = None) -> journal.Backlog:
         """What the journal holds for `project_id` (or for every project), not yet in `events`."""
         with self.engine.connect() as conn:
