@@ -212,7 +212,7 @@ def test_keys_never_cross_projects(live):
         assert admin.get(f"/api/projects/{other.project.id}/users/a:x/events").status_code == 403
         assert admin.get(f"/api/projects/{mine.project.id}/stats").json()["events"] == 0
     with live.admin(other.admin_token) as admin:
-        assert admin.get(f"/api/projects/{other.project.id}/stats").json() == {"events": 1}
+        assert admin.get(f"/api/projects/{other.project.id}/stats").json()["events"] == 1
     with live.admin(mine.write_key) as writer:  # a write key cannot read
         assert writer.get(f"/api/projects/{mine.project.id}/stats").status_code == 403
     with live.client() as anonymous:
