@@ -302,6 +302,7 @@ async def _drive(spec: dict[str, Any], requests: list[bytes], pipe: Connection) 
     # Even if the pool ran out early, the window is announced in full, so the parent's samples
     # and ours cover the same span; the rate below then uses the shorter span that had load.
     before, after = await announcer
+    load_s = clock() - start
     for writer in writers:
         writer.close()
 
@@ -310,6 +311,7 @@ async def _drive(spec: dict[str, Any], requests: list[bytes], pipe: Connection) 
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
         "window_s": end - window_start,
+        "load_s": load_s,
         "requests_in_window": len(in_window),
         "latencies_ms": [x * 1000 for x in in_window],
         "requests_sent": state["next"],
@@ -373,6 +375,20 @@ def prepare_database(url: str) -> str:
             new.project.id, "production", msgspec.structs.replace(production, allowed_origins=[ORIGIN], uuid=uuid)
         )
         return new.write_key
+    finally:
+        engine.dispose()
+
+
+def journal_events(url: str) -> int:
+    """Events answered but still in the ingest journal (not yet indexed into `events`)."""
+    import sqlalchemy as sa
+
+    from usertrail.store.database import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT coalesce(sum(events), 0) FROM ingest_journal")).scalar_one()
     finally:
         engine.dispose()
 
@@ -570,6 +586,16 @@ class Cell:
     cpu_probe_mops: float = 0.0
     build_s: float = 0.0
     body_bytes: int = 0
+    # Full mode: events still journaled (answered, not yet in `events`) when the load ended, and the
+    # seconds the server's indexers then took to store them.
+    backlog_events: int = 0
+    drain_s: float = 0.0
+    load_s: float = 0.0  # from the first request to the last answer, warm-up included
+
+    @property
+    def indexed_per_s(self) -> float:
+        """Events stored into `events` per second, from the first request until the journal was empty."""
+        return self.events_acked / (self.load_s + self.drain_s) if self.load_s else 0.0
 
     @property
     def verified(self) -> bool:
@@ -665,6 +691,17 @@ def run_cell(
         elapsed = time.monotonic() - t0
         _, result = _receive(parent_end, loader, server, 120)
         cell.cpu_probe_mops = (probe_before + cpu_probe()) / 2
+        if mode == "full":
+            # Answered events are durable in the ingest journal; the server's indexers store them into
+            # `events` in bulk, during the load and after it. The backlog left when the load ended and the
+            # time to index it give the rate at which this machine stores events end to end.
+            cell.backlog_events = journal_events(url)
+            drained = time.monotonic()
+            while journal_events(url):
+                if time.monotonic() - drained > 900:
+                    raise RuntimeError("the server's indexers did not empty the journal within 15 minutes")
+                time.sleep(0.2)
+            cell.drain_s = time.monotonic() - drained
     finally:
         loader.join(timeout=30)
         if loader.is_alive():
@@ -673,6 +710,7 @@ def run_cell(
 
     lat = result["latencies_ms"]
     cell.window_s = result["window_s"]
+    cell.load_s = result["load_s"]
     cell.requests_in_window = result["requests_in_window"]
     cell.requests_per_s = cell.requests_in_window / cell.window_s
     cell.events_per_s = cell.requests_per_s * EVENTS_PER_BATCH
@@ -761,7 +799,8 @@ def results_table(runs: list[Cell]) -> str:
         "| database | workers | mode | events/s | "
         + ("runs: min–max | " if repeated else "")
         + "requests/s | p50 ms | p99 ms | full/ceiling | server CPU | load gen CPU | other CPU "
-        "| conns per worker | CPU probe | acked events | stored events | check |"
+        "| conns per worker | CPU probe | acked events | journaled at load end | drain s | indexed events/s "
+        "| stored events | check |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     ceilings = {(c.database, c.workers): c.events_per_s for c in cells if c.mode == "decode_only"}
@@ -779,7 +818,13 @@ def results_table(runs: list[Cell]) -> str:
             + f"{_fmt_int(c.requests_per_s)} "
             f"| {c.p50_ms:.1f} | {c.p99_ms:.1f} | {ratio} | {c.server_cpu:.2f} | {c.loadgen_cpu:.2f} "
             f"| {c.other_cpu:.2f} | {'/'.join(map(str, c.connections_per_worker))} | {c.cpu_probe_mops:.0f} "
-            f"| {_fmt_int(c.events_acked)} | {_fmt_int(c.events_stored or 0)} | {check} |"
+            f"| {_fmt_int(c.events_acked)} "
+            + (
+                f"| {_fmt_int(c.backlog_events)} | {c.drain_s:.1f} | {_fmt_int(c.indexed_per_s)} "
+                if c.mode == "full"
+                else "| | | "
+            )
+            + f"| {_fmt_int(c.events_stored or 0)} | {check} |"
         )
     return "\n".join(lines)
 
@@ -799,7 +844,9 @@ def targets_summary(runs: list[Cell]) -> list[str]:
             )
             lines.append(
                 f"- {c.database}, 2 workers: {_fmt_int(c.events_per_s)} events/s durable "
-                f"(target ≥ {_fmt_int(TARGET_EVENTS_PER_S)}): **{'met' if met else 'missed'}**"
+                f"(target ≥ {_fmt_int(TARGET_EVENTS_PER_S)}): **{'met' if met else 'missed'}**; "
+                f"indexed into `events` end to end at {_fmt_int(c.indexed_per_s)} events/s "
+                f"({'≥' if c.indexed_per_s >= TARGET_EVENTS_PER_S else 'below'} the target)"
             )
         if ceiling:
             ratio = c.events_per_s / ceiling
@@ -819,9 +866,13 @@ TABLE_LEGEND = [
     "machine. *conns per worker* counts connections accepted per worker process at the start of the window "
     "(the rest are still in the accept queue). *CPU probe* is M empty-loop iterations/s on one core around the "
     "cell: this VM's speed drifts (30–55 seen), and throughput drifts with it. *acked events* is what the "
-    "server answered 200 over the whole cell, warm-up included. *stored events* is the `events` rows counted "
-    "after the server stopped. *check* is ok when they are equal (zero stored for the ceiling) and no request "
-    "failed.",
+    "server answered 200 over the whole cell, warm-up included: durable in the ingest journal, from which the "
+    "server's indexers store them into `events` (docs/collection.md#durability-and-indexing). *journaled at load "
+    "end* is what the journal still held when the load stopped; *drain s* how long the indexers then took to "
+    "empty it; *indexed events/s* divides the acked events by the time from the first request to the empty "
+    "journal: the rate at which this machine stores events end to end. *stored events* is the `events` rows "
+    "counted after the server stopped. *check* is ok when they are equal (zero stored for the ceiling) and no "
+    "request failed.",
 ]
 
 
@@ -984,7 +1035,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"p99 {cell.p99_ms:.1f} ms; CPU cores: server {cell.server_cpu:.2f}, "
                         f"others {cell.other_cpu:.2f}; probe {cell.cpu_probe_mops:.0f}; "
                         f"conns {'/'.join(map(str, cell.connections_per_worker))}; "
-                        f"acked {_fmt_int(cell.events_acked)}, stored {stored}: "
+                        f"acked {_fmt_int(cell.events_acked)}, stored {stored}"
+                        + (
+                            f" (journal at load end {_fmt_int(cell.backlog_events)}, drained in {cell.drain_s:.1f} s, "
+                            f"indexed {_fmt_int(cell.indexed_per_s)} events/s)"
+                            if mode == "full"
+                            else ""
+                        )
+                        + ": "
                         f"{'ok' if cell.verified else 'MISMATCH'}"
                         + (f"; failures: {cell.failures}" if cell.failures else ""),
                         flush=True,

@@ -5,8 +5,9 @@
 
 Uses the same request bodies as bench/ingest.py (WalkMe batches of 50 unique events) and the
 server's own code: `decode_walkme`, then `Collector.collect` with the group-commit writer replaced
-by one that only keeps the records, then `EventStore.write_many` over groups of records, as the
-writer thread commits them under load. Each stage is timed once plainly, then once under cProfile
+by one that only keeps the records, then `EventStore.journal` over groups of records, as the
+writer thread commits them under load, and `EventStore.index_journal`, as the indexer stores them.
+Each stage is timed once plainly, then once under cProfile
 (on fresh events, so nothing is a duplicate) to list the functions that cost the most.
 py-spy would show the same from a live server; it is not installed here, cProfile is.
 """
@@ -32,7 +33,7 @@ import ingest
 from usertrail.collect.service import WALKME, Collector, RequestFacts
 from usertrail.collect.wire import decode_walkme
 from usertrail.config import Settings
-from usertrail.store.events import IngestRecord, WriteOutcome
+from usertrail.store.events import IngestRecord
 from usertrail.web.app import build_collector
 
 
@@ -42,9 +43,8 @@ class _KeepingWriter:
     def __init__(self) -> None:
         self.records: list[IngestRecord] = []
 
-    async def write(self, record: IngestRecord) -> WriteOutcome:
+    async def write(self, record: IngestRecord) -> None:
         self.records.append(record)
-        return WriteOutcome(len(record.events), 0)
 
     def close(self) -> None:
         pass
@@ -147,21 +147,31 @@ def profile_database(
     )
     profiled_records = list(keeper.records)
 
-    def store(records: list[IngestRecord]) -> float:
+    def journal(records: list[IngestRecord]) -> float:
         began = clock()
         for i in range(0, len(records), group):
-            collector.events.write_many(records[i : i + group])
+            collector.events.journal(records[i : i + group])
         return clock() - began
 
-    store_us = min(store(r) for r in timed_records) / events * 1e6
+    def index() -> float:
+        began = clock()
+        while collector.events.index_journal():
+            pass
+        return clock() - began
+
+    journal_us, index_us = [], []
+    for records in timed_records:
+        journal_us.append(journal(records) / events * 1e6)
+        index_us.append(index() / events * 1e6)
     _profile(
-        f"store (EventStore.write_many, {group} requests per commit)",
-        store_us,
-        lambda: store(profiled_records),
+        f"journal (EventStore.journal, {group} requests per commit)",
+        min(journal_us),
+        lambda: journal(profiled_records),
         top,
     )
+    _profile("index (EventStore.index_journal)", min(index_us), index, top)
     collector.events.engine.dispose()
-    return {"decode": decode_us, "pipeline": collect_us - decode_us, "store": store_us}
+    return {"decode": decode_us, "pipeline": collect_us - decode_us, "journal": min(journal_us), "index": min(index_us)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     clock = "CPU time" if args.cpu_time else "wall time"
     print(f"\n## Summary: µs per event, one thread, {clock} (this CPU's probe: {ingest.cpu_probe():.0f} M loops/s)\n")
-    print("| database | decode | pipeline | store | total | ⇒ events/s on one thread |")
+    print("| database | decode | pipeline | journal | answered: total ⇒ events/s | index ⇒ events/s |")
     print("|---|---|---|---|---|---|")
     for name, stages in summary.items():
-        total = sum(stages.values())
+        answered = stages["decode"] + stages["pipeline"] + stages["journal"]
         print(
-            f"| {name} | {stages['decode']:.1f} | {stages['pipeline']:.1f} | {stages['store']:.1f} | {total:.1f} "
-            f"| {1e6 / total:,.0f} |"
+            f"| {name} | {stages['decode']:.1f} | {stages['pipeline']:.1f} | {stages['journal']:.1f} "
+            f"| {answered:.1f} ⇒ {1e6 / answered:,.0f} | {stages['index']:.1f} ⇒ {1e6 / stages['index']:,.0f} |"
         )
     return 0
 

@@ -118,6 +118,9 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
+COLLECT_PATHS = ("/event/tell", "/v1/batch")
+
+
 @dataclass
 class LiveServer:
     """A usertrail server listening on a real socket, with one project ready."""
@@ -130,8 +133,19 @@ class LiveServer:
     app: object
 
     def client(self, **kwargs) -> httpx.Client:
+        """A client whose collection requests are indexed before they return, so a test reads what it sent
+        (the server answers once events are journaled; its indexer stores them a moment later)."""
         headers = {"User-Agent": CHROME_UA, **kwargs.pop("headers", {})}
-        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
+        hooks = {"response": [self._index_collected]}
+        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers, event_hooks=hooks, **kwargs)
+
+    def index(self) -> None:
+        """Store every journaled request now (what the server's indexer thread would do next)."""
+        self.app.state.collector.indexer.drain()
+
+    def _index_collected(self, response: httpx.Response) -> None:
+        if response.request.url.path in COLLECT_PATHS:  # a 400 for a partial batch journaled its valid events
+            self.index()
 
     def admin(self, token: str | None = None) -> httpx.Client:
         return self.client(headers={"Authorization": f"Bearer {token or self.project.admin_token}"})

@@ -266,8 +266,11 @@ def _project_ids(store: ProjectStore, project: int | None) -> list[int]:
 def sessions_process(data_dir: Path = DataDir, database_url: str = DatabaseUrl) -> None:
     """Sessionize new events, close sessions idle for 30 minutes and update End User Objects, now."""
     from usertrail.sessions.processor import SessionProcessor
+    from usertrail.store.events import EventStore
 
-    processor = SessionProcessor(_engine(data_dir, database_url))
+    engine = _engine(data_dir, database_url)
+    EventStore(engine).index_all()  # events answered but not yet indexed (a server stopped with a backlog)
+    processor = SessionProcessor(engine)
     total = processor.run(_now_ms(), max_rounds=10**6)
     console.print(
         f"processed {total.users} users: {total.sessions_closed} sessions closed, "
@@ -285,8 +288,10 @@ def rebuild(
     from usertrail.reports import rollup
     from usertrail.sessions.processor import SessionProcessor
     from usertrail.store.database import write_transaction
+    from usertrail.store.events import EventStore
 
     store = _projects(_settings(data_dir, database_url))
+    EventStore(store.engine).index_all()  # the rebuild reads `events`: first what the journal still holds
     processor = SessionProcessor(store.engine)
     for project_id in _project_ids(store, project):
         started = time.perf_counter()

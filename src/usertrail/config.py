@@ -54,6 +54,8 @@ class Settings:
     # How long the session loop rests when a round found nothing to do: with the settle time and a
     # round's own work, sessions close well within the minute the spec allows.
     session_interval_s: float = 10.0
+    # While collection is saturated, indexing waits up to this long (collect/indexer.py).
+    index_delay_s: float = 30.0
     # Users a session-loop round recomputes in one transaction. On SQLite that transaction holds the
     # only write lock, so smaller rounds let ingest in between (docs/benchmarks.md, steady state).
     session_batch: int = 1000
@@ -132,6 +134,7 @@ class Settings:
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
             session_settle_ms=int(env.get("USERTRAIL_SESSION_SETTLE_MS", "5000")),
             session_interval_s=float(env.get("USERTRAIL_SESSION_INTERVAL_S", "10")),
+            index_delay_s=float(env.get("USERTRAIL_INDEX_DELAY_S", "30")),
             session_batch=int(env.get("USERTRAIL_SESSION_BATCH", "1000")),
             master_key=env.get("USERTRAIL_MASTER_KEY", ""),
             playback_store=env.get("USERTRAIL_PLAYBACK_STORE", ""),
@@ -177,6 +180,7 @@ class Settings:
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
             "USERTRAIL_SESSION_SETTLE_MS": str(self.session_settle_ms),
             "USERTRAIL_SESSION_INTERVAL_S": str(self.session_interval_s),
+            "USERTRAIL_INDEX_DELAY_S": str(self.index_delay_s),
             "USERTRAIL_SESSION_BATCH": str(self.session_batch),
             "USERTRAIL_MASTER_KEY": self.master_key,
             "USERTRAIL_PLAYBACK_STORE": self.playback_store,

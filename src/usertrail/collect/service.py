@@ -1,7 +1,8 @@
 """The collector: from one HTTP request's body and headers to durable rows and a result.
 
 Order: size limit → decode → project (key, or WalkMe account id) → origin → request facts
-(client IP, geolocation, user agent, masked IP) → `pipeline.STEPS` per event → one group commit.
+(client IP, geolocation, user agent, masked IP) → `pipeline.STEPS` per event → one group commit into
+the ingest journal, after which the request is answered; the indexer stores the events in bulk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from usertrail.collect.indexer import Indexer
 from usertrail.collect.pipeline import Drop, Reject, RequestContext, run_steps, to_row
 from usertrail.collect.traffic import origin_allowed
 from usertrail.collect.wire import (
@@ -62,8 +64,7 @@ class RequestFacts:
 class CollectResult:
     project_id: int | None = None
     received: int = 0
-    stored: int = 0
-    duplicates: int = 0
+    accepted: int = 0  # durable in the journal; a re-sent event is recognised when it is indexed
     dropped: Counter = field(default_factory=Counter)
     errors: list[dict] = field(default_factory=list)
     allowed_origin: str | None = None
@@ -71,8 +72,7 @@ class CollectResult:
     def as_json(self) -> dict:
         return {
             "received": self.received,
-            "stored": self.stored,
-            "duplicates": self.duplicates,
+            "accepted": self.accepted,
             "dropped": dict(self.dropped),
             "rejected": len(self.errors),
             "errors": self.errors,
@@ -109,12 +109,14 @@ class Collector:
         events: EventStore,
         geo: GeoLocator,
         writer: GroupCommitWriter,
+        indexer: Indexer,
     ) -> None:
         self.settings = settings
         self.projects = projects
         self.events = events
         self.geo = geo
         self.writer = writer
+        self.indexer = indexer
         self._grants = _TtlCache(10.0)
         self._environments = _TtlCache(5.0)
         self._accounts = _TtlCache(10.0)
@@ -128,7 +130,14 @@ class Collector:
         return self._environments.get(project_id, lambda: self.projects.environments(project_id))
 
     async def collect(self, facts: RequestFacts, wire_format: str) -> CollectResult:
-        """Validate, enrich and durably store one request's events."""
+        """Validate, enrich and durably journal one request's events."""
+        self.indexer.arrived()  # while requests queue, indexing waits (collect/indexer.py)
+        try:
+            return await self._collect(facts, wire_format)
+        finally:
+            self.indexer.left()
+
+    async def _collect(self, facts: RequestFacts, wire_format: str) -> CollectResult:
         limits = self.settings.limits
         if len(facts.body) > limits.max_body_bytes:
             raise CollectError(413, "$", f"body of {len(facts.body)} bytes exceeds {limits.max_body_bytes}")
@@ -169,8 +178,8 @@ class Collector:
             "events": len(batch.events),
             "status": 400 if result.errors else 200,
         }
-        outcome = await self.writer.write(record)
-        result.stored, result.duplicates = outcome.stored, outcome.duplicates
+        await self.writer.write(record)
+        result.accepted = len(record.events)
         return result
 
     def _grant(self, key: str) -> KeyGrant | None:

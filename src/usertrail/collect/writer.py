@@ -1,8 +1,9 @@
-"""Group commit: requests hand their records to one writer thread, which commits them together.
+"""Group commit: requests hand their records to one writer thread, which journals them together.
 
 One transaction (and one fsync) then covers every request that arrived while the previous
 commit was running, so throughput grows with load while each answer still waits for its own
-data to be durable.
+data to be durable in the ingest journal (store/journal.py); the indexer (collect/indexer.py),
+told after each commit, stores them into `events`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
-from usertrail.store.events import EventStore, IngestRecord, WriteOutcome
+from usertrail.store.events import EventStore, IngestRecord
 
 log = logging.getLogger(__name__)
 
@@ -21,27 +23,26 @@ _MAX_ROWS_PER_COMMIT = 5_000
 
 
 class GroupCommitWriter:
-    """Commits `IngestRecord`s in batches from a dedicated thread."""
+    """Journals `IngestRecord`s in batches from a dedicated thread; calls `on_commit` after each commit."""
 
-    def __init__(self, store: EventStore, commit_delay_ms: float = 0.0) -> None:
+    def __init__(
+        self, store: EventStore, commit_delay_ms: float = 0.0, on_commit: Callable[[], None] = lambda: None
+    ) -> None:
         self.store = store
+        self.on_commit = on_commit
         self.commit_delay = commit_delay_ms / 1000
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="usertrail-writer", daemon=True)
         self._started = False
         self._lock = threading.Lock()
 
-    async def write(self, record: IngestRecord) -> WriteOutcome:
-        """Wait until `record` is committed; raises if the commit failed."""
+    async def write(self, record: IngestRecord) -> None:
+        """Wait until `record` is durable in the journal; raises if the commit failed."""
         self._ensure_started()
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         self._queue.put((record, loop, future))
         return await future
-
-    def write_sync(self, record: IngestRecord) -> WriteOutcome:
-        """Commit one record from a non-async caller (CLI, re-processing)."""
-        return self.store.write_many([record])[0]
 
     def close(self) -> None:
         if self._started:
@@ -81,19 +82,20 @@ class GroupCommitWriter:
 
     def _commit(self, pending: list) -> None:
         try:
-            outcomes = self.store.write_many([record for record, _, _ in pending])
+            self.store.journal([record for record, _, _ in pending])
         except Exception as exc:  # every waiting request must hear about the failure
             log.exception("commit of %d requests failed", len(pending))
             for _, loop, future in pending:
                 loop.call_soon_threadsafe(_set_exception, future, exc)
             return
-        for (_, loop, future), outcome in zip(pending, outcomes, strict=True):
-            loop.call_soon_threadsafe(_set_result, future, outcome)
+        for _, loop, future in pending:
+            loop.call_soon_threadsafe(_set_result, future)
+        self.on_commit()
 
 
-def _set_result(future: asyncio.Future, value: WriteOutcome) -> None:
+def _set_result(future: asyncio.Future) -> None:
     if not future.done():
-        future.set_result(value)
+        future.set_result(None)
 
 
 def _set_exception(future: asyncio.Future, exc: BaseException) -> None:

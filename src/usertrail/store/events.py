@@ -1,12 +1,14 @@
 """The event log: accepted events, rejected events, drop tallies and the security log.
 
 Writes arrive as `IngestRecord`s (one per HTTP request) and are committed many at a time
-(group commit), so one fsync covers every request that was waiting.
+(group commit), so one fsync covers every request that was waiting. Collection appends them to the
+ingest journal (store/journal.py), and the indexer (collect/indexer.py) stores them here in bulk.
 """
 
 from __future__ import annotations
 
 import operator
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from usertrail.reports import rollup
+from usertrail.store import journal
 from usertrail.store.database import insert_ignore, insert_rows_new, upsert_add, write_transaction
 from usertrail.store.pending import mark_pending
 from usertrail.store.schema import drop_counts, events, rejected_events, security_log
@@ -54,6 +57,10 @@ class WriteOutcome:
     duplicates: int
 
 
+def _journal_id() -> str:
+    return f"{int(time.time() * 1000):013d}-{secrets.token_hex(6)}"
+
+
 def utc_day(ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
 
@@ -68,11 +75,69 @@ class EventStore:
         self._add_drops = upsert_add(drop_counts, dialect, ["project_id", "env", "day", "reason"], "count")
 
     def write_many(self, records: list[IngestRecord]) -> list[WriteOutcome]:
-        """Commit every record in one transaction; on return they are durable.
+        """Store every record in one transaction now (not through the journal); on return they are durable."""
+        with write_transaction(self.engine) as conn:
+            return self._store(conn, records)
 
-        Everything that can be prepared is prepared before the transaction starts, because on
-        SQLite the transaction holds the database's only write lock.
+    def journal(self, records: list[IngestRecord]) -> None:
+        """Append the records to the ingest journal in one transaction; on return they are durable.
+
+        The indexer (`index_journal`) stores them later; until then they count in `backlog`.
         """
+        rows = [
+            (
+                record.project_id,
+                record.security["id"] if record.security else _journal_id(),
+                record.security["ts"] if record.security else int(time.time() * 1000),
+                len(record.events),
+                journal.encode(
+                    journal.JournalRecord(
+                        record.project_id,
+                        record.events,
+                        record.rejected,
+                        [(env, reason, count) for (env, reason), count in record.drops.items()],
+                        record.security,
+                    )
+                ),
+            )
+            for record in records
+        ]
+        with write_transaction(self.engine) as conn:
+            journal.append(conn, rows)
+
+    def index_journal(self, max_events: int = 5_000, wait: bool = False) -> int:
+        """Move the oldest journaled requests (about `max_events` events) into `events` and the side
+        tables, in one transaction that also removes them from the journal. Returns the requests moved.
+
+        Rows another process is indexing are skipped, or with `wait` waited for (so that when a waiting
+        call returns 0, everything journaled before it is in `events`)."""
+        with write_transaction(self.engine) as conn:
+            taken = journal.take(conn, max_events, wait)
+            if not taken:
+                return 0
+            records = []
+            for _, _, blob in taken:
+                kept = journal.decode(blob)
+                drops = Counter({(env, reason): count for env, reason, count in kept.drops})
+                records.append(IngestRecord(kept.project_id, kept.events, kept.rejected, drops, kept.security))
+            self._store(conn, records)
+            journal.remove(conn, [(project_id, id_) for project_id, id_, _ in taken])
+        return len(taken)
+
+    def index_all(self, max_events: int = 5_000) -> int:
+        """Index everything journaled so far, waiting for rows other indexers hold; on return all of it is
+        in `events`. Returns the requests this call indexed."""
+        total = 0
+        while moved := self.index_journal(max_events, wait=True):
+            total += moved
+        return total
+
+    def backlog(self, project_id: int | None = None) -> journal.Backlog:
+        """What the journal holds for `project_id` (or for every project), not yet in `events`."""
+        with self.engine.connect() as conn:
+            return journal.backlog(conn, project_id)
+
+    def _store(self, conn: sa.Connection, records: list[IngestRecord]) -> list[WriteOutcome]:
         outcomes: list[WriteOutcome] = []
         day = utc_day(int(time.time() * 1000))
         pending = [(record.project_id, row[_USER_KEY], row[_TS]) for record in records for row in record.events]
@@ -83,40 +148,39 @@ class EventStore:
         rejected = [row for record in records for row in record.rejected]
         security_rows = [record.security for record in records if record.security is not None]
         rows = [row for record in records for row in record.events]
-        with write_transaction(self.engine) as conn:
-            # One statement for every request's events: it also tells which were new (not re-sent).
-            new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY)) if rows else set()
-            fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
-            for record in records:
-                stored = 0
-                for row in record.events:
-                    key = _key_of(row)
-                    if key in new:
-                        new.discard(key)  # of equal keys only the first was stored
-                        stored += 1
-                        if rollup.counted(row[_TYPE], row[_APP_TYPE], row[_OBJECT_ID]):
-                            fresh.append(_rollup_of(row))
-                duplicates = len(record.events) - stored
-                if duplicates:
-                    tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
-                outcomes.append(WriteOutcome(stored, duplicates))
-            # Re-sent events mark their user too: harmless, the recompute finds nothing new.
-            mark_pending(conn, pending)
-            if rejected:
-                conn.execute(self._insert_rejected, rejected)
-            if tallies:
-                conn.execute(
-                    self._add_drops,
-                    [
-                        {"project_id": p, "env": e, "day": day, "reason": r, "count": c}
-                        for (p, e, r), c in sorted(tallies.items())
-                    ],
-                )
-            if security_rows:
-                conn.execute(security_log.insert(), security_rows)
-            # Last: the per-item day totals are rows every commit updates, so on PostgreSQL their row locks
-            # are held only from here to the commit, and the other workers' commits queue on them briefly.
-            rollup.add(conn, fresh)
+        # One statement for every request's events: it also tells which were new (not re-sent).
+        new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY)) if rows else set()
+        fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
+        for record in records:
+            stored = 0
+            for row in record.events:
+                key = _key_of(row)
+                if key in new:
+                    new.discard(key)  # of equal keys only the first was stored
+                    stored += 1
+                    if rollup.counted(row[_TYPE], row[_APP_TYPE], row[_OBJECT_ID]):
+                        fresh.append(_rollup_of(row))
+            duplicates = len(record.events) - stored
+            if duplicates:
+                tallies[(record.project_id, record.events[0][_ENV], DUPLICATE)] += duplicates
+            outcomes.append(WriteOutcome(stored, duplicates))
+        # Re-sent events mark their user too: harmless, the recompute finds nothing new.
+        mark_pending(conn, pending)
+        if rejected:
+            conn.execute(self._insert_rejected, rejected)
+        if tallies:
+            conn.execute(
+                self._add_drops,
+                [
+                    {"project_id": p, "env": e, "day": day, "reason": r, "count": c}
+                    for (p, e, r), c in sorted(tallies.items())
+                ],
+            )
+        if security_rows:
+            conn.execute(security_log.insert(), security_rows)
+        # Last: the per-item day totals are rows every commit updates, so on PostgreSQL their row locks
+        # are held only from here to the commit, and the other workers' commits queue on them briefly.
+        rollup.add(conn, fresh)
         return outcomes
 
     def user_events(

@@ -99,6 +99,21 @@ events = sa.Table(
 )
 sa.Index(None, events.c.project_id, events.c.user_key, events.c.ts)
 
+# Accepted requests waiting to be indexed into `events` (collect/indexer.py): a request is answered once
+# its row here is durable; the indexer moves it into `events` and the side tables in one transaction that
+# also deletes the row. `record` is the request's `IngestRecord`, msgpack (store/journal.py).
+ingest_journal = sa.Table(
+    "ingest_journal",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", KEY_TEXT, nullable=False),  # time-ordered: "<received ms>-<random>"
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("record", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "id"),
+)
+sa.Index(None, ingest_journal.c.id)
+
 rejected_events = sa.Table(
     "rejected_events",
     metadata,

@@ -32,6 +32,7 @@ from usertrail.segments.model import Attribute, Catalog
 from usertrail.store import user_index
 from usertrail.store.changes import note_users_changed
 from usertrail.store.database import write_transaction
+from usertrail.store.events import EventStore
 from usertrail.store.identity import members_of, owner_of
 from usertrail.store.schema import (
     attribute_changes,
@@ -399,6 +400,8 @@ class UserStore:
         The SCIM record goes too because it holds the person's directory data (userName, e-mails,
         name); the retention job keeps it (the IdP still manages that person), see docs/scim.md.
         """
+        # Events answered before the erasure but not yet indexed would otherwise be stored after it.
+        EventStore(self.engine).index_all()
         with write_transaction(self.engine) as conn:
             counts = _delete_user(conn, project_id, owner)
             # A SCIM record always points at an identified key (u:<id>), which is an owner.

@@ -217,7 +217,9 @@ def event_json(row) -> dict:
 
 async def stats(request: Request) -> Response:
     project_id = require(request, "project.view").project_id
-    return JSONResponse({"events": _collector(request).events.count(project_id)})
+    events = _collector(request).events
+    backlog = msgspec.to_builtins(events.backlog(project_id))
+    return JSONResponse({"events": events.count(project_id), "ingest_backlog": backlog})
 
 
 routes = [

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from usertrail.access.accounts import AccountStore
 from usertrail.access.oidc import OidcClient, OidcConfig
+from usertrail.collect.indexer import Indexer
 from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
@@ -89,7 +90,9 @@ def build_collector(settings: Settings) -> Collector:
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
     events = EventStore(engine)
-    return Collector(settings, ProjectStore(engine), events, geo, GroupCommitWriter(events, settings.commit_delay_ms))
+    indexer = Indexer(events, delay_s=settings.index_delay_s)
+    writer = GroupCommitWriter(events, settings.commit_delay_ms, on_commit=indexer.notify)
+    return Collector(settings, ProjectStore(engine), events, geo, writer, indexer)
 
 
 def _now() -> int:
@@ -209,6 +212,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         playback = app.state.playback
+        collector.indexer.start()
         tasks = [asyncio.create_task(_maintenance(collector, playback.store, playback.assets))]
         tasks.append(asyncio.create_task(_assets_loop(playback.assets, settings.playback_asset_interval_s)))
         if settings.process_sessions:
@@ -226,6 +230,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in tasks:
                 task.cancel()
             collector.writer.close()
+            collector.indexer.close()
             playback.assets.fetcher.close()
             if app.state.oidc is not None:
                 await app.state.oidc.close()

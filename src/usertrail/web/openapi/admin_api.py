@@ -83,8 +83,17 @@ class Discarded(msgspec.Struct):
     discarded: int
 
 
+class IngestBacklog(msgspec.Struct):
+    """Accepted requests not yet indexed into `events` (docs/collection.md#durability-and-indexing)."""
+
+    requests: int
+    events: int
+    oldest_received_at: int | None
+
+
 class Stats(msgspec.Struct):
     events: int
+    ingest_backlog: IngestBacklog
 
 
 _ENV_ERRORS = {
@@ -166,7 +175,7 @@ OPERATIONS = [
     Op(
         "GET",
         "/api/projects/{project_id}/stats",
-        "How many events the project has",
+        "How many events the project has, and how many accepted ones wait to be indexed",
         permission="project.view",
         response=Stats,
     ),

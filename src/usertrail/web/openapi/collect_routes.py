@@ -25,8 +25,7 @@ class BatchAccepted(msgspec.Struct):
 
     ok: bool
     received: int
-    stored: int
-    duplicates: int
+    accepted: int
     dropped: dict[str, int]
     rejected: int
     errors: list[JSONObject]
@@ -44,7 +43,7 @@ OPERATIONS = [
     Op(
         "POST",
         "/event/tell",
-        "WalkMe recorder events, unchanged: newline-separated JSON (`text/plain`) or JSON; `200 ok` once stored",
+        "WalkMe recorder events, unchanged: newline-separated JSON (`text/plain`) or JSON; `200 ok` once durable",
         auth=WALKME,
         query=(Param("key", "the write key (optional: WalkMe events name their account in `wm.uId`)"),),
         body=str,

@@ -1,0 +1,91 @@
+"""The indexer: moves journaled requests into `events` and the side tables, in bulk, in the background.
+
+Collection answers once a request's row is in the ingest journal (store/journal.py); this thread then
+stores the journaled records many requests at a time, so the costly part of storing an event (its row
+and indexes in `events`, the reports' rollup, the session loop's pending marks) is paid in large
+transactions off the request's path. Every server process runs one; their transactions take disjoint
+journal rows, and rows left by a process that died are taken by whichever indexer comes next.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from usertrail.store.events import EventStore
+
+log = logging.getLogger(__name__)
+
+_BUSY_S = 0.02
+
+
+class Indexer:
+    """Indexes the journal from a daemon thread: at once after each journal commit, else every `idle_s`.
+
+    While this process's collection is saturated (requests are queueing: more than one is between arrival
+    and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
+    `delay_s` since the journal was last empty: a burst is then answered at the speed of journaling alone,
+    and indexed as it subsides. A longer overload has the indexer run alongside collection again, so the backlog stays
+    bounded and answers slow down to what the machine can index.
+    """
+
+    def __init__(self, store: EventStore, max_events: int = 2_000, idle_s: float = 0.5, delay_s: float = 0.0) -> None:
+        self.store = store
+        self.max_events = max_events
+        self.idle_s = idle_s
+        self.delay_s = delay_s
+        self.in_flight = 0  # collection requests of this process being handled (Collector.collect)
+        self._saturated_at = 0.0
+        self._last_empty = time.monotonic()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="usertrail-indexer", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        """New rows are in the journal (called by the group-commit writer after each commit)."""
+        self._wake.set()
+
+    def arrived(self) -> None:
+        """A collection request arrived (the collector calls `left` when it is answered)."""
+        self.in_flight += 1
+        if self.in_flight > 1:
+            self._saturated_at = time.monotonic()
+
+    def left(self) -> None:
+        self.in_flight -= 1
+
+    def drain(self) -> int:
+        """Index everything journaled so far from the calling thread, waiting for rows other indexers are
+        storing; on return all of it is in `events`. Returns the requests this call indexed."""
+        return self.store.index_all(self.max_events)
+
+    def close(self) -> None:
+        """Stop the thread after its current transaction; what is left stays journaled for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            saturated = self.in_flight > 1 or now - self._saturated_at < _BUSY_S
+            if saturated and now - self._last_empty < self.delay_s:
+                self._stop.wait(_BUSY_S)
+                continue
+            try:
+                moved = self.store.index_journal(self.max_events)
+            except Exception:  # e.g. the database was briefly unreachable: the rows stay journaled
+                log.exception("indexing the ingest journal failed")
+                moved = 0
+            if not moved:
+                self._last_empty = time.monotonic()
+                self._wake.wait(self.idle_s)
+                self._wake.clear()

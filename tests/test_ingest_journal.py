@@ -1,0 +1,147 @@
+"""The ingest journal: a request is answered once its events are journaled; the indexer stores them in bulk,
+exactly once, whichever process or thread indexes them (store/journal.py, collect/indexer.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usertrail.store import journal
+from usertrail.store.events import EventStore, IngestRecord, event_row
+from usertrail.store.projects import ProjectStore
+from usertrail.store.users import UserStore
+
+from conftest import CHROME_UA, LiveServer
+from samples import now_ms, walkme_body, walkme_event
+
+
+def _row(project_id: int, user: str, event_id: str, ts: int = 1_000) -> tuple:
+    return event_row(
+        project_id=project_id,
+        user_key=user,
+        event_id=event_id,
+        ts=ts,
+        client_ts=ts,
+        received_at=ts,
+        env="production",
+        source="native",
+        type="track",
+        id_source="variable",
+        is_mobile=False,
+        payload="{}",
+    )
+
+
+def _tell(live: LiveServer, events: list[dict]) -> httpx.Response:
+    """Sent as a browser would, without the test client's wait for indexing."""
+    with httpx.Client(base_url=live.base_url, headers={"User-Agent": CHROME_UA}) as client:
+        return client.post(f"/event/tell?key={live.project.write_key}", content=walkme_body(events))
+
+
+def _stats(live: LiveServer) -> dict:
+    with live.admin() as admin:
+        return admin.get(f"/api/projects/{live.project.project.id}/stats").json()
+
+
+def test_an_answered_request_is_journaled_until_the_indexer_stores_it(live):
+    live.app.state.collector.indexer.close()  # this test indexes by hand, at the moments it checks
+    events = [walkme_event(time=now_ms() - i, data_oId=i) for i in range(3)]
+    response = _tell(live, events)
+    assert response.status_code == 200 and response.text == "ok"
+    stats = _stats(live)
+    assert stats["events"] == 0
+    assert stats["ingest_backlog"]["requests"] == 1 and stats["ingest_backlog"]["events"] == 3
+    assert stats["ingest_backlog"]["oldest_received_at"] <= now_ms()
+
+    live.index()
+    assert _stats(live) == {"events": 3, "ingest_backlog": {"requests": 0, "events": 0, "oldest_received_at": None}}
+    assert live.scalar("SELECT count(*) FROM security_log") == 1
+    assert live.scalar("SELECT count(*) FROM pending_users") == 1
+
+    # A re-send is accepted again; indexing recognises it and counts it as duplicates.
+    assert _tell(live, events).status_code == 200
+    live.index()
+    assert live.scalar("SELECT count(*) FROM events") == 3
+    assert live.scalar("SELECT sum(count) FROM drop_counts WHERE reason = 'duplicate'") == 3
+
+
+def test_the_server_indexes_journaled_requests_by_itself(live):
+    events = [walkme_event(time=now_ms() - i, data_oId=i) for i in range(5)]
+    assert _tell(live, events).status_code == 200
+    deadline = time.monotonic() + 30
+    while _stats(live)["ingest_backlog"]["requests"]:
+        assert time.monotonic() < deadline, "the indexer thread never emptied the journal"
+        time.sleep(0.02)
+    assert live.scalar("SELECT count(*) FROM events") == 5
+
+
+def test_concurrent_indexers_store_each_request_exactly_once(engine):
+    """Three indexers race over 60 journaled requests (PostgreSQL: row locks; SQLite: the write lock)."""
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    records = []
+    for n in range(60):
+        # Every request re-sends one event of the one before: 60 requests, 3 new events each after the first.
+        rows = [_row(project.id, f"u:{n % 7}", f"e{n}-{i}") for i in range(3)]
+        if n:
+            rows.append(_row(project.id, f"u:{(n - 1) % 7}", f"e{n - 1}-0"))
+        records.append(IngestRecord(project.id, events=rows, drops=Counter({("production", "bot"): 1})))
+    store.journal(records)
+    assert store.backlog(project.id) == journal.Backlog(60, 60 * 4 - 1, store.backlog().oldest_received_at)
+
+    moved: list[int] = []
+    errors: list[BaseException] = []
+
+    def index() -> None:
+        try:
+            while n := store.index_journal(max_events=100):  # two requests per transaction
+                moved.append(n)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=index) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sum(moved) == 60 and store.backlog() == journal.Backlog(0, 0, None)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 180
+        drops = dict(conn.execute(sa.text("SELECT reason, sum(count) FROM drop_counts GROUP BY reason")).all())
+    assert drops == {"bot": 60, "duplicate": 59}
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.tuples(_values, _values, _values), max_size=5),
+    rejected=st.lists(st.dictionaries(st.text(max_size=5), _values, max_size=3), max_size=2),
+    drops=st.lists(st.tuples(st.text(max_size=5), st.text(max_size=5), st.integers(0, 10**9)), max_size=3),
+)
+def test_a_journal_record_reads_back_as_written(rows, rejected, drops):
+    record = journal.JournalRecord(7, rows, rejected, drops, None)
+    again = journal.decode(journal.encode(record))
+    assert again == record
+    pairs = [pair for row, back in zip(rows, again.events, strict=True) for pair in zip(row, back, strict=True)]
+    assert all(type(a) is type(b) for a, b in pairs)
+
+
+def test_erasing_an_end_user_also_erases_their_events_still_in_the_journal(engine):
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    store.write_many([IngestRecord(project.id, events=[_row(project.id, "u:x", "e1")])])
+    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:x", "e2"), _row(project.id, "u:y", "e3")])])
+    assert UserStore(engine).delete(project.id, "u:x")["events"] == 2
+    assert store.backlog() == journal.Backlog(0, 0, None)
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT user_key, event_id FROM events")).all()
+    assert [tuple(r) for r in left] == [("u:y", "e3")]
