@@ -256,10 +256,19 @@ def live(make_server) -> LiveServer:
     return make_server()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium (tests/browser.py), one per test module, calling itself desktop Chrome."""
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """Debian's Chromium (tests/browser.py), one per run (a launch costs 1-2 s), calling itself desktop Chrome."""
     from browser import chromium
 
     with chromium(CHROME_UA) as launched:
         yield launched
+
+
+@pytest.fixture
+def browser(chromium_browser):
+    """The run's Chromium; every context a test opened is closed after it, so none of its pages (a
+    recorder's timers, a beacon on leaving) runs on into the next test."""
+    yield chromium_browser
+    for context in chromium_browser.contexts:
+        context.close()
