@@ -9,9 +9,9 @@ check that the relying party refuses bad tokens.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
-import threading
 import time
 from urllib.parse import parse_qs, urlencode
 
@@ -25,13 +25,20 @@ from starlette.routing import Route
 
 from usertrail.testing.postgres import free_port
 
+from conftest import ThreadedServer
+
+
+@functools.cache
+def _signing_keys() -> tuple[RSAKey, RSAKey]:
+    """The provider's signing key and a rogue key with the same key id, never published: a token signed
+    with it must fail verification. Made once per run (each 2048-bit key takes ~0.1 s to generate)."""
+    return tuple(RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig"}, private=True) for _ in range(2))
+
 
 class Provider:
     def __init__(self, client_id: str = "usertrail", client_secret: str = "provider-secret") -> None:
         self.client_id, self.client_secret = client_id, client_secret
-        self.key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig"}, private=True)
-        # Same key id, never published: a token signed with it must fail verification.
-        self.rogue_key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig"}, private=True)
+        self.key, self.rogue_key = _signing_keys()
         self.user = {"sub": "user-1", "email": "sso.user@example.com", "email_verified": True, "name": "Sso User"}
         self.tamper: dict = {}  # claim overrides, plus "sign_with_rogue_key": True
         self.codes: dict[str, dict] = {}
@@ -46,21 +53,14 @@ class Provider:
                 Route("/token", self.token, methods=["POST"]),
             ]
         )
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = ThreadedServer(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
 
     def start(self) -> Provider:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test OIDC provider did not start")
-            time.sleep(0.01)
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.server.stop()
 
     async def discovery(self, request: Request) -> Response:
         return JSONResponse(

@@ -18,11 +18,11 @@ simple-salesforce uses, with Salesforce's error bodies.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import ipaddress
 import re
 import secrets
 import threading
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from usertrail.testing.postgres import free_port
+
+from conftest import ThreadedServer
 
 PARTNER_NS = "urn:partner.soap.sforce.com"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -460,15 +462,11 @@ class RunningFake:
             # A failed login's kept traceback holds its socket until the garbage collector runs.
             timeout_graceful_shutdown=1,
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the fake Salesforce did not start")
-            time.sleep(0.01)
+        self.server = ThreadedServer(config)
+        self.server.start()
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        # The client side of a failed login's connection lives until the collector frees the traceback
+        # that holds it; uvicorn would wait for it (up to timeout_graceful_shutdown, 1 s).
+        gc.collect()
+        self.server.stop()

@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from cli_runner import Ran, run_cli
 from usertrail.testing.postgres import free_port
+
+from conftest import http_client
 
 
 def real_process(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
@@ -87,13 +88,13 @@ def test_serve_with_demo_traffic(tmp_path: Path):
         token = re.search(r"adm_[\w-]+", output).group(0)
         one_time = re.search(r"one-time password : (\S+)", output).group(1)
         assert (tmp_path / "usertrail-data" / "usertrail.db").exists()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as c:
+        with http_client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as c:
             assert c.get("/api/projects/1/stats").json()["events"] > 100
             rows = c.get("/api/projects/1/users/u:user-00000/events").json()["events"]
         types = {r["type"] for r in rows}
         assert "pageChange" in types and rows[0]["country"]
         # The first admin account signs in with the printed one-time password and must replace it.
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as browser:
+        with http_client(base_url=f"http://127.0.0.1:{port}") as browser:
             signed = browser.post(
                 "/api/auth/login", json={"email": "admin@localhost.localdomain", "password": one_time}
             )

@@ -24,7 +24,7 @@ from usertrail.store.events import EVENT_COLUMNS
 from usertrail.store.projects import ProjectStore
 from usertrail.testing.postgres import free_port
 
-from conftest import CHROME_UA
+from conftest import CHROME_UA, SSL_CONTEXT, http_client
 from samples import now_ms, walkme_body, walkme_event
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def _start(database_url: str, data_dir: Path, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5, verify=SSL_CONTEXT).status_code == 200:
                 return process
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -98,7 +98,7 @@ def test_acknowledged_events_survive_sigkill(database_url: str, tmp_path: Path):
     stop = threading.Event()
 
     def stream(worker: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
+        with http_client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
             n = worker
             while not stop.is_set():
                 attempted.append(n)
@@ -143,7 +143,7 @@ def test_acknowledged_events_survive_sigkill(database_url: str, tmp_path: Path):
     server = _start(database_url, tmp_path, port)
     try:
         sent = range(max(acknowledged) + 4)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
+        with http_client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
             for n in sent:
                 assert client.post(f"/event/tell?key={key}", content=walkme_body(_batch(n))).status_code == 200
         _wait_until_indexed(engine)  # the restarted server's indexers, not this test, empty the journal

@@ -9,14 +9,13 @@ import csv
 import io
 import re
 
-import httpx
 import pytest
 from playwright.sync_api import Browser
 
 from usertrail.testing.postgres import free_port
 
 from admin_pages import Watcher, light_server, signed_in
-from conftest import LiveServer
+from conftest import LiveServer, http_client
 
 # The API behind these pages is tested on both engines (test_csv_import.py, test_update_api.py, …).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -168,7 +167,7 @@ def test_an_api_client_and_a_scim_token_are_shown_once(live: LiveServer, browser
     assert client_id.startswith(f"uc_{pid}_") and len(secret) >= 32
 
     # The secret works: it gets a token, which writes a value.
-    with httpx.Client(base_url=live.base_url) as client:
+    with http_client(base_url=live.base_url) as client:
         token = client.post(
             "/accounts/connect/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
         )
@@ -197,7 +196,7 @@ def test_an_api_client_and_a_scim_token_are_shown_once(live: LiveServer, browser
     page.wait_for_selector("#scim-token:not([hidden])")
     scim_token = page.text_content("#scim-token-value")
     base_url = page.text_content("#scim-base-url")
-    with httpx.Client() as client:
+    with http_client() as client:
         users = client.get(f"{base_url}/Users", headers={"Authorization": f"Bearer {scim_token}"})
     assert users.status_code == 200 and users.json()["totalResults"] == 0
     page.click("#scim-token-done")

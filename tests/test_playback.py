@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 import sqlalchemy as sa
 import zstandard
@@ -23,7 +22,7 @@ from usertrail.playback.quota import next_reset, period_start
 from usertrail.testing.postgres import free_port
 from usertrail.web.app import run_retention
 
-from conftest import CHROME_UA, LiveServer
+from conftest import CHROME_UA, LiveServer, http_client
 from playback_helpers import (
     ANDROID_UA,
     CHROME_70_UA,
@@ -635,7 +634,7 @@ def test_key_rotation_keeps_recordings_readable(make_server, database_url, tmp_p
     assert live.scalar("SELECT min(key_version) FROM playback_recordings") == 3
     # A server started now knows only the new master key, and reads every recording.
     fresh = make_server()
-    with httpx.Client(base_url=fresh.base_url, headers={"Authorization": f"Bearer {live.project.admin_token}"}) as c:
+    with http_client(base_url=fresh.base_url, headers={"Authorization": f"Bearer {live.project.admin_token}"}) as c:
         read = c.get(f"/api/projects/{live.project.project.id}/playback/recordings/{answer['recording_id']}/events")
     assert read.status_code == 200 and read.json() == events
 

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from usertrail.web.snippet import snippet_tag
 
 from browser import CHROMIUM, CHROMIUM_ARGS, PageServer, wait_until
-from conftest import CHROME_UA, LiveServer
+from conftest import CHROME_UA, LiveServer, http_client
 from playback_helpers import IPHONE_UA, SAFARI_7_UA, configure, recording_events
 
 if TYPE_CHECKING:
@@ -203,7 +202,7 @@ def test_a_session_is_recorded_across_pages_and_iframes_without_typed_text(live,
 
     # Sending a chunk again stores nothing new.
     url, body = chunk_bodies[0]
-    with httpx.Client(timeout=10, headers={"User-Agent": CHROME_UA, "Content-Type": "text/plain"}) as client:
+    with http_client(timeout=10, headers={"User-Agent": CHROME_UA, "Content-Type": "text/plain"}) as client:
         again = client.post(url, content=body)
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert len(chunk_rows(live)) == len(numbers)

@@ -25,7 +25,7 @@ from usertrail.integrations.s3_import import S3Imports
 from usertrail.store.attributes import AttributeStore
 from usertrail.store.projects import ProjectStore
 
-from conftest import LiveServer
+from conftest import SSL_CONTEXT, LiveServer
 
 
 @dataclass
@@ -54,7 +54,7 @@ def s3() -> Iterator[S3Server]:
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
     iam.put_user_policy(UserName="importer", PolicyName="s3", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="importer")["AccessKey"]
-    assert httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").status_code == 200
+    assert httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0", verify=SSL_CONTEXT).status_code == 200
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -64,7 +64,7 @@ def s3() -> Iterator[S3Server]:
         config=Config(s3={"addressing_style": "path"}),
     )
     yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], client)
-    httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf")
+    httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf", verify=SSL_CONTEXT)
     server.stop()
 
 

@@ -16,7 +16,7 @@ from scim2_tester import Status, check_server
 from test_users_api import api, enable_uuid, send, user_events
 from usertrail.integrations.scim.protocol import ENTERPRISE_SCHEMA, USER_SCHEMA
 
-from conftest import LiveServer
+from conftest import LiveServer, http_client
 from samples import now_ms
 
 SCIM_JSON = "application/scim+json"
@@ -41,7 +41,7 @@ def scim(live: LiveServer, token: str | None, project_id: int | None = None) -> 
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     pid = live.project.project.id if project_id is None else project_id
-    return httpx.Client(base_url=f"{live.base_url}/scim/v2/{pid}", headers=headers, timeout=30)
+    return http_client(base_url=f"{live.base_url}/scim/v2/{pid}", headers=headers, timeout=30)
 
 
 def okta_user(user_name: str, **changes) -> dict:
@@ -366,7 +366,7 @@ def test_tokens_and_project_isolation(make_server):
     assert kinds == ["token.revoke", "token.rotate", "token.create"]
     with scim(live, token, 999_999) as idp:
         assert idp.get("/Users").status_code == 401  # no such project: nothing to tell apart
-    with httpx.Client(base_url=live.base_url) as http:
+    with http_client(base_url=live.base_url) as http:
         assert http.get("/scim/v2/abc/Users").status_code == 404
 
 

@@ -15,8 +15,10 @@ A recording names URLs chosen by whoever sent it (the write key is public), so e
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +70,13 @@ def address_refusal(address: str, allow_private: bool) -> str | None:
     return None
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # One per process: building it loads the CA bundle (~75 ms of CPU), which every server start
+    # (each test's, each worker's) would pay again for a client that seldom fetches over TLS.
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class SafeFetcher:
     """Fetches one URL under the guard above; `resolver` and `transport` are replaceable for tests."""
 
@@ -83,6 +92,7 @@ class SafeFetcher:
         self.allow_private, self.max_bytes, self.timeout_s = allow_private, max_bytes, timeout_s
         self.max_redirects, self.resolver, self.clock = max_redirects, resolver, clock
         self.client = httpx.Client(
+            verify=_ssl_context(),
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(timeout_s),
