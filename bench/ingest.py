@@ -379,8 +379,7 @@ def prepare_database(url: str) -> str:
         engine.dispose()
 
 
-def journal_events(url: str) -> int:
-    """Events answered but still in the ingest journal (not yet indexed into `events`)."""
+def _count(url: str, sql: str) -> int:
     import sqlalchemy as sa
 
     from usertrail.store.database import create_engine
@@ -388,24 +387,19 @@ def journal_events(url: str) -> int:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT coalesce(sum(events), 0) FROM ingest_journal")).scalar_one()
+            return conn.execute(sa.text(sql)).scalar_one()
     finally:
         engine.dispose()
+
+
+def journal_events(url: str) -> int:
+    """Events answered but still in the ingest journal (not yet indexed into `events`)."""
+    return _count(url, "SELECT coalesce(sum(events), 0) FROM ingest_journal")
 
 
 def count_events(url: str) -> int:
     """Rows in the `events` table, read after the server has stopped."""
-    import sqlalchemy as sa
-
-    from usertrail.store.database import create_engine
-    from usertrail.store.schema import events
-
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
-    finally:
-        engine.dispose()
+    return _count(url, "SELECT count(*) FROM events")
 
 
 def start_server(port: int, workers: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
