@@ -26,8 +26,8 @@ class Indexer:
     While this process's collection is saturated (requests are queueing: more than one is between arrival
     and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
     `delay_s` since the journal was last empty: a burst is then answered at the speed of journaling alone,
-    and indexed as it subsides. A longer overload has the indexer run alongside collection again, so the backlog stays
-    bounded and answers slow down to what the machine can index.
+    and indexed as it subsides. A longer overload has the indexer run alongside collection again, so the
+    backlog stays bounded and answers slow down to what the machine can index.
     """
 
     def __init__(self, store: EventStore, max_events: int = 2_000, idle_s: float = 0.5, delay_s: float = 0.0) -> None:

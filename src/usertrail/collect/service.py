@@ -7,7 +7,6 @@ the ingest journal, after which the request is answered; the indexer stores the 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from usertrail.enrich.geo import GeoLocator, Location
 from usertrail.enrich.ip import client_ip, mask_ip
 from usertrail.enrich.useragent import parse_agent
 from usertrail.project_settings import EnvironmentSettings
-from usertrail.store.events import EventStore, IngestRecord
+from usertrail.store.events import EventStore, IngestRecord, time_id
 from usertrail.store.projects import ADMIN, WRITE, KeyGrant, ProjectStore
 
 WALKME = "walkme"
@@ -170,7 +169,7 @@ class Collector:
         record = self._process(batch, ctx, wire_format, result)
         record.security = {
             "project_id": project_id,
-            "id": _time_id(ctx.received_at),
+            "id": time_id(ctx.received_at),
             "ts": ctx.received_at,
             "ip": ctx.ip,
             "user_agent": facts.user_agent[:1000],
@@ -276,7 +275,7 @@ class Collector:
         record.rejected.append(
             {
                 "project_id": ctx.project_id,
-                "id": _time_id(ctx.received_at),
+                "id": time_id(ctx.received_at),
                 "received_at": ctx.received_at,
                 "env": env,
                 "source": wire_format,
@@ -389,7 +388,3 @@ def _stored_context(ctx: RequestContext, env: str | None) -> dict:
         "user_agent": ctx.user_agent,
         "env_name": env,
     }
-
-
-def _time_id(ms: int) -> str:
-    return f"{ms:013d}-{secrets.token_hex(6)}"

@@ -57,8 +57,9 @@ class WriteOutcome:
     duplicates: int
 
 
-def _journal_id() -> str:
-    return f"{int(time.time() * 1000):013d}-{secrets.token_hex(6)}"
+def time_id(ms: int) -> str:
+    """A unique id that sorts by time: "<ms>-<random>" (rejected events, security log, journal rows)."""
+    return f"{ms:013d}-{secrets.token_hex(6)}"
 
 
 def utc_day(ms: int) -> str:
@@ -87,7 +88,7 @@ class EventStore:
         rows = [
             (
                 record.project_id,
-                record.security["id"] if record.security else _journal_id(),
+                record.security["id"] if record.security else time_id(int(time.time() * 1000)),
                 record.security["ts"] if record.security else int(time.time() * 1000),
                 len(record.events),
                 journal.encode(
