@@ -8,7 +8,7 @@ ingest journal (store/journal.py), and the indexer (collect/indexer.py) stores t
 from __future__ import annotations
 
 import operator
-import secrets
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,7 +59,8 @@ class WriteOutcome:
 
 def time_id(ms: int) -> str:
     """A unique id that sorts by time: "<ms>-<random>" (rejected events, security log, journal rows)."""
-    return f"{ms:013d}-{secrets.token_hex(6)}"
+    # Unique, not secret: `random` (reseeded in each forked process) costs a tenth of os.urandom's syscall.
+    return f"{ms:013d}-{random.getrandbits(48):012x}"
 
 
 def utc_day(ms: int) -> str:
