@@ -208,7 +208,7 @@ async def _s3_loop(s3: S3Imports, interval_s: float) -> None:
 def tune_garbage_collection() -> None:
     """Exempt what start-up built from collection, and collect young objects far less often.
 
-    Collecting allocates a few container objects per event, which reference counting frees as soon as the
+    Ingest allocates a few container objects per event, which reference counting frees as soon as the
     request is answered. At the default threshold (700) the cyclic collector ran over a hundred times a
     second under load, and its full passes walked the ~150,000 objects of the loaded modules: about a
     tenth of a worker's time (docs/benchmarks.md). Cyclic garbage is still collected, every 50,000 net
