@@ -86,11 +86,12 @@ class EventStore:
 
         The indexer (`index_journal`) stores them later; until then they count in `backlog`.
         """
+        now = int(time.time() * 1000)
         rows = [
             (
                 record.project_id,
-                record.security["id"] if record.security else time_id(int(time.time() * 1000)),
-                record.security["ts"] if record.security else int(time.time() * 1000),
+                record.security["id"] if record.security else time_id(now),
+                record.security["ts"] if record.security else now,
                 len(record.events),
                 journal.encode(
                     journal.JournalRecord(
