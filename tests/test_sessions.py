@@ -240,6 +240,28 @@ def test_empty_sessions_are_listed_but_do_not_count(engine, project):
     assert (user.total_sessions, user.first_seen) == (1, T0 + 120 * MIN)
 
 
+def test_a_user_marked_again_during_a_round_stays_pending(engine, project, monkeypatch):
+    """A mark that lands while a round processes the user (new events) keeps the pending row: the round
+    releases it with the newer version, and the next round processes the user again."""
+    processor = SessionProcessor(engine)
+    ingest(engine, project, [Ev("u:x", T0), Ev("u:y", T0)])
+    recompute = processor._recompute
+
+    def marked_meanwhile(conn, *args, **kwargs):
+        conn.execute(sa.text("UPDATE pending_users SET version = version + 1 WHERE user_key = 'u:x'"))
+        return recompute(conn, *args, **kwargs)
+
+    monkeypatch.setattr(processor, "_recompute", marked_meanwhile)
+    assert processor.run(now=T0 + MIN, max_rounds=1).users == 2
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT user_key, version, claim, claimed_until FROM pending_users")).all()
+    assert [tuple(r) for r in left] == [("u:x", 1, None, None)]
+    assert processor.run(now=T0 + MIN).users == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM pending_users")).scalar() == 0
+
+
 def test_two_processors_close_each_session_once(engine, project, database_url):
     """Two processors, each with its own engine (as two server processes), work at once: every user is
     claimed by exactly one of them and every session closes exactly once.

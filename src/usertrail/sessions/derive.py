@@ -109,9 +109,14 @@ def fill_scope(conn: sa.Connection, scope: dict[str, int]) -> None:
     """Name the keys (and each one's first event time) the next statements work on."""
     integer = "BIGINT" if conn.dialect.name == "postgresql" else "INTEGER"
     _temp_table(conn, SCOPE, f"user_key TEXT PRIMARY KEY, since {integer} NOT NULL")
-    if scope:
-        marker = "%s" if conn.dialect.name == "postgresql" else "?"
-        conn.exec_driver_sql(f"INSERT INTO {SCOPE} (user_key, since) VALUES ({marker}, {marker})", list(scope.items()))
+    if not scope:
+        return
+    if conn.dialect.name == "postgresql":
+        # One statement with the keys as arrays: a row per statement cost the server a parse and a run each.
+        sql = f"INSERT INTO {SCOPE} (user_key, since) SELECT * FROM unnest(%s::text[], %s::bigint[])"
+        conn.exec_driver_sql(sql, (list(scope), list(scope.values())))
+    else:
+        conn.exec_driver_sql(f"INSERT INTO {SCOPE} (user_key, since) VALUES (?, ?)", list(scope.items()))
 
 
 def _temp_table(conn: sa.Connection, name: str, columns: str) -> None:

@@ -42,7 +42,7 @@ from usertrail.store import user_index
 from usertrail.store.bulk import bulk_rewrite, large_page_cache
 from usertrail.store.changes import note_project_changed, note_users_changed
 from usertrail.store.database import (
-    execute_many,
+    delete_rows,
     insert_rows,
     insert_rows_ignore,
     lock_keys,
@@ -69,15 +69,16 @@ FOREVER = 2**62
 CHUNK = 500  # keys per IN list
 
 _UNCLAIMED = sa.or_(pending_users.c.claimed_until.is_(None), pending_users.c.claimed_until < sa.bindparam("now"))
-_MINE = (
-    pending_users.c.project_id == sa.bindparam("p"),
-    pending_users.c.user_key == sa.bindparam("k"),
-    pending_users.c.claim == sa.bindparam("worker"),
+# What a round leaves claimed after its done marks are deleted: users marked again meanwhile.
+_RELEASE = (
+    pending_users.update()
+    .where(
+        pending_users.c.project_id == sa.bindparam("p"),
+        pending_users.c.claim == sa.bindparam("token"),
+        pending_users.c.user_key.in_(sa.bindparam("keys", expanding=True)),
+    )
+    .values(claimed_until=None, claim=None)
 )
-_DONE = pending_users.delete().where(*_MINE, pending_users.c.version == sa.bindparam("version"))
-_RELEASE = pending_users.update().where(*_MINE).values(claimed_until=None, claim=None)
-_DROP_SESSIONS_FROM = "DELETE FROM sessions WHERE project_id = ? AND user_key = ? AND start_ts >= ?"
-_DROP_PROFILE = "DELETE FROM end_users WHERE project_id = ? AND user_key = ?"
 
 
 @dataclass
@@ -339,9 +340,16 @@ class SessionProcessor:
         changed: list[str] = []
         stats = self._recompute(conn, project_id, targets, now, changed)
         stats.users = len(items)
-        marks = [{"p": project_id, "k": key, "version": version, "worker": token} for key, _, version in items]
-        conn.execute(_DONE, marks)
-        conn.execute(_RELEASE, marks)  # newer events arrived meanwhile: the row stays for the next round
+        # Done unless a newer mark changed the version meanwhile: then the row stays for the next round.
+        delete_rows(
+            conn,
+            pending_users,
+            {"project_id": project_id, "claim": token},
+            (("user_key", "="), ("version", "=")),
+            [(key, version) for key, _, version in items],
+        )
+        for chunk in _chunks([key for key, _, _ in items]):
+            conn.execute(_RELEASE, {"p": project_id, "token": token, "keys": list(chunk)})
         # Last: it holds the project's change counter (segment counts) until the commit, so the other
         # processes' batches queue on it only for this batch's commit.
         note_users_changed(conn, project_id, [*forget, *changed])
@@ -412,7 +420,7 @@ class SessionProcessor:
             window = windows[owner]
             previous = {r.start_ts: r for r in old[owner] if r.start_ts >= window}
             new = made.get(owner, [])
-            drops.append((project_id, owner, window))
+            drops.append((owner, window))
             mine = []
             for i, s in enumerate(new):
                 closable = is_closable(s, i == len(new) - 1, now)
@@ -430,7 +438,7 @@ class SessionProcessor:
             closed_after = {_closed_facts_of_row(r) for r in mine if r[_STATUS] == "closed"}
             if closed_before != closed_after:
                 changed.append(owner)
-        execute_many(conn, _DROP_SESSIONS_FROM, drops)
+        delete_rows(conn, sessions, {"project_id": project_id}, (("user_key", "="), ("start_ts", ">=")), drops)
         insert_rows(conn, sessions, SESSION_COLUMNS, rows)
         if changed:
             self._store_profiles(conn, project_id, changed, now)
@@ -443,7 +451,7 @@ class SessionProcessor:
         """Recompute the End User Objects of these owners from their closed sessions (one GROUP BY)."""
         fill_scope(conn, dict.fromkeys(owners, 0))
         rows = profiles(conn, project_id, scoped=True, now=now)
-        execute_many(conn, _DROP_PROFILE, [(project_id, owner) for owner in owners])
+        delete_rows(conn, end_users, {"project_id": project_id}, (("user_key", "="),), [(owner,) for owner in owners])
         insert_rows(conn, end_users, PROFILE_COLUMNS, rows)
         user_index.refresh(conn, project_id, owners)
 
