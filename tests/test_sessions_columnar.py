@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 
 import pytest
 import sqlalchemy as sa
@@ -154,3 +155,23 @@ def test_values_holding_the_separators_and_both_ways_of_reading(engine, monkeypa
     store(engine, [*rows, *(row(neighbour, "u:x", n, T0 + n * MIN) for n in range(40))])
     check(engine, project, rows)
     check(engine, ProjectStore(engine).create("empty").project.id, [])
+
+
+def test_the_reader_runs_statements_in_order_one_ahead_and_passes_errors_on():
+    """The pass's reader answers each statement in the order asked, from one worker thread, and an error
+    of the database reaches the caller."""
+    connection = sqlite3.connect(":memory:", check_same_thread=False)
+    reader = columnar._Reader(connection.cursor(), binary=False)
+    try:
+        squares = reader.ones("SELECT ? * ?, (SELECT count(*) FROM sqlite_master)", ((n, n) for n in range(20)))
+        assert [r[0] for r in squares] == [n * n for n in range(20)]
+        assert [rows for rows in reader.alls("SELECT value FROM json_each(?)", [("[1,2]",), ("[]",)])] == [
+            [(1,), (2,)],
+            [],
+        ]
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            list(reader.ones("SELECT * FROM missing WHERE ? = 1", [(1,), (2,)]))
+        assert reader.one("SELECT 7", ()) == (7,)
+    finally:
+        reader.close()
+        connection.close()

@@ -28,7 +28,8 @@ import gc
 import itertools
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 import numpy as np
@@ -98,6 +99,42 @@ class _Unsplittable(Exception):
     """A value held the separator: the chunk is read again with its strings hex-encoded."""
 
 
+class _Reader:
+    """Runs the pass's statements on one worker thread, a chunk ahead of the caller: the database computes
+    the next chunk (sqlite3 and psycopg release the GIL while it works) while this thread decodes the last
+    one. Every statement of the pass goes through the one worker, so the connection is used by one thread
+    at a time and in the order the statements were asked for."""
+
+    def __init__(self, cursor, binary: bool) -> None:
+        self.cursor = cursor
+        self.options = {"binary": True} if binary else {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="usertrail-rebuild-read")
+
+    def one(self, sql: str, params: tuple) -> tuple:
+        """The statement's first row."""
+        return next(self.ones(sql, (params,)))
+
+    def ones(self, sql: str, each: Iterable[tuple]) -> Iterator[tuple]:
+        """The statement's first row for each parameter tuple, the next one already being computed."""
+        return self._ahead(lambda params: self.cursor.execute(sql, params, **self.options).fetchone(), each)
+
+    def alls(self, sql: str, each: Iterable[tuple]) -> Iterator[list[tuple]]:
+        """The statement's rows for each parameter tuple, the next ones already being fetched."""
+        return self._ahead(lambda params: self.cursor.execute(sql, params, **self.options).fetchall(), each)
+
+    def _ahead(self, run: Callable[[tuple], object], each: Iterable[tuple]) -> Iterator:
+        pending: list[Future] = []
+        for params in each:
+            pending.append(self.pool.submit(run, params))
+            if len(pending) > 1:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 # --- reading: SQLite ---------------------------------------------------------------------------------
 
 
@@ -131,8 +168,8 @@ def _digits(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
 
 
-def _sqlite_chunk(cursor, sql_plain: str, sql_hex: str, params: tuple, events: _Events) -> None:
-    row = cursor.execute(sql_plain, params).fetchone()
+def _sqlite_chunk(row: tuple, rehex: Callable[[], tuple], events: _Events) -> None:
+    """Add one range's row of the scan; `rehex` reads the range again with its strings hex-encoded."""
     if row[0] is None:
         return
     loc, ts = np.fromstring(row[0], np.int64, sep=","), np.fromstring(row[1], np.int64, sep=",")
@@ -140,35 +177,37 @@ def _sqlite_chunk(cursor, sql_plain: str, sql_hex: str, params: tuple, events: _
     try:
         events.add(loc, ts, flags, *(text.split(SEP) for text in row[4:]))
     except _Unsplittable:
-        row = cursor.execute(sql_hex, params).fetchone()
+        row = rehex()
         events.add(loc, ts, flags, *([bytes.fromhex(h).decode() for h in text.split(",")] for text in row[4:]))
 
 
-def _read_sqlite(cursor, project_id: int) -> _Events:
+def _read_sqlite(reader: _Reader, project_id: int) -> _Events:
     events = _Events()
-    low, high, count = cursor.execute(
+    low, high, count = reader.one(
         "SELECT min(rowid), max(rowid), count(*) FROM events WHERE project_id = ?", (project_id,)
-    ).fetchone()
+    )
     if not count:
         return events
     if count >= SCAN_SHARE * (high - low + 1):
         # Most rows of the range are the project's: read the table in rowid order, a range at a time.
         where = "rowid BETWEEN ? AND ? AND project_id = ?"
         plain, hexed = (_sqlite_scan_sql("events NOT INDEXED", where, h) for h in (False, True))
-        for start in range(low, high + 1, SQLITE_ROWIDS):
-            _sqlite_chunk(cursor, plain, hexed, (start, start + SQLITE_ROWIDS - 1, project_id), events)
+        ranges = [(start, start + SQLITE_ROWIDS - 1, project_id) for start in range(low, high + 1, SQLITE_ROWIDS)]
     else:
         plain, hexed = (_sqlite_scan_sql("events", "project_id = ?", h) for h in (False, True))
-        _sqlite_chunk(cursor, plain, hexed, (project_id,), events)
+        ranges = [(project_id,)]
+    for params, row in zip(ranges, reader.ones(plain, ranges), strict=True):
+        _sqlite_chunk(row, lambda params=params: reader.one(hexed, params), events)
     return events
 
 
-def _sqlite_rows(cursor, columns: Sequence[str], locs: np.ndarray) -> Iterator[tuple]:
+def _sqlite_rows(reader: _Reader, columns: Sequence[str], locs: np.ndarray) -> Iterator[tuple]:
     """(rowid, *columns) of the events at these rowids."""
     selected = ", ".join(f"e.{c}" for c in columns)
     sql = f"SELECT e.rowid, {selected} FROM json_each(?) AS j CROSS JOIN events AS e ON e.rowid = j.value"
-    for i in range(0, len(locs), LOOKUP):
-        yield from cursor.execute(sql, ("[" + ",".join(map(str, locs[i : i + LOOKUP].tolist())) + "]",))
+    chunks = (("[" + ",".join(map(str, locs[i : i + LOOKUP].tolist())) + "]",) for i in range(0, len(locs), LOOKUP))
+    for rows in reader.alls(sql, chunks):
+        yield from rows
 
 
 def _sqlite_values_sql(hexed: bool) -> str:
@@ -179,10 +218,10 @@ def _sqlite_values_sql(hexed: bool) -> str:
     )
 
 
-def _sqlite_values(cursor, locs: np.ndarray, hexed: bool) -> tuple[np.ndarray, list[str]]:
-    text = "[" + ",".join(map(str, locs.tolist())) + "]"
-    row = cursor.execute(_sqlite_values_sql(hexed), (text,)).fetchone()
-    return np.fromstring(row[0], np.int64, sep=","), list(row[1:])
+def _sqlite_values(reader: _Reader, chunks: Iterable[np.ndarray], hexed: bool) -> Iterator[tuple[np.ndarray, list]]:
+    texts = (("[" + ",".join(map(str, locs.tolist())) + "]",) for locs in chunks)
+    for row in reader.ones(_sqlite_values_sql(hexed), texts):
+        yield np.fromstring(row[0], np.int64, sep=","), list(row[1:])
 
 
 # --- reading: PostgreSQL -----------------------------------------------------------------------------
@@ -207,8 +246,8 @@ def _pg_scan_sql(where: str, hexed: bool) -> str:
     )
 
 
-def _pg_chunk(cursor, sql_plain: str, sql_hex: str, params: tuple, events: _Events) -> None:
-    row = cursor.execute(sql_plain, params, binary=True).fetchone()
+def _pg_chunk(row: tuple, rehex: Callable[[], tuple], events: _Events) -> None:
+    """Add one range's row of the scan; `rehex` reads the range again with its strings hex-encoded."""
     if row[0] is None:
         return
     fixed = np.frombuffer(row[0], _PG_FIXED)
@@ -217,43 +256,48 @@ def _pg_chunk(cursor, sql_plain: str, sql_hex: str, params: tuple, events: _Even
     try:
         events.add(loc, ts, flags, *(text.split(SEP) for text in row[1:]))
     except _Unsplittable:
-        row = cursor.execute(sql_hex, params, binary=True).fetchone()
+        row = rehex()
         events.add(loc, ts, flags, *([bytes.fromhex(h).decode() for h in text.split(",")] for text in row[1:]))
 
 
-def _read_postgresql(cursor, project_id: int) -> _Events:
+def _read_postgresql(reader: _Reader, project_id: int) -> _Events:
     events = _Events()
-    count, blocks, rows = cursor.execute(
+    count, blocks, rows = reader.one(
         "SELECT (SELECT count(*) FROM events WHERE project_id = %s), "
         "pg_relation_size('events') / current_setting('block_size')::int, "
         "(SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass)",
         (project_id,),
-    ).fetchone()
+    )
     if not count:
         return events
-    if count >= SCAN_SHARE * rows:
+    scan = count >= SCAN_SHARE * rows
+    if scan:
         # A TID range scan per chunk of heap blocks: the table in storage order.
         where = "project_id = %s AND ctid >= %s::tid AND ctid < %s::tid"
         plain, hexed = (_pg_scan_sql(where, h) for h in (False, True))
-        for start in range(0, blocks + 1, PG_BLOCKS):
-            _pg_chunk(cursor, plain, hexed, (project_id, f"({start},0)", f"({start + PG_BLOCKS},0)"), events)
+        ranges = [(project_id, f"({start},0)", f"({start + PG_BLOCKS},0)") for start in range(0, blocks + 1, PG_BLOCKS)]
     else:
         # A bitmap scan reads the project's blocks in storage order (an index scan would read them in key order).
-        cursor.execute("SET LOCAL enable_indexscan = off")
+        reader.one("SELECT set_config('enable_indexscan', 'off', true)", ())
         plain, hexed = (_pg_scan_sql("project_id = %s", h) for h in (False, True))
-        _pg_chunk(cursor, plain, hexed, (project_id,), events)
-        cursor.execute("SET LOCAL enable_indexscan = on")
+        ranges = [(project_id,)]
+    for params, row in zip(ranges, reader.ones(plain, ranges), strict=True):
+        _pg_chunk(row, lambda params=params: reader.one(hexed, params), events)
+    if not scan:
+        reader.one("SELECT set_config('enable_indexscan', 'on', true)", ())
     return events
 
 
-def _pg_rows(cursor, columns: Sequence[str], locs: np.ndarray) -> Iterator[tuple]:
+def _pg_rows(reader: _Reader, columns: Sequence[str], locs: np.ndarray) -> Iterator[tuple]:
     """(address, *columns) of the events at these addresses (block * 65536 + offset)."""
     selected = ", ".join(columns)
     sql = f"SELECT {_PG_LOC}, {selected} FROM events WHERE ctid = ANY(%s::tid[])"
-    for i in range(0, len(locs), LOOKUP):
-        chunk = locs[i : i + LOOKUP].tolist()
-        tids = "{" + ",".join(f'"({loc >> 16},{loc & 65535})"' for loc in chunk) + "}"
-        yield from cursor.execute(sql, (tids,))
+
+    def tids(chunk: list[int]) -> tuple[str]:
+        return ("{" + ",".join(f'"({loc >> 16},{loc & 65535})"' for loc in chunk) + "}",)
+
+    for rows in reader.alls(sql, (tids(locs[i : i + LOOKUP].tolist()) for i in range(0, len(locs), LOOKUP))):
+        yield from rows
 
 
 def _pg_values_sql(hexed: bool) -> str:
@@ -267,11 +311,11 @@ def _pg_values_sql(hexed: bool) -> str:
     )
 
 
-def _pg_values(cursor, locs: np.ndarray, hexed: bool) -> tuple[np.ndarray, list[str]]:
-    text = "{" + ",".join(map(str, locs.tolist())) + "}"
-    row = cursor.execute(_pg_values_sql(hexed), (text,), binary=True).fetchone()
-    fixed = np.frombuffer(row[0], np.dtype([("block", ">u4"), ("offset", ">u2")]))
-    return fixed["block"].astype(np.int64) * 65536 + fixed["offset"], list(row[1:])
+def _pg_values(reader: _Reader, chunks: Iterable[np.ndarray], hexed: bool) -> Iterator[tuple[np.ndarray, list]]:
+    texts = (("{" + ",".join(map(str, locs.tolist())) + "}",) for locs in chunks)
+    for row in reader.ones(_pg_values_sql(hexed), texts):
+        fixed = np.frombuffer(row[0], np.dtype([("block", ">u4"), ("offset", ">u2")]))
+        yield fixed["block"].astype(np.int64) * 65536 + fixed["offset"], list(row[1:])
 
 
 # --- the picked events' values -----------------------------------------------------------------------
@@ -311,12 +355,12 @@ def _decode(item: str, hexed: bool) -> str | None:
 
 def _values_at(fetch, locs: np.ndarray) -> dict[str, np.ndarray]:
     """The value columns of the events at `locs` (sorted, distinct): column -> object array in that order,
-    with one more slot holding None ("no event")."""
+    with one more slot holding None ("no event"). `fetch(chunks, hexed)` reads each chunk's values."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in ("event_id", "url_path", *_COMBINED)}
-    for i in range(0, len(locs), LOOKUP):
-        chunk = locs[i : i + LOOKUP]
+    chunks = [locs[i : i + LOOKUP] for i in range(0, len(locs), LOOKUP)]
+    for chunk, plain in zip(chunks, fetch(chunks, False), strict=True):
         for hexed in (False, True):
-            got, texts = fetch(chunk, hexed)
+            got, texts = next(fetch([chunk], True)) if hexed else plain
             row_sep, field_sep = (",", ";") if hexed else (ROW_SEP, FIELD_SEP)
             ids, paths, combined = (t.split(row_sep) for t in texts)
             if not len(got) == len(ids) == len(paths) == len(combined) == len(chunk):
@@ -375,12 +419,13 @@ def sessionize_project(conn: sa.Connection, project_id: int) -> KeySessions:
     """
     cursor = conn.connection.dbapi_connection.cursor()
     postgresql = conn.dialect.name == "postgresql"
+    reader = _Reader(cursor, binary=postgresql)
 
     def rows(columns: Sequence[str], locs: np.ndarray) -> Iterator[tuple]:
-        return (_pg_rows if postgresql else _sqlite_rows)(cursor, columns, locs)
+        return (_pg_rows if postgresql else _sqlite_rows)(reader, columns, locs)
 
-    def fetch(locs: np.ndarray, hexed: bool) -> tuple[np.ndarray, list[str]]:
-        return (_pg_values if postgresql else _sqlite_values)(cursor, locs, hexed)
+    def fetch(chunks: Iterable[np.ndarray], hexed: bool) -> Iterator[tuple[np.ndarray, list]]:
+        return (_pg_values if postgresql else _sqlite_values)(reader, chunks, hexed)
 
     # Hundreds of thousands of sessions and rows stay alive until the caller writes them: the cyclic
     # collector's full passes would walk them again and again (5M events: building the sessions took
@@ -388,9 +433,10 @@ def sessionize_project(conn: sa.Connection, project_id: int) -> KeySessions:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        events = (_read_postgresql if postgresql else _read_sqlite)(cursor, project_id)
+        events = (_read_postgresql if postgresql else _read_sqlite)(reader, project_id)
         return _sessionize(events, rows, fetch)
     finally:
+        reader.close()
         cursor.close()
         if collecting:
             gc.enable()
