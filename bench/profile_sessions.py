@@ -122,7 +122,6 @@ def timed_parts(engine: sa.Engine, project_id: int, now: int) -> dict[str, float
     undo: list[tuple] = []
     timed(processor_module, "sessionize_project", lambda a: "sessionize every key (columnar.sessionize_project)")
     timed(processor_module, "insert_rows", lambda a: f"insert {a[1].name}")
-    timed(processor_module, "profiles", lambda a: "End User Objects (GROUP BY over sessions)")
     timed(user_index, "rebuild", lambda a: "user list lookup rows (user_index.rebuild)")
     timed(sa.Index, "create", lambda a: f"create {a[0].table.name} indexes")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 # The attribute names exactly as WalkMe documents them (case-sensitive).
 FIRST_SEEN = "First seen"
@@ -34,9 +35,31 @@ STANDARD_ATTRIBUTES = (
 )
 
 
+class SessionFacts(Protocol):
+    """What the standard attributes read of a closed session (`ClosedSession`, or the session rule's own
+    `sessions.rules.Session`)."""
+
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def country(self) -> str | None: ...
+    @property
+    def region(self) -> str | None: ...
+    @property
+    def city(self) -> str | None: ...
+    @property
+    def browser(self) -> str | None: ...
+    @property
+    def browser_version(self) -> str | None: ...
+    @property
+    def user_vars(self) -> dict | None: ...
+
+
 @dataclass(frozen=True)
 class ClosedSession:
-    """The parts of a closed session that the standard attributes read."""
+    """The parts of a closed session that the standard attributes read, as stored."""
 
     start: int
     end: int
@@ -80,7 +103,7 @@ class StandardAttributes:
         }
 
 
-def compute(sessions: Sequence[ClosedSession]) -> StandardAttributes | None:
+def compute(sessions: Sequence[SessionFacts]) -> StandardAttributes | None:
     """The attributes, or None before the user's first (non-empty) session has closed.
 
     Durations are in milliseconds. The time between sessions is the mean gap from one session's

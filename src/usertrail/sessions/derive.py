@@ -6,7 +6,8 @@ per run computes the session's columns. A run shorter than 12 hours is exactly o
 few runs the SQL cannot finish exactly go through the Python rule in `rules.py` instead: runs of
 12 hours or more (the cap is iterative), runs with more than two client session ids (their
 order of first appearance) and runs whose events carry different analytics properties (merged
-in event order). The End User Object is a GROUP BY over the closed, non-empty sessions.
+in event order). The End User Object row comes from the closed, non-empty sessions the processor
+has just written or read (`profile_row`, by the definitions of `profiles.standard`).
 
 "Latest event that has a value" is a `max()` over text that starts with the event's rank in the
 window, zero-padded, followed by the values, each NULL-flagged and length-prefixed: exact on both
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import msgspec
 import sqlalchemy as sa
 
+from usertrail.profiles.standard import SessionFacts, compute
 from usertrail.sessions.rules import (
     IDLE_MS,
     MAX_SESSION_MS,
@@ -422,100 +424,27 @@ def session_row(project_id: int, owner: str, s: Session, status: str, closed_at:
 # --- End User Objects ----------------------------------------------------------------------------
 
 
-def _profiles_sql(dialect: str, scoped: bool) -> str:
-    p = "%(p)s" if dialect == "postgresql" else "?"
-    scope = f"AND user_key IN (SELECT user_key FROM {SCOPE})" if scoped else ""
-    true = "true" if dialect == "postgresql" else "1"
-    latest = _pack(
-        dialect,
-        ["CAST(end_ts AS TEXT)", "country", "region", "city", "browser", "browser_version"],
-        order="start_ts",
-        tiebreak="''",
+def profile_row(project_id: int, key: str, closed: Sequence[SessionFacts], now: int) -> tuple | None:
+    """The End User Object row (PROFILE_COLUMNS order) of one user from their closed, non-empty sessions, by
+    the definitions of `profiles.standard.compute`; None before the first one closed (no object)."""
+    attributes = compute(closed)
+    if attributes is None:
+        return None
+    properties = attributes.analytics_properties
+    return (
+        project_id,
+        key,
+        attributes.first_seen,
+        attributes.last_seen,
+        attributes.total_sessions,
+        attributes.average_session_duration,
+        attributes.total_session_duration,
+        attributes.average_time_between_sessions,
+        attributes.country,
+        attributes.region,
+        attributes.city,
+        attributes.browser_name,
+        attributes.browser_version,
+        msgspec.json.encode(properties).decode() if properties else None,
+        now,
     )
-    return f"""
-SELECT user_key, min(start_ts), count(*), CAST(sum(end_ts - start_ts) AS BIGINT),
-       CAST(sum(start_ts) AS BIGINT), CAST(sum(end_ts) AS BIGINT), max({latest}),
-       count(DISTINCT user_vars), max(user_vars)
-FROM sessions
-WHERE project_id = {p} AND status = 'closed' AND is_empty <> {true} {scope}
-GROUP BY user_key
-"""
-
-
-_PROFILES_SQL: dict[tuple[str, bool], str] = {}
-
-
-def profiles(conn: sa.Connection, project_id: int, scoped: bool, now: int) -> list[tuple]:
-    """End User Object rows (PROFILE_COLUMNS order) of the keys in scope, or of the whole project.
-
-    Users whose closed sessions carry different analytics properties get them merged in
-    session order, from one more read of those sessions.
-    """
-    dialect = conn.dialect.name
-    sql = _PROFILES_SQL.get((dialect, scoped))
-    if sql is None:
-        sql = _PROFILES_SQL[(dialect, scoped)] = _profiles_sql(dialect, scoped)
-    cursor = conn.connection.dbapi_connection.cursor()
-    rows: list[tuple] = []
-    merge: list[int] = []
-    try:
-        cursor.execute(sql, {"p": project_id} if dialect == "postgresql" else (project_id,))
-        for key, first, n, total, sum_start, sum_end, latest, n_vars, vars_ in cursor.fetchall():
-            end, country, region, city, browser, version = _values(latest, 6)  # type: ignore[misc]
-            last_end = int(end)  # type: ignore[arg-type]
-            gaps = (sum_start - first) - (sum_end - last_end)
-            if n_vars > 1:
-                merge.append(len(rows))
-                properties = None
-            else:
-                properties = vars_  # one session's merged properties: already in their stored form
-            rows.append(
-                (
-                    project_id,
-                    key,
-                    first,
-                    last_end,
-                    n,
-                    total / n,
-                    total,
-                    gaps / (n - 1) if n > 1 else None,
-                    country,
-                    region,
-                    city,
-                    browser,
-                    version,
-                    properties,
-                    now,
-                )
-            )
-    finally:
-        cursor.close()
-    if merge:
-        merged = _merged_properties(conn, project_id, [rows[i][1] for i in merge])
-        for i in merge:
-            row = list(rows[i])
-            row[13] = merged.get(row[1])
-            rows[i] = tuple(row)
-    return rows
-
-
-def _merged_properties(conn: sa.Connection, project_id: int, keys: list[str]) -> dict[str, str | None]:
-    """The analytics properties of closed, non-empty sessions merged in start order (the latest wins)."""
-    from usertrail.store.schema import sessions
-
-    merged: dict[str, dict] = {}
-    for i in range(0, len(keys), 500):
-        rows = conn.execute(
-            sa.select(sessions.c.user_key, sessions.c.user_vars)
-            .where(
-                sessions.c.project_id == project_id,
-                sessions.c.user_key.in_(keys[i : i + 500]),
-                sessions.c.status == "closed",
-                sessions.c.is_empty.is_(False),
-                sessions.c.user_vars.is_not(None),
-            )
-            .order_by(sessions.c.user_key, sessions.c.start_ts)
-        ).all()
-        for key, text in rows:
-            merged.setdefault(key, {}).update(msgspec.json.decode(text))
-    return {k: msgspec.json.encode(v).decode() if v else None for k, v in merged.items()}

@@ -18,22 +18,24 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
+import msgspec
 import sqlalchemy as sa
 
+from usertrail.profiles.standard import ClosedSession
 from usertrail.segments.membership import SavedSegments, refresh_all, refresh_users
-from usertrail.sessions.columnar import sessionize_project
+from usertrail.sessions.columnar import collector_paused, sessionize_project
 from usertrail.sessions.derive import (
     PROFILE_COLUMNS,
     SCOPE,
     SESSION_COLUMNS,
     fetch_points,
     fill_scope,
-    profiles,
+    profile_row,
     session_row,
     sessionize_keys,
 )
@@ -415,15 +417,17 @@ class SessionProcessor:
                 old[row.user_key].append(row)
         windows = {t: _window_start(old[t], since) for t, since in targets.items()}
         made = _sessions_of(conn, project_id, windows, _members(conn, project_id, targets))
-        drops, rows = [], []
+        drops, rows, profile_rows = [], [], []
         for owner in sorted(targets):
             window = windows[owner]
             previous = {r.start_ts: r for r in old[owner] if r.start_ts >= window}
             new = made.get(owner, [])
             drops.append((owner, window))
-            mine = []
+            mine, closed = [], []
             for i, s in enumerate(new):
                 closable = is_closable(s, i == len(new) - 1, now)
+                if closable and not s.is_empty:
+                    closed.append(s)
                 before = previous.get(s.start)
                 if closable and before is not None and before.status == "closed":
                     closed_at = before.closed_at
@@ -438,19 +442,20 @@ class SessionProcessor:
             closed_after = {_closed_facts_of_row(r) for r in mine if r[_STATUS] == "closed"}
             if closed_before != closed_after:
                 changed.append(owner)
+                kept = [_stored_session(r) for r in old[owner] if r.start_ts < window and _counts(r)]
+                if (row := profile_row(project_id, owner, kept + closed, now)) is not None:
+                    profile_rows.append(row)
         delete_rows(conn, sessions, {"project_id": project_id}, (("user_key", "="), ("start_ts", ">=")), drops)
         insert_rows(conn, sessions, SESSION_COLUMNS, rows)
         if changed:
-            self._store_profiles(conn, project_id, changed, now)
+            self._store_profiles(conn, project_id, changed, profile_rows)
             # A changed End User Object may move the user in or out of saved segments.
             refresh_users(conn, project_id, changed, now, self.segments)
         stats.profiles_updated = len(changed)
         return stats
 
-    def _store_profiles(self, conn: sa.Connection, project_id: int, owners: list[str], now: int) -> None:
-        """Recompute the End User Objects of these owners from their closed sessions (one GROUP BY)."""
-        fill_scope(conn, dict.fromkeys(owners, 0))
-        rows = profiles(conn, project_id, scoped=True, now=now)
+    def _store_profiles(self, conn: sa.Connection, project_id: int, owners: list[str], rows: list[tuple]) -> None:
+        """Replace the End User Objects of these owners with `rows` (none for an owner without one)."""
         delete_rows(conn, end_users, {"project_id": project_id}, (("user_key", "="),), [(owner,) for owner in owners])
         insert_rows(conn, end_users, PROFILE_COLUMNS, rows)
         user_index.refresh(conn, project_id, owners)
@@ -464,21 +469,31 @@ class SessionProcessor:
         events (`columnar.sessionize_project`); links come from what that pass found; only owners of
         stitched anonymous keys are read a second time, merged.
         """
+        with collector_paused():  # the project's sessions and rows stay in memory until written
+            return self._rebuild(project_id, now)
+
+    def _rebuild(self, project_id: int, now: int) -> ProcessStats:
         links = _Links()
-        session_rows, closed_count, owners = [], 0, 0
+        session_rows, profile_rows, closed_count, owners = [], [], 0, 0
         with self.engine.connect() as conn, large_page_cache(conn):
             if conn.dialect.name == "postgresql":
                 # One snapshot for every read: the column-wise pass finds events by storage address.
                 conn.execution_options(isolation_level="REPEATABLE READ")
             found = sessionize_project(conn, project_id)
-            for hint, key, at in found.hints:
-                links.see_hint(hint, key, at)
+            first_of = links.hints
+            for hint, key, at in found.hints:  # `_Links.see_hint`, inline: hundreds of thousands of calls
+                seen = first_of.get((hint, key))
+                if seen is None or at < seen:
+                    first_of[(hint, key)] = at
             for anon_id, key, at in found.anon_ids:
                 if is_identified(key):
                     links.offer("a:" + anon_id, key, at)
+            # Only a client session id used by two keys or more can link them.
+            shared = {hint for hint, count in Counter(hint for hint, _ in first_of).items() if count > 1}
             by_hint: dict[str, list[tuple[str, tuple[int, str]]]] = defaultdict(list)
-            for (hint, key), at in links.hints.items():
-                by_hint[hint].append((key, at))
+            for (hint, key), at in first_of.items():
+                if hint in shared:
+                    by_hint[hint].append((key, at))
             for users in by_hint.values():
                 for person, person_at in users:
                     if is_identified(person):
@@ -500,12 +515,17 @@ class SessionProcessor:
                     new = sessionize(fetch_points(conn, project_id, keys, EVERYTHING, FOREVER))
                 else:
                     new = own[owner]
+                closed = []
                 for i, s in enumerate(new):
                     closable = is_closable(s, i == len(new) - 1, now)
                     closed_count += closable
                     session_rows.append(
                         session_row(project_id, owner, s, "closed" if closable else "open", now if closable else None)
                     )
+                    if closable and not s.is_empty:
+                        closed.append(s)
+                if (row := profile_row(project_id, owner, closed, now)) is not None:
+                    profile_rows.append(row)
         incoming = {
             sessions: len(session_rows),
             end_users: owners,
@@ -520,21 +540,19 @@ class SessionProcessor:
             for table in (sessions, end_users, identity_links, session_hints):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
             insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
-            profile_rows = profiles(conn, project_id, scoped=False, now=now)
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
             user_index.rebuild(conn, project_id, [itemgetter(*_SEARCHED_INDEXES)(row) for row in profile_rows])
             # In key order: each row lands next to the one before it in the primary key's B-tree.
+            # Sorting the keys alone: a list of (str, str) sorts three times faster than one of pairs of pairs.
+            candidates, first_of = links.candidates, links.hints
             insert_rows(
                 conn,
                 identity_links,
                 _LINK_COLUMNS,
-                [(project_id, a, p, *at) for (a, p), at in sorted(links.candidates.items())],
+                [(project_id, a, p, *candidates[a, p]) for a, p in sorted(candidates)],
             )
             insert_rows(
-                conn,
-                session_hints,
-                _HINT_COLUMNS,
-                [(project_id, h, k, *at) for (h, k), at in sorted(links.hints.items())],
+                conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *first_of[h, k]) for h, k in sorted(first_of)]
             )
             # Numbered at the commit, not when the rows above were computed (docs/segments.md).
             note_project_changed(conn, project_id)
@@ -563,6 +581,24 @@ _SEARCHED_INDEXES = tuple(PROFILE_COLUMNS.index(c.name) for c in user_index.SEAR
 # What a closed session contributes to the End User Object: if none of it changed, neither did the object.
 _FACTS = ("start_ts", "end_ts", "is_empty", "country", "region", "city", "browser", "browser_version", "user_vars")
 _FACT_INDEXES = tuple(SESSION_COLUMNS.index(c) for c in _FACTS)
+
+
+def _counts(row) -> bool:
+    """Whether a stored session counts for the End User Object: closed, with some interaction."""
+    return row.status == "closed" and not row.is_empty
+
+
+def _stored_session(row) -> ClosedSession:
+    return ClosedSession(
+        row.start_ts,
+        row.end_ts,
+        row.country,
+        row.region,
+        row.city,
+        row.browser,
+        row.browser_version,
+        msgspec.json.decode(row.user_vars) if row.user_vars else None,
+    )
 
 
 def _closed_facts(row) -> tuple:
