@@ -27,3 +27,17 @@ if [ ! -x .venv/bin/python ]; then
   fi
   .venv/bin/python -m pip install -q --upgrade pip
 fi
+
+install_usertrail() {
+  # Installs usertrail into .venv with the given extras spec (`.`, `.[test]`). Where Debian packages can
+  # be installed, the MaxMind reader is built with its C extension (libmaxminddb): a city lookup then
+  # takes ~6 us instead of ~70 us. Without it the pure-Python reader gives the same answers, slower.
+  apt_install libmaxminddb-dev 2>/dev/null || echo "note: libmaxminddb-dev not installed; geolocation uses the pure-Python reader" >&2
+  .venv/bin/python -m pip install -q -e "$1"
+  if dpkg -s libmaxminddb-dev >/dev/null 2>&1 && ! .venv/bin/python -c 'import maxminddb.extension' 2>/dev/null; then
+    # A wheel built (and cached by pip) before libmaxminddb was there lacks the extension: build it again.
+    local version
+    version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("maxminddb"))')
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-cache-dir --no-binary maxminddb "maxminddb==$version"
+  fi
+}
