@@ -294,7 +294,7 @@ def rows(workload: Workload = FULL, project_id: int = 1, order: str = "time") ->
 
     `order="time"`: by event time, as they would have been written (ties keep user order);
     `order="user"`: by user, then time. User keys are `u:user-000123`; event ids are 32 hex
-    characters (like the server's BLAKE2b-128 ids), unique across the workload.
+    characters (like the server's 128-bit ids), unique across the workload.
     """
     p = _plan(workload)
     if order == "time":
