@@ -116,13 +116,13 @@ def test_geolocation_offline():
     assert geo.lookup("10.0.0.1").country is None
 
 
+_COMPILED, _PURE = GeoLocator(), GeoLocator(mode=maxminddb.MODE_MMAP)
+
+
 @given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
 def test_compiled_and_pure_python_readers_agree(address):
     """The C reader (when the install built it) and the pure-Python one give the same locations."""
     assert _COMPILED.lookup(str(address)) == _PURE.lookup(str(address))
-
-
-_COMPILED, _PURE = GeoLocator(), GeoLocator(mode=maxminddb.MODE_MMAP)
 
 
 def test_install_builds_the_compiled_reader_where_libmaxminddb_is_installed():

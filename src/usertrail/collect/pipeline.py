@@ -181,10 +181,8 @@ def assign_event_id(w: Working, ctx: RequestContext) -> None:
     key = b"m:" + ev.message_id.encode() if ev.message_id else b"c:" + ev.raw
     # XXH3-128, not a cryptographic hash: ids only need to differ between one end user's own events
     # (the key includes the user), and it costs a seventh of BLAKE2b-128 per event (docs/collection.md).
-    w.event_id = _xxh3_128_hex(key)
+    w.event_id = xxhash.xxh3_128_hexdigest(key)
 
-
-_xxh3_128_hex = xxhash.xxh3_128_hexdigest
 
 _PAGE_PROPERTIES = ("url", "path", "referrer", "search", "title")
 
