@@ -107,20 +107,25 @@ class _Links:
         if key not in self.candidates or at < self.candidates[key]:
             self.candidates[key] = at
 
-    def see_hint(self, hint: str, key: str, at: tuple[int, str]) -> None:
-        k = (hint, key)
-        if k not in self.hints or at < self.hints[k]:
-            self.hints[k] = at
+    def see_hints(self, found: Iterable[tuple[str, str, tuple[int, str]]]) -> None:
+        """Keep the first sighting of each (client session id, key) in `found` (hint, key, at) triples."""
+        first_of = self.hints  # one loop for all, not a call per sighting: a rebuild has hundreds of thousands
+        for hint, key, at in found:
+            seen = first_of.get((hint, key))
+            if seen is None or at < seen:
+                first_of[(hint, key)] = at
 
 
 def _collect_links(rows: Iterable[tuple], links: _Links) -> None:
     """Rows are (user_key, ts, event_id, session_hint, anon_id)."""
+    hints = []
     for key, ts, event_id, hint, anon_id in rows:
         at = (ts, event_id)
         if hint:
-            links.see_hint(hint, key, at)
+            hints.append((hint, key, at))
         if anon_id and is_identified(key):
             links.offer("a:" + anon_id, key, at)
+    links.see_hints(hints)
 
 
 def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
@@ -480,11 +485,8 @@ class SessionProcessor:
                 # One snapshot for every read: the column-wise pass finds events by storage address.
                 conn.execution_options(isolation_level="REPEATABLE READ")
             found = sessionize_project(conn, project_id)
+            links.see_hints(found.hints)
             first_of = links.hints
-            for hint, key, at in found.hints:  # `_Links.see_hint`, inline: hundreds of thousands of calls
-                seen = first_of.get((hint, key))
-                if seen is None or at < seen:
-                    first_of[(hint, key)] = at
             for anon_id, key, at in found.anon_ids:
                 if is_identified(key):
                     links.offer("a:" + anon_id, key, at)
