@@ -3,15 +3,18 @@ exactly once, whichever process or thread indexes them (store/journal.py, collec
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usertrail.collect.writer import GroupCommitWriter
 from usertrail.store import journal
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
@@ -145,3 +148,51 @@ def test_erasing_an_end_user_also_erases_their_events_still_in_the_journal(engin
     with engine.connect() as conn:
         left = conn.execute(sa.text("SELECT user_key, event_id FROM events")).all()
     assert [tuple(r) for r in left] == [("u:y", "e3")]
+
+
+def _journal_ids(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql("SELECT id FROM ingest_journal ORDER BY id")]
+
+
+def test_journal_appends_are_committed_one_statement_each_and_survive_a_failed_one(engine):
+    """The writer's held connection commits each append by itself (another connection sees it at once);
+    a failed append writes none of its rows, and the next one reconnects and is stored."""
+    project = ProjectStore(engine).create("p").project
+    appender = journal.Appender(engine)
+    try:
+        appender.append([(project.id, "0001-a", 1, 1, b"x"), (project.id, "0002-a", 2, 1, b"y")])
+        assert _journal_ids(engine) == ["0001-a", "0002-a"]
+        with pytest.raises(engine.dialect.dbapi.IntegrityError):  # a key already journaled: the statement fails as a whole
+            appender.append([(project.id, "0003-a", 3, 1, b"z"), (project.id, "0001-a", 1, 1, b"x")])
+        assert _journal_ids(engine) == ["0001-a", "0002-a"]
+        appender.append([(project.id, "0004-a", 4, 1, b"w")])
+        assert _journal_ids(engine) == ["0001-a", "0002-a", "0004-a"]
+        with pytest.raises(ValueError, match="at most"):
+            appender.append([(project.id, f"x{i}", i, 1, b"") for i in range(journal.Appender.MAX_ROWS + 1)])
+    finally:
+        appender.close()
+    # The held connection left the pool: pooled connections still roll back what they did not commit.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("DELETE FROM ingest_journal")
+        conn.rollback()
+    assert len(_journal_ids(engine)) == 3
+
+
+def test_the_group_commit_writer_journals_more_requests_than_one_statement_holds(engine):
+    """1,500 one-event requests waiting at once: the writer splits them into commits of at most
+    `Appender.MAX_ROWS` requests, and every request is answered once its own row is durable."""
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    # The writer waits 200 ms after the first request before taking the others: all of them are queued by then.
+    writer = GroupCommitWriter(store, commit_delay_ms=200)
+
+    async def send_all() -> None:
+        records = [IngestRecord(project.id, events=[_row(project.id, f"u:{n}", f"e{n}")]) for n in range(1_500)]
+        await asyncio.gather(*(writer.write(record) for record in records))
+
+    try:
+        asyncio.run(send_all())
+    finally:
+        writer.close()
+    assert store.backlog(project.id) == journal.Backlog(1_500, 1_500, store.backlog().oldest_received_at)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from usertrail.store.events import EventStore, IngestRecord
+from usertrail.store.journal import Appender
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class GroupCommitWriter:
         if self._started:
             self._queue.put(None)
             self._thread.join(timeout=10)
+        self.store.close()
 
     def _ensure_started(self) -> None:
         if not self._started:
@@ -66,7 +68,7 @@ class GroupCommitWriter:
                 time.sleep(self.commit_delay)
             rows = len(first[0].events)
             stop = False
-            while rows < _MAX_ROWS_PER_COMMIT:
+            while rows < _MAX_ROWS_PER_COMMIT and len(pending) < Appender.MAX_ROWS:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:

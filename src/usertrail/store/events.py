@@ -75,6 +75,7 @@ class EventStore:
         dialect = engine.dialect.name
         self._insert_rejected = insert_ignore(rejected_events, dialect)
         self._add_drops = upsert_add(drop_counts, dialect, ["project_id", "env", "day", "reason"], "count")
+        self._journal = journal.Appender(engine)
 
     def write_many(self, records: list[IngestRecord]) -> list[WriteOutcome]:
         """Store every record in one transaction now (not through the journal); on return they are durable."""
@@ -105,8 +106,11 @@ class EventStore:
             )
             for record in records
         ]
-        with write_transaction(self.engine) as conn:
-            journal.append(conn, rows)
+        self._journal.append(rows)
+
+    def close(self) -> None:
+        """Close the connection that journal appends hold (opened again by the next `journal`)."""
+        self._journal.close()
 
     def index_journal(self, max_events: int = 5_000, wait: bool = False) -> int:
         """Move the oldest journaled requests (about `max_events` events) into `events` and the side
