@@ -163,7 +163,8 @@ def test_journal_appends_are_committed_one_statement_each_and_survive_a_failed_o
     try:
         appender.append([(project.id, "0001-a", 1, 1, b"x"), (project.id, "0002-a", 2, 1, b"y")])
         assert _journal_ids(engine) == ["0001-a", "0002-a"]
-        with pytest.raises(engine.dialect.dbapi.IntegrityError):  # a key already journaled: the statement fails as a whole
+        # A key already journaled: the statement fails as a whole.
+        with pytest.raises(engine.dialect.dbapi.IntegrityError):
             appender.append([(project.id, "0003-a", 3, 1, b"z"), (project.id, "0001-a", 1, 1, b"x")])
         assert _journal_ids(engine) == ["0001-a", "0002-a"]
         appender.append([(project.id, "0004-a", 4, 1, b"w")])

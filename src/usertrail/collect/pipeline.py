@@ -316,7 +316,9 @@ def _first_outcome(steps: tuple[Step, ...], w: Working, ctx: RequestContext) -> 
 def to_row(w: Working, ctx: RequestContext) -> tuple:
     """The `events` row (a tuple in `EVENT_COLUMNS` order) for an event that passed every step."""
     ev, loc, agent = w.event, ctx.location, agent_of(w.event, ctx)
-    payload = msgspec.json.encode(ev.obj).decode() if ev.modified else ev.raw.decode()
+    # UTF-8 bytes, as sent unless a step changed the event: decoded to text only when indexed, off the
+    # request's path (msgspec has already checked the encoding).
+    payload = msgspec.json.encode(ev.obj) if ev.modified else ev.raw
     return (
         ctx.project_id,
         w.user_key,

@@ -27,6 +27,7 @@ DUPLICATE = "duplicate"
 EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
 _USER_KEY, _TS, _ENV = (EVENT_COLUMNS.index(name) for name in ("user_key", "ts", "env"))
 _TYPE, _APP_TYPE, _OBJECT_ID = (EVENT_COLUMNS.index(name) for name in ("type", "app_type", "object_id"))
+_PAYLOAD = EVENT_COLUMNS.index("payload")
 _rollup_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in rollup.COLUMNS))
 _KEY = ("project_id", "user_key", "event_id")
 _key_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in _KEY))
@@ -45,7 +46,8 @@ class IngestRecord:
     """Everything one collection request leaves behind, written in one transaction."""
 
     project_id: int
-    events: list[tuple] = field(default_factory=list)  # in EVENT_COLUMNS order
+    # In EVENT_COLUMNS order. Collection leaves the payload as UTF-8 bytes (text once stored, see `_store`).
+    events: list[tuple] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     drops: Counter = field(default_factory=Counter)  # (env, reason) -> count
     security: dict | None = None
@@ -154,7 +156,11 @@ class EventStore:
                 tallies[(record.project_id, env, reason)] += count
         rejected = [row for record in records for row in record.rejected]
         security_rows = [record.security for record in records if record.security is not None]
-        rows = [row for record in records for row in record.events]
+        rows = [
+            (*row[:_PAYLOAD], row[_PAYLOAD].decode()) if type(row[_PAYLOAD]) is bytes else row
+            for record in records
+            for row in record.events
+        ]
         # One statement for every request's events: it also tells which were new (not re-sent).
         new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY)) if rows else set()
         fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
