@@ -962,10 +962,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="run the matrix N times; tables show the median run")
     p.add_argument("--commit-delay-ms", type=float, default=0.0, help="USERTRAIL_COMMIT_DELAY_MS for the server")
     p.add_argument(
-        "--max-rps-full", type=float, default=2_000, help="requests/s the pre-built pool covers in full mode"
+        "--max-rps-full", type=float, default=2_800, help="requests/s the pre-built pool covers in full mode"
     )
     p.add_argument(
-        "--max-rps-ceiling", type=float, default=3_500, help="requests/s the pre-built pool covers in decode_only"
+        "--max-rps-ceiling", type=float, default=4_500, help="requests/s the pre-built pool covers in decode_only"
     )
     p.add_argument(
         "--quiet-wait",
