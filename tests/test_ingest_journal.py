@@ -197,3 +197,30 @@ def test_the_group_commit_writer_journals_more_requests_than_one_statement_holds
     finally:
         writer.close()
     assert store.backlog(project.id) == journal.Backlog(1_500, 1_500, store.backlog().oldest_received_at)
+
+
+def test_a_journal_connection_the_server_closed_while_idle_is_replaced_before_the_next_append(engine, request):
+    """PostgreSQL ends the writer's idle connection (a restart, a timeout, an administrator): the next group is
+    still journaled, on a new connection."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite connections are files: nothing can close them from outside")
+    project = ProjectStore(engine).create("p").project
+    admin = request.getfixturevalue("postgres_admin")
+
+    def appender_pids() -> list[int]:
+        with admin.connect() as conn:
+            sql = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE %s"
+            return [r[0] for r in conn.exec_driver_sql(sql, (engine.url.database, "INSERT INTO ingest_journal%"))]
+
+    appender = journal.Appender(engine, idle_check_s=0.0)
+    try:
+        appender.append([(project.id, "0001-a", 1, 1, b"x")])
+        [pid] = appender_pids()
+        with admin.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_terminate_backend(%s)", (pid,)).scalar()
+        time.sleep(0.2)
+        appender.append([(project.id, "0002-a", 2, 1, b"y")])
+        assert appender_pids() not in ([], [pid])
+    finally:
+        appender.close()
+    assert _journal_ids(engine) == ["0001-a", "0002-a"]

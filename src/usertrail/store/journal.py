@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 
 import msgspec
 import sqlalchemy as sa
@@ -77,16 +78,19 @@ class Appender:
     durable when it returns, and costs one round trip. Through a pooled SQLAlchemy transaction the same
     commit cost a checkout, a liveness ping, BEGIN, the INSERT and COMMIT: on PostgreSQL about 300 µs of
     the writer's CPU per commit against 70–90 µs (docs/benchmarks.md, Ingest, session 15). After an error
-    the connection is dropped and the next call opens another.
+    the connection is dropped and the next call opens another; one idle for `idle_check_s` is checked
+    first (the server may have closed it meanwhile), so a quiet spell does not cost the next group.
     """
 
     # Bound on one statement's parameters (5 per row): SQLite allows 32,766, PostgreSQL 65,535.
     MAX_ROWS = 1_000
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, idle_check_s: float = 5.0) -> None:
         self.engine = engine
+        self.idle_check_s = idle_check_s
         self._placeholder = "%s" if engine.dialect.name == "postgresql" else "?"
         self._connection = None
+        self._used_at = 0.0
         self._lock = threading.Lock()
 
     def append(self, rows: list[tuple[int, str, int, int, bytes]]) -> None:
@@ -97,6 +101,8 @@ class Appender:
             raise ValueError(f"{len(rows)} journal rows in one statement (at most {self.MAX_ROWS})")
         parameters = [value for row in rows for value in row]
         with self._lock:
+            if self._connection is not None and time.monotonic() - self._used_at >= self.idle_check_s:
+                self._check()
             connection = self._connection or self._connect()
             try:
                 cursor = connection.cursor()
@@ -107,6 +113,7 @@ class Appender:
             except BaseException:
                 self._drop()
                 raise
+            self._used_at = time.monotonic()
 
     def close(self) -> None:
         with self._lock:
@@ -121,6 +128,18 @@ class Appender:
         # SQLite connections are in autocommit already (store/database.py sets isolation_level = None).
         self._connection = connection
         return connection
+
+    def _check(self) -> None:
+        """Drop the held connection if it no longer answers."""
+        try:
+            cursor = self._connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+            finally:
+                cursor.close()
+        except Exception:
+            self._drop()
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
