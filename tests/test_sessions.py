@@ -8,6 +8,8 @@ import shutil
 import threading
 from dataclasses import dataclass, replace
 
+import msgspec
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +21,7 @@ from usertrail.sessions import processor as processor_module
 from usertrail.sessions.derive import PROFILE_COLUMNS, profile_row, session_row, sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, Session, is_closable, sessionize
+from usertrail.sessions.table import VALUE_COLUMNS, SessionTable
 from usertrail.store.database import create_engine, insert_ignore, insert_rows, write_transaction
 from usertrail.store.events import EVENT_COLUMNS, event_row
 from usertrail.store.pending import mark_pending
@@ -87,6 +90,77 @@ def test_an_end_user_object_row_holds_the_attributes_in_column_order_and_merged_
     }  # fmt: skip
     assert profile_row(7, "u:ann", [], now=T0) is None
     assert profile_row(7, "u:ann", [replace(first, user_vars=None)], now=T0)[13] is None
+
+
+_PLACE = st.sampled_from([None, "", "FR", "Île-de-France", "Paris"])
+_HINTS = st.lists(st.sampled_from(["c1", 'c"2']), max_size=2, unique=True)
+_VARS = [{}, {"plan": "free"}, {"plan": "VIP", "seats": 3}, {"role": "a"}]
+
+
+@st.composite
+def key_sessions(draw) -> dict[str, list[Session]]:
+    """Sessions per key, in start order, as the column-wise pass hands them over."""
+    made = {}
+    for k in range(draw(st.integers(1, 4))):
+        at, sessions = T0, []
+        for _ in range(draw(st.integers(1, 4))):
+            at += draw(st.integers(0, 3 * IDLE_MS))
+            length = draw(st.integers(0, 2 * IDLE_MS))
+            sessions.append(
+                Session(
+                    at, at + length, events=draw(st.integers(1, 5)), interactions=draw(st.integers(0, 2)),
+                    page_views=draw(st.integers(0, 2)), hints=draw(_HINTS),
+                    entry_path=draw(_PLACE), exit_path=draw(_PLACE), country=draw(_PLACE), region=draw(_PLACE),
+                    city=draw(_PLACE), browser=draw(_PLACE), browser_version=draw(_PLACE), os=draw(_PLACE),
+                    device_type=draw(_PLACE), user_vars=dict(draw(st.sampled_from(_VARS))),
+                )
+            )  # fmt: skip
+            at += length + IDLE_MS
+        made[f"u:{k}"] = sessions
+    return made
+
+
+def _objects(values: list) -> np.ndarray:
+    array = np.empty(len(values), object)
+    array[:] = values
+    return array
+
+
+@given(made=key_sessions(), late=st.integers(0, 2 * IDLE_MS), skipped=st.sets(st.sampled_from(["u:0", "u:2"])))
+def test_column_wise_rows_equal_the_python_rows(made, late, skipped):
+    """`SessionTable.rows` (the rebuild's keys finished in numpy) gives the rows `session_row` and `profile_row`
+    give, session by session and End User Object by End User Object, and leaves out the skipped keys."""
+    keys = list(reversed(made))  # codes in another order than the keys' sort order
+    runs = [(keys.index(k), s) for k in made for s in made[k]]
+    distinct_vars = [{}, *(v for v in _VARS if v)]
+    table = SessionTable(
+        keys=keys,
+        key=np.array([k for k, _ in runs], np.int64),
+        start=np.array([s.start for _, s in runs], np.int64),
+        end=np.array([s.end for _, s in runs], np.int64),
+        events=np.array([s.events for _, s in runs], np.int64),
+        interactions=np.array([s.interactions for _, s in runs], np.int64),
+        page_views=np.array([s.page_views for _, s in runs], np.int64),
+        hints=[msgspec.json.encode(s.hints).decode() for _, s in runs],
+        values={name: _objects([getattr(s, name) for _, s in runs]) for name in VALUE_COLUMNS},
+        vars_code=np.array([distinct_vars.index(s.user_vars) if s.user_vars else -1 for _, s in runs], np.int64),
+        vars_values=distinct_vars,
+    )  # fmt: skip
+    now = max(s.end for _, s in runs) + late
+    expected_sessions, expected_profiles, closed_count = [], [], 0
+    for key in sorted(set(made) - skipped):
+        closed = []
+        for i, s in enumerate(made[key]):
+            closable = is_closable(s, i == len(made[key]) - 1, now)
+            closed_count += closable
+            expected_sessions.append(
+                session_row(3, key, s, "closed" if closable else "open", now if closable else None)
+            )
+            if closable and not s.is_empty:
+                closed.append(s)
+        if (row := profile_row(3, key, closed, now)) is not None:
+            expected_profiles.append(row)
+    assert table.rows(3, now, skipped) == (expected_sessions, expected_profiles, closed_count, len(set(made) - skipped))
 
 
 # --- the processor, against a real database ---------------------------------------------------

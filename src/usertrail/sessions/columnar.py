@@ -39,6 +39,7 @@ import sqlalchemy as sa
 
 from usertrail.sessions.derive import EVENT_POINT_COLUMNS, KeySessions
 from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, PAGE_TYPES, PASSIVE_TYPES, EventPoint, Session, sessionize
+from usertrail.sessions.table import SessionTable
 
 # One bit per column whose "latest (or first) event with a value" a session takes.
 URL, COUNTRY, BROWSER, OS, DEVICE, LINKS = 1, 2, 4, 8, 16, 32
@@ -560,15 +561,25 @@ def _sessionize(events: _Events, rows, fetch) -> KeySessions:
         values[column][by_loc] = sorted_values[:-1]
     slot = {name: np.where(p >= 0, np.searchsorted(wanted, p), len(wanted)) for name, p in picks.items()}
 
-    def value(pick: str, column: str) -> list:
-        return values[column][slot[pick]].tolist()
+    def value(pick: str, column: str) -> np.ndarray:
+        return values[column][slot[pick]]
 
+    # Per simple run (in `simple` order).
+    run_key = key[starts[simple]]
     interactions = np.add.reduceat((kinds == INTERACTION).astype(np.int64), starts)[simple]
     page_views = np.add.reduceat((kinds == PAGE_VIEW).astype(np.int64), starts)[simple]
     run_vars = np.maximum.reduceat(user_vars, starts)[simple]
-    run_anon = np.where(firsts["anon"] < n, anon[np.minimum(firsts["anon"], n - 1)], -1)
-    anon_ids = value("anon", "event_id")
-    anon_ts = ts[np.minimum(firsts["anon"], n - 1)].tolist()
+    run_values = {
+        "entry_path": value("entry", "url_path"),
+        "exit_path": value("exit", "url_path"),
+        "country": value("loc", "country"),
+        "region": value("loc", "region"),
+        "city": value("loc", "city"),
+        "browser": value("brw", "browser"),
+        "browser_version": value("brw", "browser_version"),
+        "os": value("os", "os"),
+        "device_type": value("device", "device_type"),
+    }
     run_hints = [hint_values[h] for h in hint[hint_at].tolist()]
     found.hints.extend(
         zip(
@@ -578,39 +589,60 @@ def _sessionize(events: _Events, rows, fetch) -> KeySessions:
             strict=True,
         )
     )
+    anonymous = np.flatnonzero(firsts["anon"] < n)
+    anon_at = firsts["anon"][anonymous]
+    found.anon_ids.extend(
+        zip(
+            [anon_values[a] for a in anon[anon_at].tolist()],
+            [keys[k] for k in run_key[anonymous].tolist()],
+            zip(ts[anon_at].tolist(), value("anon", "event_id")[anonymous].tolist(), strict=True),
+            strict=True,
+        )
+    )
+    decoded_vars = [msgspec.json.decode(v) if v else {} for v in vars_values]  # '' is never a run's code
+
+    # Keys with a run the Python rule takes get Session objects for all their runs (the rule's sessions
+    # and these are merged per key); the other keys' sessions stay columns.
+    ruled_key = np.zeros(len(keys), bool)
+    ruled_key[key[starts[python]]] = True
+    as_objects = ruled_key[run_key]
+    plain = np.flatnonzero(~as_objects)
+    found.table = SessionTable(
+        keys=keys,
+        key=run_key[plain],
+        start=ts[starts[simple]][plain],
+        end=ts[ends[simple]][plain],
+        events=(ends - starts + 1)[simple][plain],
+        interactions=interactions[plain],
+        page_views=page_views[plain],
+        hints=[
+            msgspec.json.encode(run_hints[a:b]).decode()
+            for a, b in zip(hints_from[plain].tolist(), hints_to[plain].tolist(), strict=True)
+        ],
+        values={name: column[plain] for name, column in run_values.items()},
+        vars_code=run_vars[plain],
+        vars_values=decoded_vars,
+    )
+    objects = np.flatnonzero(as_objects)
+    sessions = found.sessions
     columns = zip(
-        key[starts[simple]].tolist(),
-        ts[starts[simple]].tolist(),
-        ts[ends[simple]].tolist(),
-        (ends - starts + 1)[simple].tolist(),
-        interactions.tolist(),
-        page_views.tolist(),
-        hints_from.tolist(),
-        hints_to.tolist(),
-        value("entry", "url_path"),
-        value("exit", "url_path"),
-        value("loc", "country"),
-        value("loc", "region"),
-        value("loc", "city"),
-        value("brw", "browser"),
-        value("brw", "browser_version"),
-        value("os", "os"),
-        value("device", "device_type"),
-        run_vars.tolist(),
-        run_anon.tolist(),
-        anon_ts,
-        anon_ids,
+        run_key[objects].tolist(),
+        ts[starts[simple]][objects].tolist(),
+        ts[ends[simple]][objects].tolist(),
+        (ends - starts + 1)[simple][objects].tolist(),
+        interactions[objects].tolist(),
+        page_views[objects].tolist(),
+        hints_from[objects].tolist(),
+        hints_to[objects].tolist(),
+        *(column[objects].tolist() for column in run_values.values()),
+        run_vars[objects].tolist(),
         strict=True,
     )
-    sessions = found.sessions
     for (
         k, start, end, count, interaction_count, page_view_count, h_from, h_to, entry, exit_, country, region, city,
-        browser, version, os_, device, v, a, a_ts, a_id,
+        browser, version, os_, device, v,
     ) in columns:  # fmt: skip
-        owner = keys[k]
-        if a >= 0:
-            found.anon_ids.append((anon_values[a], owner, (a_ts, a_id)))
-        sessions[owner].append(
+        sessions[keys[k]].append(
             Session(
                 start=start,
                 end=end,
@@ -627,7 +659,7 @@ def _sessionize(events: _Events, rows, fetch) -> KeySessions:
                 browser_version=version,
                 os=os_,
                 device_type=device,
-                user_vars=msgspec.json.decode(vars_values[v]) if v >= 0 else {},
+                user_vars=dict(decoded_vars[v]) if v >= 0 else {},
             )
         )
 

@@ -35,6 +35,7 @@ from usertrail.sessions.rules import (
     Session,
     sessionize,
 )
+from usertrail.sessions.table import SessionTable
 
 # Column order of a session row as the processor and the rebuild write it (insert_rows).
 SESSION_COLUMNS = (
@@ -255,6 +256,8 @@ class KeySessions:
     # (session hint, key) and (anonymous id, key) -> first (time, event id) seen
     hints: list[tuple[str, str, tuple[int, str]]] = field(default_factory=list)
     anon_ids: list[tuple[str, str, tuple[int, str]]] = field(default_factory=list)
+    # The column-wise pass only: sessions of the keys it finished in numpy, as columns (not in `sessions`).
+    table: SessionTable | None = None
 
 
 def sessionize_keys(conn: sa.Connection, project_id: int) -> KeySessions:

@@ -504,9 +504,10 @@ class SessionProcessor:
                                 links.offer(anon, person, person_at)
             owner_of_anon = _earliest_owner(links.candidates)
             own = found.sessions
+            tabled = found.table.owners() if found.table is not None else set()
             members: dict[str, list[str]] = defaultdict(list)
             for anon, person in owner_of_anon.items():
-                if anon in own:
+                if anon in own or anon in tabled:
                     members[person].append(anon)
             for owner in sorted(own.keys() | members.keys()):
                 if owner in owner_of_anon:
@@ -528,6 +529,14 @@ class SessionProcessor:
                         closed.append(s)
                 if (row := profile_row(project_id, owner, closed, now)) is not None:
                     profile_rows.append(row)
+            if found.table is not None:
+                # The keys the pass finished column-wise, unless stitching reads them again above.
+                skip = owner_of_anon.keys() | members.keys()
+                rows, profiles, closed_now, users = found.table.rows(project_id, now, skip)
+                session_rows += rows
+                profile_rows += profiles
+                closed_count += closed_now
+                owners += users
         incoming = {
             sessions: len(session_rows),
             end_users: owners,

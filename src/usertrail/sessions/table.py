@@ -1,0 +1,119 @@
+"""The full rebuild's sessions as columns, and the `sessions` and `end_users` rows made from them column-wise.
+
+The column-wise pass (`columnar.py`) finishes most keys in numpy: every run of theirs is simple. Their
+sessions stay columns here, one numpy array per field, in (key, start) order, and become rows without a
+`Session` object each: at 5M events, building 612k `Session` objects, then a row from each and an End
+User Object per key from them, was a fifth of the rebuild. The rules are those of the Python path,
+applied to arrays: `rules.is_closable`, `Session.is_empty`, `derive.session_row`, and for the End User
+Object `profiles.standard.compute_columns` (the column-wise twin of `compute`). The property-based test
+that checks the rebuild against incremental processing covers both paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from usertrail.profiles.standard import compute_columns
+from usertrail.sessions.rules import IDLE_MS
+
+# Object columns, in SESSION_COLUMNS order after `client_session_ids`.
+VALUE_COLUMNS = (
+    "entry_path", "exit_path", "country", "region", "city", "browser", "browser_version", "os", "device_type",
+)  # fmt: skip
+# The session columns the End User Object takes from the user's latest session, in PROFILE_COLUMNS order.
+LOCATED = ("country", "region", "city", "browser", "browser_version")
+
+
+@dataclass
+class SessionTable:
+    """Sessions of keys whose runs numpy finished: run i belongs to `keys[key[i]]`; runs of a key are
+    consecutive and in start order."""
+
+    keys: list[str]
+    key: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    events: np.ndarray
+    interactions: np.ndarray
+    page_views: np.ndarray
+    hints: list[str]  # each run's client session ids, as the JSON text `sessions` stores
+    values: dict[str, np.ndarray]  # VALUE_COLUMNS -> object array
+    vars_code: np.ndarray  # index into vars_values, -1 for none
+    vars_values: list[dict]  # decoded analytics properties, one per distinct value
+
+    def owners(self) -> set[str]:
+        """The keys that have sessions here."""
+        return {self.keys[k] for k in np.unique(self.key).tolist()}
+
+    def rows(self, project_id: int, now: int, skip: set[str]) -> tuple[list[tuple], list[tuple], int, int]:
+        """(sessions rows, end_users rows, sessions closed, owners) of every key not in `skip`, by key.
+
+        Rows come sorted by key, then start time, as the Python path writes them.
+        """
+        rank = np.empty(len(self.keys), np.int64)
+        rank[sorted(range(len(self.keys)), key=self.keys.__getitem__)] = np.arange(len(self.keys))
+        skipped = np.array([k in skip for k in self.keys], bool)
+        kept = np.flatnonzero(~skipped[self.key])
+        order = kept[np.argsort(rank[self.key[kept]], kind="stable")]
+        n = len(order)
+        if not n:
+            return [], [], 0, 0
+        key = self.key[order]
+        start, end = self.start[order], self.end[order]
+        interactions, page_views = self.interactions[order], self.page_views[order]
+        last_of_key = np.ones(n, bool)
+        last_of_key[:-1] = key[1:] != key[:-1]
+        closable = ~last_of_key | (now - end >= IDLE_MS)
+        is_empty = (interactions == 0) & (page_views <= 1)
+        vars_json = np.array(
+            [msgspec.json.encode(v).decode() if v else None for v in self.vars_values] + [None], object
+        )
+        vars_code = self.vars_code[order]
+        session_rows = list(
+            zip(
+                [project_id] * n,
+                np.array(self.keys, object)[key].tolist(),
+                start.tolist(),
+                end.tolist(),
+                self.events[order].tolist(),
+                interactions.tolist(),
+                page_views.tolist(),
+                is_empty.tolist(),
+                np.where(closable, "closed", "open").tolist(),
+                np.where(closable, now, None).tolist(),
+                np.array(self.hints, object)[order].tolist(),
+                *(self.values[name][order].tolist() for name in VALUE_COLUMNS),
+                vars_json[vars_code].tolist(),
+                strict=True,
+            )
+        )
+        counted = np.flatnonzero(closable & ~is_empty)
+        users, attributes = compute_columns(
+            key[counted],
+            start[counted],
+            end[counted],
+            {name: self.values[name][order][counted] for name in LOCATED},
+            vars_code[counted],
+            self.vars_values,
+        )
+        properties = attributes["analytics_properties"]
+        profile_rows = list(
+            zip(
+                [project_id] * len(users),
+                np.array(self.keys, object)[users].tolist(),
+                attributes["first_seen"],
+                attributes["last_seen"],
+                attributes["total_sessions"],
+                attributes["average_session_duration"],
+                attributes["total_session_duration"],
+                attributes["average_time_between_sessions"],
+                *(attributes[name] for name in LOCATED),
+                [msgspec.json.encode(p).decode() if p else None for p in properties],
+                [now] * len(users),
+                strict=True,
+            )
+        )
+        return session_rows, profile_rows, int(closable.sum()), int(last_of_key.sum())
