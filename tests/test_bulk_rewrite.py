@@ -4,6 +4,9 @@ rewrite leaves the tables and their indexes as they were."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 import sqlalchemy as sa
 
@@ -113,3 +116,31 @@ def test_tables_another_transaction_holds_keep_their_indexes(engine, projects, m
     assert snapshot(engine, big) == kept
     assert dropped_indexes(engine, lambda: processor.rebuild(big, now=now)) != []
     assert snapshot(engine, big) == kept
+
+
+def test_a_large_rewrite_commits_without_copying_the_log_back_and_a_thread_copies_it_after(engine):
+    """SQLite: the commit inside `checkpoint_behind` leaves its pages in the write-ahead log (the database file
+    keeps its size); a background thread then copies them back, and the connection's automatic checkpoint
+    setting is what it was. PostgreSQL: nothing changes."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE filler (x TEXT)")
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    with engine.execution_options(immediate=True).connect() as conn:
+        raw = conn.connection.dbapi_connection  # pragmas through the driver: no transaction begins
+        before = raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] if path else None
+        size = os.path.getsize(path) if path else 0
+        with bulk.checkpoint_behind(conn, bulk.DROP_AT_ROWS):
+            with conn.begin():
+                conn.execute(sa.text("INSERT INTO filler VALUES (:x)"), [{"x": f"{n:0500d}"} for n in range(20_000)])
+            if path:
+                # 10 MB committed, more than 1,000 pages: SQLite would have copied them back at the commit.
+                assert os.path.getsize(path) == size
+        if path:
+            assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == before
+    for thread in threading.enumerate():
+        if thread.name == "usertrail-wal-checkpoint":
+            thread.join()
+    if path:
+        assert os.path.getsize(path) > size + 10_000_000
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM filler").scalar() == 20_000

@@ -165,6 +165,22 @@ def test_values_holding_the_separators_and_both_ways_of_reading(engine, monkeypa
     check(engine, ProjectStore(engine).create("empty").project.id, [])
 
 
+def test_a_project_alone_in_the_table(engine, monkeypatch):
+    """With no other project's events the pass reads the whole table (without counting the project's rows
+    first): an empty table gives nothing, a filled one the rule's sessions."""
+    monkeypatch.setattr(columnar, "SQLITE_ROWIDS", 5)
+    monkeypatch.setattr(columnar, "PG_BLOCKS", 1)
+    project = ProjectStore(engine).create("alone").project.id
+    check(engine, project, [])
+    rng = random.Random(3)
+    rows = [
+        row(project, rng.choice(KEYS), n, T0 + rng.randrange(0, 5 * 60) * MIN, session_hint=rng.choice(["s1", "s2"]))
+        for n in range(40)
+    ]
+    store(engine, rows)
+    check(engine, project, rows)
+
+
 def test_the_reader_runs_statements_in_order_one_ahead_and_passes_errors_on():
     """The pass's reader answers each statement in the order asked, from one worker thread, and an error
     of the database reaches the caller."""

@@ -144,6 +144,10 @@ class _Reader:
         self.pool.shutdown()
 
 
+# Whether the project is the only one with events: two index probes (`<>` would read every row).
+_ALONE = " AND ".join(f"NOT EXISTS (SELECT 1 FROM events WHERE project_id {op} %s)" for op in "<>")
+
+
 # --- reading: SQLite ---------------------------------------------------------------------------------
 
 
@@ -192,9 +196,14 @@ def _sqlite_chunk(row: tuple, rehex: Callable[[], tuple], events: _Events) -> No
 
 def _read_sqlite(reader: _Reader, project_id: int) -> _Events:
     events = _Events()
-    low, high, count = reader.one(
-        "SELECT min(rowid), max(rowid), count(*) FROM events WHERE project_id = ?", (project_id,)
-    )
+    if reader.one("SELECT " + _ALONE.replace("%s", "?"), (project_id, project_id))[0]:
+        # No other project's events (two index probes): read the whole table, without counting it first.
+        low, high = reader.one("SELECT min(rowid), max(rowid) FROM events", ())
+        count = 0 if high is None else high - low + 1
+    else:
+        low, high, count = reader.one(
+            "SELECT min(rowid), max(rowid), count(*) FROM events WHERE project_id = ?", (project_id,)
+        )
     if not count:
         return events
     if count >= SCAN_SHARE * (high - low + 1):
@@ -272,12 +281,18 @@ def _pg_chunk(row: tuple, rehex: Callable[[], tuple], events: _Events) -> None:
 
 def _read_postgresql(reader: _Reader, project_id: int) -> _Events:
     events = _Events()
-    count, blocks, rows = reader.one(
-        "SELECT (SELECT count(*) FROM events WHERE project_id = %s), "
-        "pg_relation_size('events') / current_setting('block_size')::int, "
-        "(SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass)",
-        (project_id,),
+    alone, blocks = reader.one(
+        f"SELECT {_ALONE}, pg_relation_size('events') / current_setting('block_size')::int", (project_id, project_id)
     )
+    if alone:
+        # No other project's events (two index probes): read the whole table, without counting it first.
+        count, rows = blocks, 0
+    else:
+        count, rows = reader.one(
+            "SELECT (SELECT count(*) FROM events WHERE project_id = %s), "
+            "(SELECT reltuples FROM pg_class WHERE oid = 'events'::regclass)",
+            (project_id,),
+        )
     if not count:
         return events
     scan = count >= SCAN_SHARE * rows

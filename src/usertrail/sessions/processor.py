@@ -41,7 +41,7 @@ from usertrail.sessions.derive import (
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
 from usertrail.store import user_index
-from usertrail.store.bulk import bulk_rewrite, large_page_cache
+from usertrail.store.bulk import bulk_rewrite, checkpoint_behind, large_page_cache
 from usertrail.store.changes import note_project_changed, note_users_changed
 from usertrail.store.database import (
     delete_rows,
@@ -545,30 +545,42 @@ class SessionProcessor:
             identity_links: len(links.candidates),
             session_hints: len(links.hints),
         }
-        with write_transaction(self.engine) as conn, bulk_rewrite(conn, project_id, incoming):
+        with (
+            self.engine.execution_options(immediate=True).connect() as conn,
+            checkpoint_behind(conn, sum(incoming.values())),
+            conn.begin(),
+            bulk_rewrite(conn, project_id, incoming) as rewrite,
+        ):
             # Pending marks stay: events that arrived after the read above marked their users, and
             # the loop recomputes those users from all their events (the rest cost one recompute).
             for table in (sessions, end_users, identity_links, session_hints):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
-            insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
+            # Each table's indexes are built while the next rows are computed (`Rewrite.while_indexing`).
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
-            user_index.rebuild(conn, project_id, [itemgetter(*_SEARCHED_INDEXES)(row) for row in profile_rows])
-            # In key order: each row lands next to the one before it in the primary key's B-tree.
-            # Sorting the keys alone: a list of (str, str) sorts three times faster than one of pairs of pairs.
-            candidates, first_of = links.candidates, links.hints
-            insert_rows(
-                conn,
-                identity_links,
-                _LINK_COLUMNS,
-                [(project_id, a, p, *candidates[a, p]) for a, p in sorted(candidates)],
+            lookup = rewrite.while_indexing(
+                end_users,
+                lambda: user_index.lookup_rows(project_id, [itemgetter(*_SEARCHED_INDEXES)(r) for r in profile_rows]),
             )
-            insert_rows(
-                conn, session_hints, _HINT_COLUMNS, [(project_id, h, k, *first_of[h, k]) for h, k in sorted(first_of)]
-            )
+            insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
+            link_rows, hint_rows = rewrite.while_indexing(sessions, lambda: _link_rows(project_id, links))
+            user_index.replace(conn, project_id, lookup)
+            insert_rows(conn, identity_links, _LINK_COLUMNS, link_rows)
+            insert_rows(conn, session_hints, _HINT_COLUMNS, hint_rows)
             # Numbered at the commit, not when the rows above were computed (docs/segments.md).
             note_project_changed(conn, project_id)
         refresh_all(self.engine, now, [project_id])
         return ProcessStats(users=owners, sessions_closed=closed_count, profiles_updated=len(profile_rows))
+
+
+def _link_rows(project_id: int, links: _Links) -> tuple[list[tuple], list[tuple]]:
+    """The identity_links and session_hints rows, in key order: each row lands next to the one before it
+    in the primary key's B-tree. (Sorting the keys alone: a list of (str, str) sorts three times faster
+    than one of pairs of pairs.)"""
+    candidates, first_of = links.candidates, links.hints
+    return (
+        [(project_id, a, p, *candidates[a, p]) for a, p in sorted(candidates)],
+        [(project_id, h, k, *first_of[h, k]) for h, k in sorted(first_of)],
+    )
 
 
 _HINT_COLUMNS = ("project_id", "session_hint", "user_key", "first_ts", "first_event_id")

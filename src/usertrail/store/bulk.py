@@ -22,7 +22,12 @@ keep their snapshot.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -37,11 +42,46 @@ LOCK_WAIT_MS = 5_000
 # PostgreSQL: memory for sorting the keys of each index built.
 _PG_MAINTENANCE_WORK_MEM = "512MB"
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Rewrite:
+    """The indexes a `bulk_rewrite` dropped, and the building of them again."""
+
+    def __init__(self, conn: sa.Connection, dropped: list[sa.Index]) -> None:
+        self.conn = conn
+        self.dropped = dropped
+
+    def while_indexing(self, table: sa.Table, work: Callable[[], T]) -> T:
+        """Build `table`'s dropped indexes again (its rows are all written) on a helper thread, while `work`,
+        which must not use the connection, runs on this one; returns what `work` returns.
+
+        Building an index is one long statement in the database (SQLite's C code, a PostgreSQL backend),
+        during which the driver releases the GIL: the caller's Python work costs no time beside it.
+        """
+        indexes = [index for index in self.dropped if index.table is table]
+        if not indexes:
+            return work()
+        self.dropped = [index for index in self.dropped if index.table is not table]
+        with ThreadPoolExecutor(1, thread_name_prefix="usertrail-index") as helper:
+            built = helper.submit(self._create, indexes)
+            try:
+                result = work()
+            finally:
+                built.result()  # the connection is this thread's again (and the build's error is raised)
+        return result
+
+    def _create(self, indexes: list[sa.Index]) -> None:
+        for index in indexes:
+            index.create(self.conn)
+
 
 @contextlib.contextmanager
-def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Table, int]) -> Iterator[None]:
+def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Table, int]) -> Iterator[Rewrite]:
     """Inside a transaction: rewrite the rows of `project_id` in these tables (`incoming`: table -> rows
-    about to be written) with their secondary indexes dropped where that pays, created again on exit.
+    about to be written) with their secondary indexes dropped where that pays, created again on exit
+    (or before, by `Rewrite.while_indexing`).
 
     On an exception the indexes are not re-created: the caller's transaction rolls back, and with it
     the drops (both engines have transactional DDL).
@@ -59,9 +99,9 @@ def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Tabl
                 if index.name in present:
                     index.drop(conn)
                     dropped.append(index)
-        yield
-        for index in dropped:
-            index.create(conn)
+        rewrite = Rewrite(conn, dropped)
+        yield rewrite
+        rewrite._create(rewrite.dropped)
 
 
 @contextlib.contextmanager
@@ -108,3 +148,37 @@ def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows:
         )
     ).scalar_one()
     return others < rows
+
+
+@contextlib.contextmanager
+def checkpoint_behind(conn: sa.Connection, rows: int) -> Iterator[None]:
+    """SQLite, around a transaction (this connection's) that writes `rows` rows or more than DROP_AT_ROWS:
+    its commit does not copy the write-ahead log back into the database file; a background thread does,
+    right after. PostgreSQL, or fewer rows: nothing changes.
+
+    The commit is durable and visible without that copy. SQLite otherwise makes it on the committing
+    thread (5M events: 1.2 s of the rebuild's commit, for a 430 MB log), or, were the log left to grow, on
+    the next commit, an ingest request's. A PASSIVE checkpoint does not block readers or writers: it
+    copies what no reader still needs, and a later commit's automatic checkpoint finishes the rest.
+    """
+    if conn.dialect.name != "sqlite" or rows < DROP_AT_ROWS:
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    previous = raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    raw.execute("PRAGMA wal_autocheckpoint=0")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA wal_autocheckpoint={previous}")
+    threading.Thread(target=_checkpoint, args=(conn.engine,), name="usertrail-wal-checkpoint").start()
+
+
+def _checkpoint(engine: sa.Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            # Through the driver: inside the BEGIN SQLAlchemy would issue, SQLite refuses to checkpoint.
+            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error:
+        # The next commit's automatic checkpoint does it instead (the file may also be gone: a test's).
+        log.debug("background WAL checkpoint failed", exc_info=True)

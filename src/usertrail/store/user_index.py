@@ -35,6 +35,8 @@ COUNT_BROAD = 200_000
 # Above every character a word can hold: the end of a prefix's index range.
 _PAST_PREFIX = "\U0010ffff"
 _WORD = re.compile(r"\w+")
+_WORD_COLUMNS = ("project_id", "user_key", "word")
+_PROPERTY_COLUMNS = ("project_id", "user_key", "name", "value")
 
 SEARCHED = (
     end_users.c.user_key,
@@ -78,17 +80,9 @@ def _rows_of(project_id: int, row) -> tuple[list[tuple], list[tuple]]:
 
 
 def _index(conn: sa.Connection, project_id: int, rows: Iterable) -> None:
-    word_rows: list[tuple] = []
-    property_rows: list[tuple] = []
-    for row in rows:
-        w, p = _rows_of(project_id, row)
-        word_rows += w
-        property_rows += p
-        if len(word_rows) >= 50_000:
-            insert_rows(conn, user_words, ("project_id", "user_key", "word"), word_rows)
-            word_rows = []
-    insert_rows(conn, user_words, ("project_id", "user_key", "word"), word_rows)
-    insert_rows(conn, user_properties, ("project_id", "user_key", "name", "value"), property_rows)
+    word_rows, property_rows = lookup_rows(project_id, rows)
+    insert_rows(conn, user_words, _WORD_COLUMNS, word_rows)
+    insert_rows(conn, user_properties, _PROPERTY_COLUMNS, property_rows)
 
 
 def forget(conn: sa.Connection, project_id: int, keys: Sequence[str]) -> None:
@@ -114,16 +108,36 @@ def refresh(conn: sa.Connection, project_id: int, keys: Sequence[str]) -> None:
 
 
 def rebuild(conn: sa.Connection, project_id: int, rows: Iterable[Sequence] | None = None) -> None:
-    """Rewrite the lookup rows of a whole project from `end_users` (the full rebuild, the migration).
+    """Rewrite the lookup rows of a whole project from `end_users` (the migration; the full rebuild computes
+    them apart, `lookup_rows`, and writes them with `replace`).
 
     `rows`: the SEARCHED columns of every `end_users` row of the project, when the caller has just
     written them (then they are not read back).
     """
-    for table in (user_words, user_properties):
-        conn.execute(table.delete().where(table.c.project_id == project_id))
     if rows is None:
         rows = conn.execute(sa.select(*SEARCHED).where(end_users.c.project_id == project_id)).all()
-    _index(conn, project_id, rows)
+    replace(conn, project_id, lookup_rows(project_id, rows))
+
+
+def lookup_rows(project_id: int, rows: Iterable[Sequence]) -> tuple[list[tuple], list[tuple]]:
+    """The (user_words, user_properties) rows of these `end_users` rows (SEARCHED columns), computed without
+    the database."""
+    word_rows: list[tuple] = []
+    property_rows: list[tuple] = []
+    for row in rows:
+        w, p = _rows_of(project_id, row)
+        word_rows += w
+        property_rows += p
+    return word_rows, property_rows
+
+
+def replace(conn: sa.Connection, project_id: int, rows: tuple[list[tuple], list[tuple]]) -> None:
+    """Replace every lookup row of the project with these (`lookup_rows`)."""
+    for table in (user_words, user_properties):
+        conn.execute(table.delete().where(table.c.project_id == project_id))
+    word_rows, property_rows = rows
+    insert_rows(conn, user_words, _WORD_COLUMNS, word_rows)
+    insert_rows(conn, user_properties, _PROPERTY_COLUMNS, property_rows)
 
 
 @dataclass(frozen=True)
