@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -181,21 +182,55 @@ def test_a_project_alone_in_the_table(engine, monkeypatch):
     check(engine, project, rows)
 
 
-def test_the_reader_runs_statements_in_order_one_ahead_and_passes_errors_on():
-    """The pass's reader answers each statement in the order asked, from one worker thread, and an error
-    of the database reaches the caller."""
-    connection = sqlite3.connect(":memory:", check_same_thread=False)
-    reader = columnar._Reader(connection.cursor(), binary=False)
+def test_the_connections_of_the_pass_share_one_snapshot(engine):
+    """The connections the pass reads through (two on PostgreSQL) see what its caller's transaction sees,
+    and none sees a commit made while it runs."""
+    project = ProjectStore(engine).create("snapshot").project.id
+    store(engine, [row(project, "u:ann", n, T0 + n * MIN) for n in range(5)])
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        # The caller's transaction has read: its snapshot is the pass's.
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 5
+        with columnar._cursors(conn) as cursors:
+            store(engine, [row(project, "u:bob", n, T0 + n * MIN) for n in range(3)])
+            counts = [cursor.execute("SELECT count(*) FROM events").fetchone()[0] for cursor in cursors]
+    assert counts == [5] * (2 if engine.dialect.name == "postgresql" else 1)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 8
+
+
+@pytest.mark.parametrize("connections", [1, 2])
+def test_the_reader_runs_statements_in_order_and_passes_errors_on(connections):
+    """The pass's reader answers each statement in the order asked, each connection from a thread of its
+    own, the statements of a sequence spread over the connections; an error of the database reaches the
+    caller."""
+    databases = [sqlite3.connect(":memory:", check_same_thread=False) for _ in range(connections)]
+    for i, database in enumerate(databases):
+        database.execute(f"CREATE TABLE which AS SELECT {i} AS connection")
+    threads: dict[int, set[str]] = {}
+
+    def seen(i: int) -> int:
+        threads.setdefault(i, set()).add(threading.current_thread().name)
+        return i
+
+    for i, database in enumerate(databases):
+        database.create_function("seen", 0, lambda i=i: seen(i))
+    reader = columnar._Reader([d.cursor() for d in databases], binary=False)
     try:
-        squares = reader.ones("SELECT ? * ?, (SELECT count(*) FROM sqlite_master)", ((n, n) for n in range(20)))
+        squares = list(reader.ones("SELECT ? * ?, seen()", ((n, n) for n in range(20))))
         assert [r[0] for r in squares] == [n * n for n in range(20)]
+        assert [r[1] for r in squares] == [n % connections for n in range(20)]
+        assert all(len(names) == 1 for names in threads.values())
+        assert len(set().union(*threads.values())) == connections
         assert [rows for rows in reader.alls("SELECT value FROM json_each(?)", [("[1,2]",), ("[]",)])] == [
             [(1,), (2,)],
             [],
         ]
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             list(reader.ones("SELECT * FROM missing WHERE ? = 1", [(1,), (2,)]))
-        assert reader.one("SELECT 7", ()) == (7,)
+        assert reader.one("SELECT connection FROM which", ()) == (0,)
     finally:
         reader.close()
-        connection.close()
+        for database in databases:
+            database.close()

@@ -25,16 +25,19 @@ so no collation is involved.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import itertools
 import operator
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 import numpy as np
+import psycopg
 import sqlalchemy as sa
 
 from usertrail.sessions.derive import EVENT_POINT_COLUMNS, KeySessions
@@ -109,39 +112,85 @@ class _Unsplittable(Exception):
 
 
 class _Reader:
-    """Runs the pass's statements on one worker thread, a chunk ahead of the caller: the database computes
-    the next chunk (sqlite3 and psycopg release the GIL while it works) while this thread decodes the last
-    one. Every statement of the pass goes through the one worker, so the connection is used by one thread
-    at a time and in the order the statements were asked for."""
+    """Runs the pass's statements on worker threads, one per connection, ahead of the caller: the database
+    computes the next chunks (sqlite3 and psycopg release the GIL while it works) while this thread decodes
+    the last one. The statements of a sequence (`ones`, `alls`) go to the connections in turn; `one` and a
+    sequence's first statement run on the first connection. Each connection is used by its own thread
+    only, and answers come back in the order they were asked for. The connections must share one snapshot
+    (`_cursors`)."""
 
-    def __init__(self, cursor, binary: bool) -> None:
-        self.cursor = cursor
+    def __init__(self, cursors: Sequence, binary: bool) -> None:
+        self.cursors = list(cursors)
         self.options = {"binary": True} if binary else {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="usertrail-rebuild-read")
+        self.pools = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"usertrail-rebuild-read{i}") for i in range(len(self.cursors))
+        ]
 
     def one(self, sql: str, params: tuple) -> tuple:
         """The statement's first row."""
         return next(self.ones(sql, (params,)))
 
     def ones(self, sql: str, each: Iterable[tuple]) -> Iterator[tuple]:
-        """The statement's first row for each parameter tuple, the next one already being computed."""
-        return self._ahead(lambda params: self.cursor.execute(sql, params, **self.options).fetchone(), each)
+        """The statement's first row for each parameter tuple, the next ones already being computed."""
+        return self._ahead(lambda cursor, params: cursor.execute(sql, params, **self.options).fetchone(), each)
 
     def alls(self, sql: str, each: Iterable[tuple]) -> Iterator[list[tuple]]:
         """The statement's rows for each parameter tuple, the next ones already being fetched."""
-        return self._ahead(lambda params: self.cursor.execute(sql, params, **self.options).fetchall(), each)
+        return self._ahead(lambda cursor, params: cursor.execute(sql, params, **self.options).fetchall(), each)
 
-    def _ahead(self, run: Callable[[tuple], object], each: Iterable[tuple]) -> Iterator:
-        pending: list[Future] = []
-        for params in each:
-            pending.append(self.pool.submit(run, params))
-            if len(pending) > 1:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
+    def _ahead(self, run: Callable[[object, tuple], object], each: Iterable[tuple]) -> Iterator:
+        pending: collections.deque[Future] = collections.deque()
+        workers = len(self.pools)
+        for i, params in enumerate(each):
+            pending.append(self.pools[i % workers].submit(run, self.cursors[i % workers], params))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
     def close(self) -> None:
-        self.pool.shutdown()
+        for pool in self.pools:
+            pool.shutdown()
+
+
+@contextlib.contextmanager
+def _cursors(conn: sa.Connection) -> Iterator[list]:
+    """The cursors the pass reads through, all seeing what `conn` sees.
+
+    PostgreSQL: `conn`'s and a second connection's, which imports `conn`'s snapshot (`conn` is REPEATABLE
+    READ): the scan and the look-ups run on two backends at once (5M events: the rebuild 27-30 s -> 25-27 s).
+    SQLite: `conn`'s alone. Two connections of one process do not read faster than one there (the scan's
+    statements on two threads: 5.2 -> 4.6 s, with 40% more CPU), and sharing a snapshot would take a
+    moment of the write lock.
+    """
+    main = conn.connection.dbapi_connection.cursor()
+    if conn.dialect.name != "postgresql":
+        try:
+            yield [main]
+        finally:
+            main.close()
+        return
+    snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+    other = conn.engine.raw_connection()
+    driver = other.driver_connection
+    try:
+        driver.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        driver.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        second = driver.cursor()
+        try:
+            yield [main, second]
+        finally:
+            main.close()
+            second.close()
+    finally:
+        driver.rollback()
+        driver.isolation_level = None
+        other.close()
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F-]+")
 
 
 # Whether the project is the only one with events: two index probes (`<>` would read every row).
@@ -442,9 +491,7 @@ def sessionize_project(conn: sa.Connection, project_id: int) -> KeySessions:
     PostgreSQL: call inside a REPEATABLE READ transaction (the look-ups by storage address must see the
     scan's snapshot); SQLite's transaction keeps its snapshot anyway.
     """
-    cursor = conn.connection.dbapi_connection.cursor()
     postgresql = conn.dialect.name == "postgresql"
-    reader = _Reader(cursor, binary=postgresql)
 
     def rows(columns: Sequence[str], locs: np.ndarray) -> Iterator[tuple]:
         return (_pg_rows if postgresql else _sqlite_rows)(reader, columns, locs)
@@ -452,13 +499,14 @@ def sessionize_project(conn: sa.Connection, project_id: int) -> KeySessions:
     def fetch(chunks: Iterable[np.ndarray], hexed: bool) -> Iterator[tuple[np.ndarray, list]]:
         return (_pg_values if postgresql else _sqlite_values)(reader, chunks, hexed)
 
-    try:
-        with collector_paused():
-            events = (_read_postgresql if postgresql else _read_sqlite)(reader, project_id)
-            return _sessionize(events, rows, fetch)
-    finally:
-        reader.close()
-        cursor.close()
+    with _cursors(conn) as cursors:
+        reader = _Reader(cursors, binary=postgresql)
+        try:
+            with collector_paused():
+                events = (_read_postgresql if postgresql else _read_sqlite)(reader, project_id)
+                return _sessionize(events, rows, fetch)
+        finally:
+            reader.close()
 
 
 @contextlib.contextmanager
