@@ -555,15 +555,16 @@ class SessionProcessor:
             # the loop recomputes those users from all their events (the rest cost one recompute).
             for table in (sessions, end_users, identity_links, session_hints):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
-            # Each table's indexes are built while the next rows are computed (`Rewrite.while_indexing`).
+            # Python work beside the database's: index builds (`Rewrite.while_indexing`), PostgreSQL's COPY.
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
             lookup = rewrite.while_indexing(
                 end_users,
                 lambda: user_index.lookup_rows(project_id, [itemgetter(*_SEARCHED_INDEXES)(r) for r in profile_rows]),
             )
+            link_rows, hint_rows = rewrite.while_writing(
+                user_words, lambda: user_index.replace(conn, project_id, lookup), lambda: _link_rows(project_id, links)
+            )
             insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
-            link_rows, hint_rows = rewrite.while_indexing(sessions, lambda: _link_rows(project_id, links))
-            user_index.replace(conn, project_id, lookup)
             insert_rows(conn, identity_links, _LINK_COLUMNS, link_rows)
             insert_rows(conn, session_hints, _HINT_COLUMNS, hint_rows)
             # Numbered at the commit, not when the rows above were computed (docs/segments.md).

@@ -64,17 +64,36 @@ class Rewrite:
         if not indexes:
             return work()
         self.dropped = [index for index in self.dropped if index.table is not table]
-        with ThreadPoolExecutor(1, thread_name_prefix="usertrail-index") as helper:
-            built = helper.submit(self._create, indexes)
-            try:
-                result = work()
-            finally:
-                built.result()  # the connection is this thread's again (and the build's error is raised)
-        return result
+        return _beside(lambda: self._create(indexes), work)
+
+    def while_writing(self, table: sa.Table, write: Callable[[], object], work: Callable[[], T]) -> T:
+        """Write all of `table`'s rows with `write` while `work`, which must not use the connection, runs on
+        this thread; returns what `work` returns.
+
+        PostgreSQL: `write` (a COPY) runs on a helper thread beside `work`: psycopg formats the rows in C
+        and the PostgreSQL backend, a process of its own, stores them, so the two threads share the GIL in
+        time slices and the backend's work runs beside both. SQLite: sqlite3 releases and takes the GIL
+        again around every row it inserts, so beside another Python thread each row would wait for that
+        thread's time slice: `write` runs first, then `table`'s indexes are built beside `work`.
+        """
+        if self.conn.dialect.name != "postgresql":
+            write()
+            return self.while_indexing(table, work)
+        return _beside(write, work)
 
     def _create(self, indexes: list[sa.Index]) -> None:
         for index in indexes:
             index.create(self.conn)
+
+
+def _beside(database: Callable[[], object], work: Callable[[], T]) -> T:
+    with ThreadPoolExecutor(1, thread_name_prefix="usertrail-rewrite") as helper:
+        done = helper.submit(database)
+        try:
+            result = work()
+        finally:
+            done.result()  # the connection is this thread's again (and the helper's error is raised)
+    return result
 
 
 @contextlib.contextmanager
