@@ -64,7 +64,7 @@ class Rewrite:
         if not indexes:
             return work()
         self.dropped = [index for index in self.dropped if index.table is not table]
-        return _beside(lambda: self._create(indexes), work)
+        return _beside(lambda: self._build(indexes), work)
 
     def while_writing(self, table: sa.Table, write: Callable[[], object], work: Callable[[], T]) -> T:
         """Write all of `table`'s rows with `write` while `work`, which must not use the connection, runs on
@@ -81,7 +81,12 @@ class Rewrite:
             return self.while_indexing(table, work)
         return _beside(write, work)
 
-    def _create(self, indexes: list[sa.Index]) -> None:
+    def finish(self) -> None:
+        """Build the dropped indexes not built yet."""
+        self._build(self.dropped)
+        self.dropped = []
+
+    def _build(self, indexes: list[sa.Index]) -> None:
         for index in indexes:
             index.create(self.conn)
 
@@ -120,7 +125,7 @@ def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Tabl
                     dropped.append(index)
         rewrite = Rewrite(conn, dropped)
         yield rewrite
-        rewrite._create(rewrite.dropped)
+        rewrite.finish()
 
 
 @contextlib.contextmanager
@@ -171,7 +176,7 @@ def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows:
 
 @contextlib.contextmanager
 def checkpoint_behind(conn: sa.Connection, rows: int) -> Iterator[None]:
-    """SQLite, around a transaction (this connection's) that writes `rows` rows or more than DROP_AT_ROWS:
+    """SQLite, around a transaction of this connection's that writes `rows` rows, DROP_AT_ROWS or more:
     its commit does not copy the write-ahead log back into the database file; a background thread does,
     right after. PostgreSQL, or fewer rows: nothing changes.
 
