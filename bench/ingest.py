@@ -212,7 +212,8 @@ def build_requests(spec: dict[str, Any]) -> tuple[list[bytes], int]:
     base_ms = spec["base_ms"]
     requests = []
     body_size = 0
-    for r in range(spec["requests"]):
+    first = spec.get("first_request", 0)  # where a run made in parts goes on in the users' order
+    for r in range(first, first + spec["requests"]):
         # Spread consecutive requests over the 20,000 users (a prime stride visits all of them).
         user = users[(r * 7_919) % len(users)]
         values = dict(user.fields)

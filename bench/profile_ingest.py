@@ -50,8 +50,11 @@ class _KeepingWriter:
         pass
 
 
-def _bodies(key: str, count: int, first_seq: int) -> list[bytes]:
+def _bodies(key: str, count: int, first_seq: int, first_request: int = 0) -> list[bytes]:
+    """Bodies of `count` requests whose events are numbered from `first_seq` and whose users go on from
+    request number `first_request` of a run (so that consecutive parts of a run visit every user)."""
     spec = {
+        "first_request": first_request,
         "seed": first_seq,
         "users": 20_000,
         "key": key,
