@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ingest.py, run
 import sqlalchemy as sa
 
 import ingest
-from profile_ingest import _bodies, _KeepingWriter
-from usertrail.collect.service import WALKME, Collector, RequestFacts
+from profile_ingest import _bodies, _KeepingWriter, request_facts
+from usertrail.collect.service import WALKME, Collector
 from usertrail.config import Settings
 from usertrail.store.events import IngestRecord
 from usertrail.web.app import build_collector
@@ -69,17 +69,7 @@ class _Filler:
 
     async def _collect(self, bodies: list[bytes]) -> None:
         for body in bodies:
-            facts = RequestFacts(
-                body=body,
-                content_type="text/plain",
-                peer="81.2.69.160",
-                forwarded_for=None,
-                user_agent=ingest.USER_AGENTS[0],
-                origin=ingest.ORIGIN,
-                key=self.key,
-                path="/event/tell",
-            )
-            await self.collector.collect(facts, WALKME)
+            await self.collector.collect(request_facts(body, self.key), WALKME)
 
     def index(self, max_events: int) -> None:
         while self.collector.events.index_journal(max_events):

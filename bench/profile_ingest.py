@@ -67,6 +67,20 @@ def _bodies(key: str, count: int, first_seq: int, first_request: int = 0) -> lis
     return [r.split(b"\r\n\r\n", 1)[1] for r in requests]
 
 
+def request_facts(body: bytes, key: str) -> RequestFacts:
+    """What the server's route hands the collector for one of the load generator's WalkMe requests."""
+    return RequestFacts(
+        body=body,
+        content_type="text/plain",
+        peer="81.2.69.160",
+        forwarded_for=None,
+        user_agent=ingest.USER_AGENTS[0],
+        origin=ingest.ORIGIN,
+        key=key,
+        path="/event/tell",
+    )
+
+
 def _profile(label: str, us_per_event: float, work: Callable[[], object], top: int) -> None:
     """Print the stage's time and the functions that cost the most when running `work`."""
     profiler = cProfile.Profile()
@@ -104,16 +118,7 @@ def profile_database(
     events = requests * ingest.EVENTS_PER_BATCH
 
     def facts(body: bytes) -> RequestFacts:
-        return RequestFacts(
-            body=body,
-            content_type="text/plain",
-            peer="81.2.69.160",
-            forwarded_for=None,
-            user_agent=ingest.USER_AGENTS[0],
-            origin=ingest.ORIGIN,
-            key=key,
-            path="/event/tell",
-        )
+        return request_facts(body, key)
 
     async def collect(bodies: list[bytes]) -> None:
         for body in bodies:
