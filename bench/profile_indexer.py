@@ -120,6 +120,7 @@ def _pg_wal_bytes(filler: _Filler, events: int, max_events: int) -> tuple[int, f
 
 
 def profile(name: str, url: str, db: Path | None, args: argparse.Namespace) -> None:
+    """Fill one database, time the indexer on it and print what it writes (`db`: SQLite's file, else None)."""
     filler = _Filler(url)
     began = time.perf_counter()
     for done in range(0, args.prefill, 100_000):
@@ -148,6 +149,7 @@ def profile(name: str, url: str, db: Path | None, args: argparse.Namespace) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Profile the indexer on each database."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--prefill", type=int, default=1_000_000, help="events stored before the timed run")
