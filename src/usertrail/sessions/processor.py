@@ -15,6 +15,8 @@ anonymous key it owns.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 import secrets
@@ -40,7 +42,7 @@ from usertrail.sessions.derive import (
     sessionize_keys,
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
-from usertrail.store import user_index
+from usertrail.store import staging, user_index
 from usertrail.store.bulk import bulk_rewrite, checkpoint_behind, large_page_cache
 from usertrail.store.changes import note_project_changed, note_users_changed
 from usertrail.store.database import (
@@ -474,12 +476,14 @@ class SessionProcessor:
         events (`columnar.sessionize_project`); links come from what that pass found; only owners of
         stitched anonymous keys are read a second time, merged.
         """
-        with collector_paused():  # the project's sessions and rows stay in memory until written
-            return self._rebuild(project_id, now)
+        # The project's sessions and rows stay in memory until written; `stack` holds the sessions' stage.
+        with collector_paused(), contextlib.ExitStack() as stack:
+            return self._rebuild(project_id, now, stack)
 
-    def _rebuild(self, project_id: int, now: int) -> ProcessStats:
+    def _rebuild(self, project_id: int, now: int, stack: contextlib.ExitStack) -> ProcessStats:
         links = _Links()
         session_rows, profile_rows, closed_count, owners = [], [], 0, 0
+        stage: staging.Stage | None = None
         with self.engine.connect() as conn, large_page_cache(conn):
             if conn.dialect.name == "postgresql":
                 # One snapshot for every read: the column-wise pass finds events by storage address.
@@ -509,6 +513,13 @@ class SessionProcessor:
             for anon, person in owner_of_anon.items():
                 if anon in own or anon in tabled:
                     members[person].append(anon)
+            # The keys the pass finished column-wise, unless stitching reads them again below.
+            skip = frozenset(owner_of_anon.keys() | members.keys())
+            finished = found.table
+            if finished is not None and conn.dialect.name == "sqlite" and len(finished.start) >= staging.STAGE_AT_ROWS:
+                # Their sessions rows are made and written by a helper process while this one goes on.
+                make_rows = functools.partial(finished.session_rows, project_id, now, skip)
+                stage = stack.enter_context(staging.staged(conn, sessions, SESSION_COLUMNS, make_rows))
             for owner in sorted(own.keys() | members.keys()):
                 if owner in owner_of_anon:
                     continue  # an anonymous key that belongs to an identified user
@@ -529,11 +540,10 @@ class SessionProcessor:
                         closed.append(s)
                 if (row := profile_row(project_id, owner, closed, now)) is not None:
                     profile_rows.append(row)
-            if found.table is not None:
-                # The keys the pass finished column-wise, unless stitching reads them again above.
-                skip = owner_of_anon.keys() | members.keys()
-                rows, profiles, closed_now, users = found.table.rows(project_id, now, skip)
-                session_rows += rows
+            if finished is not None:
+                if stage is None:
+                    session_rows += finished.session_rows(project_id, now, skip)
+                profiles, closed_now, users = finished.profile_rows(project_id, now, skip)
                 profile_rows += profiles
                 closed_count += closed_now
                 owners += users
@@ -545,9 +555,11 @@ class SessionProcessor:
             identity_links: len(links.candidates),
             session_hints: len(links.hints),
         }
+        staged_rows = len(finished.start) if stage is not None else 0  # about: skipped keys' runs are few
         with (
             self.engine.execution_options(immediate=True).connect() as conn,
-            checkpoint_behind(conn, sum(incoming.values())),
+            stage.attachable(conn) if stage is not None else contextlib.nullcontext(),
+            checkpoint_behind(conn, sum(incoming.values()) + staged_rows),
             conn.begin(),
             bulk_rewrite(conn, project_id, incoming) as rewrite,
         ):
@@ -564,6 +576,9 @@ class SessionProcessor:
             link_rows, hint_rows = rewrite.while_writing(
                 user_words, lambda: user_index.replace(conn, project_id, lookup), lambda: _link_rows(project_id, links)
             )
+            if stage is not None:
+                # First: into an empty table SQLite copies the staged pages as they are (store/staging.py).
+                stage.move_into(conn)
             insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
             insert_rows(conn, identity_links, _LINK_COLUMNS, link_rows)
             insert_rows(conn, session_hints, _HINT_COLUMNS, hint_rows)

@@ -48,55 +48,47 @@ class SessionTable:
         """The keys that have sessions here."""
         return {self.keys[k] for k in np.unique(self.key).tolist()}
 
-    def rows(self, project_id: int, now: int, skip: set[str]) -> tuple[list[tuple], list[tuple], int, int]:
-        """(sessions rows, end_users rows, sessions closed, owners) of every key not in `skip`, by key.
-
-        Rows come sorted by key, then start time, as the Python path writes them.
-        """
-        rank = np.empty(len(self.keys), np.int64)
-        rank[sorted(range(len(self.keys)), key=self.keys.__getitem__)] = np.arange(len(self.keys))
-        skipped = np.array([k in skip for k in self.keys], bool)
-        kept = np.flatnonzero(~skipped[self.key])
-        order = kept[np.argsort(rank[self.key[kept]], kind="stable")]
-        n = len(order)
-        if not n:
-            return [], [], 0, 0
-        key = self.key[order]
-        start, end = self.start[order], self.end[order]
-        interactions, page_views = self.interactions[order], self.page_views[order]
-        last_of_key = np.ones(n, bool)
-        last_of_key[:-1] = key[1:] != key[:-1]
-        closable = ~last_of_key | (now - end >= IDLE_MS)
-        is_empty = (interactions == 0) & (page_views <= 1)
+    def session_rows(self, project_id: int, now: int, skip: frozenset[str]) -> list[tuple]:
+        """The `sessions` rows of every key not in `skip`, sorted by key, then start time, as the Python
+        path writes them."""
+        runs = self._runs(now, skip)
+        if runs is None:
+            return []
+        order, n = runs.order, len(runs.order)
         vars_json = np.array(
             [msgspec.json.encode(v).decode() if v else None for v in self.vars_values] + [None], object
         )
-        vars_code = self.vars_code[order]
-        session_rows = list(
+        return list(
             zip(
                 [project_id] * n,
-                np.array(self.keys, object)[key].tolist(),
-                start.tolist(),
-                end.tolist(),
+                np.array(self.keys, object)[runs.key].tolist(),
+                runs.start.tolist(),
+                runs.end.tolist(),
                 self.events[order].tolist(),
-                interactions.tolist(),
-                page_views.tolist(),
-                is_empty.tolist(),
-                np.where(closable, "closed", "open").tolist(),
-                np.where(closable, now, None).tolist(),
+                self.interactions[order].tolist(),
+                self.page_views[order].tolist(),
+                runs.is_empty.tolist(),
+                np.where(runs.closable, "closed", "open").tolist(),
+                np.where(runs.closable, now, None).tolist(),
                 np.array(self.hints, object)[order].tolist(),
                 *(self.values[name][order].tolist() for name in VALUE_COLUMNS),
-                vars_json[vars_code].tolist(),
+                vars_json[runs.vars_code].tolist(),
                 strict=True,
             )
         )
-        counted = np.flatnonzero(closable & ~is_empty)
+
+    def profile_rows(self, project_id: int, now: int, skip: frozenset[str]) -> tuple[list[tuple], int, int]:
+        """(end_users rows, sessions closed, owners) of every key not in `skip`, by key."""
+        runs = self._runs(now, skip)
+        if runs is None:
+            return [], 0, 0
+        counted = np.flatnonzero(runs.closable & ~runs.is_empty)
         users, attributes = compute_columns(
-            key[counted],
-            start[counted],
-            end[counted],
-            {name: self.values[name][order][counted] for name in LOCATED},
-            vars_code[counted],
+            runs.key[counted],
+            runs.start[counted],
+            runs.end[counted],
+            {name: self.values[name][runs.order][counted] for name in LOCATED},
+            runs.vars_code[counted],
             self.vars_values,
         )
         properties = attributes["analytics_properties"]
@@ -116,4 +108,44 @@ class SessionTable:
                 strict=True,
             )
         )
-        return session_rows, profile_rows, int(closable.sum()), int(last_of_key.sum())
+        return profile_rows, int(runs.closable.sum()), int(runs.last_of_key.sum())
+
+    def _runs(self, now: int, skip: frozenset[str]) -> _Runs | None:
+        """The runs of every key not in `skip`, ordered by key, then start; None if there are none."""
+        rank = np.empty(len(self.keys), np.int64)
+        rank[sorted(range(len(self.keys)), key=self.keys.__getitem__)] = np.arange(len(self.keys))
+        skipped = np.array([k in skip for k in self.keys], bool)
+        kept = np.flatnonzero(~skipped[self.key])
+        order = kept[np.argsort(rank[self.key[kept]], kind="stable")]
+        n = len(order)
+        if not n:
+            return None
+        key, end = self.key[order], self.end[order]
+        last_of_key = np.ones(n, bool)
+        last_of_key[:-1] = key[1:] != key[:-1]
+        interactions, page_views = self.interactions[order], self.page_views[order]
+        return _Runs(
+            order=order,
+            key=key,
+            start=self.start[order],
+            end=end,
+            last_of_key=last_of_key,
+            closable=~last_of_key | (now - end >= IDLE_MS),
+            is_empty=(interactions == 0) & (page_views <= 1),
+            vars_code=self.vars_code[order],
+        )
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """A `SessionTable`'s kept runs in row order (`order`: their indexes in the table) and what both kinds
+    of rows derive from them."""
+
+    order: np.ndarray
+    key: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    last_of_key: np.ndarray
+    closable: np.ndarray
+    is_empty: np.ndarray
+    vars_code: np.ndarray
