@@ -357,7 +357,7 @@ class Rebuild:
     users: int = 0
     sessions_closed: int = 0
     profiles: int = 0
-    python_cpu: float = 0.0  # cores used by this process during the rebuild
+    python_cpu: float = 0.0  # cores used by this process and its helper processes (store/staging.py) during the rebuild
     db_cpu: float = 0.0  # cores used by PostgreSQL's processes
     other_cpu: float = 0.0  # everything else on the machine
     cpu_probe_mops: float = 0.0
@@ -376,19 +376,24 @@ def time_rebuild(engine, project_id: int, now: int, postmaster: int | None, quie
         print(f"    (machine still busy: {busy:.2f} cores used by other processes; measuring anyway)")
     probe = ingest.cpu_probe()
     pg_pids = ingest.process_tree(postmaster) if postmaster else []
-    usage0, pg0, busy0 = resource.getrusage(resource.RUSAGE_SELF), ingest.cpu_seconds(pg_pids), ingest.machine_busy()
+    usage0, pg0, busy0 = _own_cpu(), ingest.cpu_seconds(pg_pids), ingest.machine_busy()
     began = time.perf_counter()
     stats = SessionProcessor(engine).rebuild(project_id, now=now)
     result.rebuild_s = time.perf_counter() - began
-    usage1, busy1 = resource.getrusage(resource.RUSAGE_SELF), ingest.machine_busy()
+    usage1, busy1 = _own_cpu(), ingest.machine_busy()
     pg_pids = ingest.process_tree(postmaster) if postmaster else []
     result.db_cpu = (ingest.cpu_seconds(pg_pids) - pg0) / result.rebuild_s
-    own = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
-    result.python_cpu = own / result.rebuild_s
+    result.python_cpu = (usage1 - usage0) / result.rebuild_s
     result.other_cpu = max(0.0, ingest.busy_cores(busy0, busy1) - result.python_cpu - result.db_cpu)
     result.cpu_probe_mops = (probe + ingest.cpu_probe()) / 2
     result.users, result.sessions_closed, result.profiles = stats.users, stats.sessions_closed, stats.profiles_updated
     return result
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the rebuild's staging helper)."""
+    usages = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return sum(u.ru_utime + u.ru_stime for u in usages)
 
 
 def profile_rebuild(engine, project_id: int, now: int, top: int) -> str:
