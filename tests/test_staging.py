@@ -4,7 +4,6 @@ the full rebuild's sessions on SQLite."""
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,13 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
-def scratch(tmp_path: Path, monkeypatch) -> Path:
-    """Where the scratch files go (and must be gone from afterwards)."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
+def scratch(engine) -> Path:
+    """Where the scratch files go, beside the store's file (and must be gone from afterwards)."""
+    return Path(engine.url.database).parent
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return list(folder.glob("usertrail-stage-*"))
 
 
 def test_a_staged_rebuild_equals_the_incremental_path(engine, scratch, monkeypatch):
@@ -55,7 +55,7 @@ def test_a_staged_rebuild_equals_the_incremental_path(engine, scratch, monkeypat
     processor.rebuild(small, now=now)
     assert copied == [12, 12, 4]
     assert (snapshot(engine, big), snapshot(engine, small)) == both
-    assert list(scratch.iterdir()) == []
+    assert leftovers(scratch) == []
     with engine.connect() as conn:  # detached: the connection goes back to the pool as it came
         assert "usertrail_stage" not in {row[1] for row in conn.exec_driver_sql("PRAGMA database_list")}
 
@@ -77,7 +77,7 @@ def test_rows_staged_and_copied_in(engine, scratch):
         stored = conn.execute(sa.select(identity_links).order_by(identity_links.c.link_ts)).all()
         assert "usertrail_stage" not in {row[1] for row in conn.exec_driver_sql("PRAGMA database_list")}
     assert [tuple(r) for r in stored] == rows
-    assert list(scratch.iterdir()) == []
+    assert leftovers(scratch) == []
 
 
 def test_a_failing_helper_fails_the_transaction(engine, scratch):
@@ -85,4 +85,4 @@ def test_a_failing_helper_fails_the_transaction(engine, scratch):
         stage_rows(engine, ("project_id",), functools.partial(int, "not a number"))
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(identity_links)).scalar_one() == 0
-    assert list(scratch.iterdir()) == []
+    assert leftovers(scratch) == []

@@ -16,8 +16,8 @@ The helper is a fresh interpreter (`python -m usertrail.store.staging`): it inhe
 of this process, and unlike multiprocessing's spawn it does not import the caller's `__main__` again.
 Its input, the callable that makes the rows, is pickled to its standard input by a thread of this
 process: build the callable from arrays, which pickle as buffers, rather than from lists of rows.
-The scratch file is the helper's alone until it exits (no journal, no fsync: nothing of it matters
-after a crash), then read by the transaction, and removed at the end.
+The scratch file sits beside the store's file, is the helper's alone until it exits (no journal, no
+fsync: nothing of it matters after a crash), then read by the transaction, and removed at the end.
 
 PostgreSQL has no such step. `insert_rows` COPYs there, and the server, a process of its own, is the
 bound (session 16: binary COPY did not help). Staging would only add a second copy on the server.
@@ -87,7 +87,11 @@ def staged(
             (table.name,),
         )
     ]
-    fd, path = tempfile.mkstemp(prefix="usertrail-stage-", suffix=".db")
+    database = conn.engine.url.database
+    # Beside the store's file: the scratch file is about as big as the table's part of it, which the
+    # store's disk was chosen to hold (a temporary folder may be a small tmpfs).
+    folder = os.path.dirname(os.path.abspath(database)) if database and database != ":memory:" else None
+    fd, path = tempfile.mkstemp(prefix="usertrail-stage-", suffix=".db", dir=folder)
     os.close(fd)
     job = {"path": path, "table": table.name, "columns": tuple(columns), "ddl": ddl, "make_rows": make_rows}
     runner = ThreadPoolExecutor(1, thread_name_prefix="usertrail-stage")
