@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.store import journal
+from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import UserStore
+from usertrail.testing.postgres import TemporaryPostgres
 
 from conftest import CHROME_UA, LiveServer
 from samples import now_ms, walkme_body, walkme_event
@@ -227,3 +229,31 @@ def test_a_journal_connection_the_server_closed_while_idle_is_replaced_before_th
     finally:
         appender.close()
     assert _journal_ids(engine) == ["0001-a", "0002-a"]
+
+
+def test_requests_indexed_just_before_a_postgresql_crash_are_all_in_events_once_after_it():
+    """The indexer's transactions commit without waiting for the WAL flush (PostgreSQL). A crash that loses
+    one loses the journal rows' removal with it: after the restart every journaled event is in `events`
+    exactly once, whether the crash came before or after the flush. Its own cluster: this one is crashed."""
+    # The WAL writer flushes at most every 10 s: the crash below most likely comes before it has.
+    pg = TemporaryPostgres({"wal_writer_delay": "10000ms"})
+    url = pg.start()
+    try:
+        engine = create_engine(url)
+        migrate(engine)
+        project = ProjectStore(engine).create("p").project
+        store = EventStore(engine)
+        store.journal([IngestRecord(project.id, events=[_row(project.id, f"u:{n}", f"e{n}")]) for n in range(10)])
+        assert store.index_journal(max_events=6) > 0
+        with engine.connect() as conn:
+            flushed = conn.exec_driver_sql("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()").scalar()
+        engine.dispose()
+        pg.crash_and_restart()
+        store.index_all()
+        with engine.connect() as conn:
+            ids = conn.execute(sa.text("SELECT event_id FROM events ORDER BY event_id")).scalars().all()
+        assert ids == sorted(f"e{n}" for n in range(10)), f"WAL flushed before the crash: {flushed}"
+        assert store.backlog() == journal.Backlog(0, 0, None)
+        engine.dispose()
+    finally:
+        pg.stop()

@@ -66,6 +66,10 @@ class TemporaryPostgres:
         if self._as_root:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._pg_ctl_start()
+        return self.url
+
+    def _pg_ctl_start(self) -> None:
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         self._run(
             "pg_ctl",
@@ -80,7 +84,12 @@ class TemporaryPostgres:
             f"-h 127.0.0.1 -p {self.port} -k {self.root} {options}",
             "start",
         )
-        return self.url
+
+    def crash_and_restart(self) -> None:
+        """Stop the cluster as a crash would (no checkpoint; WAL not yet flushed is lost), then start it
+        again, on the same port."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._pg_ctl_start()
 
     def stop(self) -> None:
         # A cluster that is already down is fine: the folder is removed either way.
