@@ -347,7 +347,9 @@ def insert_sqlite_rows(dbapi: sqlite3.Connection, table: str, columns: Sequence[
             for i in range(0, full, per_statement):
                 cursor.execute(sql, list(flat(rows[i : i + per_statement])))
         if full < total:
-            cursor.execute(_multi_insert_sql(table, tuple(columns), 0, total - full), list(flat(rows[full:])))
+            # The rest one row per statement: two statements per table (both stay in the driver's cache),
+            # not one per remainder size.
+            cursor.executemany(_multi_insert_sql(table, tuple(columns), 0, 1), rows[full:])
     finally:
         cursor.close()
 

@@ -59,7 +59,12 @@ class Stage:
             yield
         finally:
             if self._attached_to is not None:
-                self._attached_to.execute(f"DETACH DATABASE {_SCHEMA}")
+                try:
+                    self._attached_to.execute(f"DETACH DATABASE {_SCHEMA}")
+                except sqlite3.Error:
+                    # Still attached: the pool must not hand this connection out again (the next ATTACH of
+                    # that name would fail), so it is closed instead.
+                    conn.invalidate()
                 self._attached_to = None
 
     def move_into(self, conn: sa.Connection) -> int:
