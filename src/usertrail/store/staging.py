@@ -7,10 +7,10 @@ process, which writes them, then the table's indexes, into a scratch SQLite file
 store's own DDL for that table. The transaction meanwhile stores its other tables; when it gets to
 this one, it attaches the scratch file and runs `INSERT INTO main.t SELECT * FROM stage.t`. Into an
 empty table of identical definition SQLite copies the table's and each index's B-tree pages as they
-are (its "transfer optimization"): 612k `sessions` rows with their two indexes took 0.3-0.5 s, against
-3.3 s to insert them and build the indexes in place. When the table still holds other projects' rows,
-the same statement copies row by row in C, maintaining the indexes: slower, but still without a
-Python call per value.
+are (its "transfer optimization"): 612k `sessions` rows with their two indexes took 0.3 s alone and
+0.5-0.9 s in the rebuild, against 3.3 s to insert them and build the indexes in place. When the table
+still holds other projects' rows, the same statement copies row by row in C, maintaining the indexes:
+slower, but still without a Python call per value.
 
 The helper is a fresh interpreter (`python -m usertrail.store.staging`): it inherits no thread or lock
 of this process, and unlike multiprocessing's spawn it does not import the caller's `__main__` again.
