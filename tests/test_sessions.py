@@ -128,9 +128,9 @@ def _objects(values: list) -> np.ndarray:
 
 @given(made=key_sessions(), late=st.integers(0, 2 * IDLE_MS), skipped=st.sets(st.sampled_from(["u:0", "u:2"])))
 def test_column_wise_rows_equal_the_python_rows(made, late, skipped):
-    """`SessionTable.session_rows` and `profile_rows` (the rebuild's keys finished in numpy) give the rows
-    `session_row` and `profile_row` give, session by session and End User Object by End User Object,
-    and leave out the skipped keys."""
+    """`SessionTable.session_rows` and `profile_rows` of its `runs` (the rebuild's keys finished in numpy)
+    give the rows `session_row` and `profile_row` give, session by session and End User Object by End
+    User Object, and leave out the skipped keys."""
     keys = list(reversed(made))  # codes in another order than the keys' sort order
     runs = [(keys.index(k), s) for k in made for s in made[k]]
     distinct_vars = [{}, *(v for v in _VARS if v)]
@@ -161,9 +161,9 @@ def test_column_wise_rows_equal_the_python_rows(made, late, skipped):
                 closed.append(s)
         if (row := profile_row(3, key, closed, now)) is not None:
             expected_profiles.append(row)
-    skip = frozenset(skipped)
-    assert table.session_rows(3, now, skip) == expected_sessions
-    assert table.profile_rows(3, now, skip) == (expected_profiles, closed_count, len(set(made) - skipped))
+    runs = table.runs(now, frozenset(skipped))
+    assert table.session_rows(3, now, runs) == expected_sessions
+    assert table.profile_rows(3, now, runs) == (expected_profiles, closed_count, len(set(made) - skipped))
 
 
 # --- the processor, against a real database ---------------------------------------------------

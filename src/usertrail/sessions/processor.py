@@ -516,9 +516,10 @@ class SessionProcessor:
             # The keys the pass finished column-wise, unless stitching reads them again below.
             skip = frozenset(owner_of_anon.keys() | members.keys())
             finished = found.table
-            if finished is not None and conn.dialect.name == "sqlite" and len(finished.start) >= staging.STAGE_AT_ROWS:
+            runs = finished.runs(now, skip) if finished is not None else None
+            if runs is not None and conn.dialect.name == "sqlite" and len(runs.order) >= staging.STAGE_AT_ROWS:
                 # Their sessions rows are made and written by a helper process while this one goes on.
-                make_rows = functools.partial(finished.session_rows, project_id, now, skip)
+                make_rows = functools.partial(finished.session_rows, project_id, now, runs)
                 stage = stack.enter_context(staging.staged(conn, sessions, SESSION_COLUMNS, make_rows))
             for owner in sorted(own.keys() | members.keys()):
                 if owner in owner_of_anon:
@@ -542,8 +543,8 @@ class SessionProcessor:
                     profile_rows.append(row)
             if finished is not None:
                 if stage is None:
-                    session_rows += finished.session_rows(project_id, now, skip)
-                profiles, closed_now, users = finished.profile_rows(project_id, now, skip)
+                    session_rows += finished.session_rows(project_id, now, runs)
+                profiles, closed_now, users = finished.profile_rows(project_id, now, runs)
                 profile_rows += profiles
                 closed_count += closed_now
                 owners += users
@@ -555,7 +556,7 @@ class SessionProcessor:
             identity_links: len(links.candidates),
             session_hints: len(links.hints),
         }
-        staged_rows = len(finished.start) if stage is not None else 0  # about: skipped keys' runs are few
+        staged_rows = len(runs.order) if stage is not None else 0
         with (
             self.engine.execution_options(immediate=True).connect() as conn,
             stage.attachable(conn) if stage is not None else contextlib.nullcontext(),

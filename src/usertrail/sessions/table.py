@@ -48,10 +48,9 @@ class SessionTable:
         """The keys that have sessions here."""
         return {self.keys[k] for k in np.unique(self.key).tolist()}
 
-    def session_rows(self, project_id: int, now: int, skip: frozenset[str]) -> list[tuple]:
-        """The `sessions` rows of every key not in `skip`, sorted by key, then start time, as the Python
-        path writes them."""
-        runs = self._runs(now, skip)
+    def session_rows(self, project_id: int, now: int, runs: Runs | None) -> list[tuple]:
+        """The `sessions` rows of `runs` (`self.runs`), sorted by key, then start time, as the Python path
+        writes them."""
         if runs is None:
             return []
         order, n = runs.order, len(runs.order)
@@ -77,9 +76,8 @@ class SessionTable:
             )
         )
 
-    def profile_rows(self, project_id: int, now: int, skip: frozenset[str]) -> tuple[list[tuple], int, int]:
-        """(end_users rows, sessions closed, owners) of every key not in `skip`, by key."""
-        runs = self._runs(now, skip)
+    def profile_rows(self, project_id: int, now: int, runs: Runs | None) -> tuple[list[tuple], int, int]:
+        """(end_users rows, sessions closed, owners) of `runs` (`self.runs`), by key."""
         if runs is None:
             return [], 0, 0
         counted = np.flatnonzero(runs.closable & ~runs.is_empty)
@@ -110,8 +108,9 @@ class SessionTable:
         )
         return profile_rows, int(runs.closable.sum()), int(runs.last_of_key.sum())
 
-    def _runs(self, now: int, skip: frozenset[str]) -> _Runs | None:
-        """The runs of every key not in `skip`, ordered by key, then start; None if there are none."""
+    def runs(self, now: int, skip: frozenset[str]) -> Runs | None:
+        """The runs of every key not in `skip`, ordered by key, then start, with what both kinds of rows
+        take from them at `now`; None if there are none."""
         rank = np.empty(len(self.keys), np.int64)
         rank[sorted(range(len(self.keys)), key=self.keys.__getitem__)] = np.arange(len(self.keys))
         skipped = np.array([k in skip for k in self.keys], bool)
@@ -124,7 +123,7 @@ class SessionTable:
         last_of_key = np.ones(n, bool)
         last_of_key[:-1] = key[1:] != key[:-1]
         interactions, page_views = self.interactions[order], self.page_views[order]
-        return _Runs(
+        return Runs(
             order=order,
             key=key,
             start=self.start[order],
@@ -137,7 +136,7 @@ class SessionTable:
 
 
 @dataclass(frozen=True)
-class _Runs:
+class Runs:
     """A `SessionTable`'s kept runs in row order (`order`: their indexes in the table) and what both kinds
     of rows derive from them."""
 

@@ -72,9 +72,10 @@ class Rewrite:
 
         PostgreSQL: `write` (a COPY) runs on a helper thread beside `work`: psycopg formats the rows in C
         and the PostgreSQL backend, a process of its own, stores them, so the two threads share the GIL in
-        time slices and the backend's work runs beside both. SQLite: sqlite3 releases and takes the GIL
-        again around every row it inserts, so beside another Python thread each row would wait for that
-        thread's time slice: `write` runs first, then `table`'s indexes are built beside `work`.
+        time slices and the backend's work runs beside both. SQLite: sqlite3 binds every value under the GIL,
+        so beside another Python thread the insert would wait for that thread's time slices, and its
+        B-tree work is the smaller part: `write` runs first, then `table`'s indexes, a long statement
+        without the GIL, are built beside `work`.
         """
         if self.conn.dialect.name != "postgresql":
             write()
