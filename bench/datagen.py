@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from usertrail.store.events import EVENT_COLUMNS
+from usertrail.store.events import EVENT_COLUMNS, STORED_COLUMNS, stored_row
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -395,9 +395,9 @@ def load_sqlite(url_or_path: str, rows_: Iterable[tuple], chunk: int = 100_000) 
         ).fetchall()
         for name, _ in indexes:
             conn.execute(f'DROP INDEX "{name}"')
-        sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+        sql = f"INSERT INTO events ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))})"
         count = 0
-        for batch in _chunks(rows_, chunk):
+        for batch in _chunks(map(stored_row, rows_), chunk):
             conn.execute("BEGIN")
             conn.executemany(sql, batch)
             conn.execute("COMMIT")
@@ -418,7 +418,8 @@ def _csv_text(batch: list[tuple]) -> str:
 
 
 def load_postgres(url: str, rows_: Iterable[tuple] | None = None, csv_path: Path | None = None) -> int:
-    """Append rows (or a CSV written by `write_csv`) to `events` of a migrated PostgreSQL database.
+    """Append rows (or a CSV whose header names its `events` columns, as `write_csv` writes) to `events`
+    of a migrated PostgreSQL database.
 
     COPY in CSV format; from a file no Python touches the rows. The table's indexes and primary
     key are dropped during the load and rebuilt after it, then the table is vacuumed and analysed
@@ -436,7 +437,11 @@ def load_postgres(url: str, rows_: Iterable[tuple] | None = None, csv_path: Path
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events' "
             "AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'events'::regclass)"
         ).fetchall()
-        columns = ", ".join(EVENT_COLUMNS)
+        if csv_path is not None:
+            with csv_path.open() as f:
+                columns = f.readline().strip()
+        else:
+            columns = ", ".join(STORED_COLUMNS)
         with conn.transaction():
             for name, _ in indexes:
                 conn.execute(f'DROP INDEX "{name}"')
@@ -451,7 +456,7 @@ def load_postgres(url: str, rows_: Iterable[tuple] | None = None, csv_path: Path
                             copy.write(block)
                 else:
                     assert rows_ is not None
-                    for batch in _chunks(rows_, 50_000):
+                    for batch in _chunks(map(stored_row, rows_), 50_000):
                         copy.write(_csv_text(batch))
         conn.execute("SET maintenance_work_mem = '1GB'")
         for name, definition in constraints:
@@ -463,11 +468,11 @@ def load_postgres(url: str, rows_: Iterable[tuple] | None = None, csv_path: Path
 
 
 def write_csv(path: Path, rows_: Iterable[tuple], chunk: int = 50_000) -> int:
-    """Rows as CSV with a header (NULL is an empty field); returns the count."""
+    """Rows as `events` stores them, as CSV with a header (NULL is an empty field); returns the count."""
     count = 0
     with path.open("w", newline="") as f:
-        f.write(",".join(EVENT_COLUMNS) + "\n")
-        for batch in _chunks(rows_, chunk):
+        f.write(",".join(STORED_COLUMNS) + "\n")
+        for batch in _chunks(map(stored_row, rows_), chunk):
             f.write(_csv_text(batch))
             count += len(batch)
     return count
@@ -476,7 +481,7 @@ def write_csv(path: Path, rows_: Iterable[tuple], chunk: int = 50_000) -> int:
 def _duckdb_types() -> dict[str, str]:
     from usertrail.store.schema import events
 
-    names = {"INTEGER": "INTEGER", "BIGINT": "BIGINT", "BOOLEAN": "BOOLEAN"}
+    names = {"INTEGER": "INTEGER", "BIGINT": "BIGINT", "BOOLEAN": "BOOLEAN", "SMALLINT": "SMALLINT"}
     return {c.name: names.get(str(c.type), "VARCHAR") for c in events.columns}
 
 

@@ -313,7 +313,7 @@ def ensure_exports(workload: datagen.Workload, regenerate: bool) -> tuple[Path, 
     """The workload as CSV and Parquet under bench/results/data/, generated once and then reused."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     # The events table grows columns over time: a new schema means new files.
-    schema = hashlib.sha256(",".join(datagen.EVENT_COLUMNS).encode()).hexdigest()[:8]
+    schema = hashlib.sha256(",".join(datagen.STORED_COLUMNS).encode()).hexdigest()[:8]
     csv_path = DATA_DIR / f"{workload.name}-{schema}.csv"
     parquet_path = DATA_DIR / f"{workload.name}-{schema}.parquet"
     timings: dict[str, float] = {}

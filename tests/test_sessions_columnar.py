@@ -12,12 +12,12 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usertrail.sessions import columnar
+from usertrail.sessions import columnar, traits
 from usertrail.sessions.columnar import sessionize_project
 from usertrail.sessions.derive import EVENT_POINT_COLUMNS, session_row
 from usertrail.sessions.rules import EventPoint, sessionize
 from usertrail.store.database import insert_rows, write_transaction
-from usertrail.store.events import EVENT_COLUMNS, event_row
+from usertrail.store.events import EVENT_COLUMNS, STORED_COLUMNS, EventStore, IngestRecord, event_row, stored_row
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import events
 
@@ -35,10 +35,14 @@ def row(project_id: int, key: str, n: int, ts: int, **values) -> tuple:
     )  # fmt: skip
 
 
-def store(engine: sa.Engine, rows: list[tuple]) -> None:
+def store(engine: sa.Engine, rows: list[tuple], traits_every: int = 0) -> None:
+    """Insert the rows; every `traits_every`-th one (none for 0) as the indexer stores it, with its traits,
+    the others without (as rows stored before there were traits: the pass computes theirs)."""
     if rows:
         with write_transaction(engine) as conn:
-            insert_rows(conn, events, EVENT_COLUMNS, rows)
+            stored = [bool(traits_every) and n % traits_every == 0 for n in range(len(rows))]
+            insert_rows(conn, events, EVENT_COLUMNS, [r for r, s in zip(rows, stored, strict=True) if not s])
+            insert_rows(conn, events, STORED_COLUMNS, [stored_row(r) for r, s in zip(rows, stored, strict=True) if s])
 
 
 def column_wise(engine: sa.Engine, project_id: int):
@@ -125,18 +129,68 @@ def _row_of(project_id: int, n: int, e: dict) -> tuple:
     singles=st.lists(event_strategy, max_size=40),
     bursts=st.lists(st.tuples(event_strategy, st.integers(1, 40), st.sampled_from([5, 20, 29, 30, 31])), max_size=3),
     other=st.integers(0, 30),
+    traits_every=st.integers(0, 3),
 )
-def test_column_wise_pass_equals_the_rule(engine, singles, bursts, other):
+def test_column_wise_pass_equals_the_rule(engine, singles, bursts, other, traits_every):
     """Random events (shared times, 12-hour runs, several client ids, anonymous ids and property sets, empty
-    and NULL values) of one project, next to another project's: the pass gives the rule's sessions and links."""
+    and NULL values) of one project, next to another project's, some with stored traits and some without:
+    the pass gives the rule's sessions and links."""
     project = ProjectStore(engine).create("columns").project.id
     neighbour = ProjectStore(engine).create("neighbour").project.id
     events_ = list(singles)
     for first, count, step in bursts:
         events_ += [{**first, "minute": first["minute"] + i * step} for i in range(count)]
     rows = [_row_of(project, n, e) for n, e in enumerate(events_)]
-    store(engine, [*rows, *(row(neighbour, "u:ann", n, T0 + n * MIN, session_hint="s1") for n in range(other))])
+    neighbours = [row(neighbour, "u:ann", n, T0 + n * MIN, session_hint="s1") for n in range(other)]
+    store(engine, [*rows, *neighbours], traits_every)
     check(engine, project, rows)
+
+
+@settings(
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(event_strategy, min_size=1, max_size=30), st.sampled_from(["", "odd'type", "Page", "idle"]))
+def test_stored_traits_equal_the_ones_the_database_computes(engine, events_, odd_type):
+    """The traits the indexer stores with an event (Python) and the ones the pass computes for a row without
+    them (SQL) are the same number, for every mix of kinds and set, empty and NULL values."""
+    project = ProjectStore(engine).create("traits").project.id
+    rows = [_row_of(project, n, e) for n, e in enumerate(events_)]
+    rows[0] = event_row(**{**dict(zip(EVENT_COLUMNS, rows[0], strict=True)), "type": odd_type})
+    store(engine, rows)
+    with engine.connect() as conn:
+        computed = dict(
+            conn.execute(
+                sa.text(f"SELECT event_id, {traits.SQL} FROM events WHERE project_id = :p"), {"p": project}
+            ).all()
+        )
+    at = EVENT_COLUMNS.index("event_id")
+    assert computed == {r[at]: stored_row(r)[-1] for r in rows}
+
+
+def test_the_indexer_stores_each_events_traits(engine):
+    """Events that come in through the event store carry their traits: the pass reads them as they are."""
+    project = ProjectStore(engine).create("indexed").project.id
+    rows = [
+        row(project, "u:ann", 0, T0, type="pageView", url_path="/a", country="FR", browser="Chrome", os="iOS",
+            device_type="mobile"),
+        row(project, "u:ann", 1, T0 + MIN, type="idle", anon_id="d1"),
+        row(project, "u:ann", 2, T0 + 2 * MIN, type="play", user_vars='{"role":"admin"}', url_path=""),
+    ]  # fmt: skip
+    EventStore(engine).write_many([IngestRecord(project, rows)])
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT event_id, traits FROM events WHERE project_id = :p ORDER BY ts"), {"p": project}
+        ).all()
+    kinds = [t >> traits.KIND_SHIFT for _, t in stored]
+    flags = [t & traits.FLAGS for _, t in stored]
+    assert kinds == [traits.PAGE_VIEW, traits.PASSIVE, traits.INTERACTION]
+    assert flags == [
+        traits.URL | traits.COUNTRY | traits.BROWSER | traits.OS | traits.DEVICE,
+        traits.LINKS,
+        traits.LINKS,
+    ]
 
 
 @pytest.mark.parametrize("scan", [True, False], ids=["table-scan", "through-the-index"])

@@ -3,8 +3,8 @@
 The session loop's set-based statements (`derive.sessionize_keys`) reach each key's events through the
 (project, user, time) index, one table read per event in random order: at 5M events that was most of
 the rebuild. The rebuild reads every event anyway, so here it reads them once, sequentially, and only
-the columns the rule needs: the time, the key, the type, the client session id and one bit per value
-column saying whether the event has a value there (`url_path <> ''` and so on, computed by the database).
+the columns the rule needs: the time, the key, the client session id and the event's traits (its kind,
+and one bit per value column saying whether the event has a value there: sessions/traits.py).
 Each chunk of rows comes back as a few long strings (`group_concat` / `string_agg`) rather than one
 driver row per event, which costs the driver a Python object per value.
 
@@ -41,14 +41,22 @@ import psycopg
 import sqlalchemy as sa
 
 from usertrail.sessions.derive import EVENT_POINT_COLUMNS, KeySessions
-from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, PAGE_TYPES, PASSIVE_TYPES, EventPoint, Session, sessionize
+from usertrail.sessions.rules import IDLE_MS, MAX_SESSION_MS, EventPoint, Session, sessionize
 from usertrail.sessions.table import SessionTable
+from usertrail.sessions.traits import (
+    BROWSER,
+    COUNTRY,
+    DEVICE,
+    FLAGS,
+    INTERACTION,
+    KIND_SHIFT,
+    LINKS,
+    OS,
+    PAGE_VIEW,
+    STORED_OR_COMPUTED,
+    URL,
+)
 
-# One bit per column whose "latest (or first) event with a value" a session takes.
-URL, COUNTRY, BROWSER, OS, DEVICE, LINKS = 1, 2, 4, 8, 16, 32
-_BITS = (("url_path", URL), ("country", COUNTRY), ("browser", BROWSER), ("os", OS), ("device_type", DEVICE))
-# Kinds of event: what a session counts.
-INTERACTION, PAGE_VIEW, PASSIVE = 0, 1, 2
 SEP = "\x01"
 # Rows per read: SQLite rowids, PostgreSQL heap blocks.
 SQLITE_ROWIDS = 1 << 16
@@ -57,19 +65,6 @@ PG_BLOCKS = 4096
 SCAN_SHARE = 0.25
 # Storage addresses per look-up statement.
 LOOKUP = 50_000
-
-
-def _kind_sql() -> str:
-    """The event's kind (INTERACTION, PAGE_VIEW, PASSIVE) computed by the database: one digit instead of a
-    string the pass would split and look up per event. Plain equality on `type` (no collation is involved)."""
-
-    def listed(types: Iterable[str]) -> str:
-        return ", ".join("'" + t.replace("'", "''") + "'" for t in sorted(types))
-
-    return (
-        f"CASE WHEN type IN ({listed(PAGE_TYPES)}) THEN {PAGE_VIEW} "
-        f"WHEN type IN ({listed(PASSIVE_TYPES - PAGE_TYPES)}) THEN {PASSIVE} ELSE {INTERACTION} END"
-    )
 
 
 class _Codes:
@@ -93,11 +88,11 @@ class _Events:
         self.parts: dict[str, list[np.ndarray]] = defaultdict(list)
         self.keys, self.hints = _Codes(), _Codes()
 
-    def add(self, loc: np.ndarray, ts: np.ndarray, flags: np.ndarray, kinds: np.ndarray, keys, hints) -> None:
+    def add(self, loc: np.ndarray, ts: np.ndarray, traits_: np.ndarray, keys, hints) -> None:
         n = len(loc)
-        if not (len(ts) == len(flags) == len(kinds) == len(keys) == len(hints) == n):
+        if not (len(ts) == len(traits_) == len(keys) == len(hints) == n):
             raise _Unsplittable
-        for name, values in (("loc", loc), ("ts", ts), ("flags", flags), ("kind", kinds)):
+        for name, values in (("loc", loc), ("ts", ts), ("traits", traits_)):
             self.parts[name].append(values)
         self.parts["key"].append(self.keys.encode(keys))
         self.parts["hint"].append(self.hints.encode(hints))
@@ -200,47 +195,29 @@ _ALONE = " AND ".join(f"NOT EXISTS (SELECT 1 FROM events WHERE project_id {op} %
 # --- reading: SQLite ---------------------------------------------------------------------------------
 
 
-def _sqlite_flags() -> tuple[str, str]:
-    """Two digits per event (0-7 each): url, country, browser bits; os, device, links bits."""
-
-    def bit(column: str, value: int) -> str:
-        return f"CASE WHEN {column} <> '' THEN {value} ELSE 0 END"
-
-    first = " + ".join(bit(c, v) for c, v in (("url_path", 1), ("country", 2), ("browser", 4)))
-    second = f"{bit('os', 1)} + {bit('device_type', 2)} + CASE WHEN user_vars <> '' OR anon_id <> '' THEN 4 ELSE 0 END"
-    return first, second
-
-
 _SQLITE_HINT = "ifnull(session_hint, '')"
 
 
 def _sqlite_scan_sql(source: str, where: str, hexed: bool) -> str:
-    first, second = _sqlite_flags()
-
     def text(expr: str) -> str:
         return f"group_concat(hex({expr}), ',')" if hexed else f"group_concat({expr}, char(1))"
 
     return (
-        f"SELECT group_concat(rowid), group_concat(ts), group_concat({first}, ''), group_concat({second}, ''), "
-        f"group_concat({_kind_sql()}, ''), {text('user_key')}, {text(_SQLITE_HINT)} FROM {source} WHERE {where}"
+        f"SELECT group_concat(rowid), group_concat(ts), group_concat({STORED_OR_COMPUTED}), "
+        f"{text('user_key')}, {text(_SQLITE_HINT)} FROM {source} WHERE {where}"
     )
-
-
-def _digits(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - 48
 
 
 def _sqlite_chunk(row: tuple, rehex: Callable[[], tuple], events: _Events) -> None:
     """Add one range's row of the scan; `rehex` reads the range again with its strings hex-encoded."""
     if row[0] is None:
         return
-    loc, ts = np.fromstring(row[0], np.int64, sep=","), np.fromstring(row[1], np.int64, sep=",")
-    flags, kinds = _digits(row[2]) + 8 * _digits(row[3]), _digits(row[4])
+    loc, ts, traits_ = (np.fromstring(text, np.int64, sep=",") for text in row[:3])
     try:
-        events.add(loc, ts, flags, kinds, *(text.split(SEP) for text in row[5:]))
+        events.add(loc, ts, traits_, *(text.split(SEP) for text in row[3:]))
     except _Unsplittable:
         row = rehex()
-        events.add(loc, ts, flags, kinds, *([bytes.fromhex(h).decode() for h in text.split(",")] for text in row[5:]))
+        events.add(loc, ts, traits_, *([bytes.fromhex(h).decode() for h in text.split(",")] for text in row[3:]))
 
 
 def _read_sqlite(reader: _Reader, project_id: int) -> _Events:
@@ -293,7 +270,7 @@ def _sqlite_values(reader: _Reader, chunks: Iterable[np.ndarray], hexed: bool) -
 
 # --- reading: PostgreSQL -----------------------------------------------------------------------------
 
-_PG_FIXED = np.dtype([("block", ">u4"), ("offset", ">u2"), ("ts", ">i8"), ("flags", ">i2"), ("kind", ">i2")])
+_PG_FIXED = np.dtype([("block", ">u4"), ("offset", ">u2"), ("ts", ">i8"), ("traits", ">i2")])
 _PG_LOC = "((ctid::text::point)[0]::bigint * 65536 + (ctid::text::point)[1]::bigint)"
 
 
@@ -301,15 +278,12 @@ _PG_HINT = "coalesce(session_hint, '')"
 
 
 def _pg_scan_sql(where: str, hexed: bool) -> str:
-    bits = " + ".join(f"CASE WHEN {c} <> '' THEN {v} ELSE 0 END" for c, v in _BITS)
-    bits += f" + CASE WHEN user_vars <> '' OR anon_id <> '' THEN {LINKS} ELSE 0 END"
-
     def text(expr: str) -> str:
         return f"string_agg(encode(textsend({expr}), 'hex'), ',')" if hexed else f"string_agg({expr}, chr(1))"
 
     return (
-        f"SELECT string_agg(tidsend(ctid) || int8send(ts) || int2send(CAST({bits} AS SMALLINT)) "
-        f"|| int2send(CAST({_kind_sql()} AS SMALLINT)), ''::bytea), {text('user_key')}, {text(_PG_HINT)} "
+        f"SELECT string_agg(tidsend(ctid) || int8send(ts) || int2send(CAST({STORED_OR_COMPUTED} AS SMALLINT)), "
+        f"''::bytea), {text('user_key')}, {text(_PG_HINT)} "
         f"FROM events WHERE {where}"
     )
 
@@ -320,12 +294,12 @@ def _pg_chunk(row: tuple, rehex: Callable[[], tuple], events: _Events) -> None:
         return
     fixed = np.frombuffer(row[0], _PG_FIXED)
     loc = fixed["block"].astype(np.int64) * 65536 + fixed["offset"]
-    ts, flags, kinds = (fixed[name].astype(np.int64) for name in ("ts", "flags", "kind"))
+    ts, traits_ = (fixed[name].astype(np.int64) for name in ("ts", "traits"))
     try:
-        events.add(loc, ts, flags, kinds, *(text.split(SEP) for text in row[1:]))
+        events.add(loc, ts, traits_, *(text.split(SEP) for text in row[1:]))
     except _Unsplittable:
         row = rehex()
-        events.add(loc, ts, flags, kinds, *([bytes.fromhex(h).decode() for h in text.split(",")] for text in row[1:]))
+        events.add(loc, ts, traits_, *([bytes.fromhex(h).decode() for h in text.split(",")] for text in row[1:]))
 
 
 def _read_postgresql(reader: _Reader, project_id: int) -> _Events:
@@ -551,8 +525,8 @@ def _sessionize(events: _Events, rows, fetch) -> KeySessions:
     key = key_codes[order]
     ts = events.column("ts")[order]
     loc = events.column("loc")[order]
-    flags = events.column("flags")[order]
-    kinds = events.column("kind")[order]
+    traits_ = events.column("traits")[order]
+    flags, kinds = traits_ & FLAGS, traits_ >> KIND_SHIFT
     hint_valid = np.array([bool(h) for h in events.hints.values()], bool)
     hint_codes = events.column("hint")[order]
     hint = np.where(hint_valid[hint_codes], hint_codes, -1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from usertrail.reports import rollup
+from usertrail.sessions import traits
 from usertrail.store import journal
 from usertrail.store.database import insert_ignore, insert_rows_new, upsert_add, write_transaction
 from usertrail.store.pending import mark_pending
@@ -23,11 +24,17 @@ from usertrail.store.schema import drop_counts, events, rejected_events, securit
 
 DUPLICATE = "duplicate"
 
-# Event rows travel as tuples in this column order: the hot path hands them to the driver as is.
-EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns)
+# Event rows travel as tuples in this column order: the hot path hands them to the driver as is. The
+# indexer adds the traits it derives from them (`stored_row`), so journaled rows never carry them.
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns if c.name != "traits")
+STORED_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "traits")
 _USER_KEY, _TS, _ENV = (EVENT_COLUMNS.index(name) for name in ("user_key", "ts", "env"))
 _TYPE, _APP_TYPE, _OBJECT_ID = (EVENT_COLUMNS.index(name) for name in ("type", "app_type", "object_id"))
 _PAYLOAD = EVENT_COLUMNS.index("payload")
+_traits_from = operator.itemgetter(
+    *(EVENT_COLUMNS.index(name) for name in ("type", "url_path", "country", "browser", "os", "device_type"))
+)
+_USER_VARS, _ANON_ID = EVENT_COLUMNS.index("user_vars"), EVENT_COLUMNS.index("anon_id")
 _rollup_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in rollup.COLUMNS))
 _KEY = ("project_id", "user_key", "event_id")
 _key_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in _KEY))
@@ -39,6 +46,17 @@ def event_row(**values) -> tuple:
     if unknown:
         raise KeyError(f"not event columns: {sorted(unknown)}")
     return tuple(values.get(name) for name in EVENT_COLUMNS)
+
+
+def stored_row(row: tuple) -> tuple:
+    """An `EVENT_COLUMNS` row as `events` stores it (`STORED_COLUMNS`): the payload as text, and the traits
+    the full rebuild reads (sessions/traits.py)."""
+    payload = row[_PAYLOAD]
+    return (
+        *row[:_PAYLOAD],
+        payload.decode() if type(payload) is bytes else payload,
+        traits.of_event(*_traits_from(row), row[_USER_VARS], row[_ANON_ID]),
+    )
 
 
 @dataclass
@@ -161,13 +179,9 @@ class EventStore:
                 tallies[(record.project_id, env, reason)] += count
         rejected = [row for record in records for row in record.rejected]
         security_rows = [record.security for record in records if record.security is not None]
-        rows = [
-            (*row[:_PAYLOAD], row[_PAYLOAD].decode()) if type(row[_PAYLOAD]) is bytes else row
-            for record in records
-            for row in record.events
-        ]
+        rows = [stored_row(row) for record in records for row in record.events]
         # One statement for every request's events: it also tells which were new (not re-sent).
-        new = set(insert_rows_new(conn, events, EVENT_COLUMNS, rows, _KEY)) if rows else set()
+        new = set(insert_rows_new(conn, events, STORED_COLUMNS, rows, _KEY)) if rows else set()
         fresh: list[tuple] = []  # new events the reports count, rolled up once for the whole commit
         for record in records:
             stored = 0

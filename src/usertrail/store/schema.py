@@ -94,6 +94,9 @@ events = sa.Table(
     # Analytics properties (name, role, type, status, info) the event carried, JSON; NULL if none.
     sa.Column("user_vars", sa.Text, nullable=True),
     sa.Column("payload", sa.Text, nullable=False),  # the event exactly as kept, JSON
+    # The event's kind and which value columns are set, for the full rebuild's scan (sessions/traits.py);
+    # set by the indexer, NULL for rows stored before it was (the scan computes those).
+    sa.Column("traits", sa.SmallInteger, nullable=True),
     # Doubles as the de-duplication key: a re-sent event hits the same (project, user, event_id).
     sa.PrimaryKeyConstraint("project_id", "user_key", "event_id"),
 )

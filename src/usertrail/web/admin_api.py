@@ -210,7 +210,8 @@ async def discard_rejected(request: Request) -> Response:
 
 
 def event_json(row) -> dict:
-    item = {k: v for k, v in row._mapping.items() if k not in ("payload", "project_id")}
+    # `traits` is the rebuild's own summary of the other columns (sessions/traits.py), not part of the event.
+    item = {k: v for k, v in row._mapping.items() if k not in ("payload", "project_id", "traits")}
     item["payload"] = msgspec.json.decode(row.payload)
     return item
 
