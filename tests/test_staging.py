@@ -60,11 +60,12 @@ def test_a_staged_rebuild_equals_the_incremental_path(engine, scratch, monkeypat
         assert "usertrail_stage" not in {row[1] for row in conn.exec_driver_sql("PRAGMA database_list")}
 
 
-def stage_rows(engine: sa.Engine, columns: tuple[str, ...], make_rows) -> int:
-    """Stage rows of identity_links as the rebuild does (the DDL read on one connection, the copy made in a
-    transaction of another); the rows copied."""
+def stage_rows(engine: sa.Engine, columns: tuple[str, ...], make_rows, *args) -> int:
+    """Stage rows of identity_links as the rebuild does (the DDL read on one connection, `make_rows`'s last
+    arguments given later, the copy made in a transaction of another); the rows copied."""
     with engine.connect() as reader, staging.staged(reader, identity_links, columns, make_rows) as stage:
         reader.rollback()
+        stage.start(*args)
         with engine.connect() as conn, stage.attachable(conn), conn.begin():
             return stage.move_into(conn)
 
@@ -72,7 +73,7 @@ def stage_rows(engine: sa.Engine, columns: tuple[str, ...], make_rows) -> int:
 def test_rows_staged_and_copied_in(engine, scratch):
     rows = [(1, f"u:{i}", f"u:p{i}", T0 + i, f"e{i}") for i in range(300)]
     columns = ("project_id", "user_key", "person_key", "link_ts", "link_event_id")
-    assert stage_rows(engine, columns, functools.partial(list, rows)) == 300
+    assert stage_rows(engine, columns, list, rows) == 300
     with engine.connect() as conn:
         stored = conn.execute(sa.select(identity_links).order_by(identity_links.c.link_ts)).all()
         assert "usertrail_stage" not in {row[1] for row in conn.exec_driver_sql("PRAGMA database_list")}
@@ -85,4 +86,18 @@ def test_a_failing_helper_fails_the_transaction(engine, scratch):
         stage_rows(engine, ("project_id",), functools.partial(int, "not a number"))
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(identity_links)).scalar_one() == 0
+    assert leftovers(scratch) == []
+
+
+def test_a_stage_never_started_stops_its_helper(engine, scratch):
+    """A caller that leaves the block before giving the helper its arguments (an error, say) is not held up:
+    the helper reads the end of its input and stops, and nothing is left behind."""
+    with (
+        pytest.raises(LookupError, match="stitching failed"),
+        engine.connect() as reader,
+        staging.staged(reader, identity_links, ("project_id",), list),
+    ):
+        raise LookupError("stitching failed")
+    with engine.connect() as reader, staging.staged(reader, identity_links, ("project_id",), list) as stage:
+        assert stage.table == "identity_links"
     assert leftovers(scratch) == []

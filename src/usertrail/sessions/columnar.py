@@ -568,8 +568,14 @@ def _sessionize(events: _Events, rows, fetch) -> KeySessions:
     # Client session ids: each distinct one of a run at its first event, in order of appearance (runs
     # follow each other in position order, so sorting the positions keeps each run's ids together).
     hinted = np.flatnonzero((hint >= 0) & ~python[run_of])
-    _, first_seen = np.unique(run_of[hinted] * len(hint_values) + hint[hinted], return_index=True)
-    hint_at = np.sort(hinted[first_seen])
+    # The first event of a (run, id) pair follows one of another run or id: only those are sorted (a run
+    # mostly keeps one id, so this is about one event per run, not every event).
+    run_hinted, hint_hinted = run_of[hinted], hint[hinted]
+    changed = np.ones(len(hinted), bool)
+    changed[1:] = (run_hinted[1:] != run_hinted[:-1]) | (hint_hinted[1:] != hint_hinted[:-1])
+    candidates = np.flatnonzero(changed)
+    _, first_seen = np.unique(run_hinted[candidates] * len(hint_values) + hint_hinted[candidates], return_index=True)
+    hint_at = np.sort(hinted[candidates[first_seen]])
     hints_from = np.searchsorted(run_of[hint_at], simple)
     hints_to = np.append(hints_from, len(hint_at))[1:]
     firsts = {

@@ -489,6 +489,12 @@ class SessionProcessor:
                 # One snapshot for every read: the column-wise pass finds events by storage address.
                 conn.execution_options(isolation_level="REPEATABLE READ")
             found = sessionize_project(conn, project_id)
+            finished = found.table
+            if finished is not None and conn.dialect.name == "sqlite" and len(finished.key) >= staging.STAGE_AT_ROWS:
+                # Their sessions rows are made and written by a helper process while this one goes on; it
+                # starts now, and makes them once stitching below has said which keys to leave out.
+                make_rows = functools.partial(finished.session_rows_skipping, project_id, now)
+                stage = stack.enter_context(staging.staged(conn, sessions, SESSION_COLUMNS, make_rows))
             links.see_hints(found.hints)
             first_of = links.hints
             for anon_id, key, at in found.anon_ids:
@@ -515,12 +521,9 @@ class SessionProcessor:
                     members[person].append(anon)
             # The keys the pass finished column-wise, unless stitching reads them again below.
             skip = frozenset(owner_of_anon.keys() | members.keys())
-            finished = found.table
             runs = finished.runs(now, skip) if finished is not None else None
-            if runs is not None and conn.dialect.name == "sqlite" and len(runs.order) >= staging.STAGE_AT_ROWS:
-                # Their sessions rows are made and written by a helper process while this one goes on.
-                make_rows = functools.partial(finished.session_rows, project_id, now, runs)
-                stage = stack.enter_context(staging.staged(conn, sessions, SESSION_COLUMNS, make_rows))
+            if stage is not None:
+                stage.start(skip)
             for owner in sorted(own.keys() | members.keys()):
                 if owner in owner_of_anon:
                     continue  # an anonymous key that belongs to an identified user
@@ -556,7 +559,7 @@ class SessionProcessor:
             identity_links: len(links.candidates),
             session_hints: len(links.hints),
         }
-        staged_rows = len(runs.order) if stage is not None else 0
+        staged_rows = len(runs.order) if stage is not None and runs is not None else 0
         with (
             self.engine.execution_options(immediate=True).connect() as conn,
             stage.attachable(conn) if stage is not None else contextlib.nullcontext(),

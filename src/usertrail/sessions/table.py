@@ -76,6 +76,10 @@ class SessionTable:
             )
         )
 
+    def session_rows_skipping(self, project_id: int, now: int, skip: frozenset[str]) -> list[tuple]:
+        """`session_rows` of the runs of every key not in `skip` (a staging helper's `make_rows`)."""
+        return self.session_rows(project_id, now, self.runs(now, skip))
+
     def profile_rows(self, project_id: int, now: int, runs: Runs | None) -> tuple[list[tuple], int, int]:
         """(end_users rows, sessions closed, owners) of `runs` (`self.runs`), by key."""
         if runs is None:

@@ -16,6 +16,8 @@ The helper is a fresh interpreter (`python -m usertrail.store.staging`): it inhe
 of this process, and unlike multiprocessing's spawn it does not import the caller's `__main__` again.
 Its input, the callable that makes the rows, is pickled to its standard input by a thread of this
 process: build the callable from arrays, which pickle as buffers, rather than from lists of rows.
+The callable's last arguments come later (`Stage.start`): the helper starts and takes in the bulk of
+its input while the caller still works out what they are (the rebuild: which keys stitching reads again).
 The scratch file sits beside the store's file, is the helper's alone until it exits (no journal, no
 fsync: nothing of it matters after a crash), then read by the transaction, and removed at the end.
 
@@ -47,9 +49,13 @@ _SCHEMA = "usertrail_stage"
 class Stage:
     """Rows of one table being made and written into a scratch file by a helper process."""
 
-    def __init__(self, table: str, path: str, done: Future) -> None:
-        self.table, self.path, self._done = table, path, done
+    def __init__(self, table: str, path: str, arguments: Future, done: Future) -> None:
+        self.table, self.path, self._arguments, self._done = table, path, arguments, done
         self._attached_to: sqlite3.Connection | None = None
+
+    def start(self, *args: object) -> None:
+        """Give the helper the last arguments of its `make_rows` (picklable): it makes and writes the rows now."""
+        self._arguments.set_result(args)
 
     @contextlib.contextmanager
     def attachable(self, conn: sa.Connection) -> Iterator[None]:
@@ -68,8 +74,8 @@ class Stage:
                 self._attached_to = None
 
     def move_into(self, conn: sa.Connection) -> int:
-        """Wait for the helper, then copy its rows into `conn`'s table, inside `conn`'s transaction (within
-        `attachable(conn)`); returns how many rows were copied."""
+        """Wait for the helper (`start` first), then copy its rows into `conn`'s table, inside `conn`'s
+        transaction (within `attachable(conn)`); returns how many rows were copied."""
         count = self._done.result()
         raw = conn.connection.dbapi_connection
         raw.execute(f"ATTACH DATABASE ? AS {_SCHEMA}", (self.path,))
@@ -80,11 +86,12 @@ class Stage:
 
 @contextlib.contextmanager
 def staged(
-    conn: sa.Connection, table: sa.Table, columns: Sequence[str], make_rows: Callable[[], list[tuple]]
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], make_rows: Callable[..., list[tuple]]
 ) -> Iterator[Stage]:
-    """Start a helper process that runs `make_rows` (picklable) and writes the rows (`columns` of each) into
-    a scratch file, with `table`'s DDL as `conn`'s SQLite database holds it. Inside this block, copy them
-    in with `Stage.move_into`; on the way out the helper is waited for and the scratch file removed."""
+    """Start a helper process that runs `make_rows` (picklable) with the arguments `Stage.start` gives, and
+    writes the rows (`columns` of each) into a scratch file, with `table`'s DDL as `conn`'s SQLite database
+    holds it. Inside this block, copy them in with `Stage.move_into`; on the way out the helper is waited
+    for (told to stop if it never got its arguments) and the scratch file removed."""
     ddl = [
         sql
         for (sql,) in conn.exec_driver_sql(
@@ -100,36 +107,48 @@ def staged(
     os.close(fd)
     job = {"path": path, "table": table.name, "columns": tuple(columns), "ddl": ddl, "make_rows": make_rows}
     runner = ThreadPoolExecutor(1, thread_name_prefix="usertrail-stage")
+    arguments: Future = Future()
     try:
-        yield Stage(table.name, path, runner.submit(_run_helper, job))
+        yield Stage(table.name, path, arguments, runner.submit(_run_helper, job, arguments))
     finally:
+        arguments.cancel()  # no-op once started; else the helper reads the end of its input and stops
         runner.shutdown()  # waits for the helper: it is done with the file
         for name in (path, path + "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(name)
 
 
-def _run_helper(job: dict) -> int:
-    """Run the helper process on `job`; returns the rows it wrote."""
+def _run_helper(job: dict, arguments: Future) -> int:
+    """Run the helper process on `job`, then on `arguments` once they are set; returns the rows it wrote."""
     helper = subprocess.Popen(
         [sys.executable, "-m", "usertrail.store.staging"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     # Not `communicate`: it writes 4 KiB per call, and the GIL changing hands 20,000 times slowed the
     # caller's thread by seconds. The helper reads all of its input before it writes anything.
-    with helper.stdin:
-        pickle.dump(job, helper.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-    out = helper.stdout.read()
-    helper.stdout.close()
-    if helper.wait() != 0:
-        raise RuntimeError(f"the staging helper failed (exit status {helper.returncode}; its error is above)")
+    try:
+        with helper.stdin:
+            pickle.dump(job, helper.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            helper.stdin.flush()
+            pickle.dump(arguments.result(), helper.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        out = helper.stdout.read()
+        helper.stdout.close()
+        status = helper.wait()
+    if status != 0:
+        raise RuntimeError(f"the staging helper failed (exit status {status}; its error is above)")
     return int(out)
 
 
 def _write(
-    path: str, table: str, columns: tuple[str, ...], ddl: list[str], make_rows: Callable[[], list[tuple]]
+    args: tuple,
+    path: str,
+    table: str,
+    columns: tuple[str, ...],
+    ddl: list[str],
+    make_rows: Callable[..., list[tuple]],
 ) -> int:
     """In the helper: create the table, insert the rows, then create its indexes (one sort each)."""
-    rows = make_rows()
+    rows = make_rows(*args)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-1048576"):
@@ -145,5 +164,14 @@ def _write(
     return len(rows)
 
 
+def _main() -> None:
+    job = pickle.load(sys.stdin.buffer)
+    try:
+        args = pickle.load(sys.stdin.buffer)
+    except EOFError:
+        return  # the caller stopped before giving the arguments: nothing to write
+    print(_write(args, **job))
+
+
 if __name__ == "__main__":
-    print(_write(**pickle.load(sys.stdin.buffer)))
+    _main()
