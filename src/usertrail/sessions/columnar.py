@@ -368,49 +368,41 @@ def _pg_values(reader: _Reader, chunks: Iterable[np.ndarray], hexed: bool) -> It
 
 # --- the picked events' values -----------------------------------------------------------------------
 
-# Each row's event id, path and the other columns joined into one text (few distinct ones), NULL kept
-# apart from '' ("n" / "v" + value); rows apart by ROW_SEP, columns by FIELD_SEP, or hex-encoded if a
-# value holds one of them.
+# Each row's event id, path and the other columns joined into one text (few distinct ones), rows apart by
+# ROW_SEP, columns by FIELD_SEP, or hex-encoded if a value holds one of them; NULL is read as '' there,
+# and told apart by one more column, a bit per NULL value (cheaper for the database than marking each value).
 _COMBINED = ("country", "region", "city", "browser", "browser_version", "os", "device_type")
+_NULLABLE = ("url_path", *_COMBINED)
 ROW_SEP, FIELD_SEP = "\x01", "\x02"
 
 
 def _values_select(hexed: bool, aggregate: str, char: str) -> str:
     row_sep, field_sep = ("','", "';'") if hexed else (f"{char}(1)", f"{char}(2)")
 
-    def flagged(column: str) -> str:
+    def text(column: str) -> str:
+        value = f"coalesce(e.{column}, '')"
         if not hexed:
-            value = f"e.{column}"
-        elif aggregate == "group_concat":
-            value = f"hex(e.{column})"
-        else:
-            value = f"encode(textsend(e.{column}), 'hex')"
-        return f"CASE WHEN e.{column} IS NULL THEN 'n' ELSE 'v' || {value} END"
+            return value
+        return f"hex({value})" if aggregate == "group_concat" else f"encode(textsend({value}), 'hex')"
 
-    event_id = flagged("event_id") if hexed else "e.event_id"
-    combined = f" || {field_sep} || ".join(flagged(c) for c in _COMBINED)
+    combined = f" || {field_sep} || ".join(text(c) for c in _COMBINED)
+    nulls = " + ".join(f"CASE WHEN e.{c} IS NULL THEN {1 << i} ELSE 0 END" for i, c in enumerate(_NULLABLE))
     return (
-        f"{aggregate}({event_id}, {row_sep}), {aggregate}({flagged('url_path')}, {row_sep}), "
-        f"{aggregate}({combined}, {row_sep})"
+        f"{aggregate}({text('event_id')}, {row_sep}), {aggregate}({text('url_path')}, {row_sep}), "
+        f"{aggregate}({combined}, {row_sep}), {aggregate}(CAST({nulls} AS TEXT), ',')"
     )
-
-
-def _decode(item: str, hexed: bool) -> str | None:
-    if item == "n":
-        return None
-    return bytes.fromhex(item[1:]).decode() if hexed else item[1:]
 
 
 def _values_at(fetch, locs: np.ndarray) -> dict[str, np.ndarray]:
     """The value columns of the events at `locs` (sorted, distinct): column -> object array in that order,
     with one more slot holding None ("no event"). `fetch(chunks, hexed)` reads each chunk's values."""
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("event_id", "url_path", *_COMBINED)}
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("event_id", *_NULLABLE)}
     chunks = [locs[i : i + LOOKUP] for i in range(0, len(locs), LOOKUP)]
     for chunk, plain in zip(chunks, fetch(chunks, False), strict=True):
         for hexed in (False, True):
             got, texts = next(fetch([chunk], True)) if hexed else plain
             row_sep, field_sep = (",", ";") if hexed else (ROW_SEP, FIELD_SEP)
-            ids, paths, combined = (t.split(row_sep) for t in texts)
+            ids, paths, combined = (t.split(row_sep) for t in texts[:3])
             if not len(got) == len(ids) == len(paths) == len(combined) == len(chunk):
                 continue
             path_codes, combined_codes = _Codes(), _Codes()
@@ -424,13 +416,15 @@ def _values_at(fetch, locs: np.ndarray) -> dict[str, np.ndarray]:
         order = np.argsort(got)
         if not np.array_equal(got[order], chunk):
             raise RuntimeError("the rebuild's look-up by storage address returned other events")
-        ids = [_decode(i, True) for i in ids] if hexed else ids
-        columns["event_id"].append(np.array(ids, object)[order])
-        distinct = np.array([_decode(p, hexed) for p in path_codes.values()], object)
-        columns["url_path"].append(distinct[path_at][order])
-        for j, name in enumerate(_COMBINED):
-            distinct = np.array([_decode(f[j], hexed) for f in fields], object)
-            columns[name].append(distinct[combined_at][order])
+        nulls = np.fromstring(texts[3], np.int64, sep=",")[order]
+
+        def decoded(values: Iterable[str], hexed: bool = hexed) -> np.ndarray:
+            return np.array([bytes.fromhex(v).decode() for v in values] if hexed else list(values), object)
+
+        columns["event_id"].append(decoded(ids)[order])
+        distinct = [decoded(path_codes.values()), *(decoded(f[j] for f in fields) for j in range(len(_COMBINED)))]
+        for j, (name, at) in enumerate(zip(_NULLABLE, (path_at, *[combined_at] * len(_COMBINED)), strict=True)):
+            columns[name].append(np.where(nulls & (1 << j), None, distinct[j][at][order]))
     return {name: np.append(np.concatenate([*parts, np.empty(0, object)]), None) for name, parts in columns.items()}
 
 
@@ -570,7 +564,8 @@ def _sessionize(events: _Events, rows, fetch) -> KeySessions:
     hinted = np.flatnonzero((hint >= 0) & ~python[run_of])
     # The first event of a (run, id) pair follows one of another run or id: only those are sorted (a run
     # mostly keeps one id, so this is about one event per run, not every event).
-    run_hinted, hint_hinted = run_of[hinted], hint[hinted]
+    # (Usually every event carries an id: then the arrays themselves, not a copy of 5M positions.)
+    run_hinted, hint_hinted = (run_of, hint) if len(hinted) == n else (run_of[hinted], hint[hinted])
     changed = np.ones(len(hinted), bool)
     changed[1:] = (run_hinted[1:] != run_hinted[:-1]) | (hint_hinted[1:] != hint_hinted[:-1])
     candidates = np.flatnonzero(changed)
