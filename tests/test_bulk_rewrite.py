@@ -144,3 +144,22 @@ def test_a_large_rewrite_commits_without_copying_the_log_back_and_a_thread_copie
         assert os.path.getsize(path) > size + 10_000_000
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM filler").scalar() == 20_000
+
+
+def _commit_setting(conn: sa.Connection) -> str:
+    if conn.dialect.name == "sqlite":
+        return str(conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
+    return conn.exec_driver_sql("SHOW synchronous_commit").scalar_one()
+
+
+def test_unflushed_commits_apply_to_the_transactions_inside_then_the_setting_is_back(engine):
+    """The rebuild's commit does not wait for the disk; the connection goes back to the pool as it came."""
+    project = ProjectStore(engine).create("unflushed").project.id
+    with engine.execution_options(immediate=True).connect() as conn:
+        before = _commit_setting(conn)
+        conn.rollback()
+        with bulk.unflushed_commits(conn), conn.begin():
+            assert _commit_setting(conn) in ("1", "off")  # SQLite's NORMAL, PostgreSQL's off
+            conn.execute(sessions.delete().where(sessions.c.project_id == project))
+        assert _commit_setting(conn) == before
+        assert before in ("2", "on")

@@ -43,7 +43,7 @@ from usertrail.sessions.derive import (
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
 from usertrail.store import staging, user_index
-from usertrail.store.bulk import bulk_rewrite, checkpoint_behind, large_page_cache
+from usertrail.store.bulk import bulk_rewrite, checkpoint_behind, large_page_cache, unflushed_commits
 from usertrail.store.changes import note_project_changed, note_users_changed
 from usertrail.store.database import (
     delete_rows,
@@ -564,6 +564,7 @@ class SessionProcessor:
             self.engine.execution_options(immediate=True).connect() as conn,
             stage.attachable(conn) if stage is not None else contextlib.nullcontext(),
             checkpoint_behind(conn, sum(incoming.values()) + staged_rows),
+            unflushed_commits(conn),
             conn.begin(),
             bulk_rewrite(conn, project_id, incoming) as rewrite,
         ):
