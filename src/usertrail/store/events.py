@@ -31,10 +31,13 @@ STORED_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "traits")
 _USER_KEY, _TS, _ENV = (EVENT_COLUMNS.index(name) for name in ("user_key", "ts", "env"))
 _TYPE, _APP_TYPE, _OBJECT_ID = (EVENT_COLUMNS.index(name) for name in ("type", "app_type", "object_id"))
 _PAYLOAD = EVENT_COLUMNS.index("payload")
+# The columns `traits.of_event` takes, in its order.
 _traits_from = operator.itemgetter(
-    *(EVENT_COLUMNS.index(name) for name in ("type", "url_path", "country", "browser", "os", "device_type"))
+    *(
+        EVENT_COLUMNS.index(name)
+        for name in ("type", "url_path", "country", "browser", "os", "device_type", "user_vars", "anon_id")
+    )
 )
-_USER_VARS, _ANON_ID = EVENT_COLUMNS.index("user_vars"), EVENT_COLUMNS.index("anon_id")
 _rollup_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in rollup.COLUMNS))
 _KEY = ("project_id", "user_key", "event_id")
 _key_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in _KEY))
@@ -55,7 +58,7 @@ def stored_row(row: tuple) -> tuple:
     return (
         *row[:_PAYLOAD],
         payload.decode() if type(payload) is bytes else payload,
-        traits.of_event(*_traits_from(row), row[_USER_VARS], row[_ANON_ID]),
+        traits.of_event(*_traits_from(row)),
     )
 
 
