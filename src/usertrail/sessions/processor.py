@@ -545,21 +545,21 @@ class SessionProcessor:
                 if (row := profile_row(project_id, owner, closed, now)) is not None:
                     profile_rows.append(row)
             if finished is not None:
-                if stage is None:
-                    session_rows += finished.session_rows(project_id, now, runs)
                 profiles, closed_now, users = finished.profile_rows(project_id, now, runs)
                 profile_rows += profiles
                 closed_count += closed_now
                 owners += users
+        # The runs' sessions rows not staged are made below, beside the database's index builds.
+        finished_rows = len(runs.order) if runs is not None else 0
         incoming = {
-            sessions: len(session_rows),
+            sessions: len(session_rows) + (finished_rows if stage is None else 0),
             end_users: owners,
             user_words: owners,
             user_properties: owners,
             identity_links: len(links.candidates),
             session_hints: len(links.hints),
         }
-        staged_rows = len(runs.order) if stage is not None and runs is not None else 0
+        staged_rows = finished_rows if stage is not None else 0
         with (
             self.engine.execution_options(immediate=True).connect() as conn,
             stage.attachable(conn) if stage is not None else contextlib.nullcontext(),
@@ -574,9 +574,12 @@ class SessionProcessor:
                 conn.execute(table.delete().where(table.c.project_id == project_id))
             # Python work beside the database's: index builds (`Rewrite.while_indexing`), PostgreSQL's COPY.
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
-            lookup = rewrite.while_indexing(
+            lookup, table_rows = rewrite.while_indexing(
                 end_users,
-                lambda: user_index.lookup_rows(project_id, [itemgetter(*_SEARCHED_INDEXES)(r) for r in profile_rows]),
+                lambda: (
+                    user_index.lookup_rows(project_id, [itemgetter(*_SEARCHED_INDEXES)(r) for r in profile_rows]),
+                    finished.session_rows(project_id, now, runs) if finished is not None and stage is None else [],
+                ),
             )
             link_rows, hint_rows = rewrite.while_writing(
                 user_words, lambda: user_index.replace(conn, project_id, lookup), lambda: _link_rows(project_id, links)
@@ -584,7 +587,7 @@ class SessionProcessor:
             if stage is not None:
                 # First: into an empty table SQLite copies the staged pages as they are (store/staging.py).
                 stage.move_into(conn)
-            insert_rows(conn, sessions, SESSION_COLUMNS, session_rows)
+            insert_rows(conn, sessions, SESSION_COLUMNS, session_rows + table_rows)
             insert_rows(conn, identity_links, _LINK_COLUMNS, link_rows)
             insert_rows(conn, session_hints, _HINT_COLUMNS, hint_rows)
             # Numbered at the commit, not when the rows above were computed (docs/segments.md).

@@ -77,20 +77,17 @@ class Rewrite:
         return _beside(lambda: self._build(indexes), work)
 
     def while_writing(self, table: sa.Table, write: Callable[[], object], work: Callable[[], T]) -> T:
-        """Write all of `table`'s rows with `write` while `work`, which must not use the connection, runs on
-        this thread; returns what `work` returns.
+        """Write all of `table`'s rows with `write`, then build its dropped indexes while `work`, which must
+        not use the connection, runs on this thread; returns what `work` returns.
 
-        PostgreSQL: `write` (a COPY) runs on a helper thread beside `work`: psycopg formats the rows in C
-        and the PostgreSQL backend, a process of its own, stores them, so the two threads share the GIL in
-        time slices and the backend's work runs beside both. SQLite: sqlite3 binds every value under the GIL,
-        so beside another Python thread the insert would wait for that thread's time slices, and its
-        B-tree work is the smaller part: `write` runs first, then `table`'s indexes, a long statement
-        without the GIL, are built beside `work`.
+        The build, not the write, goes beside `work`: writing binds or formats every value under the GIL
+        (sqlite3; psycopg's COPY), so beside another Python thread it would wait for that thread's time
+        slices, while a build is one long statement without the GIL. On PostgreSQL, with the key built
+        after the rows too, the build is also the longer part (5M events: 1.35M user_words rows written in
+        1.7 s, their key and index built in 2.7 s).
         """
-        if self.conn.dialect.name != "postgresql":
-            write()
-            return self.while_indexing(table, work)
-        return _beside(write, work)
+        write()
+        return self.while_indexing(table, work)
 
     def finish(self) -> None:
         """Build the dropped indexes not built yet."""
