@@ -600,13 +600,20 @@ class SessionProcessor:
 
 def _link_rows(project_id: int, links: _Links) -> tuple[list[tuple], list[tuple]]:
     """The identity_links and session_hints rows, in key order: each row lands next to the one before it
-    in the primary key's B-tree. (Sorting the keys alone: a list of (str, str) sorts three times faster
-    than one of pairs of pairs.)"""
-    candidates, first_of = links.candidates, links.hints
-    return (
-        [(project_id, a, p, *candidates[a, p]) for a, p in sorted(candidates)],
-        [(project_id, h, k, *first_of[h, k]) for h, k in sorted(first_of)],
-    )
+    in the primary key's B-tree."""
+    return _in_key_order(project_id, links.candidates), _in_key_order(project_id, links.hints)
+
+
+def _in_key_order(project_id: int, pairs: dict[tuple[str, str], tuple[int, str]]) -> list[tuple]:
+    """Rows (project_id, a, b, ts, event id) of `pairs` ((a, b) -> (ts, event id)), in (a, b) order.
+
+    The pairs are sorted as one string each, joined by NUL, and the rows are made from the items in that
+    order (630k client session ids: 1.6 -> 1.3 s, against sorting the pairs, then looking each one up).
+    A text holding NUL can only change where its row lands, not what is written."""
+    items = list(pairs.items())
+    joined = [a + "\0" + b for (a, b), _ in items]
+    in_order = map(items.__getitem__, sorted(range(len(items)), key=joined.__getitem__))
+    return [(project_id, a, b, ts, event_id) for (a, b), (ts, event_id) in in_order]
 
 
 _HINT_COLUMNS = ("project_id", "session_hint", "user_key", "first_ts", "first_event_id")
