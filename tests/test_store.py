@@ -150,3 +150,50 @@ def test_a_sqlite_writer_waits_for_the_write_lock_and_gives_up_after_its_limit(t
     waiter.execute("COMMIT")
     timer.join()
     assert holder.execute("SELECT count(*) FROM t").fetchone() == (2,)
+
+
+def test_migration_0031_keeps_the_lookup_tables_rows_and_indexes_in_key_order_on_sqlite(empty_database_url):
+    """SQLite stores user_words, user_properties, session_hints and identity_links WITHOUT ROWID after 0031,
+    and as rowid tables again after its downgrade; their rows and indexes survive both ways. PostgreSQL:
+    nothing changes."""
+    from test_attributes import _alembic
+    from usertrail.store.database import create_engine
+
+    tables = ("user_words", "user_properties", "session_hints", "identity_links")
+    engine = create_engine(empty_database_url)
+    rows = {
+        "user_words": "(7, 'u:lena', 'lena'), (7, 'u:lena', 'tel')",
+        "user_properties": "(7, 'u:lena', 'role', 'Owner')",
+        "session_hints": "(7, 's1', 'a:dev1', 1, 'e1'), (7, 's1', 'u:lena', 2, 'e2')",
+        "identity_links": "(7, 'a:dev1', 'u:lena', 2, 'e2')",
+    }
+
+    def state() -> tuple[dict, dict, dict]:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            content = {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}")))) for t in tables}
+            indexes = {t: sorted(ix["name"] for ix in inspector.get_indexes(t)) for t in tables}
+            without_rowid = {}
+            if engine.dialect.name == "sqlite":
+                for t in tables:
+                    sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = :t"), {"t": t}).scalar_one()
+                    without_rowid[t] = "WITHOUT ROWID" in sql.upper()
+        return content, indexes, without_rowid
+
+    try:
+        _alembic(engine, "upgrade", "0030")
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO projects (id, name, created_at) VALUES (7, 'p', 0)"))
+            for table, values in rows.items():
+                conn.execute(sa.text(f"INSERT INTO {table} VALUES {values}"))
+        before, indexes, rowid_tables = state()
+        assert all(len(v) for v in before.values())
+        assert not any(rowid_tables.values())
+        migrate(engine)
+        after, indexes_after, without_rowid = state()
+        assert (after, indexes_after) == (before, indexes)
+        assert without_rowid == ({t: True for t in tables} if engine.dialect.name == "sqlite" else {})
+        _alembic(engine, "downgrade", "0030")
+        assert state() == (before, indexes, rowid_tables)
+    finally:
+        engine.dispose()

@@ -262,6 +262,7 @@ identity_links = sa.Table(
     sa.Column("link_ts", sa.BigInteger, nullable=False),
     sa.Column("link_event_id", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "person_key"),
+    sqlite_with_rowid=False,  # the row is (mostly) its key: one B-tree, not two (migration 0031)
 )
 sa.Index(None, identity_links.c.project_id, identity_links.c.person_key)
 
@@ -275,6 +276,7 @@ session_hints = sa.Table(
     sa.Column("first_ts", sa.BigInteger, nullable=False),
     sa.Column("first_event_id", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "session_hint", "user_key"),
+    sqlite_with_rowid=False,  # the row is (mostly) its key: one B-tree, not two (migration 0031)
 )
 
 audit_log = sa.Table(
@@ -1005,6 +1007,7 @@ user_words = sa.Table(
     sa.Column("user_key", KEY_TEXT, nullable=False),
     sa.Column("word", WORD_TEXT, nullable=False),  # case-folded, from the key, location, browser, properties
     sa.PrimaryKeyConstraint("project_id", "user_key", "word"),
+    sqlite_with_rowid=False,  # the row is (mostly) its key: one B-tree, not two (migration 0031)
 )
 sa.Index(None, user_words.c.project_id, user_words.c.word, user_words.c.user_key)
 
@@ -1017,6 +1020,7 @@ user_properties = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("value", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "user_key", "name"),
+    sqlite_with_rowid=False,  # the row is (mostly) its key: one B-tree, not two (migration 0031)
 )
 sa.Index(
     None, user_properties.c.project_id, user_properties.c.name, user_properties.c.value, user_properties.c.user_key
