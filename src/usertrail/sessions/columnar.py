@@ -596,6 +596,7 @@ def _joined(first: KeySessions, second: KeySessions) -> KeySessions:
 
 
 def _sessionize_part(events: _Sorted, rows, fetch, lock: threading.Lock) -> KeySessions:
+    """The sessions and links of one part's keys; its look-ups hold `lock`."""
     found = KeySessions()
     keys, hint_values = events.keys, events.hint_values
     key, ts, loc, hint = events.key, events.ts, events.loc, events.hint

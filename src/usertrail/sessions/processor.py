@@ -574,7 +574,7 @@ class SessionProcessor:
             # the loop recomputes those users from all their events (the rest cost one recompute).
             for table in (sessions, end_users, identity_links, session_hints):
                 conn.execute(table.delete().where(table.c.project_id == project_id))
-            # Python work beside the database's: index builds (`Rewrite.while_indexing`), PostgreSQL's COPY.
+            # Python work beside the database's index builds (`Rewrite.while_indexing`, `while_writing`).
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
             lookup, table_rows = rewrite.while_indexing(
                 end_users,

@@ -115,8 +115,8 @@ def _beside(database: Callable[[], object], work: Callable[[], T]) -> T:
 @contextlib.contextmanager
 def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Table, int]) -> Iterator[Rewrite]:
     """Inside a transaction: rewrite the rows of `project_id` in these tables (`incoming`: table -> rows
-    about to be written) with their secondary indexes dropped where that pays, created again on exit
-    (or before, by `Rewrite.while_indexing`).
+    about to be written) with their secondary indexes (and on PostgreSQL their primary keys) dropped where
+    that pays, created again on exit (or before, by `Rewrite.while_indexing`).
 
     On an exception the indexes are not re-created: the caller's transaction rolls back, and with it
     the drops (both engines have transactional DDL).
