@@ -633,7 +633,7 @@ def test_postgresql_batches_read_one_index_range_per_user_even_for_a_project_new
         derive.fill_scope(conn, {f"u:{i}": 0 for i in range(50)})
         derive.sessionize_keys(conn, 2)  # makes (and fills) the statements' temporary tables
         cursor = conn.connection.dbapi_connection.cursor()
-        for name in ("starts", "aggregates", "values", "fallback"):
+        for name in ("starts", "aggregates", "values", "fallback", "links"):
             sql = derive._sql("postgresql", name)
             plan = "\n".join(r[0] for r in cursor.execute(f"EXPLAIN {sql}", (2,)).fetchall())
             assert "Seq Scan on events" not in plan, (name, plan)

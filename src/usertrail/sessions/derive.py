@@ -237,13 +237,31 @@ ORDER BY r.id
 """
 
 
+def _links_sql(dialect: str) -> str:
+    """The scope's events from each key's `since` on that carry a client session id or an anonymous id."""
+    p = "%s" if dialect == "postgresql" else "?"
+    condition = (
+        f"e.project_id = {p} AND e.user_key = s.user_key AND e.ts >= s.since"
+        " AND (e.session_hint <> '' OR e.anon_id <> '')"
+    )
+    columns = ("user_key", "ts", "event_id", "session_hint", "anon_id")
+    joined = _events_of(dialect, columns, condition, cross=True)
+    return f"SELECT {', '.join(f'e.{c}' for c in columns)} FROM {SCOPE} s {joined}"
+
+
 _SQL: dict[tuple[str, str], str] = {}
 
 
 def _sql(dialect: str, name: str) -> str:
     sql = _SQL.get((dialect, name))
     if sql is None:
-        build = {"starts": _starts_sql, "aggregates": _aggregates_sql, "values": _values_sql, "fallback": _fallback_sql}
+        build = {
+            "starts": _starts_sql,
+            "aggregates": _aggregates_sql,
+            "values": _values_sql,
+            "fallback": _fallback_sql,
+            "links": _links_sql,
+        }
         sql = _SQL[(dialect, name)] = build[name](dialect)
     return sql
 
@@ -380,6 +398,11 @@ def _from_aggregates(row: tuple, at: dict[int, tuple], found: KeySessions) -> bo
 
 
 _NONE = (None,) * 13
+
+
+def scope_link_events(conn: sa.Connection, project_id: int) -> list[tuple]:
+    """(user_key, ts, event_id, session_hint, anon_id) of the scope's events that may add identity links."""
+    return conn.exec_driver_sql(_sql(conn.dialect.name, "links"), (project_id,)).all()
 
 
 def fetch_points(conn: sa.Connection, project_id: int, keys: Sequence[str], since: int, until: int) -> list[EventPoint]:

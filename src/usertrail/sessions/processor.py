@@ -33,11 +33,11 @@ from usertrail.segments.membership import SavedSegments, refresh_all, refresh_us
 from usertrail.sessions.columnar import collector_paused, sessionize_project
 from usertrail.sessions.derive import (
     PROFILE_COLUMNS,
-    SCOPE,
     SESSION_COLUMNS,
     fetch_points,
     fill_scope,
     profile_row,
+    scope_link_events,
     session_row,
     sessionize_keys,
 )
@@ -321,14 +321,7 @@ class SessionProcessor:
     ) -> ProcessStats:
         since_of = {key: since for key, since, _ in items}
         fill_scope(conn, since_of)
-        fresh = conn.execute(
-            sa.text(
-                f"SELECT e.user_key, e.ts, e.event_id, e.session_hint, e.anon_id FROM {SCOPE} s CROSS JOIN events e "
-                "WHERE e.project_id = :p AND e.user_key = s.user_key AND e.ts >= s.since "
-                "AND (e.session_hint <> '' OR e.anon_id <> '')"
-            ),
-            {"p": project_id},
-        ).all()
+        fresh = scope_link_events(conn, project_id)
         links = _Links()
         _collect_links(fresh, links)
         affected = self._apply_links(conn, project_id, links)
