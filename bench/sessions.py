@@ -364,6 +364,7 @@ class Rebuild:
     quiet_wait_s: float = 0.0
     check: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
+    runs_s: list[float] = field(default_factory=list)  # every timed rebuild, the first one after the load first
 
 
 def time_rebuild(engine, project_id: int, now: int, postmaster: int | None, quiet_wait: float) -> Rebuild:
@@ -940,15 +941,17 @@ def _backlog_verdict(samples: list[dict[str, Any]], duration_s: float) -> str:
 def rebuild_table(rebuilds: list[Rebuild], duck: DuckResult) -> str:
     """Markdown table: rebuild time per engine against the DuckDB ceiling."""
     lines = [
-        "| engine | events | load s | rebuild s | × DuckDB | target ≤ 5× | Python CPU | DB CPU | other CPU "
-        "| CPU probe | users | sessions closed | End User Objects | equal to DuckDB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | events | load s | rebuild s (median) | runs s (the first right after the load) | × DuckDB "
+        "| target ≤ 5× | Python CPU | DB CPU | other CPU | CPU probe | users | sessions closed | End User Objects "
+        "| equal to DuckDB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rebuilds:
         ratio = r.rebuild_s / duck.ceiling_s
-        equal = r.check.get("users", {}).get("equal") and r.check.get("sessions", {}).get("equal")
+        equal = r.check.get("all_runs_equal")
+        runs = ", ".join(f"{t:.1f}" for t in r.runs_s)
         lines.append(
-            f"| {r.database} | {r.events:,} | {r.load_s:.0f} | {r.rebuild_s:.1f} | {ratio:.1f}× "
+            f"| {r.database} | {r.events:,} | {r.load_s:.0f} | {r.rebuild_s:.1f} | {runs} | {ratio:.1f}× "
             f"| {'met' if ratio <= TARGET_RATIO else 'missed'} | {r.python_cpu:.2f} | {r.db_cpu:.2f} "
             f"| {r.other_cpu:.2f} | {r.cpu_probe_mops:.0f} | {r.users:,} | {r.sessions_closed:,} | {r.profiles:,} "
             f"| {'yes' if equal else 'NO'} |"
@@ -958,7 +961,7 @@ def rebuild_table(rebuilds: list[Rebuild], duck: DuckResult) -> str:
     lines.append(
         f"| DuckDB {duck.version} ({duck.threads} threads) | | "
         f"| **{duck.ceiling_s:.2f}** over Parquet (runs: {parquet}); "
-        f"{statistics.median(duck.over_table_s):.2f} over a loaded table (runs: {table}) | 1.0× | | | | | | "
+        f"{statistics.median(duck.over_table_s):.2f} over a loaded table (runs: {table}) | | 1.0× | | | | | | "
         f"{duck.users:,} | {duck.sessions:,} sessions ({duck.closed:,} closed) | {duck.users:,} | |"
     )
     return "\n".join(lines)
@@ -1026,7 +1029,9 @@ def docs_block(payload: dict[str, Any], rebuilds: list[Rebuild], duck: DuckResul
         f"{', '.join(f'{k}={v}' for k, v in PG_SETTINGS.items())} (fsync on); raw results in "
         f"`bench/results/{payload['json']}` (git-ignored)",
         "",
-        "Full rebuild (`SessionProcessor.rebuild`) against DuckDB SQL over the Parquet export:",
+        "Full rebuild (`SessionProcessor.rebuild`) against DuckDB SQL over the Parquet export. Each engine rebuilds "
+        f"{payload['rebuild_repeat']} times in a row (the first right after the bulk load), every run checked against "
+        "DuckDB's result; the median run is compared with the median of DuckDB's runs, and its CPU is shown:",
         "",
         rebuild_table(rebuilds, duck),
         "",
@@ -1079,6 +1084,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=8, help="keep-alive connections of the load generator")
     p.add_argument("--max-drain", type=float, default=75, help="seconds to wait after the load for closes")
     p.add_argument("--duck-repeat", type=int, default=3, help="DuckDB runs (the median is the ceiling)")
+    p.add_argument(
+        "--rebuild-repeat", type=int, default=3, help="rebuilds per engine (the median is compared with the ceiling)"
+    )
     p.add_argument("--profile", action="store_true", help="cProfile one more SQLite rebuild and print it")
     p.add_argument("--regenerate", action="store_true", help="regenerate the cached CSV/Parquet export")
     p.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for an idle machine before timing")
@@ -1153,21 +1161,31 @@ def main(argv: list[str] | None = None) -> int:
 
                 engine = create_engine(url)
                 stack.callback(engine.dispose)
-                print(f"{database}: rebuild ...", flush=True)
-                rebuild = time_rebuild(engine, project_id, now, postmaster, args.quiet_wait)
+                print(f"{database}: rebuild, {args.rebuild_repeat} runs ...", flush=True)
+                runs = []
+                for run in range(args.rebuild_repeat):
+                    timed = time_rebuild(engine, project_id, now, postmaster, args.quiet_wait)
+                    # Every run replaces the last one's rows: each is checked against DuckDB's.
+                    timed.check = check_against_duckdb(engine, project_id, con)
+                    equal = timed.check["users"]["equal"] and timed.check["sessions"]["equal"]
+                    failed |= not equal
+                    print(
+                        f"    run {run + 1}: {timed.rebuild_s:.1f} s = {timed.rebuild_s / duck.ceiling_s:.1f}× DuckDB; "
+                        f"CPU: python {timed.python_cpu:.2f}, db {timed.db_cpu:.2f}, other {timed.other_cpu:.2f}; "
+                        f"equal to DuckDB: {equal}",
+                        flush=True,
+                    )
+                    for line in timed.check["users"]["examples"] + timed.check["sessions"]["examples"]:
+                        print(f"    {line}")
+                    runs.append(timed)
+                # The median run stands for the engine, as the median of DuckDB's runs is the ceiling.
+                rebuild = sorted(runs, key=lambda r: r.rebuild_s)[len(runs) // 2]
                 rebuild.events, rebuild.load_s = n, load_s
-                rebuild.check = check_against_duckdb(engine, project_id, con)
-                rebuilds.append(rebuild)
-                equal = rebuild.check["users"]["equal"] and rebuild.check["sessions"]["equal"]
-                failed |= not equal
-                print(
-                    f"    rebuild {rebuild.rebuild_s:.1f} s = {rebuild.rebuild_s / duck.ceiling_s:.1f}× DuckDB; "
-                    f"CPU: python {rebuild.python_cpu:.2f}, db {rebuild.db_cpu:.2f}, other {rebuild.other_cpu:.2f}; "
-                    f"equal to DuckDB: {equal}",
-                    flush=True,
+                rebuild.runs_s = [r.rebuild_s for r in runs]
+                rebuild.check["all_runs_equal"] = all(
+                    r.check["users"]["equal"] and r.check["sessions"]["equal"] for r in runs
                 )
-                for line in rebuild.check["users"]["examples"] + rebuild.check["sessions"]["examples"]:
-                    print(f"    {line}")
+                rebuilds.append(rebuild)
                 if args.profile and database == "sqlite":
                     rebuild.profile = profile_rebuild(engine, project_id, now, 30)
                     print(rebuild.profile)
@@ -1210,6 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
             "end": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(workload.end_ms / 1000)),
         },
         "generation": gen_timings,
+        "rebuild_repeat": args.rebuild_repeat,
         "duckdb": duck.__dict__,
         "rebuilds": [r.__dict__ for r in rebuilds],
         "steady": [s.__dict__ for s in steadies],

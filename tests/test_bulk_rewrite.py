@@ -33,11 +33,18 @@ def index_names(engine: sa.Engine) -> dict[str, tuple[set[str], str, list[str]]]
 
 def dropped_indexes(engine: sa.Engine, action) -> list[str]:
     """The DROP INDEX (and ALTER TABLE … DROP CONSTRAINT) statements `action()` runs on this engine."""
+    return statements(
+        engine, action, lambda sql: sql.lstrip().upper().startswith("DROP INDEX") or "DROP CONSTRAINT" in sql.upper()
+    )
+
+
+def statements(engine: sa.Engine, action, wanted) -> list[str]:
+    """The statements `action()` runs on this engine for which `wanted(sql)` holds."""
     seen: list[str] = []
 
     def statement(conn, cursor, sql, *args) -> None:
-        if sql.lstrip().upper().startswith("DROP INDEX") or "DROP CONSTRAINT" in sql.upper():
-            seen.append(sql)
+        if wanted(sql):
+            seen.append(" ".join(sql.split()))
 
     sa.event.listen(engine, "before_cursor_execute", statement)
     try:
@@ -84,6 +91,42 @@ def test_rebuild_with_indexes_dropped_equals_the_incremental_path(engine, projec
     assert dropped_indexes(engine, lambda: processor.rebuild(small, now=now)) == []
     assert (snapshot(engine, big), snapshot(engine, small)) == incremental
     assert index_names(engine) == before
+
+
+def test_a_project_alone_in_its_tables_has_them_emptied_at_once(engine, projects, monkeypatch):
+    """Its old rows are not deleted one by one (PostgreSQL kept them as dead rows the next rebuild read):
+    PostgreSQL truncates the tables it locked, SQLite deletes without a WHERE; the rows are the same."""
+    big, small = projects
+    ingest(engine, big, [e for i in range(4) for e in activity(f"u:big{i}", T0 + i * MIN)])
+    processor = SessionProcessor(engine)
+    now = T0 + 5 * 60 * MIN
+    processor.run(now=now)
+    incremental = snapshot(engine, big)
+    monkeypatch.setattr(bulk, "DROP_AT_ROWS", 1)
+
+    def clears() -> list[str]:
+        def clearing(sql: str) -> bool:
+            return sql.lstrip().upper().startswith(("TRUNCATE", "DELETE FROM"))
+
+        return statements(engine, lambda: processor.rebuild(big, now=now), clearing)
+
+    cleared = clears()
+    whole = {"TRUNCATE sessions", "TRUNCATE end_users", "TRUNCATE user_words"}
+    if engine.dialect.name == "sqlite":
+        whole = {"DELETE FROM sessions", "DELETE FROM end_users", "DELETE FROM user_words"}
+    assert whole <= set(cleared), cleared
+    assert snapshot(engine, big) == incremental
+    assert clears() == cleared  # again, over the rows the first rebuild wrote
+    assert snapshot(engine, big) == incremental
+
+    # Once another project has rows in the tables, only the project's own rows are deleted.
+    ingest(engine, small, activity("u:small", T0))
+    processor.run(now=now)
+    kept = snapshot(engine, small)
+    cleared = clears()
+    assert not whole & set(cleared), cleared
+    assert any(sql.startswith("DELETE FROM sessions WHERE") for sql in cleared), cleared
+    assert snapshot(engine, big) == incremental and snapshot(engine, small) == kept
 
 
 def test_a_failed_rewrite_leaves_the_rows_and_the_indexes(engine, projects, monkeypatch):

@@ -563,10 +563,9 @@ class SessionProcessor:
             conn.begin(),
             bulk_rewrite(conn, project_id, incoming) as rewrite,
         ):
-            # Pending marks stay: events that arrived after the read above marked their users, and
-            # the loop recomputes those users from all their events (the rest cost one recompute).
-            for table in (sessions, end_users, identity_links, session_hints):
-                conn.execute(table.delete().where(table.c.project_id == project_id))
+            # The project's old rows are gone (`bulk_rewrite`). Pending marks stay: events that arrived after
+            # the read above marked their users, and the loop recomputes those users from all their events
+            # (the rest cost one recompute).
             # Python work beside the database's index builds (`Rewrite.while_indexing`, `while_writing`).
             insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
             lookup, table_rows = rewrite.while_indexing(
@@ -577,7 +576,7 @@ class SessionProcessor:
                 ),
             )
             link_rows, hint_rows = rewrite.while_writing(
-                user_words, lambda: user_index.replace(conn, project_id, lookup), lambda: _link_rows(project_id, links)
+                user_words, lambda: user_index.insert(conn, lookup), lambda: _link_rows(project_id, links)
             )
             if stage is not None:
                 # First: into an empty table SQLite copies the staged pages as they are (store/staging.py).

@@ -114,23 +114,35 @@ def _beside(database: Callable[[], object], work: Callable[[], T]) -> T:
 
 @contextlib.contextmanager
 def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Table, int]) -> Iterator[Rewrite]:
-    """Inside a transaction: rewrite the rows of `project_id` in these tables (`incoming`: table -> rows
-    about to be written) with their secondary indexes (and on PostgreSQL their primary keys) dropped where
-    that pays, created again on exit (or before, by `Rewrite.while_indexing`).
+    """Inside a transaction: replace the rows of `project_id` in these tables (`incoming`: table -> rows
+    about to be written). On entry the project's rows are deleted, and the tables' secondary indexes (and on
+    PostgreSQL their primary keys) dropped where that pays; they are created again on exit (or before, by
+    `Rewrite.while_indexing`).
+
+    A table that holds no other project's rows is emptied at once: TRUNCATE on PostgreSQL (when this
+    transaction holds its lock for the index drops), SQLite's DELETE without WHERE. Deleting row by row
+    left PostgreSQL's tables twice their size until a vacuum, and the next rebuild read the dead rows
+    (5M events, the second rebuild: 27 s with the rows deleted, 18 s with the tables emptied).
 
     On an exception the indexes are not re-created: the caller's transaction rolls back, and with it
-    the drops (both engines have transactional DDL).
+    the drops and the deletes (both engines have transactional DDL, and TRUNCATE is transactional too).
     """
-    if conn.dialect.name == "postgresql":
+    postgresql = conn.dialect.name == "postgresql"
+    if postgresql:
         conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{_PG_MAINTENANCE_WORK_MEM}'")
     with large_page_cache(conn):
-        chosen = [table for table, rows in incoming.items() if _worth_dropping(conn, table, project_id, rows)]
-        if chosen and conn.dialect.name == "postgresql" and not _lock_all(conn, chosen):
+        alone = {table for table in incoming if _alone(conn, table, project_id)}
+        chosen = [
+            table
+            for table, rows in incoming.items()
+            if rows >= DROP_AT_ROWS and (table in alone or _others(conn, table, project_id, rows) < rows)
+        ]
+        if chosen and postgresql and not _lock_all(conn, chosen):
             chosen = []  # others hold these tables: write with the indexes in place rather than wait
         dropped: list[Structure] = []
         for table in chosen:
             inspector = sa.inspect(conn)
-            if conn.dialect.name == "postgresql" and inspector.get_pk_constraint(table.name)["name"]:
+            if postgresql and inspector.get_pk_constraint(table.name)["name"]:
                 conn.execute(sa.schema.DropConstraint(table.primary_key))
                 dropped.append(table.primary_key)
             present = {ix["name"] for ix in inspector.get_indexes(table.name)}
@@ -138,6 +150,13 @@ def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Tabl
                 if index.name in present:
                     index.drop(conn)
                     dropped.append(index)
+        for table in incoming:
+            if table in alone and postgresql and table in chosen:
+                conn.exec_driver_sql(f"TRUNCATE {table.name}")
+            elif table in alone and not postgresql:
+                conn.execute(table.delete())
+            else:
+                conn.execute(table.delete().where(table.c.project_id == project_id))
         rewrite = Rewrite(conn, dropped)
         yield rewrite
         rewrite.finish()
@@ -177,16 +196,22 @@ def _lock_all(conn: sa.Connection, tables: list[sa.Table]) -> bool:
     return True
 
 
-def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows: int) -> bool:
-    """Whether the rows written outnumber the rows of other projects (counted no further than that)."""
-    if rows < DROP_AT_ROWS:
-        return False
-    others = conn.execute(
+def _alone(conn: sa.Connection, table: sa.Table, project_id: int) -> bool:
+    """Whether no other project has rows in the table: two probes at the ends of the project's key range."""
+    others = [
+        sa.exists().where(table.c.project_id < project_id),
+        sa.exists().where(table.c.project_id > project_id),
+    ]
+    return not conn.execute(sa.select(sa.or_(*others))).scalar_one()
+
+
+def _others(conn: sa.Connection, table: sa.Table, project_id: int, rows: int) -> int:
+    """The rows of other projects in the table, counted no further than `rows`."""
+    return conn.execute(
         sa.select(sa.func.count()).select_from(
             sa.select(sa.literal(1)).where(table.c.project_id != project_id).limit(rows).subquery()
         )
     ).scalar_one()
-    return others < rows
 
 
 @contextlib.contextmanager

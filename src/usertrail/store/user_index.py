@@ -109,14 +109,16 @@ def refresh(conn: sa.Connection, project_id: int, keys: Sequence[str]) -> None:
 
 def rebuild(conn: sa.Connection, project_id: int, rows: Iterable[Sequence] | None = None) -> None:
     """Rewrite the lookup rows of a whole project from `end_users` (the migration; the full rebuild computes
-    them apart, `lookup_rows`, and writes them with `replace`).
+    them apart, `lookup_rows`, and writes them with `insert`).
 
     `rows`: the SEARCHED columns of every `end_users` row of the project, when the caller has just
     written them (then they are not read back).
     """
     if rows is None:
         rows = conn.execute(sa.select(*SEARCHED).where(end_users.c.project_id == project_id)).all()
-    replace(conn, project_id, lookup_rows(project_id, rows))
+    for table in (user_words, user_properties):
+        conn.execute(table.delete().where(table.c.project_id == project_id))
+    insert(conn, lookup_rows(project_id, rows))
 
 
 def lookup_rows(project_id: int, rows: Iterable[Sequence]) -> tuple[list[tuple], list[tuple]]:
@@ -131,10 +133,9 @@ def lookup_rows(project_id: int, rows: Iterable[Sequence]) -> tuple[list[tuple],
     return word_rows, property_rows
 
 
-def replace(conn: sa.Connection, project_id: int, rows: tuple[list[tuple], list[tuple]]) -> None:
-    """Replace every lookup row of the project with these (`lookup_rows`)."""
-    for table in (user_words, user_properties):
-        conn.execute(table.delete().where(table.c.project_id == project_id))
+def insert(conn: sa.Connection, rows: tuple[list[tuple], list[tuple]]) -> None:
+    """Insert these lookup rows (`lookup_rows`) of a project that has none (the full rebuild's `bulk_rewrite`
+    removed them)."""
     word_rows, property_rows = rows
     insert_rows(conn, user_words, _WORD_COLUMNS, word_rows)
     insert_rows(conn, user_properties, _PROPERTY_COLUMNS, property_rows)
