@@ -93,7 +93,7 @@ def test_rebuild_with_indexes_dropped_equals_the_incremental_path(engine, projec
     assert index_names(engine) == before
 
 
-def test_a_project_alone_in_its_tables_has_them_emptied_at_once_on_sqlite(engine, projects, monkeypatch):
+def test_old_rows_are_emptied_at_once_on_sqlite_and_deleted_by_project_on_postgresql(engine, projects, monkeypatch):
     """SQLite frees the pages of a table only the project uses at once (DELETE without WHERE) instead of deleting
     row by row; PostgreSQL deletes the project's rows (TRUNCATE is not MVCC-safe). The rows are the same."""
     big, small = projects
