@@ -131,8 +131,10 @@ def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Tabl
     if postgresql:
         conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{_PG_MAINTENANCE_WORK_MEM}'")
     with large_page_cache(conn):
-        chosen = [table for table, rows in incoming.items() if _worth_dropping(conn, table, project_id, rows)]
-        alone = set() if postgresql else {table for table in incoming if _alone(conn, table, project_id)}
+        alone = {table for table in incoming if _alone(conn, table, project_id)}
+        chosen = [
+            table for table, rows in incoming.items() if _worth_dropping(conn, table, project_id, rows, table in alone)
+        ]
         if chosen and postgresql and not _lock_all(conn, chosen):
             chosen = []  # others hold these tables: write with the indexes in place rather than wait
         dropped: list[Structure] = []
@@ -147,7 +149,7 @@ def bulk_rewrite(conn: sa.Connection, project_id: int, incoming: Mapping[sa.Tabl
                     index.drop(conn)
                     dropped.append(index)
         for table in incoming:
-            if table in alone and not postgresql:
+            if table in alone and not postgresql:  # PostgreSQL: no TRUNCATE (see above)
                 conn.execute(table.delete())
             else:
                 conn.execute(table.delete().where(table.c.project_id == project_id))
@@ -199,10 +201,13 @@ def _alone(conn: sa.Connection, table: sa.Table, project_id: int) -> bool:
     return not conn.execute(sa.select(sa.or_(*others))).scalar_one()
 
 
-def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows: int) -> bool:
-    """Whether the rows written outnumber the rows of other projects (counted no further than that)."""
+def _worth_dropping(conn: sa.Connection, table: sa.Table, project_id: int, rows: int, alone: bool) -> bool:
+    """Whether the rows written outnumber the rows of other projects (none if `alone`; else counted no further
+    than that)."""
     if rows < DROP_AT_ROWS:
         return False
+    if alone:
+        return True
     others = conn.execute(
         sa.select(sa.func.count()).select_from(
             sa.select(sa.literal(1)).where(table.c.project_id != project_id).limit(rows).subquery()
