@@ -71,6 +71,10 @@ RESULTS_START = "<!-- sessions-results:start (written by bench/sessions.py; edit
 RESULTS_END = "<!-- sessions-results:end -->"
 
 TARGET_RATIO = 5.0  # rebuild within 5x of the DuckDB ceiling
+# Each rebuild after the first runs this much later than the one before: a row stamped with the rebuild's `now`
+# (closed_at, updated_at) would then differ from the stored one, unless the rebuild keeps the stored stamps
+# (sessions/stamps.py). Small enough that no session becomes closable in between (the runs are checked).
+RUN_STEP_MS = 1_000
 TARGET_P99_S = 60.0
 BACKDATE_MS = 29 * 60_000
 PG_SETTINGS = {
@@ -365,6 +369,41 @@ class Rebuild:
     check: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
     runs_s: list[float] = field(default_factory=list)  # every timed rebuild, the first one after the load first
+    # Per run: (sessions, End User Objects) stamped with its `now`, i.e. closed or changed by that run.
+    stamped: list[tuple[int, int]] = field(default_factory=list)
+    changed_s: float | None = None  # the run after every stored session and End User Object was changed
+    changed_equal: bool | None = None
+
+
+def count_stamped(engine, project_id: int, now: int) -> tuple[int, int]:
+    """(sessions closed at `now`, End User Objects updated at `now`): what a rebuild at `now` wrote anew."""
+    import sqlalchemy as sa
+
+    from usertrail.store.schema import end_users, sessions
+
+    with engine.connect() as conn:
+        closed = conn.execute(
+            sa.select(sa.func.count()).where(sessions.c.project_id == project_id, sessions.c.closed_at == now)
+        ).scalar_one()
+        updated = conn.execute(
+            sa.select(sa.func.count()).where(end_users.c.project_id == project_id, end_users.c.updated_at == now)
+        ).scalar_one()
+    return closed, updated
+
+
+def change_every_row(engine, project_id: int) -> None:
+    """Change every stored session and End User Object of the project, as a change of the session rules
+    would, so the next rebuild finds every one of them different (then VACUUM on PostgreSQL, as rows written
+    over time would have been)."""
+
+    from usertrail.store.schema import end_users, sessions
+
+    with engine.begin() as conn:
+        conn.execute(sessions.update().where(sessions.c.project_id == project_id).values(page_views=-1))
+        conn.execute(end_users.update().where(end_users.c.project_id == project_id).values(total_sessions=-1))
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE sessions, end_users")
 
 
 def time_rebuild(engine, project_id: int, now: int, postmaster: int | None, quiet_wait: float) -> Rebuild:
@@ -942,17 +981,23 @@ def rebuild_table(rebuilds: list[Rebuild], duck: DuckResult) -> str:
     """Markdown table: rebuild time per engine against the DuckDB ceiling."""
     lines = [
         "| engine | events | load s | rebuild s (median) | runs s (the first right after the load) | × DuckDB "
-        "| target ≤ 5× | Python CPU | DB CPU | other CPU | CPU probe | users | sessions closed | End User Objects "
+        "| target ≤ 5× | sessions / End User Objects each run stamped | after every stored row changed s "
+        "| Python CPU | DB CPU | other CPU | CPU probe | users | sessions closed | End User Objects "
         "| equal to DuckDB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rebuilds:
         ratio = r.rebuild_s / duck.ceiling_s
         equal = r.check.get("all_runs_equal")
         runs = ", ".join(f"{t:.1f}" for t in r.runs_s)
+        stamped = "; ".join(f"{s:,} / {u:,}" for s, u in r.stamped)
+        changed = "" if r.changed_s is None else f"{r.changed_s:.1f} ({r.changed_s / duck.ceiling_s:.1f}×)"
+        if r.changed_equal is False:
+            changed += ", NOT equal to DuckDB"
         lines.append(
             f"| {r.database} | {r.events:,} | {r.load_s:.0f} | {r.rebuild_s:.1f} | {runs} | {ratio:.1f}× "
-            f"| {'met' if ratio <= TARGET_RATIO else 'missed'} | {r.python_cpu:.2f} | {r.db_cpu:.2f} "
+            f"| {'met' if ratio <= TARGET_RATIO else 'missed'} | {stamped} | {changed} | {r.python_cpu:.2f} "
+            f"| {r.db_cpu:.2f} "
             f"| {r.other_cpu:.2f} | {r.cpu_probe_mops:.0f} | {r.users:,} | {r.sessions_closed:,} | {r.profiles:,} "
             f"| {'yes' if equal else 'NO'} |"
         )
@@ -961,7 +1006,7 @@ def rebuild_table(rebuilds: list[Rebuild], duck: DuckResult) -> str:
     lines.append(
         f"| DuckDB {duck.version} ({duck.threads} threads) | | "
         f"| **{duck.ceiling_s:.2f}** over Parquet (runs: {parquet}); "
-        f"{statistics.median(duck.over_table_s):.2f} over a loaded table (runs: {table}) | | 1.0× | | | | | | "
+        f"{statistics.median(duck.over_table_s):.2f} over a loaded table (runs: {table}) | | 1.0× | | | | | | | | "
         f"{duck.users:,} | {duck.sessions:,} sessions ({duck.closed:,} closed) | {duck.users:,} | |"
     )
     return "\n".join(lines)
@@ -1030,8 +1075,15 @@ def docs_block(payload: dict[str, Any], rebuilds: list[Rebuild], duck: DuckResul
         f"`bench/results/{payload['json']}` (git-ignored)",
         "",
         "Full rebuild (`SessionProcessor.rebuild`) against DuckDB SQL over the Parquet export. Each engine rebuilds "
-        f"{payload['rebuild_repeat']} times in a row (the first right after the bulk load), every run checked against "
-        "DuckDB's result; the median run is compared with the median of DuckDB's runs, and its CPU is shown:",
+        f"{payload['rebuild_repeat']} times in a row (the first right after the bulk load, each later one "
+        f"{RUN_STEP_MS / 1000:g} s later in `now`), every run checked against DuckDB's result; the median run is "
+        "compared with the median of DuckDB's runs, and its CPU is shown"
+        + (
+            ". Then every stored session and End User Object is changed, and one more rebuild is timed and checked "
+            "(not in the median):"
+            if payload["changed_run"]
+            else ":"
+        ),
         "",
         rebuild_table(rebuilds, duck),
         "",
@@ -1086,6 +1138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duck-repeat", type=int, default=3, help="DuckDB runs (the median is the ceiling)")
     p.add_argument(
         "--rebuild-repeat", type=int, default=3, help="rebuilds per engine (the median is compared with the ceiling)"
+    )
+    p.add_argument(
+        "--changed-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the timed runs, change every stored session and End User Object and time one more rebuild "
+        "(reported apart, not in the median)",
     )
     p.add_argument("--profile", action="store_true", help="cProfile one more SQLite rebuild and print it")
     p.add_argument("--regenerate", action="store_true", help="regenerate the cached CSV/Parquet export")
@@ -1164,15 +1223,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{database}: rebuild, {args.rebuild_repeat} runs ...", flush=True)
                 runs = []
                 for run in range(args.rebuild_repeat):
-                    timed = time_rebuild(engine, project_id, now, postmaster, args.quiet_wait)
+                    run_now = now + run * RUN_STEP_MS
+                    timed = time_rebuild(engine, project_id, run_now, postmaster, args.quiet_wait)
                     # Every run replaces the last one's rows: each is checked against DuckDB's.
                     timed.check = check_against_duckdb(engine, project_id, con)
+                    timed.stamped = [count_stamped(engine, project_id, run_now)]
                     equal = timed.check["users"]["equal"] and timed.check["sessions"]["equal"]
                     failed |= not equal
                     print(
                         f"    run {run + 1}: {timed.rebuild_s:.1f} s = {timed.rebuild_s / duck.ceiling_s:.1f}× DuckDB; "
                         f"CPU: python {timed.python_cpu:.2f}, db {timed.db_cpu:.2f}, other {timed.other_cpu:.2f}; "
-                        f"equal to DuckDB: {equal}",
+                        f"equal to DuckDB: {equal}; sessions / End User Objects it stamped: "
+                        f"{timed.stamped[0][0]:,} / {timed.stamped[0][1]:,}",
                         flush=True,
                     )
                     for line in timed.check["users"]["examples"] + timed.check["sessions"]["examples"]:
@@ -1185,6 +1247,21 @@ def main(argv: list[str] | None = None) -> int:
                 rebuild.check["all_runs_equal"] = all(
                     r.check["users"]["equal"] and r.check["sessions"]["equal"] for r in runs
                 )
+                rebuild.stamped = [r.stamped[0] for r in runs]
+                if args.changed_run:
+                    change_every_row(engine, project_id)
+                    changed = time_rebuild(
+                        engine, project_id, now + args.rebuild_repeat * RUN_STEP_MS, postmaster, args.quiet_wait
+                    )
+                    check = check_against_duckdb(engine, project_id, con)
+                    rebuild.changed_s = changed.rebuild_s
+                    rebuild.changed_equal = check["users"]["equal"] and check["sessions"]["equal"]
+                    failed |= not rebuild.changed_equal
+                    print(
+                        f"    after every stored session and End User Object was changed: {changed.rebuild_s:.1f} s "
+                        f"= {changed.rebuild_s / duck.ceiling_s:.1f}× DuckDB; equal to DuckDB: {rebuild.changed_equal}",
+                        flush=True,
+                    )
                 rebuilds.append(rebuild)
                 if args.profile and database == "sqlite":
                     rebuild.profile = profile_rebuild(engine, project_id, now, 30)
@@ -1229,6 +1306,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "generation": gen_timings,
         "rebuild_repeat": args.rebuild_repeat,
+        "run_step_ms": RUN_STEP_MS,
+        "changed_run": args.changed_run,
         "duckdb": duck.__dict__,
         "rebuilds": [r.__dict__ for r in rebuilds],
         "steady": [s.__dict__ for s in steadies],

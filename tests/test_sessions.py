@@ -162,7 +162,7 @@ def test_column_wise_rows_equal_the_python_rows(made, late, skipped):
         if (row := profile_row(3, key, closed, now)) is not None:
             expected_profiles.append(row)
     runs = table.runs(now, frozenset(skipped))
-    assert table.session_rows(3, now, runs) == expected_sessions
+    assert table.session_rows(3, now, runs, None) == expected_sessions
     assert table.profile_rows(3, now, runs) == (expected_profiles, closed_count, len(set(made) - skipped))
 
 

@@ -76,7 +76,7 @@ def check(engine: sa.Engine, project_id: int, rows: list[tuple]) -> None:
     got = {k: [session_row(project_id, k, s, "closed", None) for s in made] for k, made in found.sessions.items()}
     if found.table is not None:
         # Keys finished column-wise: their rows, closed at a time after every session (then set aside).
-        rows = found.table.session_rows(project_id, LATER, found.table.runs(LATER, frozenset()))
+        rows = found.table.session_rows(project_id, LATER, found.table.runs(LATER, frozenset()), None)
         for r in rows:
             assert r[8:10] == ("closed", LATER)
             assert r[1] not in found.sessions

@@ -42,6 +42,7 @@ from usertrail.sessions.derive import (
     sessionize_keys,
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
+from usertrail.sessions.stamps import StoredStamps
 from usertrail.store import staging, user_index
 from usertrail.store.bulk import bulk_rewrite, checkpoint_behind, large_page_cache, unflushed_commits
 from usertrail.store.changes import note_project_changed, note_users_changed
@@ -482,11 +483,13 @@ class SessionProcessor:
                 # One snapshot for every read: the column-wise pass finds events by storage address.
                 conn.execution_options(isolation_level="REPEATABLE READ")
             found = sessionize_project(conn, project_id)
+            stored = StoredStamps.read(conn, project_id)
             finished = found.table
+            closes = stored.table_closes(finished) if finished is not None else None
             if finished is not None and conn.dialect.name == "sqlite" and len(finished.key) >= staging.STAGE_AT_ROWS:
                 # Their sessions rows are made and written by a helper process while this one goes on; it
                 # starts now, and makes them once stitching below has said which keys to leave out.
-                make_rows = functools.partial(finished.session_rows_skipping, project_id, now)
+                make_rows = functools.partial(finished.session_rows_skipping, project_id, now, closes)
                 stage = stack.enter_context(staging.staged(conn, sessions, SESSION_COLUMNS, make_rows))
             links.see_hints(found.hints)
             first_of = links.hints
@@ -532,9 +535,8 @@ class SessionProcessor:
                 for i, s in enumerate(new):
                     closable = is_closable(s, i == len(new) - 1, now)
                     closed_count += closable
-                    session_rows.append(
-                        session_row(project_id, owner, s, "closed" if closable else "open", now if closable else None)
-                    )
+                    closed_at = stored.closed_at(owner, s.start, now) if closable else None
+                    session_rows.append(session_row(project_id, owner, s, "closed" if closable else "open", closed_at))
                     if closable and not s.is_empty:
                         closed.append(s)
                 if (row := profile_row(project_id, owner, closed, now)) is not None:
@@ -544,6 +546,7 @@ class SessionProcessor:
                 profile_rows += profiles
                 closed_count += closed_now
                 owners += users
+            profile_rows = stored.profile_rows(profile_rows)
         # The runs' sessions rows not staged are made below, beside the database's index builds.
         finished_rows = len(runs.order) if runs is not None else 0
         incoming = {
@@ -563,27 +566,31 @@ class SessionProcessor:
             conn.begin(),
             bulk_rewrite(conn, project_id, incoming) as rewrite,
         ):
-            # The project's old rows are gone (`bulk_rewrite`). Pending marks stay: events that arrived after
-            # the read above marked their users, and the loop recomputes those users from all their events
-            # (the rest cost one recompute).
-            # Python work beside the database's index builds (`Rewrite.while_indexing`, `while_writing`).
-            insert_rows(conn, end_users, PROFILE_COLUMNS, profile_rows)
-            lookup, table_rows = rewrite.while_indexing(
+            # The project's old rows are gone, or set aside to be merged (`bulk_rewrite`). Pending marks stay:
+            # events that arrived after the read above marked their users, and the loop recomputes those users
+            # from all their events (the rest cost one recompute).
+            # Python work beside the database's index builds or merges (`Rewrite.while_finishing`).
+            rewrite.write(end_users, PROFILE_COLUMNS, profile_rows)
+            lookup, table_rows = rewrite.while_finishing(
                 end_users,
                 lambda: (
                     user_index.lookup_rows(project_id, [itemgetter(*_SEARCHED_INDEXES)(r) for r in profile_rows]),
-                    finished.session_rows(project_id, now, runs) if finished is not None and stage is None else [],
+                    finished.session_rows(project_id, now, runs, closes)
+                    if finished is not None and stage is None
+                    else [],
                 ),
             )
+            word_rows, property_rows = lookup
+            rewrite.write(user_properties, user_index.PROPERTY_COLUMNS, property_rows)
             link_rows, hint_rows = rewrite.while_writing(
-                user_words, lambda: user_index.insert(conn, lookup), lambda: _link_rows(project_id, links)
+                user_words, user_index.WORD_COLUMNS, word_rows, lambda: _link_rows(project_id, links)
             )
             if stage is not None:
                 # First: into an empty table SQLite copies the staged pages as they are (store/staging.py).
                 stage.move_into(conn)
-            insert_rows(conn, sessions, SESSION_COLUMNS, session_rows + table_rows)
-            insert_rows(conn, identity_links, _LINK_COLUMNS, link_rows)
-            insert_rows(conn, session_hints, _HINT_COLUMNS, hint_rows)
+            rewrite.write(sessions, SESSION_COLUMNS, session_rows + table_rows)
+            rewrite.write(identity_links, _LINK_COLUMNS, link_rows)
+            rewrite.write(session_hints, _HINT_COLUMNS, hint_rows)
             # Numbered at the commit, not when the rows above were computed (docs/segments.md).
             note_project_changed(conn, project_id)
         refresh_all(self.engine, now, [project_id])

@@ -48,12 +48,14 @@ class SessionTable:
         """The keys that have sessions here."""
         return {self.keys[k] for k in np.unique(self.key).tolist()}
 
-    def session_rows(self, project_id: int, now: int, runs: Runs | None) -> list[tuple]:
+    def session_rows(self, project_id: int, now: int, runs: Runs | None, closes: np.ndarray | None) -> list[tuple]:
         """The `sessions` rows of `runs` (`self.runs`), sorted by key, then start time, as the Python path
-        writes them."""
+        writes them. `closes`: per session of the table, when it was stored closed, or -1 (sessions/stamps.py);
+        a closed session keeps that time, the others are closed at `now`."""
         if runs is None:
             return []
         order, n = runs.order, len(runs.order)
+        closed_at = np.full(n, now, np.int64) if closes is None else np.where(closes[order] >= 0, closes[order], now)
         vars_json = np.array(
             [msgspec.json.encode(v).decode() if v else None for v in self.vars_values] + [None], object
         )
@@ -68,7 +70,7 @@ class SessionTable:
                 self.page_views[order].tolist(),
                 runs.is_empty.tolist(),
                 np.where(runs.closable, "closed", "open").tolist(),
-                np.where(runs.closable, now, None).tolist(),
+                [at if shut else None for at, shut in zip(closed_at.tolist(), runs.closable.tolist(), strict=True)],
                 np.array(self.hints, object)[order].tolist(),
                 *(self.values[name][order].tolist() for name in VALUE_COLUMNS),
                 vars_json[runs.vars_code].tolist(),
@@ -76,9 +78,11 @@ class SessionTable:
             )
         )
 
-    def session_rows_skipping(self, project_id: int, now: int, skip: frozenset[str]) -> list[tuple]:
+    def session_rows_skipping(
+        self, project_id: int, now: int, closes: np.ndarray | None, skip: frozenset[str]
+    ) -> list[tuple]:
         """`session_rows` of the runs of every key not in `skip` (a staging helper's `make_rows`)."""
-        return self.session_rows(project_id, now, self.runs(now, skip))
+        return self.session_rows(project_id, now, self.runs(now, skip), closes)
 
     def profile_rows(self, project_id: int, now: int, runs: Runs | None) -> tuple[list[tuple], int, int]:
         """(end_users rows, sessions closed, owners) of `runs` (`self.runs`), by key."""

@@ -310,8 +310,11 @@ def _insert_for(dialect_name: str):
     raise ValueError(f"unsupported dialect {dialect_name}")
 
 
-def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Bulk insert of row tuples straight through the driver, for rows known not to exist yet.
+def insert_rows(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple], into: str | None = None
+) -> None:
+    """Bulk insert of row tuples straight through the driver, for rows known not to exist yet (into the table
+    named `into` instead, if given: on PostgreSQL, a temporary twin of `table`'s).
 
     PostgreSQL: COPY into the table itself (no staging: the caller holds the lock that rules out
     conflicts). SQLite: multi-row `INSERT … VALUES (…), (…)` statements of up to _ROWS_PER_INSERT rows
@@ -326,11 +329,11 @@ def insert_rows(conn: sa.Connection, table: sa.Table, columns: Sequence[str], ro
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.dbapi_connection.cursor()
         # psycopg formats each row in C: measured faster than building COPY text blocks in Python.
-        with cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        with cursor, cursor.copy(f"COPY {into or table.name} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
-    insert_sqlite_rows(conn.connection.dbapi_connection, table.name, columns, rows)
+    insert_sqlite_rows(conn.connection.dbapi_connection, into or table.name, columns, rows)
 
 
 def insert_sqlite_rows(dbapi: sqlite3.Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> None:

@@ -35,8 +35,8 @@ COUNT_BROAD = 200_000
 # Above every character a word can hold: the end of a prefix's index range.
 _PAST_PREFIX = "\U0010ffff"
 _WORD = re.compile(r"\w+")
-_WORD_COLUMNS = ("project_id", "user_key", "word")
-_PROPERTY_COLUMNS = ("project_id", "user_key", "name", "value")
+WORD_COLUMNS = ("project_id", "user_key", "word")
+PROPERTY_COLUMNS = ("project_id", "user_key", "name", "value")
 
 SEARCHED = (
     end_users.c.user_key,
@@ -81,8 +81,8 @@ def _rows_of(project_id: int, row) -> tuple[list[tuple], list[tuple]]:
 
 def _index(conn: sa.Connection, project_id: int, rows: Iterable) -> None:
     word_rows, property_rows = lookup_rows(project_id, rows)
-    insert_rows(conn, user_words, _WORD_COLUMNS, word_rows)
-    insert_rows(conn, user_properties, _PROPERTY_COLUMNS, property_rows)
+    insert_rows(conn, user_words, WORD_COLUMNS, word_rows)
+    insert_rows(conn, user_properties, PROPERTY_COLUMNS, property_rows)
 
 
 def forget(conn: sa.Connection, project_id: int, keys: Sequence[str]) -> None:
@@ -109,7 +109,7 @@ def refresh(conn: sa.Connection, project_id: int, keys: Sequence[str]) -> None:
 
 def rebuild(conn: sa.Connection, project_id: int, rows: Iterable[Sequence] | None = None) -> None:
     """Rewrite the lookup rows of a whole project from `end_users` (the migration; the full rebuild computes
-    them apart, `lookup_rows`, and writes them with `insert`).
+    them apart, `lookup_rows`, and writes them itself).
 
     `rows`: the SEARCHED columns of every `end_users` row of the project, when the caller has just
     written them (then they are not read back).
@@ -118,7 +118,7 @@ def rebuild(conn: sa.Connection, project_id: int, rows: Iterable[Sequence] | Non
         rows = conn.execute(sa.select(*SEARCHED).where(end_users.c.project_id == project_id)).all()
     for table in (user_words, user_properties):
         conn.execute(table.delete().where(table.c.project_id == project_id))
-    insert(conn, lookup_rows(project_id, rows))
+    _index(conn, project_id, rows)
 
 
 def lookup_rows(project_id: int, rows: Iterable[Sequence]) -> tuple[list[tuple], list[tuple]]:
@@ -131,14 +131,6 @@ def lookup_rows(project_id: int, rows: Iterable[Sequence]) -> tuple[list[tuple],
         word_rows += w
         property_rows += p
     return word_rows, property_rows
-
-
-def insert(conn: sa.Connection, rows: tuple[list[tuple], list[tuple]]) -> None:
-    """Insert these lookup rows (`lookup_rows`) of a project that has none (the full rebuild's `bulk_rewrite`
-    removed them)."""
-    word_rows, property_rows = rows
-    insert_rows(conn, user_words, _WORD_COLUMNS, word_rows)
-    insert_rows(conn, user_properties, _PROPERTY_COLUMNS, property_rows)
 
 
 @dataclass(frozen=True)
