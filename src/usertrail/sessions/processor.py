@@ -42,7 +42,7 @@ from usertrail.sessions.derive import (
     sessionize_keys,
 )
 from usertrail.sessions.rules import IDLE_MS, Session, is_closable, sessionize
-from usertrail.sessions.stamps import StoredStamps
+from usertrail.sessions.stamps import StoredCloses, keep_update_times
 from usertrail.store import staging, user_index
 from usertrail.store.bulk import bulk_rewrite, checkpoint_behind, large_page_cache, unflushed_commits
 from usertrail.store.changes import note_project_changed, note_users_changed
@@ -483,7 +483,7 @@ class SessionProcessor:
                 # One snapshot for every read: the column-wise pass finds events by storage address.
                 conn.execution_options(isolation_level="REPEATABLE READ")
             found = sessionize_project(conn, project_id)
-            stored = StoredStamps.read(conn, project_id)
+            stored = StoredCloses.read(conn, project_id)
             finished = found.table
             closes = stored.table_closes(finished) if finished is not None else None
             if finished is not None and conn.dialect.name == "sqlite" and len(finished.key) >= staging.STAGE_AT_ROWS:
@@ -522,6 +522,8 @@ class SessionProcessor:
             runs = finished.runs(now, skip) if finished is not None else None
             if stage is not None:
                 stage.start(skip)
+            closed_before = stored.of_keys(own.keys() | members.keys())
+            del stored  # millions of objects: they would slow the Python work below while they live
             for owner in sorted(own.keys() | members.keys()):
                 if owner in owner_of_anon:
                     continue  # an anonymous key that belongs to an identified user
@@ -535,7 +537,7 @@ class SessionProcessor:
                 for i, s in enumerate(new):
                     closable = is_closable(s, i == len(new) - 1, now)
                     closed_count += closable
-                    closed_at = stored.closed_at(owner, s.start, now) if closable else None
+                    closed_at = closed_before.get((owner, s.start), now) if closable else None
                     session_rows.append(session_row(project_id, owner, s, "closed" if closable else "open", closed_at))
                     if closable and not s.is_empty:
                         closed.append(s)
@@ -546,7 +548,7 @@ class SessionProcessor:
                 profile_rows += profiles
                 closed_count += closed_now
                 owners += users
-            profile_rows = stored.profile_rows(profile_rows)
+            profile_rows = keep_update_times(conn, project_id, profile_rows)
         # The runs' sessions rows not staged are made below, beside the database's index builds.
         finished_rows = len(runs.order) if runs is not None else 0
         incoming = {

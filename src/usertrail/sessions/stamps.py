@@ -25,50 +25,66 @@ _UPDATED = PROFILE_COLUMNS.index("updated_at")
 
 
 @dataclass(frozen=True)
-class StoredStamps:
-    """The close times of a project's stored closed sessions, and its stored End User Objects."""
+class StoredCloses:
+    """The close times of a project's stored closed sessions: (user_key, start_ts, closed_at) rows."""
 
-    closes: dict[tuple[str, int], int]  # (user_key, start_ts) -> closed_at
-    profiles: dict[str, tuple]  # user_key -> end_users row, PROFILE_COLUMNS order
+    rows: list[tuple[str, int, int]]
 
     @classmethod
-    def read(cls, conn: sa.Connection, project_id: int) -> StoredStamps:
+    def read(cls, conn: sa.Connection, project_id: int) -> StoredCloses:
         """Read them (on the rebuild's reading connection: the same snapshot as its read of the events)."""
-        closes = _fetch(
-            conn,
-            sa.select(sessions.c.user_key, sessions.c.start_ts, sessions.c.closed_at).where(
-                sessions.c.project_id == project_id, sessions.c.status == "closed", sessions.c.closed_at.is_not(None)
-            ),
+        statement = sa.select(sessions.c.user_key, sessions.c.start_ts, sessions.c.closed_at).where(
+            sessions.c.project_id == project_id, sessions.c.status == "closed", sessions.c.closed_at.is_not(None)
         )
-        profiles = _fetch(
-            conn,
-            sa.select(*(end_users.c[name] for name in PROFILE_COLUMNS)).where(end_users.c.project_id == project_id),
-        )
-        return cls({(key, start): at for key, start, at in closes}, {row[1]: tuple(row) for row in profiles})
+        if conn.dialect.name == "sqlite":
+            # In key order SQLite walks the primary key's index, and through it the table in the order the
+            # rebuild wrote it; otherwise it takes the (status, end) index and jumps around the table (5M
+            # events: 0.36-0.59 s against 0.84-1.08 s).
+            statement = statement.order_by(sessions.c.user_key, sessions.c.start_ts)
+        return cls(_fetch(conn, statement))
 
-    def closed_at(self, key: str, start: int, now: int) -> int:
-        """When a session closed now by the rebuild is said to have closed: when it was stored closed, if it was."""
-        return self.closes.get((key, start), now)
+    def of_keys(self, keys: set[str]) -> dict[tuple[str, int], int]:
+        """(user_key, start_ts) -> closed_at of these keys' stored closed sessions."""
+        return {(key, start): at for key, start, at in self.rows if key in keys}
 
     def table_closes(self, table: SessionTable) -> np.ndarray | None:
         """Per session of the column-wise `table`, its stored close time, or -1 if it was not stored closed
-        (None when no session of the project was)."""
-        if not self.closes:
-            return None
-        keys = np.array(table.keys, object)[table.key].tolist()
-        found = map(self.closes.get, zip(keys, table.start.tolist(), strict=True), [-1] * len(keys))
-        return np.fromiter(found, np.int64, len(keys))
+        (None when no session of the project was).
 
-    def profile_rows(self, rows: Sequence[tuple]) -> list[tuple]:
-        """These new End User Object rows, each with its stored `updated_at` if nothing else in it changed."""
-        stored = self.profiles
-        kept = []
-        for row in rows:
-            old = stored.get(row[1])
-            if old is not None and old[:_UPDATED] == row[:_UPDATED] and old[_UPDATED + 1 :] == row[_UPDATED + 1 :]:
-                row = old
-            kept.append(row)
-        return kept
+        Matched in numpy on (key number, start rank), not through a dict of (key, start) pairs: 612k sessions
+        took a third of the time."""
+        if not self.rows:
+            return None
+        number = {key: i for i, key in enumerate(table.keys)}
+        stored_key = np.fromiter((number.get(key, -1) for key, _, _ in self.rows), np.int64, len(self.rows))
+        known = stored_key >= 0
+        if not known.any():
+            return np.full(len(table.key), -1, np.int64)
+        stored_start = np.fromiter((start for _, start, _ in self.rows), np.int64, len(self.rows))[known]
+        stored_at = np.fromiter((at for _, _, at in self.rows), np.int64, len(self.rows))[known]
+        # Starts as ranks among all starts, so key * ranks + rank is one exact int64 per (key, start) pair.
+        starts, rank = np.unique(np.concatenate([stored_start, table.start]), return_inverse=True)
+        pair = stored_key[known] * len(starts) + rank[: len(stored_start)]
+        wanted = table.key.astype(np.int64) * len(starts) + rank[len(stored_start) :]
+        order = np.argsort(pair)
+        found = order[np.searchsorted(pair, wanted, sorter=order).clip(max=len(pair) - 1)]
+        return np.where(pair[found] == wanted, stored_at[found], -1)
+
+
+def keep_update_times(conn: sa.Connection, project_id: int, rows: Sequence[tuple]) -> list[tuple]:
+    """These new End User Object rows of the project, each with its stored `updated_at` if nothing else in it
+    changed (read on the rebuild's reading connection)."""
+    statement = sa.select(*(end_users.c[name] for name in PROFILE_COLUMNS)).where(end_users.c.project_id == project_id)
+    if conn.dialect.name == "sqlite":
+        statement = statement.order_by(end_users.c.user_key)  # as above: 0.36 s against 0.52 s at 185k users
+    stored = {row[1]: tuple(row) for row in _fetch(conn, statement)}
+    kept = []
+    for row in rows:
+        old = stored.get(row[1])
+        if old is not None and old[:_UPDATED] == row[:_UPDATED] and old[_UPDATED + 1 :] == row[_UPDATED + 1 :]:
+            row = old
+        kept.append(row)
+    return kept
 
 
 def _fetch(conn: sa.Connection, statement: sa.Select) -> list[tuple]:

@@ -44,7 +44,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -83,7 +82,6 @@ class Rewrite:
         self.dropped = dropped
         self.merging = set(merged)
         self.written: Counter[sa.Table] = Counter()
-        self.changes: dict[str, Merge] = {}  # what each merged table's merge did
 
     def write(self, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
         """Write these of the project's new rows of `table` (into its temporary twin, if it is merged)."""
@@ -126,25 +124,15 @@ class Rewrite:
 
     def _finish(self, indexes: list[Structure], merged: list[sa.Table]) -> None:
         for table in merged:
-            self.changes[table.name] = _merge(self.conn, table, self.project_id, self.written[table])
+            _merge(self.conn, table, self.project_id, self.written[table])
         _build(self.conn, indexes)
-
-
-@dataclass(frozen=True)
-class Merge:
-    """What merging one table's new rows did: stored rows deleted, new rows inserted, and whether its indexes
-    were dropped for it (most rows differed)."""
-
-    deleted: int
-    inserted: int
-    rebuilt_indexes: bool
 
 
 def _twin(table: sa.Table) -> str:
     return f"new_{table.name}"
 
 
-def _merge(conn: sa.Connection, table: sa.Table, project_id: int, written: int) -> Merge:
+def _merge(conn: sa.Connection, table: sa.Table, project_id: int, written: int) -> None:
     """PostgreSQL: make the project's rows of `table` those of its temporary twin (`written` rows).
 
     One full join of the stored rows with the twin's on the primary key finds the rows that differ (a key on
@@ -180,7 +168,10 @@ def _merge(conn: sa.Connection, table: sa.Table, project_id: int, written: int) 
                 f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {_twin(table)}"
             ).rowcount
             _build(conn, dropped)
-            return Merge(deleted, inserted, rebuilt_indexes=True)
+            log.debug(
+                "wrote %s of project %s whole: %s rows deleted, %s inserted", table.name, project_id, deleted, inserted
+            )
+            return
         # Others hold the table: every differing row is needed after all, to merge with the indexes in place.
         conn.exec_driver_sql(f"DROP TABLE {changed}")
         conn.exec_driver_sql(find, {"p": project_id})
@@ -192,7 +183,6 @@ def _merge(conn: sa.Connection, table: sa.Table, project_id: int, written: int) 
         f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {changed} WHERE is_new"
     ).rowcount
     log.debug("merged %s of project %s: %s stored rows deleted, %s inserted", table.name, project_id, deleted, inserted)
-    return Merge(deleted, inserted, rebuilt_indexes=False)
 
 
 def _drop(conn: sa.Connection, table: sa.Table) -> list[Structure]:
