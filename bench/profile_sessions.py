@@ -41,7 +41,7 @@ from usertrail.sessions.columnar import sessionize_project
 from usertrail.sessions.derive import fill_scope, sessionize_keys
 from usertrail.sessions.processor import SessionProcessor
 from usertrail.sessions.rules import IDLE_MS
-from usertrail.store import user_index
+from usertrail.store import bulk, user_index
 from usertrail.store.database import create_engine
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.schema import sessions
@@ -121,8 +121,9 @@ def timed_parts(engine: sa.Engine, project_id: int, now: int) -> dict[str, float
 
     undo: list[tuple] = []
     timed(processor_module, "sessionize_project", lambda a: "sessionize every key (columnar.sessionize_project)")
-    timed(processor_module, "insert_rows", lambda a: f"insert {a[1].name}")
-    timed(user_index, "rebuild", lambda a: "user list lookup rows (user_index.rebuild)")
+    timed(bulk, "insert_rows", lambda a: f"insert {a[1].name}")
+    timed(bulk, "_merge", lambda a: f"merge {a[1].name} (PostgreSQL, stored rows)")
+    timed(user_index, "lookup_rows", lambda a: "user list lookup rows (user_index.lookup_rows)")
     timed(sa.Index, "create", lambda a: f"create {a[0].table.name} indexes")
     try:
         began = time.perf_counter()

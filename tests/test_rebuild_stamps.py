@@ -5,12 +5,17 @@ session rows (column-wise, per owner for stitched keys, and SQLite's staging hel
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from test_bulk_rewrite import activity
 from test_sessions import MIN, T0, Ev, ingest, snapshot
 from usertrail.sessions.processor import SessionProcessor
+from usertrail.sessions.stamps import StoredCloses
+from usertrail.sessions.table import SessionTable
 from usertrail.store import staging
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import end_users, sessions
@@ -82,3 +87,47 @@ def test_a_rebuild_keeps_the_times_of_what_it_does_not_change_as_the_incremental
 
 def without_project(rows: dict) -> dict:
     return {name: [row[1:] for row in table] for name, table in rows.items()}
+
+
+@given(data=st.data())
+def test_the_column_wise_match_of_stored_close_times_equals_a_match_by_pair(data):
+    """`StoredCloses.table_closes` (numpy, on key numbers and start ranks) finds for each session of a table
+    the close time stored for its (key, start), as a dictionary of pairs would, whatever the keys and starts."""
+    keys = data.draw(st.lists(st.text(min_size=1, max_size=3), min_size=1, max_size=5, unique=True))
+    starts = st.integers(-(2**62), 2**62)
+    sessions_of = data.draw(
+        st.lists(st.tuples(st.integers(0, len(keys) - 1), starts), max_size=25, unique=True), label="sessions"
+    )
+    pairs = [(keys[k], start) for k, start in sessions_of]
+    # Stored: some of the table's sessions, and sessions of keys or starts it does not have.
+    stored_pairs = data.draw(
+        st.lists(
+            st.one_of(st.sampled_from(pairs), st.tuples(st.sampled_from([*keys, "elsewhere"]), starts))
+            if pairs
+            else st.tuples(st.sampled_from([*keys, "elsewhere"]), starts),
+            unique=True,
+            max_size=25,
+        ),
+        label="stored",
+    )
+    stored = [(key, start, data.draw(st.integers(1, 2**62))) for key, start in stored_pairs]
+    n = len(sessions_of)
+    table = SessionTable(
+        keys=keys,
+        key=np.array([k for k, _ in sessions_of], np.int64),
+        start=np.array([start for _, start in sessions_of], np.int64),
+        end=np.zeros(n, np.int64),
+        events=np.zeros(n, np.int64),
+        interactions=np.zeros(n, np.int64),
+        page_views=np.zeros(n, np.int64),
+        hints=["[]"] * n,
+        values={},
+        vars_code=np.full(n, -1, np.int64),
+        vars_values=[],
+    )
+    found = StoredCloses(stored).table_closes(table)
+    if not stored:
+        assert found is None
+    else:
+        by_pair = {(key, start): at for key, start, at in stored}
+        assert found.tolist() == [by_pair.get(pair, -1) for pair in pairs]
