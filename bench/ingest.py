@@ -236,6 +236,13 @@ def build_requests(spec: dict[str, Any]) -> tuple[list[bytes], int]:
 # --- the load generator process ------------------------------------------------------------------
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response on a keep-alive connection: its status and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    return int(head[9:12]), await reader.readexactly(int(match.group(1))) if match else b""
+
+
 async def _drive(spec: dict[str, Any], requests: list[bytes], pipe: Connection) -> dict[str, Any]:
     """Replay `requests` over keep-alive connections; one request in flight per connection."""
     loop = asyncio.get_running_loop()
@@ -261,10 +268,7 @@ async def _drive(spec: dict[str, Any], requests: list[bytes], pipe: Connection) 
             state["next"] = i + 1
             writer.write(requests[i])
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                body = await reader.readexactly(int(match.group(1))) if match else b""
+                status, body = await read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 failures.append(repr(exc))
                 return

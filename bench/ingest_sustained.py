@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import re
 import shlex
 import shutil
 import sys
@@ -75,10 +74,7 @@ async def _paced(spec: dict[str, Any], requests: list[bytes], pipe: Connection, 
                 await asyncio.sleep(wait)
             writer.write(requests[i])
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                body = await reader.readexactly(int(match.group(1))) if match else b""
+                status, body = await ingest.read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 failures.append(repr(exc))
                 return
