@@ -155,15 +155,6 @@ class Run:
         return self.non_200 == 0 and self.events_stored == self.events_acked
 
 
-def _receive(pipe: Connection, loader, timeout: float):
-    if not pipe.poll(timeout):
-        raise RuntimeError("timed out waiting for the load generator")
-    message = pipe.recv()
-    if message[0] == "error":
-        raise RuntimeError(f"load generator failed: {message[1]}")
-    return message
-
-
 def run_one(
     database: str, url: str, offered: int, args: argparse.Namespace, seq: int, base_ms: int, work_dir: Path, pg_pid
 ) -> tuple[Run, int]:
@@ -192,11 +183,11 @@ def run_one(
     server = ingest.start_server(port, args.workers, env, work_dir / "server.log")
     run = Run(database, args.workers, offered, args.duration)
     try:
-        _receive(parent_end, loader, 600)
+        ingest._receive(parent_end, loader, server, 600)
         ingest.wait_for_quiet(args.quiet_wait)
         probe = ingest.cpu_probe()
         parent_end.send("go")
-        _, started = _receive(parent_end, loader, 120)
+        _, started = ingest._receive(parent_end, loader, server, 120)
         window_start = started + args.warmup
         time.sleep(max(0.0, window_start - time.time()))
         pids = ingest.process_tree(server.pid) + (ingest.process_tree(pg_pid) if pg_pid else [])
@@ -206,7 +197,7 @@ def run_one(
             run.samples.append((round(time.time() - window_start, 2), acked.value, ingest.journal_events(url)))
         elapsed = time.monotonic() - t0
         cpu1, busy1 = ingest.cpu_seconds(pids), ingest.machine_busy()
-        _, result = _receive(parent_end, loader, 600)
+        _, result = ingest._receive(parent_end, loader, server, 600)
         drained = time.monotonic()
         while ingest.journal_events(url):
             if time.monotonic() - drained > 900:
