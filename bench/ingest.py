@@ -400,7 +400,14 @@ def _count(url: str, sql: str) -> int:
 
 def journal_events(url: str) -> int:
     """Events answered but still in the ingest journal (not yet indexed into `events`)."""
-    return _count(url, "SELECT coalesce(sum(events), 0) FROM ingest_journal")
+    from usertrail.store.database import create_engine
+    from usertrail.store.events import EventStore
+
+    engine = create_engine(url)
+    try:
+        return EventStore(engine).backlog().events
+    finally:
+        engine.dispose()
 
 
 def count_events(url: str) -> int:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.store import journal
-from usertrail.store.database import create_engine, migrate
+from usertrail.store.database import create_engine, migrate, write_transaction
 from usertrail.store.events import EventStore, IngestRecord, event_row
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import UserStore
@@ -257,3 +257,124 @@ def test_requests_indexed_just_before_a_postgresql_crash_are_all_in_events_once_
         engine.dispose()
     finally:
         pg.stop()
+
+
+def test_sqlite_journal_appends_do_not_wait_for_a_transaction_on_the_database(engine):
+    """SQLite keeps the journal in a file of its own: a request is journaled while an indexer (here, a test
+    transaction) holds the database's write lock, instead of waiting for it to end."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's journal is a table of the database: row locks, no file lock to share")
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    assert journal.file_of(engine) is not None
+    appended = threading.Event()
+
+    def append() -> None:
+        store.journal([IngestRecord(project.id, events=[_row(project.id, "u:a", "e1")])])
+        appended.set()
+
+    with write_transaction(engine):
+        thread = threading.Thread(target=append)
+        thread.start()
+        # Before the file, this append waited for the lock, until this transaction's end or the 30-s timeout.
+        assert appended.wait(20), "the journal append waited for the database's write lock"
+    thread.join()
+    store.index_all()
+    assert store.count(project.id) == 1 and store.backlog() == journal.Backlog(0, 0, None)
+
+
+def test_requests_stored_but_left_in_the_sqlite_journal_file_by_a_crash_are_not_stored_twice(engine, monkeypatch):
+    """The indexer commits the stored records with marks, then deletes the rows from the journal file. A
+    crash between the two leaves the rows in the file: the next indexer deletes them instead of storing
+    their events, drop tallies and security-log entries a second time."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's journal rows leave in the transaction that stores them")
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    security = {
+        "project_id": project.id,
+        "id": "0000000000001-a",
+        "ts": 1,
+        "ip": "203.0.113.9",
+        "user_agent": None,
+        "path": "/event/tell",
+        "events": 1,
+        "status": 200,
+    }
+    store.journal(
+        [
+            IngestRecord(project.id, events=[_row(project.id, "u:a", "e1")], drops=Counter({("production", "bot"): 2})),
+            IngestRecord(project.id, events=[_row(project.id, "u:b", "e2")], security=security),
+        ]
+    )
+
+    def crash(file, keys):
+        raise OSError("killed before the journal file was updated")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(journal, "remove_from_file", crash)
+        with pytest.raises(OSError):
+            store.index_journal()
+    assert store.count(project.id) == 2
+    assert store.backlog().requests == 2  # still in the file, marked as stored
+
+    # A later journaled request: indexed normally, after the marked rows are deleted.
+    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:c", "e3")])])
+    store.index_all()
+    assert store.count(project.id) == 3 and store.backlog() == journal.Backlog(0, 0, None)
+    with engine.connect() as conn:
+        assert dict(conn.execute(sa.text("SELECT reason, sum(count) FROM drop_counts GROUP BY reason")).all()) == {
+            "bot": 2
+        }
+        assert conn.execute(sa.text("SELECT count(*) FROM security_log")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM journal_indexed")).scalar() == 0
+
+
+def test_requests_journaled_in_the_database_itself_are_still_indexed(engine):
+    """Rows in the database's own `ingest_journal`: always on PostgreSQL; on SQLite, those a server journaled
+    before the journal had its own file. Both kinds are indexed, each once."""
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    old = journal.JournalRecord(project.id, [_row(project.id, "u:a", "e1")], [], [], None)
+    appender = journal.Appender(engine)
+    try:
+        appender.append([(project.id, "0000000000001-a", 1, 1, journal.encode(old))])
+    finally:
+        appender.close()
+    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:b", "e2")])])
+    assert store.backlog().requests == 2
+    store.index_all()
+    assert store.count(project.id) == 2 and store.backlog() == journal.Backlog(0, 0, None)
+
+
+def test_collection_answers_503_while_the_journal_is_over_its_bound_and_keeps_nothing_of_those_requests(
+    make_server,
+):
+    """Answers do not wait for indexing; an overload that lasts is bounded by USERTRAIL_MAX_BACKLOG_EVENTS:
+    past it, requests are refused with 503 and Retry-After (the snippet retries on 5xx), and accepted again
+    once the indexers have caught up."""
+    live = make_server(max_backlog_events=6)
+    indexer = live.app.state.collector.indexer
+    indexer.close()  # this test reads the backlog and indexes at the moments it checks
+    events = [walkme_event(time=now_ms() - i, data_oId=i) for i in range(3)]
+    for n in range(2):
+        assert _tell(live, [{**e, "sId": f"s{n}"} for e in events]).status_code == 200
+    indexer.refresh_backlog()
+    assert indexer.backlog_events == 6 and indexer.full()
+
+    refused = _tell(live, events)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    error = refused.json()
+    assert error["error"] == "request_refused" and error["path"] == "$"
+    assert "USERTRAIL_MAX_BACKLOG_EVENTS=6" in error["reason"]
+    with httpx.Client(base_url=live.base_url, headers={"User-Agent": CHROME_UA}) as client:
+        batch = {"batch": [{"type": "track", "event": "x", "anonymousId": "a1", "messageId": "m1"}]}
+        assert client.post(f"/v1/batch?key={live.project.write_key}", json=batch).status_code == 503
+    assert _stats(live)["ingest_backlog"]["requests"] == 2  # the refused requests left nothing
+
+    live.index()
+    indexer.refresh_backlog()
+    assert not indexer.full()
+    assert _tell(live, events).status_code == 200
+    live.index()
+    assert live.scalar("SELECT count(*) FROM events") == 9

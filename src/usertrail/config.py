@@ -56,6 +56,10 @@ class Settings:
     session_interval_s: float = 10.0
     # While collection is saturated, indexing waits up to this long (collect/indexer.py).
     index_delay_s: float = 30.0
+    # Events the ingest journal may hold before collection answers 503 (retry later); 0: no bound. Answers
+    # no longer wait for indexing, so under an overload that lasts, this bounds the journal's disk and the
+    # delay before events show (collect/indexer.py).
+    max_backlog_events: int = 5_000_000
     # Users a session-loop round recomputes in one transaction. On SQLite that transaction holds the
     # only write lock, so smaller rounds let ingest in between (docs/benchmarks.md, steady state).
     session_batch: int = 1000
@@ -135,6 +139,7 @@ class Settings:
             session_settle_ms=int(env.get("USERTRAIL_SESSION_SETTLE_MS", "5000")),
             session_interval_s=float(env.get("USERTRAIL_SESSION_INTERVAL_S", "10")),
             index_delay_s=float(env.get("USERTRAIL_INDEX_DELAY_S", "30")),
+            max_backlog_events=int(env.get("USERTRAIL_MAX_BACKLOG_EVENTS", "5000000")),
             session_batch=int(env.get("USERTRAIL_SESSION_BATCH", "1000")),
             master_key=env.get("USERTRAIL_MASTER_KEY", ""),
             playback_store=env.get("USERTRAIL_PLAYBACK_STORE", ""),
@@ -181,6 +186,7 @@ class Settings:
             "USERTRAIL_SESSION_SETTLE_MS": str(self.session_settle_ms),
             "USERTRAIL_SESSION_INTERVAL_S": str(self.session_interval_s),
             "USERTRAIL_INDEX_DELAY_S": str(self.index_delay_s),
+            "USERTRAIL_MAX_BACKLOG_EVENTS": str(self.max_backlog_events),
             "USERTRAIL_SESSION_BATCH": str(self.session_batch),
             "USERTRAIL_MASTER_KEY": self.master_key,
             "USERTRAIL_PLAYBACK_STORE": self.playback_store,

@@ -18,6 +18,7 @@ from usertrail.store.events import EventStore
 log = logging.getLogger(__name__)
 
 _BUSY_S = 0.02
+_BACKLOG_READ_S = 1.0
 
 
 class Indexer:
@@ -27,14 +28,29 @@ class Indexer:
     and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
     `delay_s` since the journal was last empty: a burst is then answered at the speed of journaling alone,
     and indexed as it subsides. A longer overload has the indexer run alongside collection again, so the
-    backlog stays bounded and answers slow down to what the machine can index.
+    backlog is indexed alongside.
+
+    Answers do not wait for indexing (the journal is a queue of its own, store/journal.py), so an overload
+    that lasts grows the backlog. Past `max_backlog` events (0: no bound) collection refuses requests for
+    a while (`full`, HTTP 503; clients retry later), so the journal's disk and the delay before events
+    show stay bounded. The thread reads the backlog at most once a second.
     """
 
-    def __init__(self, store: EventStore, max_events: int = 2_000, idle_s: float = 0.5, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        max_events: int = 2_000,
+        idle_s: float = 0.5,
+        delay_s: float = 0.0,
+        max_backlog: int = 0,
+    ) -> None:
         self.store = store
         self.max_events = max_events
         self.idle_s = idle_s
         self.delay_s = delay_s
+        self.max_backlog = max_backlog
+        self.backlog_events = 0  # as last read by `refresh_backlog`
+        self._backlog_read_at = 0.0
         self.in_flight = 0  # collection requests of this process being handled (Collector.collect)
         self._saturated_at = 0.0
         self._last_empty = time.monotonic()
@@ -60,6 +76,15 @@ class Indexer:
     def left(self) -> None:
         self.in_flight -= 1
 
+    def full(self) -> bool:
+        """Whether the journal held `max_backlog` events or more when last read: refuse new requests."""
+        return 0 < self.max_backlog <= self.backlog_events
+
+    def refresh_backlog(self) -> None:
+        """Read the journal's backlog (every project's: they share the indexers and the disk)."""
+        self.backlog_events = self.store.backlog().events
+        self._backlog_read_at = time.monotonic()
+
     def drain(self) -> int:
         """Index everything journaled so far from the calling thread, waiting for rows other indexers are
         storing; on return all of it is in `events`. Returns the requests this call indexed."""
@@ -76,6 +101,12 @@ class Indexer:
     def _run(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
+            if self.max_backlog and now - self._backlog_read_at >= _BACKLOG_READ_S:
+                try:
+                    self.refresh_backlog()
+                except Exception:  # as below: the next read may succeed
+                    log.exception("reading the ingest journal's backlog failed")
+                    self._backlog_read_at = now
             saturated = self.in_flight > 1 or now - self._saturated_at < _BUSY_S
             if saturated and now - self._last_empty < self.delay_s:
                 self._stop.wait(_BUSY_S)

@@ -37,12 +37,17 @@ WALKME = "walkme"
 NATIVE = "native"
 
 
+# What a refused request is told to wait: about what two worker processes index in the meantime.
+_RETRY_AFTER_S = 5
+
+
 class CollectError(Exception):
     """The request as a whole is refused; `status` is the HTTP status to answer."""
 
-    def __init__(self, status: int, path: str, reason: str) -> None:
+    def __init__(self, status: int, path: str, reason: str, retry_after_s: int | None = None) -> None:
         super().__init__(reason)
         self.status, self.path, self.reason = status, path, reason
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -140,6 +145,15 @@ class Collector:
         limits = self.settings.limits
         if len(facts.body) > limits.max_body_bytes:
             raise CollectError(413, "$", f"body of {len(facts.body)} bytes exceeds {limits.max_body_bytes}")
+        if self.indexer.full():
+            raise CollectError(
+                503,
+                "$",
+                f"the ingest journal holds {self.indexer.backlog_events} events not yet indexed (bound: "
+                f"USERTRAIL_MAX_BACKLOG_EVENTS={self.indexer.max_backlog}); nothing of this request was kept, "
+                "send it again later",
+                retry_after_s=_RETRY_AFTER_S,
+            )
         grant = self._grant(facts.key) if facts.key else None
         try:
             batch = (

@@ -98,7 +98,8 @@ class EventStore:
         dialect = engine.dialect.name
         self._insert_rejected = insert_ignore(rejected_events, dialect)
         self._add_drops = upsert_add(drop_counts, dialect, ["project_id", "env", "day", "reason"], "count")
-        self._journal = journal.Appender(engine)
+        self._file = journal.file_of(engine)  # SQLite: the journal's own file
+        self._journal = journal.Appender(self._file or engine)
 
     def write_many(self, records: list[IngestRecord]) -> list[WriteOutcome]:
         """Store every record in one transaction now (not through the journal); on return they are durable."""
@@ -137,10 +138,12 @@ class EventStore:
 
     def index_journal(self, max_events: int = 5_000, wait: bool = False) -> int:
         """Move the oldest journaled requests (about `max_events` events) into `events` and the side
-        tables, in one transaction that also removes them from the journal. Returns the requests moved.
+        tables, in one transaction that also takes them out of the journal (store/journal.py tells how on
+        each engine). Returns the requests moved.
 
         Rows another process is indexing are skipped, or with `wait` waited for (so that when a waiting
         call returns 0, everything journaled before it is in `events`)."""
+        from_file: list[tuple[int, str]] = []
         with write_transaction(self.engine) as conn:
             if conn.dialect.name == "postgresql":
                 # The commit need not wait for the WAL flush: if a crash loses this transaction, it loses
@@ -148,6 +151,10 @@ class EventStore:
                 # later commit that waits (a request's journal row) flushes this one too.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             taken = journal.take(conn, max_events, wait)
+            if not taken and self._file is not None:
+                journal.settle(conn, self._file)
+                taken = journal.take_file(self._file, max_events)
+                from_file = [(project_id, id_) for project_id, id_, _ in taken]
             if not taken:
                 return 0
             records = []
@@ -156,7 +163,12 @@ class EventStore:
                 drops = Counter({(env, reason): count for env, reason, count in kept.drops})
                 records.append(IngestRecord(kept.project_id, kept.events, kept.rejected, drops, kept.security))
             self._store(conn, records)
-            journal.remove(conn, [(project_id, id_) for project_id, id_, _ in taken])
+            if from_file:
+                journal.mark(conn, from_file)
+            else:
+                journal.remove(conn, [(project_id, id_) for project_id, id_, _ in taken])
+        if from_file:
+            journal.remove_from_file(self._file, from_file)
         return len(taken)
 
     def index_all(self, max_events: int = 5_000) -> int:
@@ -170,7 +182,11 @@ class EventStore:
     def backlog(self, project_id: int | None = None) -> journal.Backlog:
         """What the journal holds for `project_id` (or for every project), not yet in `events`."""
         with self.engine.connect() as conn:
-            return journal.backlog(conn, project_id)
+            backlog = journal.backlog(conn, project_id)
+        if self._file is None:
+            return backlog
+        with self._file.connect() as conn:
+            return journal.combined(backlog, journal.backlog(conn, project_id))
 
     def _store(self, conn: sa.Connection, records: list[IngestRecord]) -> list[WriteOutcome]:
         outcomes: list[WriteOutcome] = []

@@ -117,6 +117,19 @@ ingest_journal = sa.Table(
 )
 sa.Index(None, ingest_journal.c.id)
 
+# SQLite keeps the journal in a file of its own (store/journal.py): a row of that file whose records the
+# indexer has stored is marked here, in the transaction that stored them, until it is deleted from the
+# file. A crash between the two leaves the mark, and the row is deleted, not stored twice. PostgreSQL's
+# journal is `ingest_journal` above, whose rows leave in that transaction itself: nothing is marked.
+journal_indexed = sa.Table(
+    "journal_indexed",
+    metadata,
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("id", KEY_TEXT, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "id"),
+    sqlite_with_rowid=False,  # the row is its key (migration 0031)
+)
+
 rejected_events = sa.Table(
     "rejected_events",
     metadata,

@@ -91,7 +91,7 @@ def build_collector(settings: Settings) -> Collector:
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
     events = EventStore(engine)
-    indexer = Indexer(events, delay_s=settings.index_delay_s)
+    indexer = Indexer(events, delay_s=settings.index_delay_s, max_backlog=settings.max_backlog_events)
     writer = GroupCommitWriter(events, settings.commit_delay_ms, on_commit=indexer.notify)
     return Collector(settings, ProjectStore(engine), events, geo, writer, indexer)
 

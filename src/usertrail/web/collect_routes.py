@@ -58,6 +58,8 @@ async def _collect(request: Request, wire_format: str) -> Response:
     except CollectError as exc:
         # The origin is echoed on errors too, so the browser can show the reason to the developer.
         response = error_response(exc.status, "request_refused", exc.reason, exc.path)
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
         return _cors(response, facts.origin if exc.status != 403 else None)
     if result.errors:
         response = error_response(

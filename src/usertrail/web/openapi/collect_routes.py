@@ -37,6 +37,8 @@ _COLLECT_ERRORS = {
     403: "request_refused: the Origin is not allowed for the project",
     413: "request_refused: the body is over the size limit",
     415: "request_refused: an unsupported Content-Type",
+    503: "request_refused: the ingest journal is over USERTRAIL_MAX_BACKLOG_EVENTS; nothing was kept, send it "
+    "again after `Retry-After` seconds",
 }
 
 OPERATIONS = [
