@@ -21,9 +21,10 @@ _BUSY_S = 0.02
 _BACKLOG_READ_S = 1.0
 # Events per indexing transaction, at most (a transaction takes what the journal holds, usually far less).
 # SQLite's indexers take turns for one write lock, and each transaction pays a commit, a settle and the
-# rollup's totals: with a backlog, 10,000 stored 7,400 events/s beside a 20,000/s load against 5,800 for
-# 2,000 (docs/benchmarks.md, session 24). Journal appends do not wait for it; the session loop and
-# admin writes wait up to about a second. PostgreSQL's indexers run side by side: 2,000.
+# rollup's totals: draining a backlog, 10,000 stored 13,000–15,700 events/s against 9,200–9,400 for 2,000
+# (docs/benchmarks.md, session 24; beside collection the difference was within that day's noise).
+# Journal appends do not wait for it; the session loop and admin writes wait up to about a second.
+# PostgreSQL's indexers run side by side: 2,000.
 _MAX_EVENTS = {"sqlite": 10_000, "postgresql": 2_000}
 
 
