@@ -34,8 +34,7 @@ class Indexer:
     While this process's collection is saturated (requests are queueing: more than one is between arrival
     and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
     `delay_s` since the journal was last empty: a burst is then answered at the speed of journaling alone,
-    and indexed as it subsides. A longer overload has the indexer run alongside collection again, so the
-    backlog is indexed alongside.
+    and indexed as it subsides. A longer overload has the indexer run alongside collection again.
 
     Answers do not wait for indexing (the journal is a queue of its own, store/journal.py), so an overload
     that lasts grows the backlog. Past `max_backlog` events (0: no bound) collection refuses requests for
