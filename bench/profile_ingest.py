@@ -33,7 +33,7 @@ import ingest
 from usertrail.collect.service import WALKME, Collector, RequestFacts
 from usertrail.collect.wire import decode_walkme
 from usertrail.config import Settings
-from usertrail.store.events import IngestRecord
+from usertrail.store.journal import Packed
 from usertrail.web.app import build_collector
 
 
@@ -41,9 +41,9 @@ class _KeepingWriter:
     """Stands in for the group-commit writer: keeps the records, commits nothing."""
 
     def __init__(self) -> None:
-        self.records: list[IngestRecord] = []
+        self.records: list[Packed] = []
 
-    async def write(self, record: IngestRecord) -> None:
+    async def write(self, record: Packed) -> None:
         self.records.append(record)
 
     def close(self) -> None:
@@ -155,7 +155,7 @@ def profile_database(
     )
     profiled_records = list(keeper.records)
 
-    def journal(records: list[IngestRecord]) -> float:
+    def journal(records: list[Packed]) -> float:
         began = clock()
         for i in range(0, len(records), group):
             collector.events.journal(records[i : i + group])

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from usertrail.store.events import EventStore, IngestRecord
-from usertrail.store.journal import Appender
+from usertrail.store.events import EventStore
+from usertrail.store.journal import Appender, Packed
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ _MAX_ROWS_PER_COMMIT = 5_000
 
 
 class GroupCommitWriter:
-    """Journals `IngestRecord`s in batches from a dedicated thread; calls `on_commit` after each commit."""
+    """Journals packed records (`IngestRecord.pack`) in batches from a dedicated thread, compressing them there;
+    calls `on_commit` after each commit."""
 
     def __init__(
         self, store: EventStore, commit_delay_ms: float = 0.0, on_commit: Callable[[], None] = lambda: None
@@ -37,7 +38,7 @@ class GroupCommitWriter:
         self._started = False
         self._lock = threading.Lock()
 
-    async def write(self, record: IngestRecord) -> None:
+    async def write(self, record: Packed) -> None:
         """Wait until `record` is durable in the journal; raises if the commit failed."""
         self._ensure_started()
         loop = asyncio.get_running_loop()
@@ -66,7 +67,7 @@ class GroupCommitWriter:
             pending = [first]
             if self.commit_delay:
                 time.sleep(self.commit_delay)
-            rows = len(first[0].events)
+            rows = first[0].events
             stop = False
             while rows < _MAX_ROWS_PER_COMMIT and len(pending) < Appender.MAX_ROWS:
                 try:
@@ -77,7 +78,7 @@ class GroupCommitWriter:
                     stop = True
                     break
                 pending.append(item)
-                rows += len(item[0].events)
+                rows += item[0].events
             self._commit(pending)
             if stop:
                 return

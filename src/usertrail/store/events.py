@@ -11,6 +11,7 @@ import operator
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -73,6 +74,15 @@ class IngestRecord:
     drops: Counter = field(default_factory=Counter)  # (env, reason) -> count
     security: dict | None = None
 
+    def pack(self) -> journal.Packed:
+        """The record as a journal row, not yet compressed; its id and time are the security log entry's."""
+        now = int(time.time() * 1000)
+        drops = [(env, reason, count) for (env, reason), count in self.drops.items()]
+        kept = journal.JournalRecord(self.project_id, self.events, self.rejected, drops, self.security)
+        if self.security is not None:
+            return journal.pack(kept, self.security["id"], self.security["ts"])
+        return journal.pack(kept, time_id(now), now)
+
 
 @dataclass(frozen=True)
 class WriteOutcome:
@@ -106,31 +116,11 @@ class EventStore:
         with write_transaction(self.engine) as conn:
             return self._store(conn, records)
 
-    def journal(self, records: list[IngestRecord]) -> None:
-        """Append the records to the ingest journal in one transaction; on return they are durable.
-
-        The indexer (`index_journal`) stores them later; until then they count in `backlog`.
-        """
-        now = int(time.time() * 1000)
-        rows = [
-            (
-                record.project_id,
-                record.security["id"] if record.security else time_id(now),
-                record.security["ts"] if record.security else now,
-                len(record.events),
-                journal.encode(
-                    journal.JournalRecord(
-                        record.project_id,
-                        record.events,
-                        record.rejected,
-                        [(env, reason, count) for (env, reason), count in record.drops.items()],
-                        record.security,
-                    )
-                ),
-            )
-            for record in records
-        ]
-        self._journal.append(rows)
+    def journal(self, records: Sequence[IngestRecord | journal.Packed]) -> None:
+        """Append the records (packed or not yet) to the ingest journal in one transaction; on return they
+        are durable. The indexer (`index_journal`) stores them later; until then they count in `backlog`."""
+        packed = [r if isinstance(r, journal.Packed) else r.pack() for r in records]
+        self._journal.append([journal.row_of(p) for p in packed])
 
     def close(self) -> None:
         """Close the connection that journal appends hold (opened again by the next `journal`)."""

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import sqlalchemy as sa
@@ -59,10 +60,25 @@ _decode = msgspec.msgpack.Decoder(JournalRecord).decode
 _contexts = threading.local()  # zstd contexts are not thread-safe; the writer and indexers are threads
 
 
-def encode(record: JournalRecord) -> bytes:
-    """The record as stored in the journal: msgpack, zstd-compressed."""
+class Packed(NamedTuple):
+    """A request's journal row before compression: its key, arrival time, event count and msgpack'd record."""
+
+    project_id: int
+    id: str
+    received_at: int
+    events: int
+    record: bytes
+
+
+def pack(record: JournalRecord, id_: str, received_at: int) -> Packed:
+    """The record as msgpack, on the request's own thread (collect/service.py says why)."""
+    return Packed(record.project_id, id_, received_at, len(record.events), _encode(record))
+
+
+def row_of(packed: Packed) -> tuple[int, str, int, int, bytes]:
+    """The journal row for a packed record, zstd-compressed (off the event loop: zstd releases the GIL)."""
     compressor = getattr(_contexts, "compressor", None) or _context("compressor", zstandard.ZstdCompressor(level=1))
-    return compressor.compress(_encode(record))
+    return (packed.project_id, packed.id, packed.received_at, packed.events, compressor.compress(packed.record))
 
 
 def decode(blob: bytes) -> JournalRecord:
