@@ -2,12 +2,17 @@
 
     .venv/bin/python bench/profile_indexer.py                          # SQLite and PostgreSQL
     .venv/bin/python bench/profile_indexer.py --databases sqlite --prefill 1000000 --events 100000
+    .venv/bin/python bench/profile_indexer.py --prefill 200000 --events 40000 --busy-thread
 
 `bench/ingest.py` reports the indexers' end-to-end rate from a live server; this script explains it. It
 fills a fresh database through the server's own code (`Collector.collect`, then `EventStore.journal` and
 `EventStore.index_journal`, as the writer thread and the indexer do) with `--prefill` events from
 bench/ingest.py's request bodies (50 events per request, requests spread over 20,000 end users), then
 journals `--events` more and times `index_journal` over them on one thread: wall and CPU µs per event.
+With `--busy-thread` it times that again while another thread of the process decodes requests without
+pause, as a server worker's event loop does under load: the indexer thread shares the interpreter lock with
+it, and each time the database driver lets go of the lock (every step of a statement) it may wait a whole
+switch interval to get it back.
 
 Then the page accounting. SQLite: another `--events` are indexed with the write-ahead log's checkpoints
 off, so that the log holds every page the indexer wrote; each frame is attributed to the table or index
@@ -23,6 +28,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,8 +40,9 @@ import sqlalchemy as sa
 import ingest
 from profile_ingest import _bodies, _KeepingWriter, request_facts
 from usertrail.collect.service import WALKME, Collector
+from usertrail.collect.wire import decode_walkme
 from usertrail.config import Settings
-from usertrail.store.events import IngestRecord
+from usertrail.store.journal import Packed
 from usertrail.web.app import build_collector
 
 _PART = 200  # requests built and journaled at once
@@ -59,7 +66,7 @@ class _Filler:
             count = min(_PART, wanted - done)
             bodies = _bodies(self.key, count, 1_000_000 + self.requests * ingest.EVENTS_PER_BATCH, self.requests)
             asyncio.run(self._collect(bodies))
-            records: list[IngestRecord] = self.keeper.records
+            records: list[Packed] = self.keeper.records
             for i in range(0, len(records), 8):
                 self.collector.events.journal(records[i : i + 8])
             records.clear()
@@ -76,11 +83,35 @@ class _Filler:
             pass
 
 
-def _timed(filler: _Filler, events: int, max_events: int) -> dict[str, float]:
+class _BusyThread:
+    """Decodes a request body over and over in a thread of its own, as a server worker's event loop does under
+    load: the indexer then shares the interpreter lock with it, as the server's indexer thread does."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _BusyThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        limits = Settings().limits
+        while not self._stop.is_set():
+            decode_walkme(self.body, "text/plain", limits)
+
+
+def _timed(filler: _Filler, events: int, max_events: int, busy: bool = False) -> dict[str, float]:
     n = filler.journal(events)
-    wall, cpu = time.perf_counter(), time.process_time()
-    filler.index(max_events)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    with _BusyThread(_bodies(filler.key, 1, 0)[0]) if busy else contextlib.nullcontext():
+        wall, cpu = time.perf_counter(), time.process_time()
+        filler.index(max_events)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"events": n, "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6, "per_s": n / wall}
 
 
@@ -133,6 +164,17 @@ def profile(name: str, url: str, db: Path | None, args: argparse.Namespace) -> N
         f"indexing {best['events']:,} events, {args.max_events:,} per transaction (best of {args.repeat}): "
         f"{best['wall_us']:.1f} µs per event wall, {best['cpu_us']:.1f} CPU ⇒ {best['per_s']:,.0f} events/s"
     )
+    if args.busy_thread:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
+        busy = min(
+            (_timed(filler, args.events, args.max_events, busy=True) for _ in range(args.repeat)),
+            key=lambda r: r["wall_us"],
+        )
+        sys.setswitchinterval(0.005)
+        print(
+            f"beside a busy thread (switch interval {args.switch_interval_ms:g} ms): {busy['wall_us']:.1f} µs per "
+            f"event wall ⇒ {busy['per_s']:,.0f} events/s"
+        )
     if db is not None:
         n, frames = _sqlite_pages(filler, db, args.events, args.max_events)
         total = sum(frames.values())
@@ -157,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-events", type=int, default=2_000, help="events per indexer transaction (the server's)")
     p.add_argument("--repeat", type=int, default=2, help="timed runs (the best counts)")
     p.add_argument("--top", type=int, default=14, help="tables and indexes listed")
+    p.add_argument(
+        "--busy-thread", action="store_true", help="also time indexing beside a thread that decodes requests nonstop"
+    )
+    p.add_argument("--switch-interval-ms", type=float, default=5.0, help="sys.setswitchinterval for --busy-thread")
     args = p.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="usertrail-indexer-"))
     try:
