@@ -76,11 +76,11 @@ class IngestRecord:
 
     def pack(self) -> journal.Packed:
         """The record as a journal row, not yet compressed; its id and time are the security log entry's."""
-        now = int(time.time() * 1000)
         drops = [(env, reason, count) for (env, reason), count in self.drops.items()]
         kept = journal.JournalRecord(self.project_id, self.events, self.rejected, drops, self.security)
         if self.security is not None:
             return journal.pack(kept, self.security["id"], self.security["ts"])
+        now = int(time.time() * 1000)
         return journal.pack(kept, time_id(now), now)
 
 
