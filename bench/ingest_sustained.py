@@ -175,6 +175,7 @@ def run_one(
     env = {
         "USERTRAIL_DATA_DIR": str(work_dir),
         "USERTRAIL_DATABASE_URL": url,
+        "USERTRAIL_INDEXER": args.indexer,
         "USERTRAIL_INDEX_DELAY_S": str(args.index_delay_s),
         "USERTRAIL_TRUSTED_PROXIES": "127.0.0.1/32",
     }
@@ -251,6 +252,12 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def _indexer(args: argparse.Namespace) -> str:
+    if args.indexer == "process":
+        return "a process of its own (`USERTRAIL_INDEXER=process`)"
+    return f"a thread in each worker (`USERTRAIL_INDEXER=thread`, `USERTRAIL_INDEX_DELAY_S={args.index_delay_s:g}`)"
+
+
 def docs_block(info: dict[str, str], runs: list[Run], args: argparse.Namespace, command: str, started: str) -> str:
     return "\n".join(
         [
@@ -262,7 +269,7 @@ def docs_block(info: dict[str, str], runs: list[Run], args: argparse.Namespace, 
             f"- **Code:** {info['code']}",
             f"- **Load:** paced at the offered rate over {args.connections} keep-alive connections, batches of "
             f"{ingest.EVENTS_PER_BATCH} WalkMe events, {args.duration:g} s window after {args.warmup:g} s of warm-up; "
-            f"{args.workers} worker(s); `USERTRAIL_INDEX_DELAY_S={args.index_delay_s:g}`; session processing "
+            f"{args.workers} worker(s); indexer: {_indexer(args)}; session processing "
             + ("off" if args.no_sessions else "on")
             + "; durable commits (SQLite synchronous=FULL, PostgreSQL fsync=on)",
             "",
@@ -301,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--users", type=int, default=20_000)
-    p.add_argument("--index-delay-s", type=float, default=0.0, help="the server's USERTRAIL_INDEX_DELAY_S")
+    p.add_argument("--indexer", choices=("process", "thread"), default="process", help="the server's USERTRAIL_INDEXER")
+    p.add_argument(
+        "--index-delay-s", type=float, default=0.0, help="the server's USERTRAIL_INDEX_DELAY_S (thread indexer)"
+    )
     p.add_argument("--no-sessions", action="store_true", help="run the server without its session loop")
     p.add_argument("--quiet-wait", type=float, default=20.0)
     p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")

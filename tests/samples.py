@@ -6,6 +6,8 @@ import copy
 import json
 import time
 
+from usertrail.store.events import event_row
+
 # The example from "What Data Does WalkMe Collect?", joined back into one object.
 SPEC_EVENT: dict = {
     "time": 1553433890150,
@@ -69,3 +71,21 @@ def walkme_body(events: list[dict], client_ts: int | None = None) -> bytes:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def event_row_of(project_id: int, user: str, event_id: str, ts: int = 1_000) -> tuple:
+    """A stored native `track` event's row (EVENT_COLUMNS order), for tests that journal rows directly."""
+    return event_row(
+        project_id=project_id,
+        user_key=user,
+        event_id=event_id,
+        ts=ts,
+        client_ts=ts,
+        received_at=ts,
+        env="production",
+        source="native",
+        type="track",
+        id_source="variable",
+        is_mobile=False,
+        payload="{}",
+    )

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,51 +15,17 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from usertrail.config import Settings
 from usertrail.store import journal
 from usertrail.store.database import create_engine, migrate
-from usertrail.store.events import EVENT_COLUMNS, EventStore
+from usertrail.store.events import EVENT_COLUMNS
 from usertrail.store.projects import ProjectStore
 from usertrail.testing.postgres import free_port
 
-from conftest import CHROME_UA, SSL_CONTEXT, http_client
+import server_process
+from conftest import CHROME_UA, http_client
 from samples import now_ms, walkme_body, walkme_event
 
 pytestmark = pytest.mark.slow
-
-
-def _start(database_url: str, data_dir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, **Settings(data_dir=data_dir, database_url=database_url).to_env()}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "usertrail.web.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5, verify=SSL_CONTEXT).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not start: {process.stderr.read().decode()[-2000:]}")
 
 
 # Recent events: the restarted server's start-up retention job deletes end users (and their events) whose
@@ -77,21 +41,12 @@ def _batch(n: int, size: int = 20) -> list[dict]:
 _OBJECT_ID = EVENT_COLUMNS.index("object_id")
 
 
-def _wait_until_indexed(engine: sa.Engine, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if not EventStore(engine).backlog().requests:
-            return
-        assert time.monotonic() < deadline, "the server's indexers did not empty the ingest journal"
-        time.sleep(0.05)
-
-
 def test_acknowledged_events_survive_sigkill(database_url: str, tmp_path: Path):
     engine = create_engine(database_url)
     migrate(engine)
     key = ProjectStore(engine).create("durability").write_key
     port = free_port()
-    server = _start(database_url, tmp_path, port)
+    server = server_process.start(database_url, tmp_path, port)
     acknowledged: list[int] = []
     attempted: list[int] = []
     stop = threading.Event()
@@ -146,13 +101,13 @@ def test_acknowledged_events_survive_sigkill(database_url: str, tmp_path: Path):
     before_restart = set(stored)
 
     # After a restart, clients re-send what was not acknowledged (and some that was): still once each.
-    server = _start(database_url, tmp_path, port)
+    server = server_process.start(database_url, tmp_path, port)
     try:
         sent = range(max(acknowledged) + 4)
         with http_client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
             for n in sent:
                 assert client.post(f"/event/tell?key={key}", content=walkme_body(_batch(n))).status_code == 200
-        _wait_until_indexed(engine)  # the restarted server's indexers, not this test, empty the journal
+        server_process.wait_until_indexed(engine)  # the restarted server's indexers, not this test, empty the journal
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -18,30 +18,13 @@ from hypothesis import strategies as st
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.store import journal
 from usertrail.store.database import create_engine, migrate, write_transaction
-from usertrail.store.events import EventStore, IngestRecord, event_row
+from usertrail.store.events import EventStore, IngestRecord
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import UserStore
 from usertrail.testing.postgres import TemporaryPostgres
 
 from conftest import CHROME_UA, LiveServer
-from samples import now_ms, walkme_body, walkme_event
-
-
-def _row(project_id: int, user: str, event_id: str, ts: int = 1_000) -> tuple:
-    return event_row(
-        project_id=project_id,
-        user_key=user,
-        event_id=event_id,
-        ts=ts,
-        client_ts=ts,
-        received_at=ts,
-        env="production",
-        source="native",
-        type="track",
-        id_source="variable",
-        is_mobile=False,
-        payload="{}",
-    )
+from samples import event_row_of, now_ms, walkme_body, walkme_event
 
 
 def _tell(live: LiveServer, events: list[dict]) -> httpx.Response:
@@ -94,9 +77,9 @@ def test_concurrent_indexers_store_each_request_exactly_once(engine):
     records = []
     for n in range(60):
         # Every request re-sends one event of the one before: 60 requests, 3 new events each after the first.
-        rows = [_row(project.id, f"u:{n % 7}", f"e{n}-{i}") for i in range(3)]
+        rows = [event_row_of(project.id, f"u:{n % 7}", f"e{n}-{i}") for i in range(3)]
         if n:
-            rows.append(_row(project.id, f"u:{(n - 1) % 7}", f"e{n - 1}-0"))
+            rows.append(event_row_of(project.id, f"u:{(n - 1) % 7}", f"e{n - 1}-0"))
         records.append(IngestRecord(project.id, events=rows, drops=Counter({("production", "bot"): 1})))
     store.journal(records)
     assert store.backlog(project.id) == journal.Backlog(60, 60 * 4 - 1, store.backlog().oldest_received_at)
@@ -144,8 +127,14 @@ def test_a_journal_record_reads_back_as_written(rows, rejected, drops):
 def test_erasing_an_end_user_also_erases_their_events_still_in_the_journal(engine):
     project = ProjectStore(engine).create("p").project
     store = EventStore(engine)
-    store.write_many([IngestRecord(project.id, events=[_row(project.id, "u:x", "e1")])])
-    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:x", "e2"), _row(project.id, "u:y", "e3")])])
+    store.write_many([IngestRecord(project.id, events=[event_row_of(project.id, "u:x", "e1")])])
+    store.journal(
+        [
+            IngestRecord(
+                project.id, events=[event_row_of(project.id, "u:x", "e2"), event_row_of(project.id, "u:y", "e3")]
+            )
+        ]
+    )
     assert UserStore(engine).delete(project.id, "u:x")["events"] == 2
     assert store.backlog() == journal.Backlog(0, 0, None)
     with engine.connect() as conn:
@@ -192,7 +181,7 @@ def test_the_group_commit_writer_journals_more_requests_than_one_statement_holds
     writer = GroupCommitWriter(store, commit_delay_ms=200)
 
     async def send_all() -> None:
-        records = [IngestRecord(project.id, events=[_row(project.id, f"u:{n}", f"e{n}")]) for n in range(1_500)]
+        records = [IngestRecord(project.id, events=[event_row_of(project.id, f"u:{n}", f"e{n}")]) for n in range(1_500)]
         await asyncio.gather(*(writer.write(record.pack()) for record in records))
 
     try:
@@ -243,7 +232,9 @@ def test_requests_indexed_just_before_a_postgresql_crash_are_all_in_events_once_
         migrate(engine)
         project = ProjectStore(engine).create("p").project
         store = EventStore(engine)
-        store.journal([IngestRecord(project.id, events=[_row(project.id, f"u:{n}", f"e{n}")]) for n in range(10)])
+        store.journal(
+            [IngestRecord(project.id, events=[event_row_of(project.id, f"u:{n}", f"e{n}")]) for n in range(10)]
+        )
         assert store.index_journal(max_events=6) > 0
         with engine.connect() as conn:
             flushed = conn.exec_driver_sql("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()").scalar()
@@ -270,7 +261,7 @@ def test_sqlite_journal_appends_do_not_wait_for_a_transaction_on_the_database(en
     appended = threading.Event()
 
     def append() -> None:
-        store.journal([IngestRecord(project.id, events=[_row(project.id, "u:a", "e1")])])
+        store.journal([IngestRecord(project.id, events=[event_row_of(project.id, "u:a", "e1")])])
         appended.set()
 
     with write_transaction(engine):
@@ -303,8 +294,10 @@ def test_requests_stored_but_left_in_the_sqlite_journal_file_by_a_crash_are_not_
     }
     store.journal(
         [
-            IngestRecord(project.id, events=[_row(project.id, "u:a", "e1")], drops=Counter({("production", "bot"): 2})),
-            IngestRecord(project.id, events=[_row(project.id, "u:b", "e2")], security=security),
+            IngestRecord(
+                project.id, events=[event_row_of(project.id, "u:a", "e1")], drops=Counter({("production", "bot"): 2})
+            ),
+            IngestRecord(project.id, events=[event_row_of(project.id, "u:b", "e2")], security=security),
         ]
     )
 
@@ -319,7 +312,7 @@ def test_requests_stored_but_left_in_the_sqlite_journal_file_by_a_crash_are_not_
     assert store.backlog().requests == 2  # still in the file, marked as stored
 
     # A later journaled request: indexed normally, after the marked rows are deleted.
-    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:c", "e3")])])
+    store.journal([IngestRecord(project.id, events=[event_row_of(project.id, "u:c", "e3")])])
     store.index_all()
     assert store.count(project.id) == 3 and store.backlog() == journal.Backlog(0, 0, None)
     with engine.connect() as conn:
@@ -335,13 +328,13 @@ def test_requests_journaled_in_the_database_itself_are_still_indexed(engine):
     before the journal had its own file. Both kinds are indexed, each once."""
     project = ProjectStore(engine).create("p").project
     store = EventStore(engine)
-    old = journal.JournalRecord(project.id, [_row(project.id, "u:a", "e1")], [], [], None)
+    old = journal.JournalRecord(project.id, [event_row_of(project.id, "u:a", "e1")], [], [], None)
     appender = journal.Appender(engine)
     try:
         appender.append([journal.row_of(journal.pack(old, "0000000000001-a", 1))])
     finally:
         appender.close()
-    store.journal([IngestRecord(project.id, events=[_row(project.id, "u:b", "e2")])])
+    store.journal([IngestRecord(project.id, events=[event_row_of(project.id, "u:b", "e2")])])
     assert store.backlog().requests == 2
     store.index_all()
     assert store.count(project.id) == 2 and store.backlog() == journal.Backlog(0, 0, None)

@@ -18,6 +18,13 @@ from pathlib import Path
 UVICORN_OPTIONS = {"proxy_headers": False, "access_log": False}
 
 
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Limits:
     """Hard limits on what one collection request may carry; documented in docs/collection.md."""
@@ -54,7 +61,12 @@ class Settings:
     # How long the session loop rests when a round found nothing to do: with the settle time and a
     # round's own work, sessions close well within the minute the spec allows.
     session_interval_s: float = 10.0
-    # While collection is saturated, indexing waits up to this long (collect/indexer.py).
+    # Where a server worker's ingest journal is indexed (collect/indexer_process.py): "process", one
+    # process per data folder at a lower CPU priority (nice `indexer_nice`), run by one of the workers;
+    # "thread", a thread in every worker. An app built with explicit settings (tests) uses a thread.
+    indexer: str = "process"
+    indexer_nice: int = 10
+    # With a thread indexer: while collection is saturated, indexing waits up to this long (collect/indexer.py).
     index_delay_s: float = 30.0
     # Events the ingest journal may hold before collection answers 503 (retry later); 0: no bound. Answers
     # no longer wait for indexing, so under an overload that lasts, this bounds the journal's disk and the
@@ -138,6 +150,8 @@ class Settings:
             commit_delay_ms=float(env.get("USERTRAIL_COMMIT_DELAY_MS", "0")),
             session_settle_ms=int(env.get("USERTRAIL_SESSION_SETTLE_MS", "5000")),
             session_interval_s=float(env.get("USERTRAIL_SESSION_INTERVAL_S", "10")),
+            indexer=_choice(env, "USERTRAIL_INDEXER", "process", ("process", "thread")),
+            indexer_nice=int(env.get("USERTRAIL_INDEXER_NICE", "10")),
             index_delay_s=float(env.get("USERTRAIL_INDEX_DELAY_S", "30")),
             max_backlog_events=int(env.get("USERTRAIL_MAX_BACKLOG_EVENTS", "5000000")),
             session_batch=int(env.get("USERTRAIL_SESSION_BATCH", "1000")),
@@ -185,6 +199,8 @@ class Settings:
             "USERTRAIL_COMMIT_DELAY_MS": str(self.commit_delay_ms),
             "USERTRAIL_SESSION_SETTLE_MS": str(self.session_settle_ms),
             "USERTRAIL_SESSION_INTERVAL_S": str(self.session_interval_s),
+            "USERTRAIL_INDEXER": self.indexer,
+            "USERTRAIL_INDEXER_NICE": str(self.indexer_nice),
             "USERTRAIL_INDEX_DELAY_S": str(self.index_delay_s),
             "USERTRAIL_MAX_BACKLOG_EVENTS": str(self.max_backlog_events),
             "USERTRAIL_SESSION_BATCH": str(self.session_batch),

@@ -13,6 +13,8 @@ import logging
 import threading
 import time
 
+import sqlalchemy as sa
+
 from usertrail.store.events import EventStore
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,15 @@ _BACKLOG_READ_S = 1.0
 _MAX_EVENTS = {"sqlite": 10_000, "postgresql": 2_000}
 
 
+def max_events_for(engine: sa.Engine) -> int:
+    """Events per indexing transaction, at most, on `engine`'s database."""
+    return _MAX_EVENTS[engine.dialect.name]
+
+
 class Indexer:
     """Indexes the journal from a daemon thread: at once after each journal commit, else every `idle_s`.
+    With `index=False` the thread only reads the backlog (the indexer runs in a process of its own,
+    collect/indexer_process.py), so that collection still refuses requests past `max_backlog`.
 
     While this process's collection is saturated (requests are queueing: more than one is between arrival
     and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
@@ -49,9 +58,11 @@ class Indexer:
         idle_s: float = 0.5,
         delay_s: float = 0.0,
         max_backlog: int = 0,
+        index: bool = True,
     ) -> None:
         self.store = store
-        self.max_events = max_events or _MAX_EVENTS[store.engine.dialect.name]
+        self.max_events = max_events or max_events_for(store.engine)
+        self.index = index
         self.idle_s = idle_s
         self.delay_s = delay_s
         self.max_backlog = max_backlog
@@ -65,7 +76,7 @@ class Indexer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and (self.index or self.max_backlog):
             self._thread = threading.Thread(target=self._run, name="usertrail-indexer", daemon=True)
             self._thread.start()
 
@@ -113,6 +124,9 @@ class Indexer:
                 except Exception:  # as below: the next read may succeed
                     log.exception("reading the ingest journal's backlog failed")
                     self._backlog_read_at = now
+            if not self.index:
+                self._stop.wait(_BACKLOG_READ_S)
+                continue
             saturated = self.in_flight > 1 or now - self._saturated_at < _BUSY_S
             if saturated and now - self._last_empty < self.delay_s:
                 self._stop.wait(_BUSY_S)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
 import time
@@ -18,10 +17,12 @@ from starlette.routing import Route
 from usertrail.access.accounts import AccountStore
 from usertrail.access.oidc import OidcClient, OidcConfig
 from usertrail.collect.indexer import Indexer
+from usertrail.collect.indexer_process import IndexerProcess
 from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator
+from usertrail.gc_tuning import tune_garbage_collection
 from usertrail.integrations import IntegrationLog
 from usertrail.integrations.csv_import import CsvImporter
 from usertrail.integrations.s3_import import S3Imports
@@ -82,8 +83,9 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.error, exc.reason, exc.path, **exc.extra)
 
 
-def build_collector(settings: Settings) -> Collector:
-    """Open the database (migrating it) and assemble the collector with its stores.
+def build_collector(settings: Settings, index: bool = True) -> Collector:
+    """Open the database (migrating it) and assemble the collector with its stores. With `index=False`
+    its indexer thread only reads the journal's backlog (another process indexes).
 
     An unusable USERTRAIL_GEOIP_DB raises `GeoDatabaseError` before the database is opened.
     """
@@ -91,7 +93,7 @@ def build_collector(settings: Settings) -> Collector:
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
     events = EventStore(engine)
-    indexer = Indexer(events, delay_s=settings.index_delay_s, max_backlog=settings.max_backlog_events)
+    indexer = Indexer(events, delay_s=settings.index_delay_s, max_backlog=settings.max_backlog_events, index=index)
     writer = GroupCommitWriter(events, settings.commit_delay_ms, on_commit=indexer.notify)
     return Collector(settings, ProjectStore(engine), events, geo, writer, indexer)
 
@@ -205,34 +207,26 @@ async def _s3_loop(s3: S3Imports, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def tune_garbage_collection() -> None:
-    """Exempt what start-up built from collection, and collect young objects far less often.
-
-    Ingest allocates a few container objects per event, which reference counting frees as soon as the
-    request is answered. At the default threshold (700) the cyclic collector ran over a hundred times a
-    second under load, and its full passes walked the ~150,000 objects of the loaded modules: about a
-    tenth of a worker's time (docs/benchmarks.md). Cyclic garbage is still collected, every 50,000 net
-    allocations.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     """The usertrail server.
 
     Without arguments it reads USERTRAIL_* variables: it is then a server process of its own (a uvicorn
-    worker), and tunes garbage collection for serving once it has started (`tune_garbage_collection`).
+    worker), tunes garbage collection for serving once it has started (`tune_garbage_collection`), and
+    with `USERTRAIL_INDEXER=process` (the default) competes with the other workers to run the indexer
+    process (collect/indexer_process.py). With explicit settings the indexer is a thread.
     """
     server_process = settings is None
     settings = settings or Settings.from_env()
-    collector = build_collector(settings)
+    separate = server_process and settings.indexer == "process"
+    collector = build_collector(settings, index=not separate)
+    indexer_process = IndexerProcess(settings.data_dir, settings.indexer_nice) if separate else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         playback = app.state.playback
         collector.indexer.start()
+        if indexer_process is not None:
+            indexer_process.start()
         if server_process:
             tune_garbage_collection()
         tasks = [asyncio.create_task(_maintenance(collector, playback.store, playback.assets))]
@@ -253,6 +247,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             collector.writer.close()
             collector.indexer.close()
+            if indexer_process is not None:
+                indexer_process.close()
             playback.assets.fetcher.close()
             if app.state.oidc is not None:
                 await app.state.oidc.close()

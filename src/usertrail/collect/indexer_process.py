@@ -1,0 +1,142 @@
+"""The indexer in a process of its own: one per data folder, run by whichever server worker holds the
+folder's indexer lock (`USERTRAIL_INDEXER=process`, the default for server workers).
+
+As a thread of a worker, the indexer shares that worker's interpreter lock with collection. sqlite3
+releases the lock at every step of a statement, and each row of a batch insert is a step, so beside a
+thread that decodes requests nonstop a transaction's rows took 96 times longer on SQLite (3 times on
+PostgreSQL) than alone (docs/benchmarks.md, `bench/profile_indexer.py --busy-thread`). In a process of
+its own the indexer competes for CPU only, and at a lower priority (`nice`): a burst that fills the cores
+is answered first and indexed as it subsides, which the thread's saturation delay did by hand, while a
+load that leaves a core idle is indexed as it comes.
+
+One indexer per data folder, not one per worker: SQLite has one writer, and two indexers only take
+turns for it. Should the worker holding the lock die, its indexer sees it and stops after its current
+transaction, the lock is free again, and another worker starts one. Indexers on several machines (one
+PostgreSQL database) are safe side by side: their transactions take disjoint journal rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "indexer.lock"
+# How long the indexer rests when the journal was empty: the most an event waits before it is indexed
+# when the server is idle. A round on an empty journal is one indexed read.
+_POLL_S = 0.05
+_RETRY_S = 1.0  # how often a worker without the lock tries again, and the pause before a restart
+_STOP_TIMEOUT_S = 30.0
+
+
+class IndexerProcess:
+    """Holds the data folder's indexer lock when it can, and while it does keeps one indexer process
+    running (restarting it should it exit); without the lock it tries again every second."""
+
+    def __init__(self, data_dir: Path, nice: int) -> None:
+        self.lock_path = data_dir / LOCK_FILE
+        self.nice = nice
+        self.pid: int | None = None  # of the running indexer process, if this worker runs it
+        self._lock: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="usertrail-indexer-process", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the indexer process after its current transaction, and free the lock."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=_STOP_TIMEOUT_S + 5)
+            self._thread = None
+
+    def _run(self) -> None:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of this worker's state
+        try:
+            while not self._stop.is_set():
+                if not self._take_lock():
+                    self._stop.wait(_RETRY_S)
+                    continue
+                child = context.Process(target=run, args=(os.getpid(), self.nice), name="usertrail-indexer")
+                child.start()
+                self.pid = child.pid
+                while child.is_alive() and not self._stop.is_set():
+                    child.join(0.5)
+                if child.is_alive():  # stopping: let it finish its transaction
+                    child.terminate()
+                    child.join(_STOP_TIMEOUT_S)
+                    if child.is_alive():
+                        child.kill()
+                        child.join()
+                elif not self._stop.is_set():
+                    # 0: it was sent SIGTERM (as a service manager stopping the server sends it to every
+                    # process); this worker is then likely stopping too, and closes us within the pause.
+                    if child.exitcode:
+                        log.error("the indexer process exited with %s; starting another", child.exitcode)
+                    self._stop.wait(_RETRY_S)
+                self.pid = None
+        finally:
+            self._free_lock()
+
+    def _take_lock(self) -> bool:
+        if self._lock is not None:
+            return True
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock = fd
+        return True
+
+    def _free_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
+
+
+def run(parent_pid: int, nice: int) -> None:
+    """The indexer process: index the journal until SIGTERM or until `parent_pid` is gone (its worker
+    died, and with it the lock). Settings come from the USERTRAIL_* variables the worker was started with."""
+    from usertrail.collect.indexer import max_events_for
+    from usertrail.config import Settings
+    from usertrail.gc_tuning import tune_garbage_collection
+    from usertrail.store.database import create_engine
+    from usertrail.store.events import EventStore
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A Ctrl-C at the terminal reaches the whole process group; the worker stops us in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    settings = Settings.from_env()
+    engine = create_engine(settings.resolved_database_url)
+    store = EventStore(engine)
+    max_events = max_events_for(engine)
+    tune_garbage_collection()
+    try:
+        while not stop.is_set() and os.getppid() == parent_pid:
+            try:
+                moved = store.index_journal(max_events)
+            except Exception:  # e.g. the database was briefly unreachable: the rows stay journaled
+                log.exception("indexing the ingest journal failed")
+                stop.wait(_RETRY_S)
+                continue
+            if not moved:
+                stop.wait(_POLL_S)
+    finally:
+        store.close()
+        engine.dispose()

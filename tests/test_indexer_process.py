@@ -1,0 +1,106 @@
+"""The indexer in a process of its own (collect/indexer_process.py): one per data folder, run by the server
+worker that holds the folder's lock, taken over by another worker when that one dies, stopped with the
+server; and the workers' watch-only indexer threads, which still bound the journal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from usertrail.collect.indexer import Indexer
+from usertrail.store.database import create_engine, migrate
+from usertrail.store.events import EventStore, IngestRecord
+from usertrail.store.projects import ProjectStore
+from usertrail.testing.postgres import free_port
+
+import server_process
+from conftest import CHROME_UA, http_client
+from samples import event_row_of, now_ms, walkme_body, walkme_event
+
+
+def _indexers(server_pid: int) -> list[int]:
+    """The indexer processes under the server's workers (a worker's only child is its indexer)."""
+    workers = [pid for pid in server_process.children(server_pid) if "spawn_main" in server_process.command_line(pid)]
+    return [child for worker in workers for child in server_process.children(worker)]
+
+
+def _wait_for(condition, what: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"waited {timeout_s:g} s for {what}"
+        time.sleep(0.05)
+    return result
+
+
+def _count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
+
+
+@pytest.mark.slow
+def test_one_indexer_process_stores_what_every_worker_journals_and_another_worker_takes_over(
+    database_url: str, tmp_path: Path
+):
+    engine = create_engine(database_url)
+    migrate(engine)
+    key = ProjectStore(engine).create("indexer").write_key
+    port = free_port()
+    server = server_process.start(database_url, tmp_path, port)
+    start = now_ms() - 60_000
+    try:
+        with http_client(base_url=f"http://127.0.0.1:{port}", headers={"User-Agent": CHROME_UA}) as client:
+
+            def send(first: int) -> None:
+                # New connections, so that both workers answer some of them.
+                for n in range(first, first + 10):
+                    events = [walkme_event(time=start + n * 100 + i, data_oId=n * 10 + i) for i in range(10)]
+                    response = client.post(
+                        f"/event/tell?key={key}", content=walkme_body(events), headers={"Connection": "close"}
+                    )
+                    assert response.status_code == 200
+
+            first = _wait_for(lambda: _indexers(server.pid), "the indexer process")
+            assert len(first) == 1 and (tmp_path / "indexer.lock").exists()
+            send(0)
+            server_process.wait_until_indexed(engine)  # by the indexer process: this test indexes nothing
+            assert _count(engine) == 100
+            assert _indexers(server.pid) == first  # the other worker runs none
+
+            leader = int(Path(f"/proc/{first[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            os.kill(leader, signal.SIGKILL)
+            # Its indexer stops by itself (its parent is gone), and a surviving worker starts another.
+            _wait_for(lambda: not server_process.alive(first[0]), "the orphaned indexer to stop")
+            second = _wait_for(lambda: _indexers(server.pid), "another worker's indexer process")
+            assert len(second) == 1 and second != first
+            send(10)
+            server_process.wait_until_indexed(engine)
+            assert _count(engine) == 200
+    finally:
+        server.send_signal(signal.SIGTERM)  # the supervisor alone: it stops the workers, and they their indexer
+        server.wait(timeout=60)
+    assert not server_process.alive(second[0])
+    engine.dispose()
+
+
+def test_a_watching_indexer_thread_reads_the_backlog_and_leaves_the_journal_alone(engine: sa.Engine):
+    """In process mode a worker's indexer thread only reads the backlog, so collection still refuses
+    requests past USERTRAIL_MAX_BACKLOG_EVENTS; the indexing is the indexer process's."""
+    store = EventStore(engine)
+    project = ProjectStore(engine).create("watch").project
+    rows = [event_row_of(project.id, "u1", f"e{i}") for i in range(6)]
+    store.journal([IngestRecord(project.id, rows, [], Counter(), None)])
+    indexer = Indexer(store, max_backlog=5, index=False)
+    indexer.start()
+    try:
+        _wait_for(indexer.full, "the backlog read")
+        time.sleep(0.2)  # a thread that indexed would have emptied the journal by now
+    finally:
+        indexer.close()
+    assert indexer.backlog_events == 6 and store.backlog().requests == 1
+    assert store.count(project.id) == 0
