@@ -89,7 +89,12 @@ def test_serve_with_demo_traffic(tmp_path: Path):
         one_time = re.search(r"one-time password : (\S+)", output).group(1)
         assert (tmp_path / "usertrail-data" / "usertrail.db").exists()
         with http_client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}) as c:
-            assert c.get("/api/projects/1/stats").json()["events"] > 100
+            # Answered means journaled; the server's indexer process stores the events a moment later.
+            deadline = time.monotonic() + 30
+            while (stats := c.get("/api/projects/1/stats").json())["ingest_backlog"]["requests"]:
+                assert time.monotonic() < deadline, stats
+                time.sleep(0.05)
+            assert stats["events"] > 100
             rows = c.get("/api/projects/1/users/u:user-00000/events").json()["events"]
         types = {r["type"] for r in rows}
         assert "pageChange" in types and rows[0]["country"]
@@ -198,6 +203,20 @@ def test_serve_refuses_an_unusable_geoip_db(tmp_path: Path):
     assert ran.returncode == 2
     assert "USERTRAIL_GEOIP_DB: cannot open" in ran.stderr and str(bad) in ran.stderr.replace("\n", "")
     assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("USERTRAIL_INDEXER", "fork", "USERTRAIL_INDEXER='fork': expected one of process, thread"),
+        ("USERTRAIL_INDEXER_NICE", "low", "invalid literal for int() with base 10: 'low'"),
+    ],
+)
+def test_serve_refuses_a_setting_that_does_not_parse(tmp_path: Path, variable: str, value: str, reason: str):
+    ran = run_cli("serve", "--data-dir", str(tmp_path / "data"), env={variable: value})
+    assert ran.returncode == 2
+    assert f"bad setting: {reason}" in ran.stderr.replace("\n", "")
+    assert not (tmp_path / "data").exists()
 
 
 def test_demo_then_sessions_process_then_rebuild(make_server, tmp_path: Path):

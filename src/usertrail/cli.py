@@ -53,7 +53,10 @@ LOCAL_ORIGINS = ["http://localhost:*", "http://127.0.0.1:*"]
 
 
 def _settings(data_dir: Path, database_url: str, **overrides) -> Settings:
-    base = Settings.from_env()
+    try:
+        base = Settings.from_env()
+    except ValueError as exc:  # a USERTRAIL_* variable that does not parse
+        _fail(f"bad setting: {exc}")
     return Settings(**{**base.__dict__, "data_dir": data_dir, "database_url": database_url, **overrides})
 
 

@@ -3,8 +3,10 @@
 Collection answers once a request's row is in the ingest journal (store/journal.py); this thread then
 stores the journaled records many requests at a time, so the costly part of storing an event (its row
 and indexes in `events`, the reports' rollup, the session loop's pending marks) is paid in large
-transactions off the request's path. Every server process runs one; their transactions take disjoint
-journal rows, and rows left by a process that died are taken by whichever indexer comes next.
+transactions off the request's path. With `USERTRAIL_INDEXER=thread` every server process runs one; by
+default the indexing is done by a process of its own (collect/indexer_process.py) and the workers' threads
+only read the backlog. Indexers' transactions take disjoint journal rows, and rows left by a process that
+died are taken by whichever indexer comes next.
 """
 
 from __future__ import annotations

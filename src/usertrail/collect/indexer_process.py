@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import threading
@@ -45,6 +46,7 @@ class IndexerProcess:
         self.nice = nice
         self.pid: int | None = None  # of the running indexer process, if this worker runs it
         self._lock: int | None = None
+        self._unlocked = False  # the lock file could not be opened (logged once)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,32 +69,51 @@ class IndexerProcess:
                 if not self._take_lock():
                     self._stop.wait(_RETRY_S)
                     continue
-                child = context.Process(target=run, args=(os.getpid(), self.nice), name="usertrail-indexer")
-                child.start()
-                self.pid = child.pid
-                while child.is_alive() and not self._stop.is_set():
-                    child.join(0.5)
-                if child.is_alive():  # stopping: let it finish its transaction
-                    child.terminate()
-                    child.join(_STOP_TIMEOUT_S)
-                    if child.is_alive():
-                        child.kill()
-                        child.join()
-                elif not self._stop.is_set():
+                try:
+                    exitcode = self._run_child(context)
+                except OSError:  # e.g. out of memory or processes: try again
+                    log.exception("starting the indexer process failed")
+                    exitcode = 1
+                if not self._stop.is_set():
                     # 0: it was sent SIGTERM (as a service manager stopping the server sends it to every
                     # process); this worker is then likely stopping too, and closes us within the pause.
-                    if child.exitcode:
-                        log.error("the indexer process exited with %s; starting another", child.exitcode)
+                    if exitcode:
+                        log.error("the indexer process exited with %s; starting another", exitcode)
                     self._stop.wait(_RETRY_S)
-                self.pid = None
         finally:
             self._free_lock()
+
+    def _run_child(self, context: multiprocessing.context.SpawnContext) -> int | None:
+        """Start the indexer process and wait for it to exit, or for `close`; its exit code."""
+        child = context.Process(target=run, args=(os.getpid(), self.nice), name="usertrail-indexer")
+        child.start()
+        self.pid = child.pid
+        try:
+            while child.is_alive() and not self._stop.is_set():
+                child.join(0.5)
+            if child.is_alive():  # stopping: let it finish its transaction
+                child.terminate()
+                child.join(_STOP_TIMEOUT_S)
+                if child.is_alive():
+                    child.kill()
+                    child.join()
+            return child.exitcode
+        finally:
+            self.pid = None
 
     def _take_lock(self) -> bool:
         if self._lock is not None:
             return True
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # Indexers are safe side by side, so a folder that cannot hold the lock only costs the
+            # workers' taking turns: each runs an indexer process.
+            if not self._unlocked:
+                log.warning("no indexer lock at %s (%s): this worker runs an indexer process too", self.lock_path, exc)
+                self._unlocked = True
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
