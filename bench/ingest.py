@@ -667,6 +667,7 @@ def run_cell(
         "USERTRAIL_DATABASE_URL": url,
         "USERTRAIL_INGEST_MODE": mode,
         "USERTRAIL_COMMIT_DELAY_MS": str(args.commit_delay_ms),
+        "USERTRAIL_INDEXER": args.indexer,
         # The load generator plays a reverse proxy: clients' addresses arrive in X-Forwarded-For.
         "USERTRAIL_TRUSTED_PROXIES": "127.0.0.1/32",
     }
@@ -928,6 +929,7 @@ def docs_block(
             f"{args.duration:g} s timed window after {args.warmup:g} s of warm-up{repeats}; durable commits "
             f"(SQLite WAL with synchronous=FULL, PostgreSQL fsync=on); "
             + ("session processing off; " if args.no_sessions else "session processing on (server default); ")
+            + ("indexer in a process of its own; " if args.indexer == "process" else "an indexer thread per worker; ")
             + f"raw results in `bench/results/{json_name}` (git-ignored)",
             "",
             results_table(cells),
@@ -985,6 +987,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=20.0,
         help="seconds to wait, before each cell, for other processes to leave the CPUs idle",
     )
+    p.add_argument("--indexer", choices=("process", "thread"), default="process", help="the server's USERTRAIL_INDEXER")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--from-json", type=Path, help="re-render the docs block from a results JSON instead of running")
     p.add_argument("--update-docs", action="store_true", help="update docs/benchmarks.md even with --quick")
