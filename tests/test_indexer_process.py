@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from usertrail.collect.indexer import Indexer
+from usertrail.collect.indexer_process import Saturation
 from usertrail.store.database import create_engine, migrate
 from usertrail.store.events import EventStore, IngestRecord
 from usertrail.store.projects import ProjectStore
@@ -36,6 +38,12 @@ def _wait_for(condition, what: str, timeout_s: float = 30.0):
         assert time.monotonic() < deadline, f"waited {timeout_s:g} s for {what}"
         time.sleep(0.05)
     return result
+
+
+def _mark_until(saturation: Saturation, stop: threading.Event) -> None:
+    while not stop.is_set():
+        saturation.mark(time.monotonic())
+        stop.wait(0.002)
 
 
 def _count(engine: sa.Engine) -> int:
@@ -67,7 +75,18 @@ def test_one_indexer_process_stores_what_every_worker_journals_and_another_worke
 
             first = _wait_for(lambda: _indexers(server.pid), "the indexer process")
             assert len(first) == 1 and (tmp_path / "indexer.lock").exists()
-            send(0)
+            # While a worker's requests queue (here: as if), indexing waits and the journal absorbs them.
+            saturated, marking = Saturation(tmp_path), threading.Event()
+            marker = threading.Thread(target=_mark_until, args=(saturated, marking))
+            marker.start()
+            try:
+                time.sleep(0.2)
+                send(0)
+                time.sleep(1.0)
+                assert EventStore(engine).backlog().requests == 10 and _count(engine) == 0
+            finally:
+                marking.set()
+                marker.join()
             server_process.wait_until_indexed(engine)  # by the indexer process: this test indexes nothing
             assert _count(engine) == 100
             assert _indexers(server.pid) == first  # the other worker runs none
@@ -86,6 +105,21 @@ def test_one_indexer_process_stores_what_every_worker_journals_and_another_worke
         server.wait(timeout=60)
     assert not server_process.alive(second[0])
     engine.dispose()
+
+
+def test_a_workers_saturation_reaches_the_indexer_process_through_the_shared_file(tmp_path: Path):
+    """Two mappings of the file, as a worker and the indexer process have; a new file reads as never."""
+    worker, indexer = Saturation(tmp_path), Saturation(tmp_path)
+    assert indexer.last() == 0.0
+    worker.mark(1234.5)
+    assert indexer.last() == 1234.5 and Saturation(tmp_path).last() == 1234.5
+    watching = Indexer(EventStore(create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")), index=False, saturation=worker)
+    watching.arrived()
+    assert indexer.last() == 1234.5  # one request in flight is not a queue
+    watching.arrived()
+    assert indexer.last() > 1234.5 and indexer.last() <= time.monotonic()
+    for mapping in (worker, indexer):
+        mapping.close()
 
 
 def test_a_watching_indexer_thread_reads_the_backlog_and_leaves_the_journal_alone(engine: sa.Engine):

@@ -14,14 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from usertrail.store.events import EventStore
 
+if TYPE_CHECKING:
+    from usertrail.collect.indexer_process import Saturation
+
 log = logging.getLogger(__name__)
 
-_BUSY_S = 0.02
+BUSY_S = 0.02  # requests queued this recently: collection is saturated
 _BACKLOG_READ_S = 1.0
 # Events per indexing transaction, at most (a transaction takes what the journal holds, usually far less).
 # SQLite's indexers take turns for one write lock, and each transaction pays a commit, a settle and the
@@ -40,10 +44,11 @@ def max_events_for(engine: sa.Engine) -> int:
 class Indexer:
     """Indexes the journal from a daemon thread: at once after each journal commit, else every `idle_s`.
     With `index=False` the thread only reads the backlog (the indexer runs in a process of its own,
-    collect/indexer_process.py), so that collection still refuses requests past `max_backlog`.
+    collect/indexer_process.py), so that collection still refuses requests past `max_backlog`, and
+    `saturation` passes this process's saturation on to that indexer.
 
     While this process's collection is saturated (requests are queueing: more than one is between arrival
-    and answer, now or under `_BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
+    and answer, now or under `BUSY_S` ago; the collector keeps `in_flight`), indexing waits, for at most
     `delay_s` since the journal was last empty: a burst is then answered at the speed of journaling alone,
     and indexed as it subsides. A longer overload has the indexer run alongside collection again.
 
@@ -61,10 +66,12 @@ class Indexer:
         delay_s: float = 0.0,
         max_backlog: int = 0,
         index: bool = True,
+        saturation: Saturation | None = None,
     ) -> None:
         self.store = store
         self.max_events = max_events or max_events_for(store.engine)
         self.index = index
+        self.saturation = saturation  # shared with the indexer process, if there is one
         self.idle_s = idle_s
         self.delay_s = delay_s
         self.max_backlog = max_backlog
@@ -90,10 +97,17 @@ class Indexer:
         """A collection request arrived (the collector calls `left` when it is answered)."""
         self.in_flight += 1
         if self.in_flight > 1:
-            self._saturated_at = time.monotonic()
+            self._saturated()
 
     def left(self) -> None:
         self.in_flight -= 1
+        if self.in_flight > 1:
+            self._saturated()
+
+    def _saturated(self) -> None:
+        self._saturated_at = time.monotonic()
+        if self.saturation is not None:
+            self.saturation.mark(self._saturated_at)
 
     def full(self) -> bool:
         """Whether the journal held `max_backlog` events or more when last read: refuse new requests."""
@@ -129,9 +143,9 @@ class Indexer:
             if not self.index:
                 self._stop.wait(_BACKLOG_READ_S)
                 continue
-            saturated = self.in_flight > 1 or now - self._saturated_at < _BUSY_S
+            saturated = self.in_flight > 1 or now - self._saturated_at < BUSY_S
             if saturated and now - self._last_empty < self.delay_s:
-                self._stop.wait(_BUSY_S)
+                self._stop.wait(BUSY_S)
                 continue
             try:
                 moved = self.store.index_journal(self.max_events)

@@ -5,9 +5,12 @@ As a thread of a worker, the indexer shares that worker's interpreter lock with 
 releases the lock at every step of a statement, and each row of a batch insert is a step, so beside a
 thread that decodes requests nonstop a transaction's rows took 96 times longer on SQLite (3 times on
 PostgreSQL) than alone (docs/benchmarks.md, `bench/profile_indexer.py --busy-thread`). In a process of
-its own the indexer competes for CPU only, and at a lower priority (`nice`): a burst that fills the cores
-is answered first and indexed as it subsides, which the thread's saturation delay did by hand, while a
-load that leaves a core idle is indexed as it comes.
+its own the indexer competes for CPU only, and at a lower priority (`nice`), so a load that leaves a core
+idle is indexed as it comes. A burst that fills the cores is answered first and indexed as it subsides:
+while any worker's requests queue (the workers mark it in a small shared file, `Saturation`), the indexer
+waits, for at most `USERTRAIL_INDEX_DELAY_S` since the journal was last empty. The priority alone is not
+enough on PostgreSQL, where most of the indexer's work is done by its database server process, at the
+database's priority (2 workers' full pipeline fell from 55% to 33% of the ceiling, docs/benchmarks.md).
 
 One indexer per data folder, not one per worker: SQLite has one writer, and two indexers only take
 turns for it. Should the worker holding the lock die, its indexer sees it and stops after its current
@@ -20,21 +23,53 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import multiprocessing
 import multiprocessing.context
 import os
 import signal
+import struct
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "indexer.lock"
+SATURATION_FILE = "collection-saturated"
 # How long the indexer rests when the journal was empty: the most an event waits before it is indexed
 # when the server is idle. A round on an empty journal is one indexed read.
 _POLL_S = 0.05
 _RETRY_S = 1.0  # how often a worker without the lock tries again, and the pause before a restart
 _STOP_TIMEOUT_S = 30.0
+_SLOT = struct.Struct("d")
+
+
+class Saturation:
+    """When collection was last saturated in any server worker of a data folder: one 8-byte slot of a
+    shared, memory-mapped file, in CLOCK_MONOTONIC seconds (one clock for every process of the machine).
+    Workers write it, the indexer process reads it; an aligned 8-byte store is never seen half-written."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / SATURATION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _SLOT.size:
+                os.ftruncate(fd, _SLOT.size)
+            self._map = mmap.mmap(fd, _SLOT.size)
+        finally:
+            os.close(fd)
+
+    def mark(self, now: float) -> None:
+        """Collection is saturated at `now` (time.monotonic())."""
+        _SLOT.pack_into(self._map, 0, now)
+
+    def last(self) -> float:
+        return _SLOT.unpack_from(self._map, 0)[0]
+
+    def close(self) -> None:
+        self._map.close()
 
 
 class IndexerProcess:
@@ -131,7 +166,7 @@ class IndexerProcess:
 def run(parent_pid: int, nice: int) -> None:
     """The indexer process: index the journal until SIGTERM or until `parent_pid` is gone (its worker
     died, and with it the lock). Settings come from the USERTRAIL_* variables the worker was started with."""
-    from usertrail.collect.indexer import max_events_for
+    from usertrail.collect.indexer import BUSY_S, max_events_for
     from usertrail.config import Settings
     from usertrail.gc_tuning import tune_garbage_collection
     from usertrail.store.database import create_engine
@@ -147,9 +182,15 @@ def run(parent_pid: int, nice: int) -> None:
     engine = create_engine(settings.resolved_database_url)
     store = EventStore(engine)
     max_events = max_events_for(engine)
+    saturation = Saturation(settings.data_dir)
     tune_garbage_collection()
+    last_empty = time.monotonic()
     try:
         while not stop.is_set() and os.getppid() == parent_pid:
+            now = time.monotonic()
+            if now - saturation.last() < BUSY_S and now - last_empty < settings.index_delay_s:
+                stop.wait(BUSY_S)
+                continue
             try:
                 moved = store.index_journal(max_events)
             except Exception:  # e.g. the database was briefly unreachable: the rows stay journaled
@@ -157,7 +198,9 @@ def run(parent_pid: int, nice: int) -> None:
                 stop.wait(_RETRY_S)
                 continue
             if not moved:
+                last_empty = time.monotonic()
                 stop.wait(_POLL_S)
     finally:
+        saturation.close()
         store.close()
         engine.dispose()

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from usertrail.access.accounts import AccountStore
 from usertrail.access.oidc import OidcClient, OidcConfig
 from usertrail.collect.indexer import Indexer
-from usertrail.collect.indexer_process import IndexerProcess
+from usertrail.collect.indexer_process import IndexerProcess, Saturation
 from usertrail.collect.service import Collector
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
@@ -93,7 +93,13 @@ def build_collector(settings: Settings, index: bool = True) -> Collector:
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
     events = EventStore(engine)
-    indexer = Indexer(events, delay_s=settings.index_delay_s, max_backlog=settings.max_backlog_events, index=index)
+    indexer = Indexer(
+        events,
+        delay_s=settings.index_delay_s,
+        max_backlog=settings.max_backlog_events,
+        index=index,
+        saturation=None if index else Saturation(settings.data_dir),
+    )
     writer = GroupCommitWriter(events, settings.commit_delay_ms, on_commit=indexer.notify)
     return Collector(settings, ProjectStore(engine), events, geo, writer, indexer)
 
