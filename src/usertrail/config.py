@@ -66,6 +66,9 @@ class Settings:
     # "thread", a thread in every worker. An app built with explicit settings (tests) uses a thread.
     indexer: str = "process"
     indexer_nice: int = 10
+    # Indexer processes per data folder; 0: one on SQLite (one writer at a time), two on PostgreSQL
+    # (whose indexers store side by side; more on a machine with more cores).
+    indexer_processes: int = 0
     # With a thread indexer: while collection is saturated, indexing waits up to this long (collect/indexer.py).
     index_delay_s: float = 30.0
     # Events the ingest journal may hold before collection answers 503 (retry later); 0: no bound. Answers
@@ -152,6 +155,7 @@ class Settings:
             session_interval_s=float(env.get("USERTRAIL_SESSION_INTERVAL_S", "10")),
             indexer=_choice(env, "USERTRAIL_INDEXER", "process", ("process", "thread")),
             indexer_nice=int(env.get("USERTRAIL_INDEXER_NICE", "10")),
+            indexer_processes=int(env.get("USERTRAIL_INDEXER_PROCESSES", "0")),
             index_delay_s=float(env.get("USERTRAIL_INDEX_DELAY_S", "30")),
             max_backlog_events=int(env.get("USERTRAIL_MAX_BACKLOG_EVENTS", "5000000")),
             session_batch=int(env.get("USERTRAIL_SESSION_BATCH", "1000")),
@@ -201,6 +205,7 @@ class Settings:
             "USERTRAIL_SESSION_INTERVAL_S": str(self.session_interval_s),
             "USERTRAIL_INDEXER": self.indexer,
             "USERTRAIL_INDEXER_NICE": str(self.indexer_nice),
+            "USERTRAIL_INDEXER_PROCESSES": str(self.indexer_processes),
             "USERTRAIL_INDEX_DELAY_S": str(self.index_delay_s),
             "USERTRAIL_MAX_BACKLOG_EVENTS": str(self.max_backlog_events),
             "USERTRAIL_SESSION_BATCH": str(self.session_batch),

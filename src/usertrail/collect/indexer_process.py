@@ -1,5 +1,5 @@
-"""The indexer in a process of its own: one per data folder, run by whichever server worker holds the
-folder's indexer lock (`USERTRAIL_INDEXER=process`, the default for server workers).
+"""The indexer in processes of its own, run by whichever server worker holds the data folder's indexer
+lock (`USERTRAIL_INDEXER=process`, the default for server workers).
 
 As a thread of a worker, the indexer shares that worker's interpreter lock with collection. sqlite3
 releases the lock at every step of a statement, and each row of a batch insert is a step, so beside a
@@ -12,10 +12,11 @@ waits, for at most `USERTRAIL_INDEX_DELAY_S` since the journal was last empty. T
 enough on PostgreSQL, where most of the indexer's work is done by its database server process, at the
 database's priority (2 workers' full pipeline fell from 55% to 33% of the ceiling, docs/benchmarks.md).
 
-One indexer per data folder, not one per worker: SQLite has one writer, and two indexers only take
-turns for it. Should the worker holding the lock die, its indexer sees it and stops after its current
-transaction, the lock is free again, and another worker starts one. Indexers on several machines (one
-PostgreSQL database) are safe side by side: their transactions take disjoint journal rows.
+Indexers per data folder, not per worker: one on SQLite, which has one writer (two would only take
+turns for it); two on PostgreSQL, whose indexers store side by side (`USERTRAIL_INDEXER_PROCESSES`).
+Should the worker holding the lock die, its indexers see it and stop after their current transaction,
+the lock is free again, and another worker starts new ones. Indexers on several machines (one
+PostgreSQL database) are safe side by side too: their transactions take disjoint journal rows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import fcntl
 import logging
 import mmap
 import multiprocessing
-import multiprocessing.context
+import multiprocessing.process
 import os
 import signal
 import struct
@@ -73,13 +74,14 @@ class Saturation:
 
 
 class IndexerProcess:
-    """Holds the data folder's indexer lock when it can, and while it does keeps one indexer process
-    running (restarting it should it exit); without the lock it tries again every second."""
+    """Holds the data folder's indexer lock when it can, and while it does keeps `processes` indexer
+    processes running (restarting one that exits); without the lock it tries again every second."""
 
-    def __init__(self, data_dir: Path, nice: int) -> None:
+    def __init__(self, data_dir: Path, nice: int, processes: int = 1) -> None:
         self.lock_path = data_dir / LOCK_FILE
         self.nice = nice
-        self.pid: int | None = None  # of the running indexer process, if this worker runs it
+        self.processes = processes
+        self.pids: list[int] = []  # of the running indexer processes, if this worker runs them
         self._lock: int | None = None
         self._unlocked = False  # the lock file could not be opened (logged once)
         self._stop = threading.Event()
@@ -91,7 +93,7 @@ class IndexerProcess:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the indexer process after its current transaction, and free the lock."""
+        """Stop the indexer processes after their current transactions, and free the lock."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=_STOP_TIMEOUT_S + 5)
@@ -99,42 +101,31 @@ class IndexerProcess:
 
     def _run(self) -> None:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of this worker's state
+        children: list[multiprocessing.process.BaseProcess] = []
         try:
             while not self._stop.is_set():
                 if not self._take_lock():
                     self._stop.wait(_RETRY_S)
                     continue
-                try:
-                    exitcode = self._run_child(context)
-                except OSError:  # e.g. out of memory or processes: try again
-                    log.exception("starting the indexer process failed")
-                    exitcode = 1
-                if not self._stop.is_set():
+                for child in [c for c in children if not c.is_alive()]:
+                    children.remove(child)
                     # 0: it was sent SIGTERM (as a service manager stopping the server sends it to every
-                    # process); this worker is then likely stopping too, and closes us within the pause.
-                    if exitcode:
-                        log.error("the indexer process exited with %s; starting another", exitcode)
-                    self._stop.wait(_RETRY_S)
+                    # process); this worker is then likely stopping too, and stops the replacement.
+                    if child.exitcode:
+                        log.error("an indexer process exited with %s; starting another", child.exitcode)
+                try:
+                    while len(children) < self.processes:
+                        child = context.Process(target=run, args=(os.getpid(), self.nice), name="usertrail-indexer")
+                        child.start()
+                        children.append(child)
+                except OSError:  # e.g. out of memory or processes: the next round tries again
+                    log.exception("starting an indexer process failed")
+                self.pids = [c.pid for c in children if c.pid is not None]
+                self._stop.wait(_RETRY_S)
         finally:
+            _stop_all(children)
+            self.pids = []
             self._free_lock()
-
-    def _run_child(self, context: multiprocessing.context.SpawnContext) -> int | None:
-        """Start the indexer process and wait for it to exit, or for `close`; its exit code."""
-        child = context.Process(target=run, args=(os.getpid(), self.nice), name="usertrail-indexer")
-        child.start()
-        self.pid = child.pid
-        try:
-            while child.is_alive() and not self._stop.is_set():
-                child.join(0.5)
-            if child.is_alive():  # stopping: let it finish its transaction
-                child.terminate()
-                child.join(_STOP_TIMEOUT_S)
-                if child.is_alive():
-                    child.kill()
-                    child.join()
-            return child.exitcode
-        finally:
-            self.pid = None
 
     def _take_lock(self) -> bool:
         if self._lock is not None:
@@ -161,6 +152,19 @@ class IndexerProcess:
         if self._lock is not None:
             os.close(self._lock)  # closing the descriptor releases the lock
             self._lock = None
+
+
+def _stop_all(children: list[multiprocessing.process.BaseProcess]) -> None:
+    """SIGTERM each (it finishes its transaction), wait, then kill what is left."""
+    for child in children:
+        if child.is_alive():
+            child.terminate()
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 def run(parent_pid: int, nice: int) -> None:

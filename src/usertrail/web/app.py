@@ -225,7 +225,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     separate = server_process and settings.indexer == "process"
     collector = build_collector(settings, index=not separate)
-    indexer_process = IndexerProcess(settings.data_dir, settings.indexer_nice) if separate else None
+    indexer_process = None
+    if separate:
+        engine_name = collector.events.engine.dialect.name
+        processes = settings.indexer_processes or (1 if engine_name == "sqlite" else 2)
+        indexer_process = IndexerProcess(settings.data_dir, settings.indexer_nice, processes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
