@@ -107,7 +107,7 @@ def test_one_workers_indexer_processes_store_what_every_worker_journals_and_anot
             server_process.wait_until_indexed(engine)
             assert _count(engine) == 200
     finally:
-        server.send_signal(signal.SIGTERM)  # the supervisor alone: it stops the workers, and they their indexer
+        server.send_signal(signal.SIGTERM)  # the supervisor alone: it stops the workers, and they their indexers
         server.wait(timeout=60)
     assert not any(server_process.alive(pid) for pid in second)
     engine.dispose()

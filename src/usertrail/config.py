@@ -61,15 +61,15 @@ class Settings:
     # How long the session loop rests when a round found nothing to do: with the settle time and a
     # round's own work, sessions close well within the minute the spec allows.
     session_interval_s: float = 10.0
-    # Where a server worker's ingest journal is indexed (collect/indexer_process.py): "process", one
-    # process per data folder at a lower CPU priority (nice `indexer_nice`), run by one of the workers;
+    # Where a server worker's ingest journal is indexed (collect/indexer_process.py): "process", in
+    # processes of their own at a lower CPU priority (nice `indexer_nice`), run by one of the workers;
     # "thread", a thread in every worker. An app built with explicit settings (tests) uses a thread.
     indexer: str = "process"
     indexer_nice: int = 10
     # Indexer processes per data folder; 0: one on SQLite (one writer at a time), two on PostgreSQL
     # (whose indexers store side by side; more on a machine with more cores).
     indexer_processes: int = 0
-    # With a thread indexer: while collection is saturated, indexing waits up to this long (collect/indexer.py).
+    # While collection is saturated, indexing waits up to this long (collect/indexer_process.py).
     index_delay_s: float = 30.0
     # Events the ingest journal may hold before collection answers 503 (retry later); 0: no bound. Answers
     # no longer wait for indexing, so under an overload that lasts, this bounds the journal's disk and the

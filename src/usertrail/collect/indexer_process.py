@@ -41,7 +41,7 @@ SATURATION_FILE = "collection-saturated"
 # How long the indexer rests when the journal was empty: the most an event waits before it is indexed
 # when the server is idle. A round on an empty journal is one indexed read.
 _POLL_S = 0.05
-_RETRY_S = 1.0  # how often a worker without the lock tries again, and the pause before a restart
+_RETRY_S = 1.0  # how often a worker tries for the lock, or, holding it, checks its indexer processes
 _STOP_TIMEOUT_S = 30.0
 _SLOT = struct.Struct("d")
 
@@ -81,7 +81,6 @@ class IndexerProcess:
         self.lock_path = data_dir / LOCK_FILE
         self.nice = nice
         self.processes = processes
-        self.pids: list[int] = []  # of the running indexer processes, if this worker runs them
         self._lock: int | None = None
         self._unlocked = False  # the lock file could not be opened (logged once)
         self._stop = threading.Event()
@@ -120,11 +119,9 @@ class IndexerProcess:
                         children.append(child)
                 except OSError:  # e.g. out of memory or processes: the next round tries again
                     log.exception("starting an indexer process failed")
-                self.pids = [c.pid for c in children if c.pid is not None]
                 self._stop.wait(_RETRY_S)
         finally:
             _stop_all(children)
-            self.pids = []
             self._free_lock()
 
     def _take_lock(self) -> bool:
