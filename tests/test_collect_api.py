@@ -149,6 +149,9 @@ def test_partial_batch_stores_valid_events_and_keeps_rejected_ones(live):
     with live.admin() as admin:
         [item] = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
         assert json.loads(item["payload"]) == bad and item["path"] == "$.data.oId"
+        assert item["reason"] == error["code"] == "invalid" and item["message"] == error["reason"]
+        assert item["message"].startswith("Expected `"), item["message"]
+        assert admin.get(f"/api/projects/{pid}/drops").json()["rejected_pending"] == 1
         fixed = json.dumps(walkme_event(time=bad["time"], data_oId=999))
         result = admin.post(
             f"/api/projects/{pid}/rejected/reprocess", json={"ids": [item["id"]], "payloads": {item["id"]: fixed}}
@@ -230,6 +233,16 @@ def test_walkme_recorder_without_key_routes_by_account_id(live):
         )
     assert response.status_code == 200
     assert live.scalar("SELECT project_id FROM events") == routed.project.id
+    # Another account's events cannot ride along into this project: the request is refused whole.
+    other = "0123456789abcdef0123456789abcdef"
+    live.projects.create("another walkme account", walkme_account_id=other)
+    mixed = [walkme_event(time=now_ms() - 2), walkme_event(time=now_ms() - 1, wm_uId=other)]
+    with live.client() as client:
+        response = client.post("/event/tell", content=walkme_body(mixed), headers={"Content-Type": "text/plain"})
+    assert response.status_code == 400 and response.json()["path"] == "$.wm.uId"
+    assert other in response.json()["reason"] and "index 2" in response.json()["reason"]
+    assert live.scalar("SELECT count(*) FROM events") == 1
+    assert live.scalar("SELECT count(*) FROM rejected_events") == 0
 
 
 def test_tracking_level_and_drop_counts(live):

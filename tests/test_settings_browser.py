@@ -92,7 +92,7 @@ def test_admin_changes_settings_sees_them_after_reload_and_errors_at_the_field(l
     page.get_by_label("Collect page URLs").uncheck()
     page.get_by_label("Identify end users by").select_option("cookie")
     page.get_by_label("Cookie name, variable or selector").fill("uid")
-    page.get_by_label("Hash the identifier (SHA-256) in the browser").check()
+    page.get_by_label("Hash the identifier (SHA-256) before it is stored").check()
     page.get_by_label("Salt for the hash").fill("pepper-42")
     page.get_by_label("Record every session (global capture)").uncheck()
     page.get_by_label(segment.name).check()
@@ -235,6 +235,8 @@ def test_overview_links_to_rejected_events_which_can_be_discarded(live: LiveServ
     page.locator("#rejected-link").click()
     rows = page.locator("#rejected tbody tr")
     expect(rows).to_have_count(2)
+    # The reason in words, as the sender was answered, beside its code.
+    expect(rows.first.locator("td").nth(4)).to_have_text(f"invalid{answer.json()['errors'][0]['reason']}")
     page.locator("#select-all").check()
     page.get_by_role("button", name="Discard selected").click()
     expect(page.locator("#rejected-result")).to_have_text("Discarded 2 events.")

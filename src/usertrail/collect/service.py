@@ -218,9 +218,21 @@ class Collector:
         return grant
 
     def _project_by_account(self, batch: DecodedBatch) -> int | None:
-        account = next((e.account_id for e in batch.events if isinstance(e, Incoming) and e.account_id), None)
-        if account is None:
+        """A request without a key goes to the project of its events' WalkMe account (`wm.uId`). A WalkMe
+        recorder sends one account's events; a request mixing accounts is refused whole, or one account's
+        events would be stored in another's project."""
+        accounts = [e for e in batch.events if isinstance(e, Incoming) and e.account_id]
+        if not accounts:
             return None
+        account = accounts[0].account_id
+        other = next((e for e in accounts if e.account_id != account), None)
+        if other is not None:
+            raise CollectError(
+                400,
+                "$.wm.uId",
+                f"the event at index {other.index} names WalkMe account {other.account_id!r}, the one at index "
+                f"{accounts[0].index} {account!r}: a request without a write key carries one account's events",
+            )
         project = self._accounts.get(account, lambda: self.projects.by_walkme_account(account))
         return project.id if project else None
 
@@ -313,6 +325,7 @@ class Collector:
                 "path": path,
                 "batch_index": index,
                 "payload": raw.decode("utf-8", errors="replace"),
+                "message": message,
                 "context": msgspec.json.encode(_stored_context(ctx, env)).decode(),
                 "status": "pending",
                 "resolved_at": None,

@@ -186,7 +186,8 @@ class EventStore:
         for record in records:
             for (env, reason), count in record.drops.items():
                 tallies[(record.project_id, env, reason)] += count
-        rejected = [row for record in records for row in record.rejected]
+        # Requests journaled before migration 0033 carry no message.
+        rejected = [{"message": None, **row} for record in records for row in record.rejected]
         security_rows = [record.security for record in records if record.security is not None]
         rows = [stored_row(row) for record in records for row in record.events]
         # One statement for every request's events: it also tells which were new (not re-sent).
@@ -269,6 +270,16 @@ class EventStore:
             query = query.where(rejected_events.c.id > after)
         with self.engine.connect() as conn:
             return conn.execute(query.order_by(rejected_events.c.id).limit(limit)).all()
+
+    def rejected_count(self, project_id: int, status: str = "pending") -> int:
+        """How many rejected events have `status`."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(rejected_events)
+            .where(rejected_events.c.project_id == project_id, rejected_events.c.status == status)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
 
     def rejected_by_ids(self, project_id: int, ids: list[str]) -> list[sa.Row]:
         with self.engine.connect() as conn:

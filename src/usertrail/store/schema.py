@@ -138,13 +138,14 @@ rejected_events = sa.Table(
     sa.Column("received_at", sa.BigInteger, nullable=False),
     sa.Column("env", sa.Text, nullable=True),
     sa.Column("source", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),  # the code: invalid, limit_exceeded, unknown_environment
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("batch_index", sa.Integer, nullable=True),
     sa.Column("payload", sa.Text, nullable=False),  # the raw event text as it arrived
     sa.Column("context", sa.Text, nullable=False),  # JSON: request facts needed to re-process it
     sa.Column("status", sa.Text, nullable=False),  # "pending", "reprocessed" or "discarded"
     sa.Column("resolved_at", sa.BigInteger, nullable=True),
+    sa.Column("message", sa.Text, nullable=True),  # the reason in words, as answered (NULL: kept before 0033)
     sa.PrimaryKeyConstraint("project_id", "id"),
 )
 sa.Index(None, rejected_events.c.project_id, rejected_events.c.status, rejected_events.c.id)

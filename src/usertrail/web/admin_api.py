@@ -138,7 +138,7 @@ async def drop_counts(request: Request) -> Response:
     totals: dict[str, int] = {}
     for r in rows:
         totals[r.reason] = totals.get(r.reason, 0) + r.count
-    pending = len(store.rejected(project_id, "pending", limit=10_000))
+    pending = store.rejected_count(project_id, "pending")
     return JSONResponse(
         {
             "by_reason": totals,
@@ -170,6 +170,7 @@ async def list_rejected(request: Request) -> Response:
             "env": r.env,
             "source": r.source,
             "reason": r.reason,
+            "message": r.message,
             "path": r.path,
             "batch_index": r.batch_index,
             "payload": r.payload,

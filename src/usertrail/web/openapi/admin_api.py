@@ -58,7 +58,8 @@ class DropCounts(msgspec.Struct):
 
 
 class RejectedPage(msgspec.Struct):
-    """Rejected events with their raw text, reason, path and status; `next_after` continues the list."""
+    """Rejected events with their raw text, `reason` (the code), `message` (the reason in words, as the
+    collection answer gave it), path and status; `next_after` continues the list."""
 
     items: list[JSONObject]
     next_after: str | None

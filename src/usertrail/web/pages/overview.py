@@ -114,6 +114,7 @@ async def rejected_page(request: Request) -> Response:
             "env": r.env,
             "source": r.source,
             "reason": r.reason,
+            "message": r.message,
             "path": r.path,
             "status": r.status,
             "payload": r.payload,
