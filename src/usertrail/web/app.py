@@ -10,6 +10,7 @@ import time
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -68,6 +69,7 @@ from usertrail.web import (
     users_api,
 )
 from usertrail.web.errors import ApiError, error_response
+from usertrail.web.paths import EncodedSlashes
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +290,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *pages.routes,
         ],
         exception_handlers={ApiError: _api_error},
+        middleware=[Middleware(EncodedSlashes)],
         lifespan=lifespan,
     )
     app.state.collector = collector

@@ -47,6 +47,7 @@ from usertrail.web.admin_api import _json_body, _limit
 from usertrail.web.auth import require
 from usertrail.web.collect_routes import cors_for
 from usertrail.web.errors import ApiError, error_response
+from usertrail.web.paths import USERS
 from usertrail.web.users_api import _int_param, _owner, _project, _require_uuid
 
 MAX_NAME = 200
@@ -407,8 +408,8 @@ routes = [
     Route("/api/projects/{project_id}/segments/{segment_id}", delete_segment, methods=["DELETE"]),
     Route("/api/projects/{project_id}/segments/{segment_id}/members", members, methods=["GET"]),
     Route("/api/projects/{project_id}/segments/{segment_id}/changes", segment_changes, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}/segments", user_segments, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}/segments/evaluate", evaluate_user, methods=["POST"]),
-    Route("/api/projects/{project_id}/users/{user_key}/segments/history", user_segment_history, methods=["GET"]),
+    Route(USERS + "/segments", user_segments, methods=["GET"]),
+    Route(USERS + "/segments/evaluate", evaluate_user, methods=["POST"]),
+    Route(USERS + "/segments/history", user_segment_history, methods=["GET"]),
     Route("/v1/segments", client_segments, methods=["GET"]),
 ]

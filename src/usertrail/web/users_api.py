@@ -40,6 +40,7 @@ from usertrail.web.access_api import _time_param
 from usertrail.web.admin_api import _json_body, _limit, event_json
 from usertrail.web.auth import require
 from usertrail.web.errors import ApiError
+from usertrail.web.paths import USERS
 
 
 def _users(request: Request) -> UserStore:
@@ -452,18 +453,16 @@ async def export_audit(request: Request) -> Response:
 routes = [
     Route("/api/projects/{project_id}/users", list_users, methods=["GET"]),
     Route("/api/projects/{project_id}/users.csv", export_list, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}", get_user, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}", erase_user, methods=["DELETE"]),
-    Route("/api/projects/{project_id}/users/{user_key}/events", user_events, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}/export", export_user, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}/sessions", user_sessions, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}/recordings", user_recordings, methods=["GET"]),
-    Route(
-        "/api/projects/{project_id}/users/{user_key}/sessions/{start_ts:int}/events", session_stream, methods=["GET"]
-    ),
+    Route(USERS, get_user, methods=["GET"]),
+    Route(USERS, erase_user, methods=["DELETE"]),
+    Route(USERS + "/events", user_events, methods=["GET"]),
+    Route(USERS + "/export", export_user, methods=["GET"]),
+    Route(USERS + "/sessions", user_sessions, methods=["GET"]),
+    Route(USERS + "/recordings", user_recordings, methods=["GET"]),
+    Route(USERS + "/sessions/{start_ts:int}/events", session_stream, methods=["GET"]),
     Route("/api/projects/{project_id}/audit-log", audit_entries, methods=["GET"]),
     Route("/api/projects/{project_id}/audit-log.csv", export_audit, methods=["GET"]),
     Route("/api/projects/{project_id}/attributes", attribute_registry, methods=["GET"]),
-    Route("/api/projects/{project_id}/users/{user_key}/attributes", update_attributes, methods=["PATCH"]),
-    Route("/api/projects/{project_id}/users/{user_key}/attributes/history", attribute_history, methods=["GET"]),
+    Route(USERS + "/attributes", update_attributes, methods=["PATCH"]),
+    Route(USERS + "/attributes/history", attribute_history, methods=["GET"]),
 ]

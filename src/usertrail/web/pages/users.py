@@ -32,6 +32,7 @@ from usertrail.segments.membership import catalog_of
 from usertrail.store.users import UserPage, profile_json, session_json
 from usertrail.web.errors import ApiError
 from usertrail.web.pages.layout import clock, context, page_principal, refused, render, utc
+from usertrail.web.paths import USER_PAGE
 from usertrail.web.users_api import _require_uuid, list_page, list_query, recordings_of
 
 PAGE_SIZE = 50
@@ -253,5 +254,5 @@ async def user_page(request: Request) -> Response:
 
 routes = [
     Route("/app/projects/{project_id}/users", users_page, methods=["GET"]),
-    Route("/app/projects/{project_id}/users/{user_key:path}", user_page, methods=["GET"]),
+    Route(USER_PAGE, user_page, methods=["GET"]),
 ]
