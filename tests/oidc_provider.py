@@ -62,6 +62,19 @@ class Provider:
     def stop(self) -> None:
         self.server.stop()
 
+    def id_token(self, audience: str | None = None, key: RSAKey | None = None, **claims) -> str:
+        """An ID token as the provider would issue it to `audience` (default: its client) for its user,
+        valid for five minutes from now; `claims` override or add claims (None removes one)."""
+        now = int(time.time())
+        body = {"iss": self.url, "aud": audience or self.client_id, "iat": now, "exp": now + 300, **self.user}
+        body.update(claims)
+        signer = key or self.key
+        return jwt.encode({"alg": "RS256", "kid": signer.kid}, {k: v for k, v in body.items() if v is not None}, signer)
+
+    def rotate_keys(self) -> None:
+        """Sign with a new key (new key id), the only one the JWKS lists from now on."""
+        self.key = RSAKey.generate_key(2048, parameters={"kid": secrets.token_hex(4), "use": "sig"}, private=True)
+
     async def discovery(self, request: Request) -> Response:
         return JSONResponse(
             {

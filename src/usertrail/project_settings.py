@@ -35,10 +35,16 @@ class UuidSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """End-user identification (WalkMe's "Unique User Settings")."""
 
     provider: UuidProvider = "walkme_id"
-    # Cookie name, window variable name or CSS selector, depending on the provider.
+    # Cookie name, window variable name or CSS selector, depending on the provider; for `idp`, the window
+    # variable holding the ID token.
     source: ShortText = ""
     hash: bool = False
     salt: ShortText = ""
+    # `idp` only (enrich/idp.py): the identity provider's issuer URL, the client id its ID tokens are
+    # issued to (`aud`), and the claim that holds the end-user id.
+    issuer: ShortText = ""
+    audience: ShortText = ""
+    claim: ShortText = "sub"
 
 
 class TrafficRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

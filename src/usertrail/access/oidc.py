@@ -73,12 +73,13 @@ class OidcConfig:
             raise ValueError(f"USERTRAIL_OIDC_DEFAULT_ROLE must be one of {', '.join(ROLES)}")
         if config.default_role and not config.default_project:
             raise ValueError("USERTRAIL_OIDC_DEFAULT_ROLE needs USERTRAIL_OIDC_DEFAULT_PROJECT")
-        if not _https_or_loopback(config.issuer):
+        if not https_or_loopback(config.issuer):
             raise ValueError("the OIDC issuer must use https (plain http only on a loopback address)")
         return config
 
 
-def _https_or_loopback(url: str) -> bool:
+def https_or_loopback(url: str) -> bool:
+    """Whether `url` is https, or plain http on a loopback address (a provider on this machine)."""
     parts = urlsplit(url)
     if parts.scheme == "https":
         return True

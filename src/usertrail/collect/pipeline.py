@@ -18,6 +18,7 @@ import xxhash
 from usertrail.collect.drops import DropReason, RejectReason
 from usertrail.collect.traffic import domain_matches, ip_matches, user_agent_matches
 from usertrail.collect.wire import Incoming
+from usertrail.enrich import idp
 from usertrail.enrich.geo import Location
 from usertrail.enrich.useragent import Agent, agent_from_fields, parse_agent
 from usertrail.project_settings import EnvironmentSettings, TrackingLevel, UuidSettings
@@ -38,6 +39,8 @@ class RequestContext:
     user_agent: str
     # Outcomes of REQUEST_STEPS by (environment, event's own user agent): computed once per request.
     shared: dict = field(default_factory=dict)
+    # The request's ID tokens, verified before its events run through the steps (enrich/idp.py).
+    id_tokens: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -241,11 +244,25 @@ def identity_for(uuid: UuidSettings, user_id: str | None, anon_id: str | None) -
 
 
 def identify_user(w: Working, ctx: RequestContext) -> None:
-    """Pick the end-user key allowed by the UUID settings; a replaced identifier is replaced in the stored event too."""
+    """Pick the end-user key allowed by the UUID settings; a replaced identifier is replaced in the stored event too.
+
+    Under the `idp` provider a native event is identified only by the verified ID token it carries; an id
+    it merely claims is not believed (removed, its hash kept as the anonymous id if there is no other)."""
     uuid, ev = w.settings.uuid, w.event
-    user_id, anon_id, w.user_key = identity_for(uuid, ev.user_id, ev.anon_id)
+    claimed = ev.user_id
+    if uuid.provider == "idp" and ev.source == "native":
+        token = ev.id_token
+        claimed = idp.lookup(ctx.id_tokens, token, uuid, event_time(ev, ctx)) if token is not None else None
+        if claimed is None and ev.user_id is not None and ev.anon_id is None:
+            ev.anon_id = hash_identifier(ev.user_id, uuid.salt)
+    if ev.id_token is not None:
+        # A credential that names the person: used above, never stored.
+        del ev.obj["context"]["idToken"]
+        ev.id_token, ev.modified = None, True
+    user_id, anon_id, w.user_key = identity_for(uuid, claimed, ev.anon_id)
     if user_id != ev.user_id:
-        _replace_identifier(ev, user_id if user_id is not None else anon_id)  # type: ignore[arg-type]
+        replacement = anon_id if user_id is None and uuid.provider in ("none", "walkme_id") else user_id
+        _replace_identifier(ev, replacement)
     ev.user_id, ev.anon_id = user_id, anon_id
     if user_id is not None:
         w.id_source = uuid.provider
@@ -253,18 +270,25 @@ def identify_user(w: Working, ctx: RequestContext) -> None:
         w.id_source = {"none": "anonymous", "walkme_id": "walkme_id"}.get(uuid.provider, "anonymous_fallback")
 
 
-def _replace_identifier(ev: Incoming, value: str) -> None:
+def _replace_identifier(ev: Incoming, value: str | None) -> None:
     if ev.source == "walkme":
         ev.obj["wm"]["euId"] = value
+    elif value is None:
+        del ev.obj["userId"]
     else:
         ev.obj["userId"] = value
     ev.modified = True
 
 
+def event_time(ev: Incoming, ctx: RequestContext) -> int:
+    """The client's time corrected by the batch's clock skew, never later than receipt (ms)."""
+    client = ev.client_ts
+    return ctx.received_at if client < 0 else min(client + ctx.skew_ms, ctx.received_at)
+
+
 def place_in_time(w: Working, ctx: RequestContext) -> None:
     """Event time = client time corrected by the batch's clock skew, never later than receipt."""
-    client = w.event.client_ts
-    w.ts = ctx.received_at if client < 0 else min(client + ctx.skew_ms, ctx.received_at)
+    w.ts = event_time(w.event, ctx)
 
 
 # Steps that read only the request, the event's environment and the event's own user agent (a

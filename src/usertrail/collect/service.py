@@ -27,6 +27,7 @@ from usertrail.collect.wire import (
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.config import Settings
 from usertrail.enrich.geo import GeoLocator, Location
+from usertrail.enrich.idp import IdTokens
 from usertrail.enrich.ip import client_ip, mask_ip
 from usertrail.enrich.useragent import parse_agent
 from usertrail.project_settings import EnvironmentSettings
@@ -122,6 +123,7 @@ class Collector:
         self.geo = geo
         self.writer = writer
         self.indexer = indexer
+        self.id_tokens = IdTokens()
         self._grants = _TtlCache(10.0)
         self._environments = _TtlCache(5.0)
         self._accounts = _TtlCache(10.0)
@@ -168,14 +170,33 @@ class Collector:
             raise CollectError(400, exc.path, exc.reason) from None
         if self.settings.ingest_mode == "decode_only":
             return CollectResult(received=len(batch.events))
-        result, packed = self._enrich(batch, facts, wire_format, grant)
+        verified = await self._verify_id_tokens(batch, grant)
+        result, packed = self._enrich(batch, facts, wire_format, grant, verified)
         # The decoded events die now, on this thread, not after the journal's commit (see `_enrich`).
         del batch
         await self.writer.write(packed)
         return result
 
+    async def _verify_id_tokens(self, batch: DecodedBatch, grant: KeyGrant | None) -> dict:
+        """The outcome of each ID token the request's events carry, against the project's `idp` settings
+        (enrich/idp.py): fetching the provider's keys is awaited here, so the steps only look it up."""
+        tokens = [e.id_token for e in batch.events if isinstance(e, Incoming) and e.id_token is not None]
+        if not tokens:
+            return {}
+        if grant is None and batch.write_key:
+            grant = self._grant(batch.write_key)
+        if grant is None:
+            return {}  # refused in `_enrich`
+        settings = [s.uuid for s in self.environments(grant.project_id).values()]
+        return await self.id_tokens.verify_all(tokens, settings)
+
     def _enrich(
-        self, batch: DecodedBatch, facts: RequestFacts, wire_format: str, grant: KeyGrant | None
+        self,
+        batch: DecodedBatch,
+        facts: RequestFacts,
+        wire_format: str,
+        grant: KeyGrant | None,
+        verified: dict,
     ) -> tuple[CollectResult, Packed]:
         """The request's answer and its journal record, packed (msgpack) here rather than by the writer.
 
@@ -197,6 +218,7 @@ class Collector:
                 raise CollectError(403, "Origin", f"origin {facts.origin} is not allowed for this project")
             result.allowed_origin = facts.origin
         ctx = self._context(project_id, environments, facts, batch)
+        ctx.id_tokens = verified
         record = self._process(batch, ctx, wire_format, result)
         record.security = {
             "project_id": project_id,

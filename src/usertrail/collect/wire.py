@@ -138,6 +138,8 @@ class _NativeContext(msgspec.Struct):
     page: _NativePage | None = None
     sessionId: str | None = None
     userAgent: str | None = None
+    # The end user's ID token from the company's identity provider (UUID provider `idp`); never stored.
+    idToken: Annotated[str, msgspec.Meta(max_length=16_384)] | None = None
 
 
 class NativeMessage(msgspec.Struct, forbid_unknown_fields=True):
@@ -194,6 +196,7 @@ class Incoming(msgspec.Struct):
     message_id: str | None = None
     account_id: str | None = None  # WalkMe `wm.uId`
     user_agent: str | None = None
+    id_token: str | None = None  # native `context.idToken`
     client_env: _WmEnv | None = None  # WalkMe `env`: the browser as the event describes it
     user_vars: dict | None = None  # analytics properties carried by the event
     user_vars_json: str | None = None  # the same as JSON text (shared by the events of a batch that agree)
@@ -435,6 +438,7 @@ def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
         title=page.title if page else None,
         message_id=msg.messageId,
         user_agent=msg.context.userAgent if msg.context else None,
+        id_token=msg.context.idToken if msg.context else None,
         user_vars=user_vars,
         user_vars_json=msgspec.json.encode(user_vars).decode() if user_vars else None,
     )

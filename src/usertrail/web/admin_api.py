@@ -15,6 +15,7 @@ from usertrail.access.permissions import ADMIN as ADMIN_ROLE
 from usertrail.access.principal import Principal
 from usertrail.collect.service import Collector
 from usertrail.collect.traffic import InvalidPattern, validate_ip_pattern
+from usertrail.enrich import idp
 from usertrail.playback import settings as playback_settings
 from usertrail.project_settings import EnvironmentSettings, merge_settings
 from usertrail.store.events import EventStore
@@ -98,6 +99,10 @@ async def patch_environment(request: Request) -> Response:
             validate_ip_pattern(pattern)
         except InvalidPattern as exc:
             raise ApiError(400, "invalid_settings", str(exc), f"$.traffic.excluded_ips[{i}]") from None
+    try:
+        idp.check_settings(updated.uuid)
+    except idp.IdpSettingsError as exc:
+        raise ApiError(400, "invalid_settings", exc.reason, exc.path) from None
     try:
         playback_settings.validate(updated)
     except playback_settings.InvalidPlaybackSettings as exc:

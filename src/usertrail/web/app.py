@@ -259,6 +259,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             collector.writer.close()
             collector.indexer.close()
+            await collector.id_tokens.close()
             if indexer_process is not None:
                 indexer_process.close()
             playback.assets.fetcher.close()

@@ -52,7 +52,7 @@
       if (p === "cookie") {
         var m = document.cookie.match(new RegExp("(?:^|; )" + src.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "=([^;]*)"));
         v = m ? decodeURIComponent(m[1]) : null;
-      } else if (p === "variable" || p === "idp") {
+      } else if (p === "variable") {
         v = readPath(window, src || "usertrailUser");
       } else if (p === "selector") {
         var el = document.querySelector(src);
@@ -60,6 +60,15 @@
       }
     } catch (e) { v = null; }
     return v == null || v === "" ? null : String(v);
+  }
+
+  // Provider `idp`: the ID token the page got from its identity provider. The server takes the user id
+  // from it only once its signature verifies, so the page cannot name somebody else.
+  function idToken() {
+    if (!remote || remote.uuid.provider !== "idp") return null;
+    var v = null;
+    try { v = readPath(window, remote.uuid.source || "usertrailIdToken"); } catch (e) { v = null; }
+    return typeof v === "string" && v ? v : null;
   }
 
   function enqueue(message) {
@@ -78,6 +87,8 @@
       screen: { width: screen.width, height: screen.height },
       timezone: new Date().getTimezoneOffset()
     };
+    var token = idToken();
+    if (token) message.context.idToken = token;
     queue.push(message);
     if (queue.length > MAX_QUEUE) queue.splice(0, queue.length - MAX_QUEUE);
     persist();
