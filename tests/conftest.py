@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import shutil
 import socket
@@ -286,3 +287,40 @@ def browser(chromium_browser):
     yield chromium_browser
     for context in chromium_browser.contexts:
         context.close()
+
+
+@pytest.fixture
+def context(browser):
+    """A browser context that looks like desktop Chrome: the server drops headless browsers as bots."""
+    ctx = browser.new_context(user_agent=CHROME_UA)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context):
+    """A tab whose clock is paused: the snippet's 2 s flush timer never fires on its own, so only the
+    sends a test asks for (the page view once the settings arrive, `usertrail.flush()`) happen."""
+    tab = context.new_page()
+    tab.clock.install()
+    tab.clock.pause_at(datetime.datetime.now() + datetime.timedelta(seconds=1))
+    return tab
+
+
+@pytest.fixture
+def site():
+    """A customer's web site on 127.0.0.1 (tests/browser.py), for pages that embed the snippet."""
+    from browser import PageServer
+
+    with PageServer() as server:
+        yield server
+
+
+@pytest.fixture
+def provider():
+    """A local OpenID Connect provider (tests/oidc_provider.py), started for the test."""
+    from oidc_provider import Provider  # imported here: it imports this module
+
+    started = Provider().start()
+    yield started
+    started.stop()

@@ -5,7 +5,6 @@ engines; and once in Debian's Chromium, with the snippet reading the page's ID t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,13 +18,6 @@ from conftest import CHROME_UA, LiveServer
 from samples import now_ms
 
 EMAIL = "sso.user@example.com"  # the provider's user (Provider.user)
-
-
-@pytest.fixture
-def provider() -> Iterator[Provider]:
-    started = Provider().start()
-    yield started
-    started.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Chromium from the login page's link."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -15,13 +14,6 @@ from oidc_provider import Provider
 
 from admin_pages import Watcher
 from conftest import CHROME_UA, LiveServer
-
-
-@pytest.fixture
-def provider() -> Iterator[Provider]:
-    started = Provider().start()
-    yield started
-    started.stop()
 
 
 @pytest.fixture

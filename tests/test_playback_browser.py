@@ -38,12 +38,6 @@ RECORDING = "window.rrwebRecord && sessionStorage.getItem('ut_pb')"
 
 
 @pytest.fixture
-def site() -> Iterator[PageServer]:
-    with PageServer() as server:
-        yield server
-
-
-@pytest.fixture
 def live(make_server) -> LiveServer:
     return make_server(playback_chunk_interval_ms=HOUR_MS)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,12 +50,6 @@ def live(make_server) -> LiveServer:
     add_account(server, "ann@example.com", "analyst")
     add_account(server, "nobody@example.com", None)
     return server
-
-
-@pytest.fixture
-def site() -> Iterator[PageServer]:
-    with PageServer() as server:
-        yield server
 
 
 def signed_in(browser: Browser, live: LiveServer, email: str, **options) -> BrowserContext:

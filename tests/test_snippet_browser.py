@@ -6,9 +6,8 @@ only when a test advances time, so which request carries an event never depends 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,12 +16,12 @@ import pytest
 from usertrail.collect.service import CollectError, CollectResult, RequestFacts
 from usertrail.web.snippet import snippet_tag
 
-from browser import PageServer, poll, wait_until
-from conftest import CHROME_UA, LiveServer
+from browser import poll, wait_until
+from conftest import LiveServer
 from samples import now_ms, walkme_body, walkme_event
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page, Route
+    from playwright.sync_api import Page, Route
 
 # The storage engines are covered elsewhere: here the browser, the snippet and the wire are under test.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -60,28 +59,6 @@ COUNT_BATCH_FETCHES = """
   };
 })();
 """
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    # The server drops headless browsers as bots: the pages must look like a desktop Chrome.
-    ctx = browser.new_context(user_agent=CHROME_UA)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    tab = context.new_page()
-    tab.clock.install()
-    tab.clock.pause_at(dt.datetime.now() + dt.timedelta(seconds=1))
-    return tab
-
-
-@pytest.fixture
-def site() -> Iterator[PageServer]:
-    with PageServer() as server:
-        yield server
 
 
 def configure(live: LiveServer, settings: dict) -> None:

@@ -10,23 +10,18 @@ an id, and a provider whose id is missing from the page falls back to the snippe
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pytest
 
+from test_collect_api import patch_env
 from usertrail.web.snippet import snippet_tag
 
-from browser import PageServer, wait_until
-from conftest import CHROME_UA, LiveServer
-
-if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page
+from browser import wait_until
+from conftest import LiveServer
 
 # The storage engines are covered elsewhere: here the browser, the snippet and the wire are under test.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -101,37 +96,6 @@ SLASHED = pytest.param(
 )
 
 
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    # The server drops headless browsers as bots: the pages must look like a desktop Chrome.
-    ctx = browser.new_context(user_agent=CHROME_UA)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    # A paused clock: the snippet's 2 s flush timer never fires on its own, so only the sends this
-    # test asks for (the page view once the settings arrive, then `usertrail.flush()`) happen.
-    tab = context.new_page()
-    tab.clock.install()
-    tab.clock.pause_at(dt.datetime.now() + dt.timedelta(seconds=1))
-    return tab
-
-
-@pytest.fixture
-def site() -> Iterator[PageServer]:
-    with PageServer() as server:
-        yield server
-
-
-def configure(live: LiveServer, settings: dict) -> None:
-    """Change the production environment's settings through the admin API, as a customer would."""
-    with live.admin() as admin:
-        response = admin.patch(f"/api/projects/{live.project.project.id}/environments/production", json=settings)
-    assert response.status_code == 200, response.text
-
-
 def identity_page(live: LiveServer, content: str) -> str:
     """A customer page whose tag follows `content`: the id is in the document before the snippet runs."""
     return (
@@ -154,7 +118,7 @@ def stored(live: LiveServer, count: int, what: str) -> list:
 
 @pytest.mark.parametrize("case", [*(pytest.param(c, id=k) for k, c in CASES.items()), SLASHED])
 def test_snippet_identifies_the_user_as_the_uuid_settings_say(live, site, page, case):
-    configure(live, {"allowed_origins": [site.origin], "uuid": case.uuid})
+    patch_env(live, {"allowed_origins": [site.origin], "uuid": case.uuid})
     site.pages["/account"] = identity_page(live, case.page)
     page.goto(site.url("/account"))
     stored(live, 1, "the page view, sent once the snippet has the settings")
