@@ -9,13 +9,13 @@ import json
 import pytest
 
 from oidc_provider import Provider
-from test_collect_api import native, patch_env
+from test_collect_api import native, patch_env, tell
 from usertrail.collect.pipeline import hash_identifier
 from usertrail.web.snippet import snippet_tag
 
-from browser import PageServer, wait_until
-from conftest import CHROME_UA, LiveServer
-from samples import now_ms
+from browser import wait_until
+from conftest import LiveServer
+from samples import now_ms, walkme_event
 
 EMAIL = "sso.user@example.com"  # the provider's user (Provider.user)
 
@@ -101,7 +101,6 @@ def test_tokens_signed_after_the_provider_rotates_its_keys(idp_live: LiveServer,
 def test_idp_settings_are_checked(live: LiveServer, provider: Provider):
     pid = live.project.project.id
     cases = [
-        ({"provider": "idp"}, "$.uuid.issuer"),
         ({"provider": "idp", "issuer": "http://login.example.com", "audience": "app"}, "$.uuid.issuer"),
         ({"provider": "idp", "issuer": provider.url}, "$.uuid.audience"),
         ({"provider": "idp", "issuer": provider.url, "audience": "app", "claim": ""}, "$.uuid.claim"),
@@ -112,22 +111,29 @@ def test_idp_settings_are_checked(live: LiveServer, provider: Provider):
             assert answer.status_code == 400 and answer.json()["path"] == path, answer.text
 
 
-def test_the_snippet_sends_the_pages_id_token(idp_live: LiveServer, provider: Provider, browser):
+def test_without_an_issuer_only_walkme_events_are_identified(live: LiveServer, provider: Provider):
+    """WalkMe's recorder resolves its IDP id itself (`wm.euId`); a native event has nothing to verify."""
+    patch_env(live, {"uuid": {"provider": "idp"}})
+    recorder = walkme_event(time=now_ms() - 2_000, wm_euId="kim@example.com", wm_euIdSource="IDP")
+    assert tell(live, [recorder]).status_code == 200
     token = provider.id_token(audience="app")
-    with PageServer() as site:
-        patch_env(idp_live, {"allowed_origins": [site.origin], "uuid": {"source": "auth.idToken"}})
-        site.pages["/app"] = (
-            '<!doctype html><html><head><meta charset="utf-8"><title>App</title></head><body>'
-            f'<script>window.auth = {{idToken: "{token}"}};</script>'
-            f"{snippet_tag(idp_live.base_url, idp_live.project.write_key)}"
-            "</body></html>"
-        )
-        context = browser.new_context(user_agent=CHROME_UA)
-        try:
-            page = context.new_page()
-            page.goto(site.url("/app"))
-            rows = wait_until(lambda: stored(idp_live) or None, "the page view", timeout=30)
-        finally:
-            context.close()
+    assert native(live, [message(token, userId="mallory@example.com")]).status_code == 200
+    assert [(r.user_key, r.id_source) for r in stored(live)] == [
+        ("u:kim@example.com", "idp"),
+        ("a:anon-1", "anonymous_fallback"),
+    ]
+
+
+def test_the_snippet_sends_the_pages_id_token(idp_live: LiveServer, provider: Provider, site, context):
+    token = provider.id_token(audience="app")
+    patch_env(idp_live, {"allowed_origins": [site.origin], "uuid": {"source": "auth.idToken"}})
+    site.pages["/app"] = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>App</title></head><body>'
+        f'<script>window.auth = {{idToken: "{token}"}};</script>'
+        f"{snippet_tag(idp_live.base_url, idp_live.project.write_key)}"
+        "</body></html>"
+    )
+    context.new_page().goto(site.url("/app"))  # the snippet sends the page view once it has the settings
+    rows = wait_until(lambda: stored(idp_live) or None, "the page view", timeout=30)
     assert [(r.user_key, r.id_source) for r in rows] == [(f"u:{EMAIL}", "idp")]
     assert token not in rows[0].payload

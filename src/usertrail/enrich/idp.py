@@ -45,11 +45,11 @@ class IdpSettingsError(ValueError):
 
 
 def check_settings(uuid: UuidSettings) -> None:
-    """Refuse `idp` settings without an issuer (https, or http on a loopback address), audience or claim."""
-    if uuid.provider != "idp":
+    """Refuse `idp` settings whose issuer is not https (or http on a loopback address), or that name an
+    issuer without the audience or the claim. Without an issuer only WalkMe events are identified: WalkMe's
+    recorder resolved the IDP id itself (`wm.euId`), and native events have nothing to verify against."""
+    if uuid.provider != "idp" or not uuid.issuer:
         return
-    if not uuid.issuer:
-        raise IdpSettingsError("$.uuid.issuer", "the idp provider needs the identity provider's issuer URL")
     if not https_or_loopback(uuid.issuer):
         raise IdpSettingsError("$.uuid.issuer", "the issuer must use https (plain http only on a loopback address)")
     if not uuid.audience:
