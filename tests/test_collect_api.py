@@ -57,6 +57,25 @@ def test_spec_event_stored_with_every_field(live):
     # Sent a second after the event by a client whose clock is far behind: time is corrected.
     assert abs(row.ts - (now_ms() - 1000)) < 5_000
     assert row.client_ts == SPEC_EVENT["time"]
+    # The client's screen, time zone, frame and WalkMe's recorder versions (env.*, ctx.isIframe, version.*).
+    assert (row.screen_width, row.screen_height, row.tz_offset, row.in_iframe) == (1249, 561, -120, False)
+    assert (row.lib_version, row.pe_version) == ("20190306-123518-32b80d9f", "5.0.0")
+
+
+def test_native_client_facts_are_mapped_when_they_are_numbers(live):
+    batch = [
+        {"type": "page", "anonymousId": "a", "messageId": "1",
+         "context": {"screen": {"width": 1440, "height": 900.0, "density": 2}, "timezone": 300}},
+        # Free-form elsewhere (Segment sends other shapes): kept in the payload, not refused, not mapped.
+        {"type": "page", "anonymousId": "a", "messageId": "2",
+         "context": {"screen": "1440x900", "timezone": "America/New_York"}},
+        {"type": "page", "anonymousId": "a", "messageId": "3", "context": {"screen": {"width": 1e300}}},
+    ]  # fmt: skip
+    assert native(live, batch).status_code == 200
+    rows = live.rows("SELECT screen_width, screen_height, tz_offset, in_iframe, payload FROM events ORDER BY event_id")
+    facts = {json.loads(r.payload)["messageId"]: tuple(r)[:4] for r in rows}
+    assert facts == {"1": (1440, 900, 300, None), "2": (None, None, None, None), "3": (None, None, None, None)}
+    assert json.loads(rows[0].payload)["context"]["screen"]  # the payload keeps what was sent
 
 
 def test_json_object_and_array_content_types(live):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from usertrail.collect.writer import GroupCommitWriter
 from usertrail.store import journal
 from usertrail.store.database import create_engine, migrate, write_transaction
-from usertrail.store.events import EventStore, IngestRecord
+from usertrail.store.events import EVENT_COLUMNS, EventStore, IngestRecord
 from usertrail.store.projects import ProjectStore
 from usertrail.store.users import UserStore
 from usertrail.testing.postgres import TemporaryPostgres
@@ -105,6 +105,32 @@ def test_concurrent_indexers_store_each_request_exactly_once(engine):
         assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar() == 180
         drops = dict(conn.execute(sa.text("SELECT reason, sum(count) FROM drop_counts GROUP BY reason")).all())
     assert drops == {"bot": 60, "duplicate": 59}
+
+
+def test_requests_journaled_before_the_client_columns_are_indexed_after_the_upgrade(engine):
+    """A journal row written by a server from before migration 0034 (rows without its six client columns)
+    and indexed by an upgraded one: stored whole, with NULL in the new columns."""
+    project = ProjectStore(engine).create("p").project
+    store = EventStore(engine)
+    new = event_row_of(project.id, "u:1", "new")
+    old = event_row_of(project.id, "u:1", "old")
+    at = EVENT_COLUMNS.index("screen_width")
+    old = (*old[:at], *old[at + 6 :])
+    assert EVENT_COLUMNS[at + 6] == "payload" and len(old) == len(EVENT_COLUMNS) - 6
+    new = (*new[:at], 1280, 720, -60, False, "lib-1", "pe-1", new[at + 6])
+    store.journal([IngestRecord(project.id, events=[old]), IngestRecord(project.id, events=[new])])
+    assert store.index_all() == 2
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text(
+                "SELECT event_id, screen_width, screen_height, tz_offset, in_iframe, lib_version, pe_version, "
+                "payload, type FROM events ORDER BY event_id"
+            )
+        ).all()
+    assert [tuple(r) for r in stored] == [
+        ("new", 1280, 720, -60, False, "lib-1", "pe-1", "{}", "track"),
+        ("old", None, None, None, None, None, None, "{}", "track"),
+    ]
 
 
 _values = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=30))

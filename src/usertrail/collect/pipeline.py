@@ -375,5 +375,11 @@ def to_row(w: Working, ctx: RequestContext) -> tuple:
         agent.is_mobile,
         ctx.ip_masked or None,
         ev.user_vars_json,
+        ev.screen_width,
+        ev.screen_height,
+        ev.tz_offset,
+        ev.in_iframe,
+        ev.lib_version,
+        ev.pe_version,
         payload,
     )

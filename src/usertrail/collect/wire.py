@@ -138,6 +138,9 @@ class _NativeContext(msgspec.Struct):
     page: _NativePage | None = None
     sessionId: str | None = None
     userAgent: str | None = None
+    # Free-form for compatibility (Segment's `context.screen` is an object too): read when they are numbers.
+    screen: Any = None
+    timezone: Any = None
     # The end user's ID token from the company's identity provider (UUID provider `idp`); never stored.
     idToken: Annotated[str, msgspec.Meta(max_length=16_384)] | None = None
 
@@ -200,6 +203,12 @@ class Incoming(msgspec.Struct):
     client_env: _WmEnv | None = None  # WalkMe `env`: the browser as the event describes it
     user_vars: dict | None = None  # analytics properties carried by the event
     user_vars_json: str | None = None  # the same as JSON text (shared by the events of a batch that agree)
+    screen_width: int | None = None
+    screen_height: int | None = None
+    tz_offset: int | None = None  # minutes behind UTC, as JavaScript's getTimezoneOffset()
+    in_iframe: bool | None = None
+    lib_version: str | None = None  # WalkMe `version.lib`
+    pe_version: str | None = None  # WalkMe `version.pe`
     modified: bool = False
     _obj: dict | None = None
 
@@ -335,6 +344,7 @@ def _walkme_event(
     if problem:
         return Invalid(index, raw, problem[0], problem[1], "limit_exceeded")
     data, ctx, loc = ev.data, ev.ctx, ev.ctx.location if ev.ctx else None
+    screen, version = ev.env.screen if ev.env else None, ev.version
     source = (ev.wm.euIdSource or "").lower()
     anonymous = source in ANONYMOUS_ID_SOURCES
     user_vars, user_vars_json = (properties or _PropertiesMemo())(ev.wm.userVars)
@@ -359,7 +369,30 @@ def _walkme_event(
         client_env=ev.env,
         user_vars=user_vars,
         user_vars_json=user_vars_json,
+        screen_width=_whole(screen.width) if screen else None,
+        screen_height=_whole(screen.height) if screen else None,
+        tz_offset=_whole(ev.env.timezone) if ev.env else None,
+        in_iframe=ctx.isIframe if ctx else None,
+        lib_version=version.lib if version else None,
+        pe_version=version.pe if version else None,
     )
+
+
+# An integer column's range, on both engines: a larger number is not a screen or an offset.
+_INT_RANGE = range(-(2**31), 2**31)
+
+
+def _whole(value: object) -> int | None:
+    """A client's number as a whole number (screens and offsets are whole), None if absent or not a number."""
+    if type(value) is int:
+        return value if value in _INT_RANGE else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        return None
+    try:
+        whole = round(value)
+    except OverflowError:  # infinity
+        return None
+    return whole if whole in _INT_RANGE else None
 
 
 def decode_native(body: bytes, limits: Limits) -> DecodedBatch:
@@ -416,6 +449,7 @@ def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
             return Invalid(index, raw, f"{prefix}.timestamp", "expected milliseconds or an ISO 8601 time")
     user_vars = analytics_properties(msg.traits) if msg.type == "identify" else None
     page = msg.context.page if msg.context else None
+    screen = msg.context.screen if msg.context else None
     host = path = None
     if page and page.url:
         parts = urlsplit(page.url)
@@ -441,6 +475,9 @@ def _native_event(index: int, raw: bytes, limits: Limits) -> Incoming | Invalid:
         id_token=msg.context.idToken if msg.context else None,
         user_vars=user_vars,
         user_vars_json=msgspec.json.encode(user_vars).decode() if user_vars else None,
+        screen_width=_whole(screen.get("width")) if isinstance(screen, dict) else None,
+        screen_height=_whole(screen.get("height")) if isinstance(screen, dict) else None,
+        tz_offset=_whole(msg.context.timezone) if msg.context else None,
     )
 
 

@@ -44,6 +44,18 @@ _KEY = ("project_id", "user_key", "event_id")
 _key_of = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in _KEY))
 
 
+# Rows journaled before migration 0034 lack its six client columns, which sit just before the payload.
+_CLIENT_COLUMNS_0034 = 6
+
+
+def current_row(row: Sequence) -> Sequence:
+    """A journaled row in today's `EVENT_COLUMNS` order: one journaled before migration 0034 (and indexed
+    after the upgrade) gets NULL for the columns it added."""
+    if len(row) == len(EVENT_COLUMNS) - _CLIENT_COLUMNS_0034:
+        return (*row[:-1], *[None] * _CLIENT_COLUMNS_0034, row[-1])
+    return row
+
+
 def event_row(**values) -> tuple:
     """An `events` row tuple from column values (missing columns are NULL)."""
     unknown = values.keys() - set(EVENT_COLUMNS)
@@ -151,7 +163,10 @@ class EventStore:
             for _, _, blob in taken:
                 kept = journal.decode(blob)
                 drops = Counter({(env, reason): count for env, reason, count in kept.drops})
-                records.append(IngestRecord(kept.project_id, kept.events, kept.rejected, drops, kept.security))
+                rows = kept.events
+                if rows and len(rows[0]) != len(EVENT_COLUMNS):
+                    rows = [current_row(row) for row in rows]
+                records.append(IngestRecord(kept.project_id, rows, kept.rejected, drops, kept.security))
             self._store(conn, records)
             if from_file:
                 journal.mark(conn, from_file)

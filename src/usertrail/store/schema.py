@@ -93,6 +93,15 @@ events = sa.Table(
     sa.Column("ip_masked", sa.Text, nullable=True),
     # Analytics properties (name, role, type, status, info) the event carried, JSON; NULL if none.
     sa.Column("user_vars", sa.Text, nullable=True),
+    # What the client said of its screen and page (WalkMe `env.screen`, `env.timezone`, `ctx.isIframe`;
+    # native `context.screen`, `context.timezone`) and WalkMe's recorder versions (`version.lib`, `.pe`).
+    # The time zone is JavaScript's getTimezoneOffset(): minutes behind UTC (-120 is UTC+2).
+    sa.Column("screen_width", sa.Integer, nullable=True),
+    sa.Column("screen_height", sa.Integer, nullable=True),
+    sa.Column("tz_offset", sa.Integer, nullable=True),
+    sa.Column("in_iframe", sa.Boolean, nullable=True),
+    sa.Column("lib_version", sa.Text, nullable=True),
+    sa.Column("pe_version", sa.Text, nullable=True),
     sa.Column("payload", sa.Text, nullable=False),  # the event exactly as kept, JSON
     # The event's kind and which value columns are set, for the full rebuild's scan (sessions/traits.py);
     # set by the indexer, NULL for rows stored before it was (the scan computes those).
