@@ -182,6 +182,42 @@ def test_partial_batch_stores_valid_events_and_keeps_rejected_ones(live):
     assert live.scalar("SELECT count(*) FROM events WHERE object_id = '999'") == 1
 
 
+def test_a_whole_body_refused_unread_is_reprocessed_as_the_batch_it_was(live):
+    """A request over the events-per-batch limit, and one that is not JSON, are kept whole (index -1);
+    re-processing reads them as batches again: the events go their ways, a bad one as a row of its own."""
+    pid = live.project.project.id
+    base = now_ms() - 60_000
+    too_many = [walkme_event(time=base + i, data_oId=i) for i in range(501)]
+    too_many[7] = walkme_event(time=base + 7, data_oId={"nested": True})  # still invalid when re-read
+    too_many[9] = walkme_event(time=base + 9, type="pageChange", data={})  # above the tracking level below
+    patch_env(live, {"tracking_level": "engagement"})
+    # Sent by a client whose clock is a minute slow: its header's send time says so.
+    assert tell(live, too_many, client_ts=base + 1_000).status_code == 400
+    malformed = json.dumps([walkme_event(time=base + 600, data_oId=600)])[:-3]
+    with live.client() as client:
+        url = f"/event/tell?key={live.project.write_key}"
+        assert client.post(url, content=malformed, headers={"Content-Type": "application/json"}).status_code == 400
+    assert live.scalar("SELECT count(*) FROM events") == 0
+    with live.admin() as admin:
+        kept = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
+        assert [k["batch_index"] for k in kept] == [-1, -1] and "per batch" in kept[0]["message"]
+        ids = [k["id"] for k in kept]
+        # The malformed one is fixed by the admin; the other is sent through as it was.
+        fixed = json.dumps([walkme_event(time=base + 600, data_oId=600)])
+        results = admin.post(f"/api/projects/{pid}/rejected/reprocess", json={"ids": ids, "payloads": {ids[1]: fixed}})
+        assert results.json()["results"] == [
+            {"id": ids[0], "status": "stored", "batch": {"stored": 499, "dropped": 1, "rejected": 1}},
+            {"id": ids[1], "status": "stored", "batch": {"stored": 1, "dropped": 0, "rejected": 0}},
+        ]
+        [again] = admin.get(f"/api/projects/{pid}/rejected").json()["items"]
+        assert (again["batch_index"], again["path"]) == (8, "$.data.oId")  # line 8: the header is line 0
+        assert admin.get(f"/api/projects/{pid}/drops").json()["by_reason"] == {"above_tracking_level": 1}
+    assert live.scalar("SELECT count(*) FROM events") == 500
+    # The header's send time still corrects the clock skew of the re-read events.
+    skews = live.rows("SELECT DISTINCT ts - client_ts AS skew FROM events WHERE object_id <> '600'")
+    assert len(skews) == 1 and 58_000 <= skews[0].skew <= 61_000, skews
+
+
 def test_unknown_environment_is_kept_and_reprocessed_after_the_fix(live):
     staged = walkme_event(time=now_ms() - 10, wm_env=3)
     response = tell(live, [staged])

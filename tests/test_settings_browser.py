@@ -246,6 +246,24 @@ def test_overview_links_to_rejected_events_which_can_be_discarded(live: LiveServ
     assert watcher.problems == []
 
 
+def test_a_whole_body_is_reprocessed_from_the_rejected_page(live: LiveServer, browser: Browser):
+    too_many = [walkme_event(time=now_ms() - 10_000 + i, data_oId=f"whole-{i}") for i in range(501)]
+    with live.client() as client:
+        answer = client.post(f"/event/tell?key={live.project.write_key}", json=too_many)
+    assert answer.status_code == 400
+    page, watcher = open_page(browser, live, "admin", "rejected")
+    row = page.locator("#rejected tbody tr")
+    expect(row).to_have_count(1)
+    row.locator("input.pick").check()
+    page.get_by_role("button", name="Re-process selected").click()
+    expect(page.locator("#rejected-result")).to_have_text("Re-processed: 1 stored.")
+    expect(row.locator("td.status")).to_have_text(
+        "reprocessed (501 stored, 0 dropped, 0 rejected, listed on their own)"
+    )
+    assert live.scalar("SELECT count(*) FROM events WHERE object_id LIKE 'whole-%'") == 501
+    assert watcher.problems == []
+
+
 def test_settings_choices_cover_the_setting_types():
     assert {v for v, _ in settings_page.UUID_PROVIDERS} == set(UuidProvider.__args__)
     assert {v for v, _ in settings_page.RECORDING_METHODS} == set(RecordingMethod.__args__)

@@ -7,9 +7,10 @@ the ingest journal, after which the request is answered; the indexer stores the 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgspec
 
@@ -376,7 +377,9 @@ class Collector:
     def reprocess(self, project_id: int, ids: list[str], replacement: dict[str, str] | None = None) -> list[dict]:
         """Run rejected events through the pipeline again (after a settings fix, or with a corrected payload).
 
-        Returns one result per id: stored, dropped (with reason) or still rejected (with reason).
+        Returns one result per id: stored, dropped (with reason) or still rejected (with reason). A whole
+        body that could not be read (index -1) is read again as the batch it is: if it now reads, its
+        result is `stored` with the `batch` tally (stored, dropped, rejected: each kept as a new row).
         """
         replacement = replacement or {}
         rows = self.events.rejected_by_ids(project_id, ids)
@@ -397,6 +400,11 @@ class Collector:
                 agent=parse_agent(stored_ctx.get("user_agent", "")),
                 user_agent=stored_ctx.get("user_agent", ""),
             )
+            if row.batch_index == -1:
+                results.append(self._reprocess_body(row.id, row.source, raw, ctx, record))
+                if results[-1]["status"] == "stored":
+                    done.append(row.id)
+                continue
             item = self._decode_one(row.source, raw, row.batch_index or 0)
             if isinstance(item, Invalid):
                 results.append({"id": row.id, "status": "rejected", "path": item.path, "reason": item.reason})
@@ -417,6 +425,25 @@ class Collector:
         self.events.write_many([record])
         self.events.resolve_rejected(project_id, done, "reprocessed")
         return results
+
+    def _reprocess_body(self, id_: str, source: str, raw: bytes, ctx: RequestContext, record: IngestRecord) -> dict:
+        """A whole body kept by `_keep_unreadable`, run as the request it was into `record`. The events-per-
+        request cap is lifted: it bounds what one request may cost the server, not an admin's re-run of
+        what was already accepted into the rejected store."""
+        limits = replace(self.settings.limits, max_events_per_batch=sys.maxsize)
+        try:
+            batch = decode_walkme(raw, "application/json", limits) if source == WALKME else decode_native(raw, limits)
+        except WireError as exc:
+            return {"id": id_, "status": "rejected", "path": exc.path, "reason": exc.reason}
+        if batch.sent_at is not None:
+            ctx.skew_ms = ctx.received_at - batch.sent_at
+        result = CollectResult()
+        again = self._process(batch, ctx, source, result)
+        record.events += again.events
+        record.rejected += again.rejected
+        record.drops.update(again.drops)
+        tally = {"stored": len(again.events), "dropped": sum(result.dropped.values()), "rejected": len(again.rejected)}
+        return {"id": id_, "status": "stored", "batch": tally}
 
     def _decode_one(self, source: str, raw: bytes, index: int) -> Incoming | Invalid:
         limits = self.settings.limits

@@ -58,7 +58,10 @@
       var tally = {};
       answer.results.forEach(function (r) {
         tally[r.status] = (tally[r.status] || 0) + 1;
-        if (r.status === "stored" || r.status === "dropped") settle(r.id, "reprocessed (" + r.status + ")", false);
+        if (r.batch) {  // a whole request body, read again: its events each went their way
+          settle(r.id, "reprocessed (" + r.batch.stored + " stored, " + r.batch.dropped + " dropped, " +
+            r.batch.rejected + " rejected, listed on their own)", false);
+        } else if (r.status === "stored" || r.status === "dropped") settle(r.id, "reprocessed (" + r.status + ")", false);
         else if (r.status === "rejected") settle(r.id, "pending (rejected again: " + r.reason + " at " + r.path + ")", true);
         else settle(r.id, r.status, true);
       });
