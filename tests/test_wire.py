@@ -115,6 +115,30 @@ def test_limits_name_the_field():
         decode_walkme(walkme_body([SPEC_EVENT] * 501), "text/plain", LIMITS)
 
 
+def test_native_limits_name_the_field():
+    def one(**fields) -> Invalid:
+        message = {"type": "track", "event": "e", "anonymousId": "a"} | fields
+        [invalid] = decode_native(msgspec.json.encode({"batch": [message]}), LIMITS).events
+        assert isinstance(invalid, Invalid), invalid
+        return invalid
+
+    long_value = one(properties={"note": "x" * 9000})
+    assert (long_value.kind, long_value.path) == ("limit_exceeded", "$.batch[0].properties.note")
+    deep: dict = {}
+    node = deep
+    for _ in range(12):
+        node["x"] = {}
+        node = node["x"]
+    assert "nesting" in one(properties={"deep": deep}).reason
+    many = one(properties={f"k{i}": i for i in range(150)}, traits={f"t{i}": i for i in range(60)})
+    assert (many.path, many.kind) == ("$.batch[0]", "limit_exceeded") and "210 properties" in many.reason
+    token = one(context={"idToken": "t" * 8_193})  # strings' limit, the ID token's too
+    assert (token.path, token.kind) == ("$.batch[0].context.idToken", "limit_exceeded")
+    with pytest.raises(WireError, match="per batch") as refused:
+        decode_native(msgspec.json.encode({"batch": [{"type": "page", "anonymousId": "a"}] * 501}), LIMITS)
+    assert refused.value.path == "$.batch"
+
+
 def test_native_batch():
     body = msgspec.json.encode(
         {

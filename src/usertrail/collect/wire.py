@@ -142,7 +142,7 @@ class _NativeContext(msgspec.Struct):
     screen: Any = None
     timezone: Any = None
     # The end user's ID token from the company's identity provider (UUID provider `idp`); never stored.
-    idToken: Annotated[str, msgspec.Meta(max_length=16_384)] | None = None
+    idToken: str | None = None
 
 
 class NativeMessage(msgspec.Struct, forbid_unknown_fields=True):
