@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from test_overview_api import query_plan
 from usertrail.store import database
 from usertrail.store.database import migrate
-from usertrail.store.events import EventStore, IngestRecord, event_row
+from usertrail.store.events import EventStore, IngestRecord, event_row, user_events_query
 from usertrail.store.projects import ProjectStore
 from usertrail.store.schema import INSTALLATION_TABLES, KEY_TEXT, metadata
 
@@ -118,6 +119,15 @@ def test_user_events_in_time_order(engine):
     assert [r.ts for r in store.user_events(project.id, "u:x", since=150, until=300)] == [200]
     [again] = store.write_many([IngestRecord(project.id, events=rows)])
     assert (again.stored, again.duplicates) == (0, 3)
+    # Cheap however many events there are: read along the (project, user, ts) index, in its order.
+    for query in (user_events_query(project.id, "u:x"), user_events_query(project.id, "u:x", 150, 300, 10)):
+        plan = query_plan(engine, query, avoid_sorts=True)
+        assert "ix_events_project_id_user_key_ts" in plan, plan
+        # At most the events of one millisecond are put in event_id order.
+        if engine.dialect.name == "sqlite":
+            assert "TEMP B-TREE FOR ORDER BY" not in plan and "RIGHT PART OF ORDER BY" in plan, plan
+        else:
+            assert "Incremental Sort" in plan and "Presorted Key: ts" in plan, plan
 
 
 def test_a_sqlite_writer_waits_for_the_write_lock_and_gives_up_after_its_limit(tmp_path, monkeypatch):

@@ -112,6 +112,19 @@ def utc_day(ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
 
 
+def user_events_query(
+    project_id: int, user_key: str, since: int | None = None, until: int | None = None, limit: int = 1000
+) -> sa.Select:
+    """One end user's events in time order, read along the (project, user, ts) index without a sort
+    (tests/test_store.py checks the plan on both engines)."""
+    query = sa.select(events).where(events.c.project_id == project_id, events.c.user_key == user_key)
+    if since is not None:
+        query = query.where(events.c.ts >= since)
+    if until is not None:
+        query = query.where(events.c.ts < until)
+    return query.order_by(events.c.ts, events.c.event_id).limit(limit)
+
+
 class EventStore:
     """Appends and reads events and their side records."""
 
@@ -248,15 +261,9 @@ class EventStore:
         until: int | None = None,
         limit: int = 1000,
     ) -> list[sa.Row]:
-        """One end user's events in time order (served by the (project, user, ts) index)."""
-        query = sa.select(events).where(events.c.project_id == project_id, events.c.user_key == user_key)
-        if since is not None:
-            query = query.where(events.c.ts >= since)
-        if until is not None:
-            query = query.where(events.c.ts < until)
-        query = query.order_by(events.c.ts, events.c.event_id).limit(limit)
+        """One end user's events in time order (`user_events_query`)."""
         with self.engine.connect() as conn:
-            return conn.execute(query).all()
+            return conn.execute(user_events_query(project_id, user_key, since, until, limit)).all()
 
     def count(self, project_id: int) -> int:
         with self.engine.connect() as conn:
