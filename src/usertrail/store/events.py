@@ -115,8 +115,8 @@ def utc_day(ms: int) -> str:
 def user_events_query(
     project_id: int, user_key: str, since: int | None = None, until: int | None = None, limit: int = 1000
 ) -> sa.Select:
-    """One end user's events in time order, read along the (project, user, ts) index without a sort
-    (tests/test_store.py checks the plan on both engines)."""
+    """One end user's events in time order, read along the (project, user, ts) index: only events of the
+    same millisecond are sorted, by id (tests/test_store.py checks the plan on both engines)."""
     query = sa.select(events).where(events.c.project_id == project_id, events.c.user_key == user_key)
     if since is not None:
         query = query.where(events.c.ts >= since)
