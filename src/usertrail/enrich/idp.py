@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import httpx
+from cachetools import LRUCache
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -79,7 +79,7 @@ class IdTokens:
         self.clock = clock
         self._keys: dict[str, tuple[float, KeySet | None]] = {}  # issuer -> (fetched at, keys; None: failed)
         self._refreshed: dict[str, float] = {}  # issuer -> when a token that did not verify last fetched keys
-        self._verified: OrderedDict[tuple[str, str, str, str], Verified | None] = OrderedDict()
+        self._verified: LRUCache[tuple[str, str, str, str], Verified | None] = LRUCache(_VERIFIED_CACHE)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -92,7 +92,6 @@ class IdTokens:
             for issuer, audience, claim in configs:
                 key = (token, issuer, audience, claim)
                 if key in self._verified:
-                    self._verified.move_to_end(key)
                     found[key] = self._verified[key]
                     continue
                 outcome = await self._verify(token, issuer, audience, claim)
@@ -100,8 +99,6 @@ class IdTokens:
                     found[key] = None  # not cached: the next request tries the keys again
                     continue
                 found[key] = self._verified[key] = outcome  # type: ignore[assignment]
-                if len(self._verified) > _VERIFIED_CACHE:
-                    self._verified.popitem(last=False)
         return found
 
     async def _verify(self, token: str, issuer: str, audience: str, claim: str) -> Verified | object | None:
